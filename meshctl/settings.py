@@ -1,0 +1,31 @@
+"""Global options shared by every command (each has an environment variable)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+DEFAULT_STATE_DIR: Final = Path("/var/lib/meshctl")
+DEFAULT_INTERFACE: Final = "mesh0"
+WG_BACKENDS: Final = ("auto", "kernel", "userspace")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    state_dir: Path = DEFAULT_STATE_DIR
+    interface: str = DEFAULT_INTERFACE
+    wg_backend: str = "auto"
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.state_dir / "keys"
+
+    @property
+    def repo_dir(self) -> Path:
+        """meshctl's own bare clone of the coordination repository."""
+        return self.state_dir / "repo.git"
+
+    @property
+    def control_socket(self) -> Path:
+        return self.state_dir / "agent.sock"
