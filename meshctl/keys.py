@@ -18,10 +18,15 @@ import os
 from pathlib import Path
 from typing import Final
 
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.serialization import Encoding, PrivateFormat, PublicFormat, NoEncryption
-from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+)
 
 from meshctl.errors import MeshctlError, ParseError
 
@@ -56,7 +61,7 @@ class _Public:
         self.raw = bytes(raw)
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and hmac.compare_digest(self.raw, other.raw)  # type: ignore[attr-defined]
+        return type(other) is type(self) and hmac.compare_digest(self.raw, other.raw)
 
     def __hash__(self) -> int:
         return hash((type(self).__name__, self.raw))
@@ -89,12 +94,12 @@ class _Private:
         return self.__repr__()
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and hmac.compare_digest(self._raw, other._raw)  # type: ignore[attr-defined]
+        return type(other) is type(self) and hmac.compare_digest(self._raw, other._raw)
 
     def __hash__(self) -> int:
         return id(self)
 
-    def __reduce__(self) -> object:  # no pickling of secrets
+    def __reduce__(self) -> str:  # no pickling of secrets
         raise TypeError("private keys cannot be pickled")
 
     def private_bytes_for_device(self) -> bytes:

@@ -6,6 +6,12 @@ import typer
 
 
 def register(app: typer.Typer) -> None:
-    from meshctl.cli import version
+    from meshctl.cli import admin, join, netcheck, repo, sync, version
 
     app.command("version", help="Print the meshctl version.")(version.version)
+    app.command("init")(admin.init)
+    app.add_typer(admin.admin_app, name="admin")
+    app.command("join")(join.join)
+    app.add_typer(repo.repo_app, name="repo")
+    app.command("sync")(sync.sync)
+    app.command("netcheck")(netcheck.netcheck)

@@ -33,11 +33,11 @@ class Peer:
 
     @property
     def ipv4(self) -> ipaddress.IPv4Address | None:
-        return next((a for a in self.addresses if a.version == 4), None)  # type: ignore[return-value]
+        return next((a for a in self.addresses if a.version == 4), None)
 
     @property
     def ipv6(self) -> ipaddress.IPv6Address | None:
-        return next((a for a in self.addresses if a.version == 6), None)  # type: ignore[return-value]
+        return next((a for a in self.addresses if a.version == 6), None)
 
 
 @dataclass(frozen=True, slots=True)

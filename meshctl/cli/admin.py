@@ -1,0 +1,174 @@
+"""`meshctl init` and `meshctl admin ...`: run by an admin in a checkout of the coordination repo."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from meshctl.cli.app import command
+
+if TYPE_CHECKING:
+    from meshctl.keys import SigningKey
+
+admin_app = typer.Typer(help="Admin commands, run in a checkout of the coordination repository.",
+                        no_args_is_help=True)
+
+RepoOpt = Annotated[Path, typer.Option("--repo", help="The checkout (default: current directory).")]
+KeyOpt = Annotated[
+    list[Path] | None,
+    typer.Option("--admin-key", envvar="MESHCTL_ADMIN_KEY",
+                 help="Admin private key file (repeat for several; default ~/.config/meshctl/admin.key)."),
+]
+NoCommitOpt = Annotated[bool, typer.Option("--no-commit", help="Write files but do not git commit.")]
+
+
+def _keys(paths: list[Path] | None) -> list[SigningKey]:
+    from meshctl.coord.admin import default_admin_key_path, load_admin_keys
+
+    return load_admin_keys(paths or [default_admin_key_path()])
+
+
+def _commit(repo: Path, changed: list[str], removed: list[str], message: str, no_commit: bool) -> None:
+    if no_commit:
+        return
+    from meshctl.coord import repo as gitrepo
+
+    if gitrepo.commit_workdir(repo, changed, removed, message):
+        typer.echo(f"committed: {message}")
+
+
+def _state_line(serial: int, co_path: Path) -> None:
+    from meshctl.coord.admin import open_checkout, signature_status
+
+    good, threshold = signature_status(open_checkout(co_path))
+    typer.echo(f"state.json serial {serial}: {good} of {threshold} admin signatures")
+    if good < threshold:
+        typer.echo(f"another admin must add a signature: meshctl admin sign --cosign --repo {co_path}")
+
+
+@command
+def init(
+    directory: Annotated[Path, typer.Argument(help="Where to create the coordination repository.")],
+    name: Annotated[str, typer.Option("--name", help="Mesh name (a DNS label).")],
+    cidr: Annotated[str, typer.Option(help="Mesh IPv4 prefix.")] = "100.64.0.0/10",
+    domain: Annotated[str | None, typer.Option(help="MagicDNS domain (default NAME.mesh).")] = None,
+    admin_key: KeyOpt = None,
+    root_threshold: Annotated[int, typer.Option(help="Root signatures needed to rotate root.")] = 1,
+    admin_threshold: Annotated[int, typer.Option(help="Admin signatures needed on state.json.")] = 1,
+) -> None:
+    """Create a new mesh: the coordination repository, root of trust and first signed state."""
+    from meshctl.coord import admin
+    from meshctl.coord import repo as gitrepo
+
+    paths = admin_key or [admin.default_admin_key_path()]
+    keys = []
+    for p in paths:
+        key, created = admin.load_or_create_admin_key(p)
+        typer.echo(f"{'created' if created else 'using'} admin key {p} ({key.public().short()})")
+        keys.append(key)
+    co = admin.init_repo(directory, name, cidr, domain, keys, root_threshold, admin_threshold,
+                         int(time.time()))
+    import pygit2
+
+    pygit2.init_repository(str(directory), initial_head="main")
+    changed = sorted(str(p.relative_to(directory)) for p in directory.rglob("*")
+                     if p.is_file() and ".git" not in p.relative_to(directory).parts)
+    gitrepo.commit_workdir(directory, changed, [], f"meshctl init {name}")
+    typer.echo(f"created mesh {name!r} in {directory} (network {co.root.network_id[:8]}…, "
+               f"{co.state.ipv4_cidr}, {co.state.ipv6_prefix}, domain {co.state.domain})")
+    typer.echo("next: push it to a git host, then give devices the invite:")
+    typer.echo("  " + admin.invite_text(co, None))
+
+
+@admin_app.command("invite")
+@command
+def invite(repo: RepoOpt = Path(".")) -> None:
+    """Print the command a device runs to join (it pins the root fingerprint)."""
+    from meshctl.coord import admin
+    from meshctl.coord import repo as gitrepo
+
+    co = admin.open_checkout(repo)
+    typer.echo(admin.invite_text(co, gitrepo.origin_url(repo)))
+
+
+@admin_app.command("approve")
+@command
+def approve(
+    name: Annotated[str, typer.Argument(help="The device name of the join request.")],
+    ip: Annotated[str | None, typer.Option("--ip", help="Mesh IPv4 (default: next free).")] = None,
+    tag: Annotated[list[str] | None, typer.Option("--tag", help="tag:x (repeatable).")] = None,
+    owner: Annotated[str, typer.Option("--owner", help="Owner, e.g. alice@example.com.")] = "",
+    repo: RepoOpt = Path("."),
+    admin_key: KeyOpt = None,
+    no_commit: NoCommitOpt = False,
+) -> None:
+    """Approve a join request: move it to peers/, assign addresses, sign the new state."""
+    from meshctl.coord import admin
+
+    co = admin.open_checkout(repo)
+    state, changed, removed = admin.approve(co, name, _keys(admin_key), int(time.time()), ip,
+                                            tag or [], owner)
+    addrs = " ".join(str(a) for a in state.peers[name].addresses)
+    typer.echo(f"approved {name}: {addrs}")
+    _commit(repo, changed, removed, f"Approve {name} (serial {state.serial})", no_commit)
+    _state_line(state.serial, repo)
+
+
+@admin_app.command("revoke")
+@command
+def revoke(
+    name: Annotated[str, typer.Argument(help="The member to remove.")],
+    repo: RepoOpt = Path("."),
+    admin_key: KeyOpt = None,
+    no_commit: NoCommitOpt = False,
+) -> None:
+    """Remove a member; nodes drop it on their next sync."""
+    from meshctl.coord import admin
+
+    co = admin.open_checkout(repo)
+    state, changed, removed = admin.revoke(co, name, _keys(admin_key), int(time.time()))
+    typer.echo(f"revoked {name}")
+    _commit(repo, changed, removed, f"Revoke {name} (serial {state.serial})", no_commit)
+    _state_line(state.serial, repo)
+
+
+@admin_app.command("renew")
+@command
+def renew(repo: RepoOpt = Path("."), admin_key: KeyOpt = None, no_commit: NoCommitOpt = False) -> None:
+    """Extend the state's expiry (bumps the serial)."""
+    from meshctl.coord import admin
+    from meshctl.coord.records import format_time
+
+    co = admin.open_checkout(repo)
+    state = admin.renew(co, _keys(admin_key), int(time.time()))
+    typer.echo(f"renewed: expires {format_time(state.expires)}")
+    _commit(repo, ["state.json", "state.json.sig"], [], f"Renew (serial {state.serial})", no_commit)
+    _state_line(state.serial, repo)
+
+
+@admin_app.command("sign")
+@command
+def sign(
+    repo: RepoOpt = Path("."),
+    admin_key: KeyOpt = None,
+    cosign: Annotated[bool, typer.Option("--cosign", help="Add a signature without a new serial.")] = False,
+    no_commit: NoCommitOpt = False,
+) -> None:
+    """Re-sign state.json after a policy edit (bumps the serial), or co-sign it."""
+    from meshctl.coord import admin
+
+    co = admin.open_checkout(repo)
+    keys = _keys(admin_key)
+    if cosign:
+        good, threshold = admin.cosign(co, keys)
+        typer.echo(f"state.json serial {co.state.serial}: {good} of {threshold} admin signatures")
+        _commit(repo, ["state.json.sig"], [], f"Co-sign serial {co.state.serial}", no_commit)
+        return
+    state = admin.renew(co, keys, int(time.time()))
+    typer.echo(f"signed state serial {state.serial}")
+    _commit(repo, ["state.json", "state.json.sig", "policy.hujson"], [], f"Sign (serial {state.serial})",
+            no_commit)
+    _state_line(state.serial, repo)

@@ -1,0 +1,68 @@
+"""`meshctl join REPO_URL`: create this device's keys and a join request."""
+
+from __future__ import annotations
+
+import socket
+import time
+from typing import Annotated
+
+import typer
+
+from meshctl.cli.app import command, settings_of
+from meshctl.errors import UsageError
+
+
+def _default_name() -> str:
+    import re
+
+    host = socket.gethostname().split(".")[0].lower()
+    return re.sub(r"[^a-z0-9-]", "-", host).strip("-")[:63] or "device"
+
+
+@command
+def join(
+    ctx: typer.Context,
+    repo_url: Annotated[str, typer.Argument(help="The coordination repository (path, git://, https://, ssh://).")],
+    name: Annotated[str | None, typer.Option("--name", help="Device name (default: hostname).")] = None,
+    root: Annotated[str | None, typer.Option("--root", help="Root fingerprint from the invite: sha256:...")] = None,
+    trust_on_first_use: Annotated[bool, typer.Option("--trust-on-first-use",
+                                                     help="Show the root fingerprint and ask.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Answer yes to the trust question.")] = False,
+    endpoint: Annotated[
+        list[str] | None, typer.Option("--endpoint", help="Static HOST:PORT where peers can reach this device.")
+    ] = None,
+) -> None:
+    """Join a mesh: keys stay on this device; the request goes to a pull-request branch."""
+    from meshctl.coord.join import join as do_join
+
+    settings = settings_of(ctx)
+    if root is None and not trust_on_first_use:
+        raise UsageError("pass --root sha256:... from the invite, or --trust-on-first-use",
+                         "an admin prints the invite with `meshctl admin invite`")
+    if root is not None and (not root.startswith("sha256:") or len(root) != 71):
+        raise UsageError(f"--root {root!r}: expected sha256: followed by 64 hex digits")
+
+    def confirm(fp: str) -> bool:
+        typer.echo(f"The mesh's root fingerprint is {fp}")
+        typer.echo("Compare it with the one your admin gave you.")
+        return yes or typer.confirm("Trust this root?", default=False)
+
+    result = do_join(settings.state_dir, settings.repo_dir, settings.keys_dir, repo_url,
+                     name or _default_name(), root, confirm, tuple(endpoint or ()), int(time.time()))
+    if result.push_error == "already a member":
+        typer.echo(f"{result.name} is already a member of {result.mesh}; run `meshctl up` or `meshctl sync`")
+        return
+    if result.pushed:
+        typer.echo(f"join request for {result.name} pushed to branch {result.branch}")
+        if result.pr_url:
+            typer.echo(f"open the pull request: {result.pr_url}")
+        else:
+            typer.echo(f"open a pull request from {result.branch}, or ask an admin to run "
+                       f"`meshctl admin approve {result.name}` on it")
+        return
+    typer.echo(f"could not push branch {result.branch}: {result.push_error}")
+    typer.echo("Hand these two files to an admin; they go in the coordination repository as:")
+    for path, data in ((f"requests/{result.name}.json", result.record),
+                       (f"requests/{result.name}.json.sig", result.signature)):
+        typer.echo(f"\ncat > {path} <<'EOF'\n{data.decode().rstrip()}\nEOF")
+    typer.echo(f"\nthen: meshctl admin approve {result.name}")

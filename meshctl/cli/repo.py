@@ -1,0 +1,57 @@
+"""`meshctl repo verify`: the pull-request check."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from meshctl.cli.app import command
+from meshctl.errors import EXIT_REFUSED
+
+if TYPE_CHECKING:
+    from meshctl.coord.verify import Verified
+
+repo_app = typer.Typer(help="Checks on the coordination repository.", no_args_is_help=True)
+
+
+@repo_app.command("verify")
+@command
+def verify_cmd(
+    directory: Annotated[Path, typer.Argument(help="The checkout to verify.")] = Path("."),
+    base: Annotated[str | None, typer.Option("--base", help="Base revision of the pull request.")] = None,
+) -> None:
+    """Verify every signature, hash and rule; with --base, also the change itself."""
+    from meshctl.coord import pr_check
+    from meshctl.coord import repo as gitrepo
+    from meshctl.coord.fs_snapshot import FsSnapshot
+    from meshctl.errors import UsageError
+
+    if not directory.is_dir():
+        raise UsageError(f"{directory}: not a directory")
+    base_snap = None
+    if base is not None:
+        repo, commit = gitrepo.read_revision(directory, base)
+        base_snap = gitrepo.GitSnapshot(repo, commit)
+    report = pr_check.check_change(FsSnapshot(directory), base_snap, int(time.time()),
+                                   _policy_tests())
+    if not report.ok:
+        for problem in report.problems:
+            typer.echo(f"error: {problem}", err=True)
+        raise typer.Exit(EXIT_REFUSED)
+    v = report.verified
+    assert v is not None
+    pending = sum(1 for p in FsSnapshot(directory).files() if p.startswith("requests/") and p.endswith(".json"))
+    typer.echo(f"ok: mesh {v.root.name}, root v{v.root.version}, serial {v.state.serial}, "
+               f"{len(v.records)} members, {pending} pending requests")
+
+
+def _policy_tests() -> Callable[[Verified], list[str]] | None:
+    try:
+        from meshctl.policy.check import policy_problems  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        return None
+    return policy_problems  # type: ignore[no-any-return,unused-ignore]

@@ -1,0 +1,389 @@
+"""The signed documents of the coordination repository (pure).
+
+Each document has `parse_X(data, name) -> X` (strict: unknown or missing fields,
+wrong types and out-of-range values are refused with the file and field named)
+and `marshal_X(x) -> bytes` (the canonical form that gets signed).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from meshctl.coord import strictjson
+from meshctl.errors import ParseError
+from meshctl.keys import DiscoPublic, NodePublic, VerifyKey
+
+ROOT_TYPE: Final = "meshctl-root"
+STATE_TYPE: Final = "meshctl-state"
+PEER_TYPE: Final = "meshctl-peer"
+
+MAX_ROOT_BYTES: Final = 64 * 1024
+MAX_PEER_BYTES: Final = 8 * 1024
+MAX_STATE_BYTES: Final = 32 * 1024 * 1024  # ~10 MB at 30,000 peers; leaves room, bounds memory
+MAX_KEYS: Final = 32
+MAX_ENDPOINTS: Final = 16
+MAX_TAGS: Final = 32
+MAX_PEERS: Final = 100_000
+MAX_RELAYS: Final = 64
+MAX_STUN: Final = 16
+
+NAME_RE: Final = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+TAG_RE: Final = re.compile(r"^tag:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+LABEL: Final = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+DOMAIN_RE: Final = re.compile(rf"^(?=.{{1,200}}$){LABEL}(?:\.{LABEL})*$")
+NETWORK_ID_RE: Final = re.compile(r"^[0-9a-f]{32}$")
+SHA256_RE: Final = re.compile(r"^[0-9a-f]{64}$")
+TIME_RE: Final = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+HOSTPORT_RE: Final = re.compile(r"^(?:\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]{1,253}):\d{1,5}$")
+OWNER_RE: Final = re.compile(r"^[A-Za-z0-9._%+@-]{0,128}$")
+
+
+class RecordError(ParseError):
+    """A repository document is well-formed JSON but not a valid document."""
+
+
+# --- time -------------------------------------------------------------------------------
+
+
+def format_time(unix: int) -> str:
+    return datetime.fromtimestamp(unix, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(text: str) -> int:
+    return int(datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp())
+
+
+# --- field readers ------------------------------------------------------------------------
+
+
+class _Reader:
+    """Reads fields of one JSON object, naming the file and field in errors."""
+
+    def __init__(self, doc: Any, name: str, where: str = "") -> None:
+        self.name = name
+        self.where = where
+        if not isinstance(doc, dict):
+            raise RecordError(f"{name}: {where or 'document'} must be a JSON object")
+        self.doc: dict[str, Any] = doc
+
+    def fail(self, key: str, why: str) -> RecordError:
+        return RecordError(f"{self.name}: field {self.where}{key}: {why}")
+
+    def only(self, required: set[str], optional: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+        keys = set(self.doc)
+        missing = sorted(required - keys)
+        if missing:
+            raise RecordError(f"{self.name}: missing field {self.where}{missing[0]}")
+        unknown = sorted(keys - required - optional)
+        if unknown:
+            raise RecordError(f"{self.name}: unknown field {self.where}{unknown[0]}")
+
+    def text(self, key: str, pattern: re.Pattern[str] | None = None, default: str | None = None) -> str:
+        value = self.doc.get(key, default)
+        if not isinstance(value, str):
+            raise self.fail(key, "must be a string")
+        if pattern is not None and not pattern.match(value):
+            raise self.fail(key, f"invalid value {value[:80]!r}")
+        return value
+
+    def integer(self, key: str, lo: int, hi: int) -> int:
+        value = self.doc.get(key)
+        if type(value) is not int or not lo <= value <= hi:
+            raise self.fail(key, f"must be an integer from {lo} to {hi}")
+        return value
+
+    def time(self, key: str) -> int:
+        text = self.text(key, TIME_RE)
+        try:
+            return parse_time(text)
+        except ValueError:
+            raise self.fail(key, f"invalid time {text!r}") from None
+
+    def items(self, key: str, limit: int, default: list[Any] | None = None) -> list[Any]:
+        value = self.doc.get(key, default)
+        if not isinstance(value, list) or len(value) > limit:
+            raise self.fail(key, f"must be a list of at most {limit} items")
+        return value
+
+    def str_list(self, key: str, limit: int, pattern: re.Pattern[str] | None = None) -> tuple[str, ...]:
+        items = self.items(key, limit, default=[])
+        for item in items:
+            if not isinstance(item, str) or (pattern is not None and not pattern.match(item)):
+                raise self.fail(key, f"invalid item {str(item)[:80]!r}")
+        if len(set(items)) != len(items):
+            raise self.fail(key, "has duplicate items")
+        return tuple(items)
+
+    def obj(self, key: str) -> dict[str, Any]:
+        value = self.doc.get(key)
+        if not isinstance(value, dict):
+            raise self.fail(key, "must be an object")
+        return value
+
+    def verify_key(self, key: str) -> VerifyKey:
+        try:
+            return VerifyKey.from_text(self.text(key))
+        except ParseError as exc:
+            raise self.fail(key, str(exc)) from None
+
+    def verify_keys(self, key: str) -> tuple[VerifyKey, ...]:
+        texts = self.str_list(key, MAX_KEYS)
+        try:
+            return tuple(VerifyKey.from_text(t) for t in texts)
+        except ParseError as exc:
+            raise self.fail(key, str(exc)) from None
+
+
+def _type_check(r: _Reader, expected: str) -> None:
+    if r.doc.get("type") != expected:
+        raise RecordError(f"{r.name}: field type: expected {expected!r}")
+
+
+# --- root -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RootDoc:
+    """Who may sign what: root keys sign roots, admin keys sign states."""
+
+    network_id: str
+    name: str
+    version: int
+    expires: int
+    root_keys: tuple[VerifyKey, ...]
+    root_threshold: int
+    admin_keys: tuple[VerifyKey, ...]
+    admin_threshold: int
+
+
+def parse_root(data: bytes, name: str) -> RootDoc:
+    r = _Reader(strictjson.loads(data, name=name, max_bytes=MAX_ROOT_BYTES), name)
+    r.only({"type", "network_id", "name", "version", "expires", "root_keys", "root_threshold",
+            "admin_keys", "admin_threshold"})
+    _type_check(r, ROOT_TYPE)
+    doc = RootDoc(
+        network_id=r.text("network_id", NETWORK_ID_RE),
+        name=r.text("name", NAME_RE),
+        version=r.integer("version", 1, 1_000_000),
+        expires=r.time("expires"),
+        root_keys=r.verify_keys("root_keys"),
+        root_threshold=r.integer("root_threshold", 1, MAX_KEYS),
+        admin_keys=r.verify_keys("admin_keys"),
+        admin_threshold=r.integer("admin_threshold", 1, MAX_KEYS),
+    )
+    if doc.root_threshold > len(doc.root_keys):
+        raise r.fail("root_threshold", f"is {doc.root_threshold} but there are {len(doc.root_keys)} root keys")
+    if doc.admin_threshold > len(doc.admin_keys):
+        raise r.fail("admin_threshold", f"is {doc.admin_threshold} but there are {len(doc.admin_keys)} admin keys")
+    return doc
+
+
+def marshal_root(doc: RootDoc) -> bytes:
+    return strictjson.dumps({
+        "type": ROOT_TYPE,
+        "network_id": doc.network_id,
+        "name": doc.name,
+        "version": doc.version,
+        "expires": format_time(doc.expires),
+        "root_keys": [k.text() for k in doc.root_keys],
+        "root_threshold": doc.root_threshold,
+        "admin_keys": [k.text() for k in doc.admin_keys],
+        "admin_threshold": doc.admin_threshold,
+    })
+
+
+# --- peer record ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PeerRecord:
+    """A device's self-signed record (also the content of a join request)."""
+
+    network_id: str
+    name: str
+    identity_key: VerifyKey
+    wg_public_key: NodePublic
+    disco_key: DiscoPublic
+    endpoints: tuple[str, ...] = ()
+    created: int = 0
+
+
+def parse_peer(data: bytes, name: str) -> PeerRecord:
+    r = _Reader(strictjson.loads(data, name=name, max_bytes=MAX_PEER_BYTES), name)
+    r.only({"type", "network_id", "name", "identity_key", "wg_public_key", "disco_key", "created"},
+           {"endpoints"})
+    _type_check(r, PEER_TYPE)
+    try:
+        wg_key = NodePublic.from_b64(r.text("wg_public_key"))
+    except ParseError as exc:
+        raise r.fail("wg_public_key", str(exc)) from None
+    try:
+        disco = DiscoPublic.from_b64(r.text("disco_key"))
+    except ParseError as exc:
+        raise r.fail("disco_key", str(exc)) from None
+    endpoints = r.str_list("endpoints", MAX_ENDPOINTS, HOSTPORT_RE)
+    for ep in endpoints:
+        if not 1 <= int(ep.rsplit(":", 1)[1]) <= 65535:
+            raise r.fail("endpoints", f"invalid port in {ep!r}")
+    return PeerRecord(
+        network_id=r.text("network_id", NETWORK_ID_RE),
+        name=r.text("name", NAME_RE),
+        identity_key=r.verify_key("identity_key"),
+        wg_public_key=wg_key,
+        disco_key=disco,
+        endpoints=endpoints,
+        created=r.time("created"),
+    )
+
+
+def marshal_peer(rec: PeerRecord) -> bytes:
+    doc: dict[str, Any] = {
+        "type": PEER_TYPE,
+        "network_id": rec.network_id,
+        "name": rec.name,
+        "identity_key": rec.identity_key.text(),
+        "wg_public_key": rec.wg_public_key.b64(),
+        "disco_key": rec.disco_key.b64(),
+        "created": format_time(rec.created),
+    }
+    if rec.endpoints:
+        doc["endpoints"] = list(rec.endpoints)
+    return strictjson.dumps(doc)
+
+
+# --- state ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    """What an admin assigned to a member in state.json."""
+
+    record_sha256: str
+    addresses: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]
+    tags: tuple[str, ...] = ()
+    owner: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RelayEntry:
+    name: str
+    address: str
+    identity_key: VerifyKey | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StateDoc:
+    network_id: str
+    serial: int
+    root_version: int
+    expires: int
+    ipv4_cidr: ipaddress.IPv4Network
+    ipv6_prefix: ipaddress.IPv6Network
+    domain: str
+    policy_sha256: str
+    peers: dict[str, Assignment] = field(default_factory=dict)
+    relays: tuple[RelayEntry, ...] = ()
+    stun: tuple[str, ...] = ()
+
+
+def _parse_assignment(doc: Any, name: str, peer: str) -> Assignment:
+    r = _Reader(doc, name, f"peers.{peer}.")
+    r.only({"record_sha256", "addresses"}, {"tags", "owner"})
+    texts = r.str_list("addresses", 2)
+    try:
+        addrs = tuple(ipaddress.ip_address(t) for t in texts)
+    except ValueError:
+        raise r.fail("addresses", "must be IP addresses") from None
+    if not addrs:
+        raise r.fail("addresses", "needs at least one address")
+    return Assignment(
+        record_sha256=r.text("record_sha256", SHA256_RE),
+        addresses=addrs,
+        tags=r.str_list("tags", MAX_TAGS, TAG_RE),
+        owner=r.text("owner", OWNER_RE, default=""),
+    )
+
+
+def _parse_relay(doc: Any, name: str, i: int) -> RelayEntry:
+    r = _Reader(doc, name, f"relays[{i}].")
+    r.only({"name", "address"}, {"identity_key"})
+    return RelayEntry(
+        name=r.text("name", NAME_RE),
+        address=r.text("address", HOSTPORT_RE),
+        identity_key=r.verify_key("identity_key") if "identity_key" in r.doc else None,
+    )
+
+
+def parse_state(data: bytes, name: str = "state.json") -> StateDoc:
+    r = _Reader(strictjson.loads(data, name=name, max_bytes=MAX_STATE_BYTES), name)
+    r.only({"type", "network_id", "serial", "root_version", "expires", "network", "policy_sha256",
+            "peers"}, {"relays", "stun"})
+    _type_check(r, STATE_TYPE)
+    net = _Reader(r.obj("network"), name, "network.")
+    net.only({"ipv4", "ipv6", "domain"})
+    try:
+        v4 = ipaddress.IPv4Network(net.text("ipv4"))
+    except ValueError:
+        raise net.fail("ipv4", "must be an IPv4 CIDR such as 100.64.0.0/10") from None
+    try:
+        v6 = ipaddress.IPv6Network(net.text("ipv6"))
+    except ValueError:
+        raise net.fail("ipv6", "must be an IPv6 prefix such as fd7a:115c:a1e0::/48") from None
+    peers_doc = r.obj("peers")
+    if len(peers_doc) > MAX_PEERS:
+        raise r.fail("peers", f"more than {MAX_PEERS} peers")
+    peers: dict[str, Assignment] = {}
+    for peer_name, assignment in peers_doc.items():
+        if not NAME_RE.match(peer_name):
+            raise r.fail("peers", f"invalid peer name {peer_name[:80]!r}")
+        peers[peer_name] = _parse_assignment(assignment, name, peer_name)
+    relays = r.items("relays", MAX_RELAYS, default=[])
+    return StateDoc(
+        network_id=r.text("network_id", NETWORK_ID_RE),
+        serial=r.integer("serial", 1, 2**63 - 1),
+        root_version=r.integer("root_version", 1, 1_000_000),
+        expires=r.time("expires"),
+        ipv4_cidr=v4,
+        ipv6_prefix=v6,
+        domain=net.text("domain", DOMAIN_RE),
+        policy_sha256=r.text("policy_sha256", SHA256_RE),
+        peers=peers,
+        relays=tuple(_parse_relay(x, name, i) for i, x in enumerate(relays)),
+        stun=r.str_list("stun", MAX_STUN, HOSTPORT_RE),
+    )
+
+
+def marshal_state(doc: StateDoc) -> bytes:
+    peers: dict[str, Any] = {}
+    for peer_name in sorted(doc.peers):
+        a = doc.peers[peer_name]
+        entry: dict[str, Any] = {"record_sha256": a.record_sha256,
+                                 "addresses": [str(x) for x in a.addresses]}
+        if a.tags:
+            entry["tags"] = list(a.tags)
+        if a.owner:
+            entry["owner"] = a.owner
+        peers[peer_name] = entry
+    out: dict[str, Any] = {
+        "type": STATE_TYPE,
+        "network_id": doc.network_id,
+        "serial": doc.serial,
+        "root_version": doc.root_version,
+        "expires": format_time(doc.expires),
+        "network": {"ipv4": str(doc.ipv4_cidr), "ipv6": str(doc.ipv6_prefix), "domain": doc.domain},
+        "policy_sha256": doc.policy_sha256,
+        "peers": peers,
+    }
+    if doc.relays:
+        out["relays"] = [
+            {"name": x.name, "address": x.address}
+            | ({"identity_key": x.identity_key.text()} if x.identity_key else {})
+            for x in doc.relays
+        ]
+    if doc.stun:
+        out["stun"] = list(doc.stun)
+    return strictjson.dumps(out)

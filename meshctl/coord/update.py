@@ -1,0 +1,66 @@
+"""One coordination pass for a node: fetch, verify, remember (the shell around verify)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from meshctl.coord import repo as gitrepo
+from meshctl.coord import verify
+from meshctl.coord.netmap import NetMap
+from meshctl.coord.node_state import NodeConfig, NodeState
+from meshctl.errors import MeshctlError
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateResult:
+    netmap: NetMap
+    changed: bool  # a new state was accepted in this pass
+    previous_serial: int | None
+
+
+class NotAMember(MeshctlError):
+    """This device is not (yet) in the verified state."""
+
+
+def fetch_and_verify(state_dir: Path, repo_dir: Path, now: int) -> UpdateResult:
+    """Fetch the coordination repo and accept its tip if it verifies.
+
+    On any failure nothing is written: the last accepted state stays in force.
+    """
+    node = NodeState(state_dir)
+    cfg = node.load_config()
+    memory = node.load_memory()
+    repo = gitrepo.open_or_init(repo_dir, cfg.repo_url)
+    tip = gitrepo.fetch(repo, cfg.branch)
+    trusted = gitrepo.trusted_tip(repo)
+    gitrepo.check_descends(repo, tip, trusted)
+    cached = node.load_netmap()
+    if memory is not None and memory.commit == tip and cached is not None:
+        # Nothing new (git ids match): no re-verification, but expiry still counts.
+        if cached.expires <= now:
+            raise verify.expired_error(cached.expires)
+        node.touch_fetched(now)
+        return UpdateResult(cached.with_self(cfg.name), False, memory.serial)
+    record_cache = node.load_record_cache(cfg.network_id)
+    snap = gitrepo.GitSnapshot(repo, tip)
+    verified = verify.verify_snapshot(snap, cfg.root_fingerprint, now, memory, record_cache)
+    netmap = verified.netmap.with_self(cfg.name)
+    changed = memory is None or memory.state_sha256 != verified.state_sha256
+    # Memory first: once it is on disk, an older state can never be accepted again.
+    node.save_memory(verified.memory(tip), now)
+    gitrepo.set_trusted(repo, tip)
+    node.save_netmap(netmap)
+    used = {f"{snap.files()[f'peers/{n}.json']}:{snap.files()[f'peers/{n}.json.sig']}"
+            for n in verified.records}
+    node.save_record_cache(cfg.network_id, record_cache, used)
+    return UpdateResult(netmap, changed, memory.serial if memory else None)
+
+
+def require_member(netmap: NetMap, cfg: NodeConfig) -> None:
+    if netmap.self_peer is None:
+        raise NotAMember(
+            f"{cfg.name} is not a member of mesh {netmap.network.name} yet "
+            f"(serial {netmap.serial})",
+            f"the join request on branch join/{cfg.name} must be approved and merged by an admin",
+        )

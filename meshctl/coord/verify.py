@@ -1,0 +1,384 @@
+"""Verification of a coordination repository snapshot (pure).
+
+Input: the files of one commit (a `Snapshot`), the pinned root fingerprint,
+what this node accepted last (`TrustMemory`) and `now`. Output: a `Verified`
+state and its `NetMap`, or a VerificationError naming the file and the reason.
+
+Rules (DESIGN.md, "Rules that make the host untrusted"):
+- root/1 hashes to the pinned fingerprint; root/N+1 is signed by the root
+  thresholds of both N and N+1; a root version never changes once seen.
+- state.json is signed by the admin threshold of the newest root, lists the
+  sha256 of every file a node may use, and has not expired.
+- A lower serial than remembered is a rollback; the same serial with other
+  bytes is equivocation. Both are refused.
+- Every peer file is listed in state.json with its hash and self-signed by the
+  identity key inside it; names, keys and addresses are unique and inside the
+  mesh prefixes. Unknown paths and oversized files are refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping, MutableMapping
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+from meshctl.coord import records, signing
+from meshctl.coord.netmap import NetMap, NetworkSettings, Peer, Relay
+from meshctl.coord.records import PeerRecord, RootDoc, StateDoc
+from meshctl.errors import ParseError, VerificationError
+
+MAX_FILES: Final = 250_000  # 2 files per peer at MAX_PEERS, plus requests: refuse a million-file repo early
+MAX_POLICY_BYTES: Final = 1024 * 1024
+MAX_OTHER_BYTES: Final = 256 * 1024  # README, CI files
+
+ROOT_RE: Final = re.compile(r"^root/([1-9][0-9]{0,5})\.root\.json$")
+PEER_RE: Final = re.compile(r"^peers/([a-z0-9-]{1,63})\.json$")
+REQUEST_RE: Final = re.compile(r"^requests/([a-z0-9-]{1,63})\.json$")
+OTHER_FILES: Final = frozenset({"README.md", ".gitignore", ".gitlab-ci.yml", "policy.hujson",
+                                "state.json", "state.json.sig"})
+WORKFLOW_RE: Final = re.compile(r"^\.github/workflows/[A-Za-z0-9_.-]{1,64}\.ya?ml$")
+
+
+class Snapshot(Protocol):
+    """The files of one revision. `files()` maps path -> content id (git blob id or None)."""
+
+    def files(self) -> Mapping[str, str | None]: ...
+
+    def size(self, path: str) -> int: ...
+
+    def read(self, path: str) -> bytes: ...
+
+
+@dataclass(frozen=True, slots=True)
+class TrustMemory:
+    """What a node accepted last; only ever moves forward."""
+
+    root_hashes: tuple[str, ...]  # sha256 of root/1..N as accepted
+    serial: int
+    state_sha256: str
+    commit: str | None = None
+
+    @property
+    def root_version(self) -> int:
+        return len(self.root_hashes)
+
+
+@dataclass(frozen=True, slots=True)
+class Verified:
+    root: RootDoc
+    root_hashes: tuple[str, ...]
+    state: StateDoc
+    state_sha256: str
+    records: Mapping[str, PeerRecord]
+    policy_text: str
+    netmap: NetMap
+
+    def memory(self, commit: str | None) -> TrustMemory:
+        return TrustMemory(self.root_hashes, self.state.serial, self.state_sha256, commit)
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def fingerprint(root1: bytes) -> str:
+    """The root fingerprint printed by `meshctl admin invite` and pinned by `join --root`."""
+    return "sha256:" + sha256_hex(root1)
+
+
+def _refuse(message: str, hint: str | None = None) -> VerificationError:
+    return VerificationError(message, hint)
+
+
+# --- paths ----------------------------------------------------------------------------------
+
+
+def classify_path(path: str) -> str:
+    """'root' | 'peer' | 'request' | 'sig' | 'other'; raises for a path meshctl does not know."""
+    if path.endswith(".sig"):
+        base = path[: -len(".sig")]
+        if ROOT_RE.match(base) or PEER_RE.match(base) or REQUEST_RE.match(base) or base == "state.json":
+            return "sig"
+    elif ROOT_RE.match(path):
+        return "root"
+    elif PEER_RE.match(path):
+        return "peer"
+    elif REQUEST_RE.match(path):
+        return "request"
+    elif path in OTHER_FILES or WORKFLOW_RE.match(path):
+        return "other"
+    raise _refuse(f"{path}: unknown path in the coordination repository",
+                  "only root/, peers/, requests/, state.json, policy.hujson and CI files belong here")
+
+
+def _read_bounded(snap: Snapshot, path: str, limit: int) -> bytes:
+    size = snap.size(path)
+    if size > limit:
+        raise _refuse(f"{path}: file is {size} bytes, more than the limit of {limit}")
+    return snap.read(path)
+
+
+def check_paths(snap: Snapshot) -> dict[str, str]:
+    """Every path known and every size bounded; returns path -> kind."""
+    files = snap.files()
+    if len(files) > MAX_FILES:
+        raise _refuse(f"repository has {len(files)} files, more than the limit of {MAX_FILES}")
+    kinds = {path: classify_path(path) for path in files}
+    for path, kind in kinds.items():
+        if kind == "other" and path not in ("state.json", "state.json.sig", "policy.hujson"):
+            if snap.size(path) > MAX_OTHER_BYTES:
+                raise _refuse(f"{path}: file is larger than {MAX_OTHER_BYTES} bytes")
+    return kinds
+
+
+# --- roots ----------------------------------------------------------------------------------
+
+
+def _signatures(snap: Snapshot, path: str, files: Mapping[str, object]) -> tuple[signing.Signature, ...]:
+    sig_path = path + ".sig"
+    if sig_path not in files:
+        raise _refuse(f"{sig_path}: signature file is missing")
+    try:
+        return signing.parse_signatures(
+            _read_bounded(snap, sig_path, signing.MAX_SIG_FILE_BYTES), name=sig_path
+        )
+    except ParseError as exc:
+        raise _refuse(str(exc)) from None
+
+
+def _parse(fn: object, data: bytes, name: str) -> object:
+    try:
+        return fn(data, name)  # type: ignore[operator]
+    except ParseError as exc:
+        raise _refuse(str(exc)) from None
+
+
+def verify_roots(
+    snap: Snapshot, pinned: str, remembered: tuple[str, ...] = ()
+) -> tuple[RootDoc, tuple[str, ...]]:
+    """Walk root/1..N; return the newest root and the hash of every version."""
+    files = snap.files()
+    versions = sorted(int(m.group(1)) for p in files if (m := ROOT_RE.match(p)))
+    if not versions:
+        raise _refuse("root/1.root.json: missing: this is not a meshctl coordination repository")
+    if versions != list(range(1, len(versions) + 1)):
+        raise _refuse(f"root/: versions must run 1..N without gaps, found {versions[:10]}")
+    if len(versions) < len(remembered):
+        raise _refuse(
+            f"root/{len(versions)+1}.root.json: missing, but root version {len(remembered)} "
+            "was accepted before (rollback)"
+        )
+    hashes: list[str] = []
+    prev: RootDoc | None = None
+    for version in versions:
+        path = f"root/{version}.root.json"
+        data = _read_bounded(snap, path, records.MAX_ROOT_BYTES)
+        digest = sha256_hex(data)
+        if version == 1 and "sha256:" + digest != pinned:
+            raise _refuse(f"{path}: fingerprint sha256:{digest[:16]}… does not match the pinned "
+                          f"root {pinned[:23]}…", "this is another mesh, or the repository was forged")
+        if version <= len(remembered) and remembered[version - 1] != digest:
+            raise _refuse(f"{path}: root version {version} changed after it was accepted")
+        root = _parse(records.parse_root, data, path)
+        assert isinstance(root, RootDoc)
+        if root.version != version:
+            raise _refuse(f"{path}: field version is {root.version}, expected {version}")
+        sigs = _signatures(snap, path, files)
+        signers = [root] if prev is None else [prev, root]
+        for signer in signers:
+            if prev is not None and root.network_id != prev.network_id:
+                raise _refuse(f"{path}: network_id differs from root version {prev.version}")
+            good = signing.valid_signers(sigs, signer.root_keys, "root", root.network_id, data)
+            if len(good) < signer.root_threshold:
+                which = "its own" if signer is root else f"version {signer.version}'s"
+                raise _refuse(
+                    f"{path}: signed by {len(good)} of {which} root keys, "
+                    f"threshold is {signer.root_threshold}"
+                )
+        hashes.append(digest)
+        prev = root
+    assert prev is not None
+    return prev, tuple(hashes)
+
+
+# --- state and peers ------------------------------------------------------------------------
+
+
+def verify_state_doc(snap: Snapshot, root: RootDoc, now: int) -> tuple[StateDoc, str]:
+    files = snap.files()
+    if "state.json" not in files:
+        raise _refuse("state.json: missing")
+    data = _read_bounded(snap, "state.json", records.MAX_STATE_BYTES)
+    # Signature before parsing: unsigned bytes never reach the parser's deeper checks.
+    sigs = _signatures(snap, "state.json", files)
+    good = signing.valid_signers(sigs, root.admin_keys, "state", root.network_id, data)
+    if len(good) < root.admin_threshold:
+        if sigs and not good:
+            why = f"no valid signature by an admin key of root version {root.version}"
+        else:
+            why = f"signed by {len(good)} admin keys, threshold is {root.admin_threshold}"
+        raise _refuse(f"state.json.sig: {why}", "state.json must be signed with `meshctl admin sign`")
+    state = _parse(records.parse_state, data, "state.json")
+    assert isinstance(state, StateDoc)
+    if state.network_id != root.network_id:
+        raise _refuse(f"state.json: field network_id {state.network_id} is not this mesh's "
+                      f"({root.network_id})")
+    if state.root_version != root.version:
+        raise _refuse(f"state.json: field root_version is {state.root_version}, the newest root is "
+                      f"{root.version}", "re-sign the state after a root rotation")
+    if state.expires <= now:
+        raise expired_error(state.expires)
+    return state, sha256_hex(data)
+
+
+def expired_error(expires: int) -> VerificationError:
+    return _refuse(f"state.json: expired at {records.format_time(expires)}",
+                   "an admin must run `meshctl admin renew`; the last good configuration is kept")
+
+
+def check_memory(state: StateDoc, state_sha256: str, memory: TrustMemory | None) -> None:
+    if memory is None:
+        return
+    if state.serial < memory.serial:
+        raise _refuse(f"state.json: serial {state.serial} is lower than the accepted serial "
+                      f"{memory.serial} (rollback refused)")
+    if state.serial == memory.serial and state_sha256 != memory.state_sha256:
+        raise _refuse(f"state.json: serial {state.serial} was accepted before with other content "
+                      "(equivocation refused)")
+
+
+def verify_record(
+    snap: Snapshot, path: str, network_id: str, files: Mapping[str, object]
+) -> tuple[PeerRecord, str]:
+    """Parse and check the self-signature of a peers/ or requests/ file."""
+    data = _read_bounded(snap, path, records.MAX_PEER_BYTES)
+    rec = _parse(records.parse_peer, data, path)
+    assert isinstance(rec, PeerRecord)
+    stem = path.rsplit("/", 1)[1][: -len(".json")]
+    if rec.name != stem:
+        raise _refuse(f"{path}: field name is {rec.name!r}, but the file is named {stem!r}")
+    if rec.network_id != network_id:
+        raise _refuse(f"{path}: field network_id is not this mesh's")
+    sigs = _signatures(snap, path, files)
+    if not signing.valid_signers(sigs, [rec.identity_key], "peer", network_id, data):
+        raise _refuse(f"{path}.sig: not signed by the record's identity key")
+    return rec, sha256_hex(data)
+
+
+def verify_peers(
+    snap: Snapshot,
+    state: StateDoc,
+    kinds: Mapping[str, str],
+    cache: MutableMapping[str, tuple[str, PeerRecord]] | None = None,
+) -> dict[str, PeerRecord]:
+    files = snap.files()
+    listed = set(state.peers)
+    present = {m.group(1) for p, k in kinds.items() if k == "peer" and (m := PEER_RE.match(p))}
+    for name in sorted(present - listed):
+        raise _refuse(f"peers/{name}.json: not listed in state.json")
+    out: dict[str, PeerRecord] = {}
+    for name in sorted(listed):
+        path = f"peers/{name}.json"
+        if path not in files:
+            raise _refuse(f"{path}: listed in state.json but missing")
+        blob = files[path]
+        sig_blob = files.get(path + ".sig")
+        key = f"{blob}:{sig_blob}" if blob and sig_blob else None
+        hit = cache.get(key) if cache is not None and key else None
+        if hit is not None:
+            rec, digest = hit[1], hit[0]
+        else:
+            rec, digest = verify_record(snap, path, state.network_id, files)
+            if cache is not None and key:
+                cache[key] = (digest, rec)
+        if digest != state.peers[name].record_sha256:
+            raise _refuse(f"{path}: sha256 {digest[:16]}… differs from the hash listed in state.json")
+        if rec.network_id != state.network_id:
+            raise _refuse(f"{path}: field network_id is not this mesh's")
+        out[name] = rec
+    check_unique(state, out)
+    return out
+
+
+def check_unique(state: StateDoc, recs: Mapping[str, PeerRecord]) -> None:
+    seen: dict[object, str] = {}
+    for name in sorted(recs):
+        rec, assignment = recs[name], state.peers[name]
+        for what, value in (("identity key", rec.identity_key), ("WireGuard key", rec.wg_public_key),
+                            ("disco key", rec.disco_key)):
+            if (what, value) in seen:
+                raise _refuse(f"peers/{name}.json: {what} is also used by {seen[(what, value)]}")
+            seen[(what, value)] = name
+        versions = [a.version for a in assignment.addresses]
+        if len(set(versions)) != len(versions):
+            raise _refuse(f"state.json: peer {name} has two addresses of one IP version")
+        for addr in assignment.addresses:
+            inside = addr in (state.ipv4_cidr if addr.version == 4 else state.ipv6_prefix)
+            if not inside:
+                raise _refuse(f"state.json: peer {name} address {addr} is outside the mesh prefix")
+            if ("address", addr) in seen:
+                raise _refuse(f"state.json: peer {name} address {addr} is also used by "
+                              f"{seen[('address', addr)]}")
+            seen[("address", addr)] = name
+
+
+def verify_policy(snap: Snapshot, state: StateDoc) -> str:
+    files = snap.files()
+    if "policy.hujson" not in files:
+        raise _refuse("policy.hujson: missing")
+    data = _read_bounded(snap, "policy.hujson", MAX_POLICY_BYTES)
+    if sha256_hex(data) != state.policy_sha256:
+        raise _refuse("policy.hujson: sha256 differs from policy_sha256 in state.json",
+                      "after editing the policy, run `meshctl admin sign`")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _refuse("policy.hujson: not valid UTF-8") from None
+
+
+def build_netmap(root: RootDoc, state: StateDoc, state_sha256: str,
+                 recs: Mapping[str, PeerRecord], policy_text: str) -> NetMap:
+    peers = tuple(
+        Peer(
+            name=name,
+            identity_key=recs[name].identity_key,
+            wg_public_key=recs[name].wg_public_key,
+            disco_key=recs[name].disco_key,
+            addresses=tuple(sorted(state.peers[name].addresses, key=lambda a: a.version)),
+            tags=state.peers[name].tags,
+            owner=state.peers[name].owner,
+            endpoints=recs[name].endpoints,
+        )
+        for name in sorted(recs)
+    )
+    return NetMap(
+        network=NetworkSettings(root.network_id, root.name, state.ipv4_cidr, state.ipv6_prefix,
+                                state.domain),
+        serial=state.serial,
+        expires=state.expires,
+        state_sha256=state_sha256,
+        peers=peers,
+        relays=tuple(Relay(r.name, r.address, r.identity_key) for r in state.relays),
+        stun_servers=state.stun,
+        policy_text=policy_text,
+    )
+
+
+def verify_snapshot(
+    snap: Snapshot,
+    pinned: str,
+    now: int,
+    memory: TrustMemory | None = None,
+    cache: MutableMapping[str, tuple[str, PeerRecord]] | None = None,
+) -> Verified:
+    """Everything a node checks before it uses a revision of the repository."""
+    kinds = check_paths(snap)
+    root, root_hashes = verify_roots(snap, pinned, memory.root_hashes if memory else ())
+    state, state_sha = verify_state_doc(snap, root, now)
+    check_memory(state, state_sha, memory)
+    recs = verify_peers(snap, state, kinds, cache)
+    policy = verify_policy(snap, state)
+    return Verified(root, root_hashes, state, state_sha, recs, policy,
+                    build_netmap(root, state, state_sha, recs, policy))
