@@ -1,0 +1,53 @@
+# meshctl: `make test` and `make demo` are all a fresh root Linux machine needs.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# Debian packages the suite and the demo use for real (no mocks): installed when run as root.
+APT_PACKAGES := wireguard-go wireguard-tools nftables coturn iproute2 dnsutils git openssh-server \
+                iperf3 iputils-ping procps conntrack psmisc
+PYTEST_ARGS ?=
+
+.PHONY: all test deps venv binary lint demo test-kernel bench clean
+
+all: test
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+# Installs missing Debian packages when run as root; elsewhere the tests say what they skip.
+deps:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	  if [ -n "$$missing" ]; then \
+	    echo "installing:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  fi; \
+	fi
+
+test: deps venv
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+lint: venv
+	$(BIN)/ruff check meshctl tests bench
+	$(BIN)/mypy
+
+binary: venv
+	$(BIN)/pyinstaller --noconfirm --clean --log-level WARN packaging/meshctl.spec
+	@ls -l dist/meshctl
+
+demo: deps venv
+	$(BIN)/python -m meshctl.lab.demo
+
+test-kernel: deps venv
+	bash scripts/test-kernel.sh
+
+bench: venv
+	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf build dist .pytest_cache .mypy_cache .ruff_cache

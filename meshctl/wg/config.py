@@ -1,0 +1,301 @@
+"""WireGuard device config: desired config, read-back state and the patch between them (pure).
+
+`plan_update(state, config)` works like wireguard-tools' `syncconf`: it reads nothing itself, it
+compares the state read back from the device with the desired config and returns a
+`DeviceUpdate` that writes only what differs:
+
+- a peer is written only when it is new or its endpoint, allowed IPs or keepalive changed;
+- a peer that vanished from the config is removed (`remove=true`);
+- allowed IPs are replaced only when the set changed;
+- keepalive is written last by every encoder (it can send a packet at once, which should go to
+  the final endpoint with the final allowed IPs in place);
+- nothing else is touched, so updating one peer never resets another peer's handshake;
+- when nothing differs the update is empty and the caller makes no WireGuard call at all.
+
+The private key is compared in constant time and never printed: `describe()` shows the public key.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Final, TypeAlias
+
+from meshctl.errors import UsageError
+from meshctl.keys import NodePrivate, NodePublic
+
+IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
+Prefix: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+MAX_PORT: Final = 65535
+MAX_KEEPALIVE_S: Final = 65535  # a u16 in both the netlink and the UAPI protocol
+ANY_PORT: Final = 0  # listen_port 0: let WireGuard pick one and keep whatever it picked
+
+
+# --- endpoints -------------------------------------------------------------------------------
+
+
+def parse_endpoint(text: str) -> tuple[IPAddress, int]:
+    """Parse `1.2.3.4:51820` or `[fd00::1]:51820` (an IP literal; resolve names before)."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise UsageError(f"Unable to parse endpoint: `{text}` (expected IP:PORT or [IPv6]:PORT)")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise UsageError(f"Unable to parse endpoint: `{text}` (put an IPv6 address in brackets)")
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        raise UsageError(f"Unable to parse endpoint: `{text}` (not an IP address)") from None
+    port = int(port_text)
+    if not 0 < port <= MAX_PORT:
+        raise UsageError(f"Unable to parse endpoint: `{text}` (port out of range)")
+    return addr, port
+
+
+def format_endpoint(addr: IPAddress, port: int) -> str:
+    """The canonical text form, the one `wg` and wireguard-go print."""
+    return f"[{addr}]:{port}" if addr.version == 6 else f"{addr}:{port}"
+
+
+def canonical_endpoint(text: str) -> str:
+    return format_endpoint(*parse_endpoint(text))
+
+
+def _sorted_prefixes(prefixes: tuple[Prefix, ...] | frozenset[Prefix]) -> tuple[Prefix, ...]:
+    return tuple(sorted(set(prefixes), key=lambda p: (p.version, p.network_address, p.prefixlen)))
+
+
+# --- desired config --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PeerConfig:
+    """One desired peer. `endpoint=None` leaves whatever endpoint WireGuard learned (roaming)."""
+
+    public_key: NodePublic
+    allowed_ips: tuple[Prefix, ...]
+    endpoint: str | None = None
+    persistent_keepalive: int = 0  # seconds, 0 = off
+
+    def __post_init__(self) -> None:
+        if self.endpoint is not None:
+            object.__setattr__(self, "endpoint", canonical_endpoint(self.endpoint))
+        if not 0 <= self.persistent_keepalive <= MAX_KEEPALIVE_S:
+            raise UsageError(f"persistent keepalive out of range: {self.persistent_keepalive}")
+        object.__setattr__(self, "allowed_ips", _sorted_prefixes(self.allowed_ips))
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceConfig:
+    """The desired device. `listen_port=0` means any port (and keep the one in use)."""
+
+    private_key: NodePrivate
+    listen_port: int
+    peers: tuple[PeerConfig, ...]
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.listen_port <= MAX_PORT:
+            raise UsageError(f"listen port out of range: {self.listen_port}")
+        seen: set[NodePublic] = set()
+        for peer in self.peers:
+            if peer.public_key in seen:
+                raise UsageError(f"peer {peer.public_key.short()} listed twice")
+            seen.add(peer.public_key)
+        # Sorted by key so plans and encodings are deterministic.
+        object.__setattr__(self, "peers", tuple(sorted(self.peers, key=lambda p: p.public_key.raw)))
+
+
+# --- read-back state -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PeerState:
+    public_key: NodePublic
+    endpoint: str | None = None
+    allowed_ips: tuple[Prefix, ...] = ()
+    persistent_keepalive: int = 0
+    last_handshake: int | None = None  # unix seconds; None = never
+    rx_bytes: int = 0
+    tx_bytes: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "allowed_ips", _sorted_prefixes(self.allowed_ips))
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceState:
+    """What the device reports. `private_key` is None on a fresh device (never printed)."""
+
+    private_key: NodePrivate | None = None
+    listen_port: int = 0
+    peers: tuple[PeerState, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "peers", tuple(sorted(self.peers, key=lambda p: p.public_key.raw)))
+
+    @property
+    def public_key(self) -> NodePublic | None:
+        return None if self.private_key is None else self.private_key.public()
+
+    def peer(self, key: NodePublic) -> PeerState | None:
+        return next((p for p in self.peers if p.public_key == key), None)
+
+    def render(self) -> list[str]:
+        """`wg show`-like lines for golden tests and debugging (no private key, no counters)."""
+        pub = self.public_key.b64() if self.public_key else "(none)"
+        lines = [f"interface: public key {pub}, listening port {self.listen_port}"]
+        for p in self.peers:
+            ips = ", ".join(str(a) for a in p.allowed_ips) or "(none)"
+            lines.append(
+                f"peer {p.public_key.short()}: endpoint {p.endpoint or '(none)'}; "
+                f"allowed ips {ips}; keepalive {p.persistent_keepalive or 'off'}"
+            )
+        return lines
+
+
+# --- the patch -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PeerUpdate:
+    """A change to one peer. Fields left None are not written."""
+
+    public_key: NodePublic
+    remove: bool = False
+    new: bool = False  # the peer does not exist yet (for describe() only)
+    endpoint: str | None = None
+    allowed_ips: tuple[Prefix, ...] | None = None  # replace the whole set when not None
+    persistent_keepalive: int | None = None  # written last by every encoder
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceUpdate:
+    private_key: NodePrivate | None = field(default=None, repr=False)
+    listen_port: int | None = None
+    peers: tuple[PeerUpdate, ...] = ()  # changed and new peers first, then removals
+
+    def is_empty(self) -> bool:
+        return self.private_key is None and self.listen_port is None and not self.peers
+
+    def describe(self) -> list[str]:
+        """Human lines, one per change (`meshctl sync --dry-run` prints these)."""
+        lines: list[str] = []
+        if self.private_key is not None:
+            lines.append(f"set private key (public key {self.private_key.public().b64()})")
+        if self.listen_port is not None:
+            lines.append(f"set listen port {self.listen_port}")
+        for p in self.peers:
+            who = f"peer {p.public_key.b64()}"
+            if p.remove:
+                lines.append(f"remove {who}")
+                continue
+            parts: list[str] = []
+            if p.endpoint is not None:
+                parts.append(f"endpoint {p.endpoint}")
+            if p.allowed_ips is not None:
+                ips = ", ".join(str(a) for a in p.allowed_ips) or "(none)"
+                parts.append(f"allowed ips {ips}")
+            if p.persistent_keepalive is not None:
+                parts.append(f"keepalive {p.persistent_keepalive or 'off'}")
+            lines.append(f"{'add' if p.new else 'update'} {who}: {'; '.join(parts)}")
+        return lines
+
+
+def _plan_peer(actual: PeerState | None, want: PeerConfig) -> PeerUpdate | None:
+    if actual is None:
+        return PeerUpdate(
+            public_key=want.public_key,
+            new=True,
+            endpoint=want.endpoint,
+            allowed_ips=want.allowed_ips,
+            persistent_keepalive=want.persistent_keepalive or None,
+        )
+    endpoint = want.endpoint if want.endpoint not in (None, actual.endpoint) else None
+    ips = want.allowed_ips if set(want.allowed_ips) != set(actual.allowed_ips) else None
+    keepalive = (
+        want.persistent_keepalive
+        if want.persistent_keepalive != actual.persistent_keepalive
+        else None
+    )
+    if endpoint is None and ips is None and keepalive is None:
+        return None
+    return PeerUpdate(
+        public_key=want.public_key,
+        endpoint=endpoint,
+        allowed_ips=ips,
+        persistent_keepalive=keepalive,
+    )
+
+
+def plan_update(state: DeviceState, config: DeviceConfig) -> DeviceUpdate:
+    """The smallest patch turning `state` into `config` (see the module docstring)."""
+    # Compare through the public key: WireGuard stores the key clamped (like `wg genkey`), so
+    # an unclamped key reads back with different bytes yet is the same X25519 key.
+    private_key = (
+        config.private_key
+        if state.private_key is None or state.public_key != config.private_key.public()
+        else None
+    )
+    listen_port = (
+        config.listen_port
+        if config.listen_port not in (ANY_PORT, state.listen_port)
+        else None
+    )
+    actual = {p.public_key: p for p in state.peers}
+    wanted = {p.public_key for p in config.peers}
+    changes = [u for p in config.peers if (u := _plan_peer(actual.get(p.public_key), p))]
+    removals = [PeerUpdate(public_key=p.public_key, remove=True) for p in state.peers
+                if p.public_key not in wanted]
+    return DeviceUpdate(
+        private_key=private_key, listen_port=listen_port, peers=tuple(changes + removals)
+    )
+
+
+def apply_update(state: DeviceState, update: DeviceUpdate) -> DeviceState:
+    """What a device looks like after `update` (the semantics every backend must have).
+
+    Used by the fake backend in tests and by anyone who wants to predict a plan's result.
+    Counters and handshakes of untouched peers are kept, which is the no-reset promise.
+    """
+    peers = {p.public_key: p for p in state.peers}
+    for u in update.peers:
+        if u.remove:
+            peers.pop(u.public_key, None)
+            continue
+        old = peers.get(u.public_key) or PeerState(public_key=u.public_key)
+        peers[u.public_key] = PeerState(
+            public_key=u.public_key,
+            endpoint=u.endpoint if u.endpoint is not None else old.endpoint,
+            allowed_ips=u.allowed_ips if u.allowed_ips is not None else old.allowed_ips,
+            persistent_keepalive=(
+                u.persistent_keepalive
+                if u.persistent_keepalive is not None
+                else old.persistent_keepalive
+            ),
+            last_handshake=old.last_handshake,
+            rx_bytes=old.rx_bytes,
+            tx_bytes=old.tx_bytes,
+        )
+    # An allowed IP belongs to one peer at a time: a later owner steals it (WireGuard does this).
+    owner: dict[Prefix, NodePublic] = {}
+    for u in update.peers:
+        if not u.remove and u.allowed_ips is not None:
+            for ip in u.allowed_ips:
+                owner[ip] = u.public_key
+    final = []
+    for key, p in peers.items():
+        kept = tuple(ip for ip in p.allowed_ips if owner.get(ip, key) == key)
+        final.append(
+            p if kept == p.allowed_ips else PeerState(
+                public_key=p.public_key, endpoint=p.endpoint, allowed_ips=kept,
+                persistent_keepalive=p.persistent_keepalive, last_handshake=p.last_handshake,
+                rx_bytes=p.rx_bytes, tx_bytes=p.tx_bytes,
+            )
+        )
+    return DeviceState(
+        private_key=update.private_key if update.private_key is not None else state.private_key,
+        listen_port=update.listen_port if update.listen_port is not None else state.listen_port,
+        peers=tuple(final),
+    )

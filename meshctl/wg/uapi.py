@@ -1,0 +1,228 @@
+"""The wireguard-go UAPI text protocol (pure codec).
+
+A request is `set=1` or `get=1` followed by `key=value` lines and a blank line. The device
+answers a set with `errno=N` and a blank line, and a get with the device's `key=value` lines,
+then `errno=N` and a blank line. Keys are lowercase hex; a `public_key=` line starts a peer
+section (https://www.wireguard.com/xplatform/).
+
+`marshal_set` writes a `DeviceUpdate` with keepalive last: a first pass writes each peer's
+endpoint and allowed IPs (and removals), a second pass sets keepalives with `update_only=true`,
+because enabling keepalive may send a packet at once and it should find the final endpoint.
+
+`parse_get_reply` reads untrusted bytes from a socket: it is bounded in size and either returns
+a value or raises `UapiParseError`.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+from dataclasses import dataclass
+from typing import Final
+
+from meshctl.errors import ParseError, UsageError
+from meshctl.keys import KEY_LEN, NodePrivate, NodePublic
+from meshctl.wg.config import (
+    DeviceState,
+    DeviceUpdate,
+    PeerState,
+    Prefix,
+    canonical_endpoint,
+)
+
+# A peer's get section is about 300 bytes plus ~50 per allowed IP; 64 MiB covers >100k peers.
+MAX_REPLY_BYTES: Final = 64 * 1024 * 1024
+MAX_LINE_BYTES: Final = 4096  # the longest legal line is a 64-char key or an endpoint
+MAX_U64: Final = 2**64 - 1
+MAX_PORT: Final = 65535
+MAX_KEEPALIVE: Final = 65535
+REPLY_END: Final = b"\n\n"
+
+GET_REQUEST: Final = b"get=1\n\n"
+# The agent reads the same few thousand endpoints and prefixes every pass; ipaddress parsing
+# dominates the cost of a get at 1,000 peers, so remember recent results (bounded).
+PARSE_CACHE_ENTRIES: Final = 1 << 16
+
+
+class UapiParseError(ParseError):
+    """The device's reply is not valid UAPI text."""
+
+
+@dataclass(frozen=True, slots=True)
+class GetReply:
+    errno: int  # 0 = ok; otherwise `state` holds whatever came before the error
+    state: DeviceState
+
+
+# --- encoding ----------------------------------------------------------------------------------
+
+
+def _hex(raw: bytes) -> str:
+    return raw.hex()
+
+
+def marshal_set(update: DeviceUpdate) -> bytes:
+    """The `set=1` request for `update` (private key in hex: never log these bytes)."""
+    lines = ["set=1"]
+    if update.private_key is not None:
+        lines.append(f"private_key={_hex(update.private_key.private_bytes_for_device())}")
+    if update.listen_port is not None:
+        lines.append(f"listen_port={update.listen_port}")
+    for p in update.peers:
+        lines.append(f"public_key={_hex(p.public_key.raw)}")
+        if p.remove:
+            lines.append("remove=true")
+            continue
+        if p.endpoint is not None:
+            lines.append(f"endpoint={p.endpoint}")
+        if p.allowed_ips is not None:
+            lines.append("replace_allowed_ips=true")
+            lines.extend(f"allowed_ip={ip}" for ip in p.allowed_ips)
+    for p in update.peers:
+        if not p.remove and p.persistent_keepalive is not None:
+            lines.append(f"public_key={_hex(p.public_key.raw)}")
+            lines.append("update_only=true")
+            lines.append(f"persistent_keepalive_interval={p.persistent_keepalive}")
+    return ("\n".join(lines) + "\n\n").encode("ascii")
+
+
+# --- decoding ----------------------------------------------------------------------------------
+
+
+def reply_complete(buf: bytes) -> bool:
+    """True once `buf` holds a whole reply (the shell reads until this holds)."""
+    return buf.endswith(REPLY_END)  # no UAPI line is empty, so a blank line ends the reply
+
+
+def _uint(key: str, value: str, maximum: int) -> int:
+    if not (value.isascii() and value.isdigit()) or len(value) > 20:
+        raise UapiParseError(f"UAPI: `{key}` is not a number: `{value[:40]}`")
+    n = int(value)
+    if n > maximum:
+        raise UapiParseError(f"UAPI: `{key}` out of range: {n}")
+    return n
+
+
+def _key(key: str, value: str) -> bytes:
+    if len(value) != 2 * KEY_LEN:
+        raise UapiParseError(f"UAPI: `{key}` is not a {KEY_LEN}-byte hex key")
+    try:
+        return bytes.fromhex(value)
+    except ValueError:
+        raise UapiParseError(f"UAPI: `{key}` is not hex") from None
+
+
+class _PeerBuilder:
+    __slots__ = ("key", "endpoint", "ips", "keepalive", "hs_sec", "rx", "tx")
+
+    def __init__(self, key: NodePublic) -> None:
+        self.key = key
+        self.endpoint: str | None = None
+        self.ips: list[Prefix] = []
+        self.keepalive = 0
+        self.hs_sec = 0
+        self.rx = 0
+        self.tx = 0
+
+    def build(self) -> PeerState:
+        return PeerState(
+            public_key=self.key,
+            endpoint=self.endpoint,
+            allowed_ips=tuple(self.ips),
+            persistent_keepalive=self.keepalive,
+            last_handshake=self.hs_sec or None,
+            rx_bytes=self.rx,
+            tx_bytes=self.tx,
+        )
+
+
+@functools.lru_cache(maxsize=PARSE_CACHE_ENTRIES)
+def _endpoint(value: str) -> str:
+    try:
+        return canonical_endpoint(value)
+    except UsageError as exc:
+        raise UapiParseError(f"UAPI: {exc.message}") from None
+
+
+@functools.lru_cache(maxsize=PARSE_CACHE_ENTRIES)
+def _allowed_ip(value: str) -> Prefix:
+    try:
+        return ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise UapiParseError(f"UAPI: bad allowed_ip `{value[:60]}`") from None
+
+
+def _peer_line(peer: _PeerBuilder, key: str, value: str) -> None:
+    if key == "endpoint":
+        peer.endpoint = _endpoint(value)
+    elif key == "allowed_ip":
+        peer.ips.append(_allowed_ip(value))
+    elif key == "persistent_keepalive_interval":
+        peer.keepalive = _uint(key, value, MAX_KEEPALIVE)
+    elif key == "last_handshake_time_sec":
+        peer.hs_sec = _uint(key, value, MAX_U64)
+    elif key == "rx_bytes":
+        peer.rx = _uint(key, value, MAX_U64)
+    elif key == "tx_bytes":
+        peer.tx = _uint(key, value, MAX_U64)
+    # preshared_key, protocol_version, last_handshake_time_nsec and unknown keys: ignored.
+
+
+def parse_get_reply(data: bytes) -> GetReply:
+    """Parse a whole `get=1` reply (bytes up to and including the final blank line)."""
+    if len(data) > MAX_REPLY_BYTES:
+        raise UapiParseError(f"UAPI: reply larger than {MAX_REPLY_BYTES} bytes")
+    if not data.endswith(REPLY_END):
+        raise UapiParseError("UAPI: reply does not end with a blank line")
+    try:
+        text = data[: -len(REPLY_END)].decode("ascii")
+    except UnicodeDecodeError:
+        raise UapiParseError("UAPI: reply is not ASCII") from None
+    private_key: NodePrivate | None = None
+    listen_port = 0
+    peers: list[_PeerBuilder] = []
+    seen: set[bytes] = set()
+    errno: int | None = None
+    for line in text.split("\n"):
+        if len(line) > MAX_LINE_BYTES:
+            raise UapiParseError("UAPI: line too long")
+        if errno is not None:
+            raise UapiParseError("UAPI: data after errno")
+        key, sep, value = line.partition("=")
+        if not sep:
+            raise UapiParseError(f"UAPI: line without `=`: `{line[:40]}`")
+        if key == "errno":
+            errno = _uint(key, value, 2**31 - 1)
+        elif key == "public_key":
+            raw = _key(key, value)
+            if raw in seen:
+                raise UapiParseError("UAPI: peer listed twice")
+            seen.add(raw)
+            peers.append(_PeerBuilder(NodePublic(raw)))
+        elif peers:
+            _peer_line(peers[-1], key, value)
+        elif key == "private_key":
+            private_key = NodePrivate(_key(key, value))
+        elif key == "listen_port":
+            listen_port = _uint(key, value, MAX_PORT)
+        # fwmark and unknown device keys: ignored.
+    if errno is None:
+        raise UapiParseError("UAPI: reply has no errno line")
+    state = DeviceState(
+        private_key=private_key, listen_port=listen_port, peers=tuple(p.build() for p in peers)
+    )
+    return GetReply(errno=errno, state=state)
+
+
+def parse_set_reply(data: bytes) -> int:
+    """The errno of a `set=1` reply (0 = applied)."""
+    if len(data) > MAX_LINE_BYTES or not data.endswith(REPLY_END):
+        raise UapiParseError("UAPI: malformed set reply")
+    try:
+        text = data[: -len(REPLY_END)].decode("ascii")
+    except UnicodeDecodeError:
+        raise UapiParseError("UAPI: reply is not ASCII") from None
+    key, sep, value = text.partition("=")
+    if key != "errno" or not sep:
+        raise UapiParseError(f"UAPI: expected errno, got `{text[:40]}`")
+    return _uint(key, value, 2**31 - 1)

@@ -1,0 +1,289 @@
+"""Userspace WireGuard: wireguard-go started by meshctl, configured over its UAPI socket.
+
+Lifecycle facts this module relies on (checked with wireguard-go 0.0.20220316):
+- `wireguard-go IFNAME` creates the tun device in the caller's network namespace, opens
+  /var/run/wireguard/IFNAME.sock, re-executes itself as a daemon and exits 0 at once. The
+  daemon's stdio is /dev/null unless LOG_LEVEL is set, so waiting for the parent is safe.
+- We start it in a new session: the daemon then survives the end of a cron job or of the
+  terminal that ran `meshctl sync` (it would die of SIGHUP otherwise).
+- The socket exists before the daemon serves it, so "started" means "answers a get".
+- Deleting the link makes the daemon exit and remove its socket; deleting the socket file
+  makes it exit and remove the link. `remove_device()` deletes the link (or, when the link is
+  in another namespace, the socket) and waits for the process to be gone.
+- The socket directory is shared by every namespace: a socket that answers while no link of
+  that name exists here belongs to another namespace and is refused, never reconfigured.
+- A socket that exists but refuses connections is stale (wireguard-go was killed) and is
+  deleted, as wireguard-tools does.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Final
+
+from meshctl.errors import MeshctlError
+from meshctl.wg.config import DeviceState, DeviceUpdate
+from meshctl.wg.uapi import (
+    GET_REQUEST,
+    MAX_REPLY_BYTES,
+    UapiParseError,
+    marshal_set,
+    parse_get_reply,
+    parse_set_reply,
+    reply_complete,
+)
+
+log = logging.getLogger(__name__)
+
+WIREGUARD_GO: Final = "wireguard-go"
+SOCKET_DIR: Final = Path("/var/run/wireguard")
+START_DEADLINE_S: Final = 5.0  # wireguard-go answers in ~20 ms here; 5 s covers a loaded box
+STOP_DEADLINE_S: Final = 5.0
+POLL_INTERVAL_S: Final = 0.01
+UAPI_TIMEOUT_S: Final = 5.0  # one request; a live daemon answers in microseconds
+PROBE_TIMEOUT_S: Final = 1.0
+RECV_CHUNK: Final = 65536
+INSTALL_HINT: Final = (
+    "install wireguard-go (Debian/Ubuntu: apt-get install wireguard-go) "
+    "or load the kernel module and use --wg-backend kernel"
+)
+# Variables that change how wireguard-go daemonizes or logs; we want the default daemon.
+_SCRUBBED_ENV: Final = ("WG_PROCESS_FOREGROUND", "LOG_LEVEL", "WG_TUN_FD", "WG_UAPI_FD")
+
+
+class UapiUnavailable(MeshctlError):
+    """Nobody answers on the UAPI socket."""
+
+
+def _link_exists(ifname: str) -> bool:
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        return bool(ipr.link_lookup(ifname=ifname))
+
+
+def _pid_alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie waiting for its reaper has exited)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    state = stat.rpartition(")")[2].split()[0]
+    return state not in ("Z", "X")
+
+
+def find_wireguard_go(ifname: str) -> int | None:
+    """The PID of the live wireguard-go serving `ifname` (names are unique across namespaces)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+        except OSError:
+            continue
+        if (
+            argv[1:] == [ifname.encode()]
+            and os.path.basename(argv[0]) == WIREGUARD_GO.encode()
+            and _pid_alive(int(entry.name))
+        ):
+            return int(entry.name)
+    return None
+
+
+class UserspaceBackend:
+    """wireguard-go behind /var/run/wireguard/<ifname>.sock."""
+
+    name = "userspace"
+
+    def __init__(
+        self, ifname: str, *, binary: str = WIREGUARD_GO, socket_dir: Path = SOCKET_DIR
+    ) -> None:
+        self.ifname = ifname
+        self.binary = binary
+        self.socket_path = socket_dir / f"{ifname}.sock"
+
+    # --- UAPI transport ---------------------------------------------------------------------
+
+    def _request(self, payload: bytes, timeout: float = UAPI_TIMEOUT_S) -> bytes:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            try:
+                sock.connect(str(self.socket_path))
+            except (FileNotFoundError, ConnectionRefusedError) as exc:
+                raise UapiUnavailable(
+                    f"no wireguard-go answers for {self.ifname} ({self.socket_path}: "
+                    f"{exc.strerror})",
+                    hint="run `meshctl sync` or `meshctl up` to start it",
+                ) from None
+            sock.sendall(payload)
+            buf = bytearray()
+            while not reply_complete(bytes(buf[-2:])):
+                chunk = sock.recv(RECV_CHUNK)
+                if not chunk:
+                    raise MeshctlError(f"wireguard-go for {self.ifname} closed the connection")
+                buf += chunk
+                if len(buf) > MAX_REPLY_BYTES:
+                    raise MeshctlError(f"wireguard-go for {self.ifname}: reply too large")
+            return bytes(buf)
+        except TimeoutError:
+            raise MeshctlError(
+                f"wireguard-go for {self.ifname} did not answer within {timeout:g} s"
+            ) from None
+        finally:
+            sock.close()
+
+    def _answers(self) -> bool:
+        try:
+            return parse_get_reply(self._request(GET_REQUEST, PROBE_TIMEOUT_S)).errno == 0
+        except (MeshctlError, OSError):
+            return False
+
+    # --- the backend API --------------------------------------------------------------------
+
+    def exists(self) -> bool:
+        return self._answers() and _link_exists(self.ifname)
+
+    def pid(self) -> int | None:
+        """The PID of our wireguard-go, for status and tests."""
+        return find_wireguard_go(self.ifname)
+
+    def ensure_device(self) -> None:
+        if self._answers():
+            self._check_link_here()
+            return
+        self._remove_stale_socket()
+        path = shutil.which(self.binary)
+        if path is None:
+            raise MeshctlError(f"{self.binary} not found: cannot start userspace WireGuard",
+                               hint=INSTALL_HINT)
+        env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED_ENV}
+        try:
+            proc = subprocess.run(
+                [path, self.ifname],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+                timeout=START_DEADLINE_S,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            raise MeshctlError(f"{self.binary} {self.ifname} did not return within "
+                               f"{START_DEADLINE_S:g} s") from None
+        if proc.returncode != 0:
+            lines = [ln for ln in proc.stdout.decode(errors="replace").splitlines() if ln.strip()
+                     and not ln.strip().startswith(("┌", "│", "└"))]  # skip the kernel banner
+            why = lines[-1].strip() if lines else f"exit status {proc.returncode}"
+            raise MeshctlError(f"{self.binary} failed to create {self.ifname}: {why}",
+                               hint=INSTALL_HINT if proc.returncode == 127 else None)
+        deadline = time.monotonic() + START_DEADLINE_S
+        while not self._answers():
+            if time.monotonic() > deadline:
+                raise MeshctlError(
+                    f"{self.binary} started but {self.socket_path} did not answer within "
+                    f"{START_DEADLINE_S:g} s"
+                )
+            time.sleep(POLL_INTERVAL_S)
+        self._check_link_here()
+        log.info("%s: wireguard-go started (pid %s)", self.ifname, self.pid())
+
+    def read(self) -> DeviceState:
+        try:
+            reply = parse_get_reply(self._request(GET_REQUEST))
+        except UapiParseError as exc:
+            raise MeshctlError(f"wireguard-go for {self.ifname}: {exc.message}") from None
+        if reply.errno != 0:
+            raise MeshctlError(
+                f"wireguard-go for {self.ifname} failed to report its state "
+                f"(errno {reply.errno}: {os.strerror(reply.errno)})"
+            )
+        return reply.state
+
+    def apply(self, update: DeviceUpdate) -> None:
+        if update.is_empty():
+            return  # the promise: nothing changed, no WireGuard call
+        try:
+            code = parse_set_reply(self._request(marshal_set(update)))
+        except UapiParseError as exc:
+            raise MeshctlError(f"wireguard-go for {self.ifname}: {exc.message}") from None
+        if code != 0:
+            # Never echo the request: it holds the private key.
+            raise MeshctlError(
+                f"wireguard-go refused the configuration for {self.ifname} "
+                f"(errno {code}: {os.strerror(code)})"
+            )
+
+    def remove_device(self) -> None:
+        pid = self.pid()
+        if _link_exists(self.ifname):
+            self._delete_link()
+        elif self.socket_path.exists() and (pid is not None or not self._answers()):
+            # The link is elsewhere or gone: removing the socket file makes wireguard-go exit.
+            self.socket_path.unlink(missing_ok=True)
+        deadline = time.monotonic() + STOP_DEADLINE_S
+        while (pid is not None and _pid_alive(pid)) or self.socket_path.exists():
+            if time.monotonic() > deadline:
+                if pid is not None and _pid_alive(pid):
+                    log.warning("%s: wireguard-go %d did not exit; sending SIGTERM",
+                                self.ifname, pid)
+                    os.kill(pid, signal.SIGTERM)
+                    pid = None
+                    deadline = time.monotonic() + STOP_DEADLINE_S
+                    continue
+                self._remove_stale_socket()
+                break
+            time.sleep(POLL_INTERVAL_S)
+
+    # --- helpers ----------------------------------------------------------------------------
+
+    def _delete_link(self) -> None:
+        from pyroute2 import IPRoute
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        with IPRoute() as ipr:
+            idx = ipr.link_lookup(ifname=self.ifname)
+            if not idx:
+                return
+            try:
+                ipr.link("del", index=idx[0])
+            except NetlinkError as exc:
+                if exc.code != errno.ENODEV:
+                    raise MeshctlError(f"cannot delete {self.ifname}: {exc}") from None
+
+    def _check_link_here(self) -> None:
+        if not _link_exists(self.ifname):
+            raise MeshctlError(
+                f"{self.socket_path} answers, but {self.ifname} is not in this network namespace",
+                hint="another namespace runs wireguard-go with this interface name: pick "
+                "another --interface (sockets in /var/run/wireguard are shared)",
+            )
+
+    def _remove_stale_socket(self) -> None:
+        if not self.socket_path.exists():
+            return
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        probe.settimeout(PROBE_TIMEOUT_S)
+        try:
+            probe.connect(str(self.socket_path))
+        except ConnectionRefusedError:
+            log.info("%s: removing stale socket %s", self.ifname, self.socket_path)
+            self.socket_path.unlink(missing_ok=True)
+            return
+        except (FileNotFoundError, TimeoutError):
+            return
+        finally:
+            probe.close()
+        raise MeshctlError(
+            f"{self.socket_path} accepts connections but does not answer UAPI requests",
+            hint=f"check the process serving it; stop it to let meshctl start {self.binary}",
+        )
