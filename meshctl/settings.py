@@ -9,6 +9,7 @@ from typing import Final
 DEFAULT_STATE_DIR: Final = Path("/var/lib/meshctl")
 DEFAULT_INTERFACE: Final = "mesh0"
 WG_BACKENDS: Final = ("auto", "kernel", "userspace")
+DEFAULT_LISTEN_PORT: Final = 51820
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,6 +17,7 @@ class Settings:
     state_dir: Path = DEFAULT_STATE_DIR
     interface: str = DEFAULT_INTERFACE
     wg_backend: str = "auto"
+    listen_port: int = DEFAULT_LISTEN_PORT
 
     @property
     def keys_dir(self) -> Path:

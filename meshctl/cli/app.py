@@ -16,7 +16,7 @@ from typing import Annotated, ParamSpec, TypeVar
 import typer
 
 from meshctl.errors import MeshctlError
-from meshctl.settings import DEFAULT_INTERFACE, DEFAULT_STATE_DIR, WG_BACKENDS, Settings
+from meshctl.settings import DEFAULT_INTERFACE, DEFAULT_LISTEN_PORT, DEFAULT_STATE_DIR, WG_BACKENDS, Settings
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -44,13 +44,16 @@ def _global_options(
         str,
         typer.Option(envvar="MESHCTL_WG_BACKEND", help="WireGuard backend: auto|kernel|userspace."),
     ] = "auto",
+    listen_port: Annotated[
+        int, typer.Option(envvar="MESHCTL_LISTEN_PORT", help="WireGuard UDP listen port.", min=1, max=65535)
+    ] = DEFAULT_LISTEN_PORT,
     verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More logging.")] = 0,
 ) -> None:
     if wg_backend not in WG_BACKENDS:
         raise typer.BadParameter(f"must be one of {', '.join(WG_BACKENDS)}", param_hint="--wg-backend")
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    ctx.obj = Settings(state_dir=state_dir, interface=interface, wg_backend=wg_backend)
+    ctx.obj = Settings(state_dir=state_dir, interface=interface, wg_backend=wg_backend, listen_port=listen_port)
 
 
 def settings_of(ctx: typer.Context) -> Settings:

@@ -1,0 +1,151 @@
+"""The agent (`meshctl up --foreground`): an asyncio loop that owns every timer and socket.
+
+Every trigger (the sync timer, a `meshctl sync` through the control socket) runs the
+same full pass. SIGTERM stops the agent but leaves the interface up, so a restart
+does not disturb tunnels; `meshctl down` is what removes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import time
+from typing import Any, Final
+
+from meshctl.agent import control
+from meshctl.agent.lock import state_lock
+from meshctl.agent.reconcile import Reconciler
+from meshctl.agent.sync_pass import PassResult, run_pass
+from meshctl.errors import MeshctlError
+from meshctl.fsutil import atomic_write, ensure_private_dir
+from meshctl.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SYNC_INTERVAL_S: Final = 60.0
+RETRY_AFTER_FAILURE_S: Final = 10.0
+LOCK_WAIT_S: Final = 30.0
+
+
+class Agent:
+    def __init__(self, settings: Settings, sync_interval_s: float = DEFAULT_SYNC_INTERVAL_S) -> None:
+        self.settings = settings
+        self.sync_interval_s = sync_interval_s
+        self.reconciler = Reconciler(settings.interface, settings.wg_backend, settings.state_dir)
+        self.last: PassResult | None = None
+        self.last_error: str | None = None
+        self.passes = 0
+        self._trigger = asyncio.Event()
+        self._stop = asyncio.Event()
+
+    # --- the loop -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        ensure_private_dir(self.settings.state_dir)
+        pid_path = self.settings.state_dir / "agent.pid"
+        atomic_write(pid_path, f"{os.getpid()}\n".encode(), mode=0o600)
+        server = await self._serve_control()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        log.info("agent started (interface %s, sync every %gs)", self.settings.interface, self.sync_interval_s)
+        try:
+            while not self._stop.is_set():
+                ok = await self._pass()
+                delay = self.sync_interval_s if ok else min(RETRY_AFTER_FAILURE_S, self.sync_interval_s)
+                await self._sleep(delay)
+        finally:
+            server.close()
+            await server.wait_closed()
+            self.settings.control_socket.unlink(missing_ok=True)
+            pid_path.unlink(missing_ok=True)
+            log.info("agent stopped; interface %s left up", self.settings.interface)
+
+    async def _sleep(self, delay: float) -> None:
+        trigger = asyncio.ensure_future(self._trigger.wait())
+        stop = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({trigger, stop}, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            trigger.cancel()
+            stop.cancel()
+        self._trigger.clear()
+
+    async def _pass(self) -> bool:
+        try:
+            result = await asyncio.to_thread(self._pass_blocking)
+        except MeshctlError as exc:
+            self.last_error = exc.message
+            log.warning("sync failed: %s", exc.message)
+            return False
+        self.last = result
+        self.passes += 1
+        errors = ([result.coordination_error] if result.coordination_error else []) + list(result.apply_errors)
+        self.last_error = errors[0].message if errors else None
+        if result.accepted_new_state:
+            log.info("accepted serial %d", result.netmap.serial)
+        return not errors
+
+    def _pass_blocking(self) -> PassResult:
+        with state_lock(self.settings.state_dir, LOCK_WAIT_S):
+            return run_pass(self.settings, int(time.time()), reconciler=self.reconciler)
+
+    # --- control socket -------------------------------------------------------------------
+
+    async def _serve_control(self) -> asyncio.AbstractServer:
+        path = self.settings.control_socket
+        path.unlink(missing_ok=True)
+        old_umask = os.umask(0o177)  # the socket is born 0600
+        try:
+            server = await asyncio.start_unix_server(self._handle, path=str(path))
+        finally:
+            os.umask(old_umask)
+        os.chmod(path, 0o600)
+        return server
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            sock = writer.get_extra_info("socket")
+            if sock is None or not control.caller_allowed(control.peer_uid(sock)):
+                return
+            line = await asyncio.wait_for(reader.readuntil(b"\n"), timeout=5)
+            if len(line) > control.MAX_REQUEST_BYTES:
+                return
+            request = json.loads(line)
+            reply = await self._dispatch(request if isinstance(request, dict) else {})
+            writer.write(json.dumps(reply).encode() + b"\n")
+            await writer.drain()
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def _dispatch(self, request: dict[str, Any]) -> dict[str, Any]:
+        cmd = request.get("cmd")
+        if cmd == "status":
+            return self.status()
+        if cmd == "sync":
+            ok = await self._pass()
+            return {"ok": ok, "error": self.last_error, **self.status()}
+        if cmd == "shutdown":
+            self._stop.set()
+            return {"ok": True}
+        return {"ok": False, "error": f"unknown command {str(cmd)[:40]!r}"}
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "passes": self.passes,
+            "serial": self.last.netmap.serial if self.last else None,
+            "error": self.last_error,
+            "paths": {},
+            "endpoints": [],
+            "nat": {},
+        }
+
+
+def run_agent(settings: Settings, sync_interval_s: float) -> None:
+    asyncio.run(Agent(settings, sync_interval_s).run())

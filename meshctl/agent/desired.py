@@ -1,0 +1,67 @@
+"""The desired state of a node, computed purely from the verified NetMap.
+
+(NetMap, this device's keys, listen port, endpoints chosen for peers) -> Desired.
+Every subsystem's plan starts from this value; nothing here touches the host.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final
+
+from meshctl.coord.netmap import NetMap, Peer
+from meshctl.keys import NodePrivate
+from meshctl.router.config import RouterConfig
+from meshctl.wg.config import DeviceConfig, PeerConfig
+
+KEEPALIVE_S: Final = 25  # below the 30 s NAT mapping lifetime measured in the lab
+
+
+@dataclass(frozen=True, slots=True)
+class Desired:
+    wg: DeviceConfig
+    router: RouterConfig
+
+
+def allowed_ips(peer: Peer) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(a) for a in peer.addresses)
+
+
+def compute_desired(
+    netmap: NetMap,
+    private_key: NodePrivate,
+    listen_port: int,
+    endpoints: Mapping[str, str | None],
+    extra_addresses: tuple[ipaddress.IPv4Interface | ipaddress.IPv6Interface, ...] = (),
+) -> Desired:
+    """One WireGuard peer per other member; own addresses and the mesh routes on the interface.
+
+    `endpoints` maps a peer name to the "IP:PORT" WireGuard should send to (resolved
+    static endpoint, or the path manager's choice); a missing name means "let
+    WireGuard roam" (no endpoint written).
+    """
+    me = netmap.self_peer
+    peers = tuple(
+        PeerConfig(
+            public_key=p.wg_public_key,
+            allowed_ips=allowed_ips(p),
+            endpoint=endpoints.get(p.name),
+            persistent_keepalive=KEEPALIVE_S,
+        )
+        for p in netmap.others()
+    )
+    router = RouterConfig.for_node(
+        ipv4=me.ipv4 if me else None,
+        ipv6=me.ipv6 if me else None,
+        ipv4_cidr=netmap.network.ipv4_cidr,
+        ipv6_prefix=netmap.network.ipv6_prefix,
+        extra_addresses=extra_addresses,
+    )
+    return Desired(DeviceConfig(private_key, listen_port, peers), router)
+
+
+def static_endpoint_candidates(peer: Peer) -> tuple[str, ...]:
+    """The peer's static endpoints in the order its record lists them."""
+    return peer.endpoints

@@ -1,0 +1,115 @@
+"""Per-subsystem read -> plan -> apply, in a fixed order (the imperative shell).
+
+Order, and why:
+1. WireGuard device exists and has its key before peers (the key is in the same update).
+2. Peers, then addresses/routes: routes need the link, and the link is brought up last
+   so no packet leaves before the peers are configured.
+A failed subsystem does not hide the others' results: errors are collected.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from meshctl.agent.desired import Desired
+from meshctl.errors import MeshctlError
+from meshctl.fsutil import atomic_write
+from meshctl.router.config import RouterPlan, RouterState, plan_router
+from meshctl.wg.config import DeviceState, DeviceUpdate, plan_update
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    wg: DeviceUpdate
+    router: RouterPlan
+
+    def is_empty(self) -> bool:
+        return self.wg.is_empty() and self.router.is_empty()
+
+    def describe(self, ifname: str) -> list[str]:
+        return [f"wg: {line}" for line in self.wg.describe()] + \
+               [f"route: {line}" for line in self.router.describe(ifname)]
+
+
+@dataclass
+class ApplyResult:
+    plan: Plan
+    errors: list[MeshctlError] = field(default_factory=list)
+
+
+def plan_against(desired: Desired, wg_state: DeviceState, router_state: RouterState) -> Plan:
+    return Plan(plan_update(wg_state, desired.wg), plan_router(router_state, desired.router))
+
+
+class Reconciler:
+    """Owns one interface: meshctl's WireGuard device and its addresses and routes."""
+
+    def __init__(self, ifname: str, backend_choice: str, state_dir: Path) -> None:
+        self.ifname = ifname
+        self.backend_choice = backend_choice
+        self.state_dir = state_dir
+        self._backend: object | None = None
+        self.backend_reason = ""
+
+    @property
+    def backend(self):  # type: ignore[no-untyped-def]
+        from meshctl.wg.backend import open_backend
+
+        if self._backend is None:
+            self._backend, self.backend_reason = open_backend(self.ifname, self.backend_choice)
+        return self._backend
+
+    def read_actual(self) -> tuple[DeviceState, RouterState]:
+        """What is on the host now; an absent interface reads as empty."""
+        from meshctl.router.linux import read_router
+        from meshctl.wg.kernel import link_kind
+
+        if link_kind(self.ifname) is None:
+            return DeviceState(), RouterState()
+        return self.backend.read(), read_router(self.ifname)
+
+    def dry_run(self, desired: Desired) -> Plan:
+        wg_state, router_state = self.read_actual()
+        return plan_against(desired, wg_state, router_state)
+
+    def apply(self, desired: Desired) -> ApplyResult:
+        from meshctl.router.linux import apply_router, read_router
+
+        backend = self.backend
+        backend.ensure_device()
+        self._record_backend(desired.wg.listen_port)
+        plan = plan_against(desired, backend.read(), read_router(self.ifname))
+        result = ApplyResult(plan)
+        try:
+            backend.apply(plan.wg)
+        except MeshctlError as exc:
+            result.errors.append(exc)
+        try:
+            apply_router(self.ifname, plan.router)
+        except MeshctlError as exc:
+            result.errors.append(exc)
+        for line in plan.describe(self.ifname):
+            log.info("applied %s", line)
+        return result
+
+    def remove(self) -> None:
+        from meshctl.router.linux import remove_router
+        from meshctl.wg.kernel import link_kind
+
+        if link_kind(self.ifname) is not None:
+            remove_router(self.ifname)
+        self.backend.remove_device()
+        (self.state_dir / "device.json").unlink(missing_ok=True)
+
+    def _record_backend(self, listen_port: int) -> None:
+        doc = {"interface": self.ifname, "backend": self.backend.name, "reason": self.backend_reason,
+               "listen_port": listen_port}
+        path = self.state_dir / "device.json"
+        data = (json.dumps(doc, indent=2) + "\n").encode()
+        if not path.exists() or path.read_bytes() != data:
+            atomic_write(path, data)

@@ -1,0 +1,113 @@
+"""`meshctl up` (start the agent) and `meshctl down` (stop it, remove the interface)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Annotated
+
+import typer
+
+from meshctl.cli.app import command, settings_of
+from meshctl.errors import MeshctlError
+
+START_TIMEOUT_S = 30.0
+
+
+def _self_argv() -> list[str]:
+    if getattr(sys, "frozen", False):
+        return [sys.executable]
+    return [sys.executable, "-m", "meshctl"]
+
+
+@command
+def up(
+    ctx: typer.Context,
+    foreground: Annotated[bool, typer.Option("--foreground", help="Run the agent in this process.")] = False,
+    sync_interval: Annotated[float, typer.Option("--sync-interval", help="Seconds between syncs.", min=1)] = 60.0,
+) -> None:
+    """Bring this node onto the mesh and keep it there (the agent)."""
+    from meshctl.agent.control import query_agent
+    from meshctl.coord.node_state import NodeState
+    from meshctl.fsutil import ensure_private_dir
+
+    settings = settings_of(ctx)
+    NodeState(settings.state_dir).load_config()  # "not joined" is said before anything starts
+    if foreground:
+        from meshctl.agent.daemon import run_agent
+
+        run_agent(settings, sync_interval)
+        return
+    running = query_agent(settings.control_socket, {"cmd": "sync"}, timeout=60)
+    if running is not None:
+        typer.echo(f"agent already running (pid {running['pid']}); synced: serial {running.get('serial')}")
+        if running.get("error"):
+            raise MeshctlError(str(running["error"]))
+        return
+    ensure_private_dir(settings.state_dir)
+    log = open(settings.state_dir / "agent.log", "ab")  # noqa: SIM115 - handed to the child
+    env = {**os.environ, "MESHCTL_STATE_DIR": str(settings.state_dir), "MESHCTL_INTERFACE": settings.interface,
+           "MESHCTL_WG_BACKEND": settings.wg_backend, "MESHCTL_LISTEN_PORT": str(settings.listen_port)}
+    proc = subprocess.Popen([*_self_argv(), "-v", "up", "--foreground", "--sync-interval", str(sync_interval)],
+                            stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, start_new_session=True)
+    log.close()
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise MeshctlError(f"the agent exited with status {proc.returncode}",
+                               f"see {settings.state_dir / 'agent.log'}")
+        reply = query_agent(settings.control_socket, {"cmd": "status"}, timeout=1)
+        if reply is not None and (reply.get("passes") or reply.get("error")):
+            if reply.get("error"):
+                raise MeshctlError(f"agent running (pid {proc.pid}), but: {reply['error']}",
+                                   "it retries on its own; `meshctl status` shows progress")
+            typer.echo(f"meshctl is up on {settings.interface} (agent pid {proc.pid}, serial {reply.get('serial')})")
+            return
+        time.sleep(0.05)
+    raise MeshctlError(f"the agent did not finish its first sync within {START_TIMEOUT_S:g} s",
+                       f"see {settings.state_dir / 'agent.log'}")
+
+
+def stop_agent(settings_state_dir: object, control_socket: object) -> int | None:
+    """Stop a running agent; returns its pid if there was one."""
+    from pathlib import Path
+
+    from meshctl.agent.control import query_agent
+
+    state_dir, sock = Path(str(settings_state_dir)), Path(str(control_socket))
+    reply = query_agent(sock, {"cmd": "status"}, timeout=2)
+    pid = int(reply["pid"]) if reply and reply.get("pid") else None
+    if pid is None:
+        try:
+            pid = int((state_dir / "agent.pid").read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return None
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return pid
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    return pid
+
+
+@command
+def down(ctx: typer.Context) -> None:
+    """Stop the agent and remove the mesh interface, its addresses and routes."""
+    from meshctl.agent.lock import state_lock
+    from meshctl.agent.reconcile import Reconciler
+
+    settings = settings_of(ctx)
+    pid = stop_agent(settings.state_dir, settings.control_socket)
+    with state_lock(settings.state_dir, 30):
+        Reconciler(settings.interface, settings.wg_backend, settings.state_dir).remove()
+    typer.echo(f"meshctl is down ({settings.interface} removed{f', agent {pid} stopped' if pid else ''})")

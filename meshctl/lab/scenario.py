@@ -1,0 +1,132 @@
+"""A mesh built the way a person builds one, on top of the lab: init, join as pull-request
+branches, approve, merge, agents up. Shared by the end-to-end tests and `make demo`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from meshctl.lab.core import Lab, LabError, Node, meshctl_argv
+
+
+@dataclass
+class Member:
+    node: Node
+    name: str
+    mesh_ipv4: str = ""
+    mesh_ipv6: str = ""
+
+
+@dataclass
+class MeshScenario:
+    """The admin's checkout lives on the host; each device runs meshctl in its namespace."""
+
+    lab: Lab
+    git_url: str
+    repo_dir: Path  # the bare repository the git daemon serves (the admin pushes to it as a path)
+    name: str = "demo"
+    members: dict[str, Member] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.admin_dir = self.lab.tempdir("admin")
+        self.checkout = self.admin_dir / "coord"
+        self.admin_env = {
+            **os.environ,
+            "MESHCTL_ADMIN_KEY": str(self.admin_dir / "admin.key"),
+            "GIT_AUTHOR_NAME": "admin", "GIT_AUTHOR_EMAIL": "admin@example.com",
+            "GIT_COMMITTER_NAME": "admin", "GIT_COMMITTER_EMAIL": "admin@example.com",
+        }
+        self.fingerprint = ""
+
+    # --- the admin's side ----------------------------------------------------------------
+
+    def admin(self, *args: str, cwd: Path | None = None) -> str:
+        proc = subprocess.run([*meshctl_argv(), *args], cwd=cwd or self.checkout, env=self.admin_env,
+                              capture_output=True, text=True, timeout=120)
+        if proc.returncode != 0:
+            raise LabError(f"meshctl {' '.join(args)} (admin) exited {proc.returncode}: {proc.stderr.strip()}")
+        return proc.stdout
+
+    def git(self, *args: str) -> str:
+        proc = subprocess.run(["git", *args], cwd=self.checkout, env=self.admin_env, capture_output=True,
+                              text=True, timeout=60)
+        if proc.returncode != 0:
+            raise LabError(f"git {' '.join(args)} exited {proc.returncode}: {proc.stderr.strip()}")
+        return proc.stdout
+
+    def init(self) -> str:
+        out = self.admin("init", str(self.checkout), "--name", self.name, cwd=self.admin_dir)
+        self.fingerprint = out.strip().split()[-1]
+        self.git("push", "-q", str(self.repo_dir), "main")
+        return out
+
+    def approve(self, name: str, *extra: str) -> str:
+        """Review the pull request of branch join/NAME, approve it on the branch, merge, push."""
+        self.git("fetch", "-q", str(self.repo_dir), f"join/{name}")
+        self.git("checkout", "-q", "-B", f"join/{name}", "FETCH_HEAD")
+        self.git("rebase", "-q", "main")
+        self.admin("repo", "verify", ".", "--base", "main")
+        out = self.admin("admin", "approve", name, *extra)
+        self.admin("repo", "verify", ".", "--base", "main")
+        self.git("checkout", "-q", "main")
+        self.git("merge", "-q", "--ff-only", f"join/{name}")
+        self.git("push", "-q", str(self.repo_dir), "main")
+        member = self.members[name]
+        addrs = out.splitlines()[0].split(": ", 1)[1].split()
+        member.mesh_ipv4, member.mesh_ipv6 = addrs[0], addrs[1]
+        return out
+
+    def revoke(self, name: str) -> str:
+        out = self.admin("admin", "revoke", name)
+        self.git("push", "-q", str(self.repo_dir), "main")
+        return out
+
+    # --- the devices' side ---------------------------------------------------------------
+
+    def join(self, node: Node, name: str, endpoint: str | None = None) -> str:
+        args = ["join", self.git_url, "--name", name, "--root", self.fingerprint]
+        if endpoint:
+            args += ["--endpoint", endpoint]
+        self.members[name] = Member(node, name)
+        return self.lab.meshctl(node, args).stdout
+
+    def meshctl(self, name: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.lab.meshctl(self.members[name].node, list(args), check=check)
+
+    def status(self, name: str) -> dict[str, Any]:
+        return dict(json.loads(self.meshctl(name, "status", "--json").stdout))
+
+    def ping(self, src: str, dst_ip: str, count: int = 1, timeout_s: int = 2) -> bool:
+        proc = self.lab.run(self.members[src].node, ["ping", "-c", str(count), "-W", str(timeout_s), dst_ip],
+                            check=False)
+        return proc.returncode == 0
+
+    def ping_matrix(self, names: Sequence[str] | None = None) -> dict[tuple[str, str], tuple[bool, bool]]:
+        names = list(names or self.members)
+        out = {}
+        for a in names:
+            for b in names:
+                if a != b:
+                    m = self.members[b]
+                    out[(a, b)] = (self.ping(a, m.mesh_ipv4), self.ping(a, m.mesh_ipv6))
+        return out
+
+
+def build_lan_mesh(lab: Lab, n: int = 3, *, name: str = "demo") -> MeshScenario:
+    """n devices on one LAN, each joined with its LAN address as a static endpoint, approved."""
+    from meshctl.lab.topology import one_lan
+
+    topo = one_lan(lab, n)
+    mesh = MeshScenario(lab, topo.git_url, topo.repo_dir, name)
+    mesh.init()
+    for i, host in enumerate(topo.hosts, start=1):
+        mesh.join(host, f"node{i}", endpoint=f"{host.ipv4}:51820")
+    for i in range(1, n + 1):
+        mesh.approve(f"node{i}")
+    return mesh
