@@ -6,7 +6,7 @@ import typer
 
 
 def register(app: typer.Typer) -> None:
-    from meshctl.cli import admin, join, netcheck, repo, sync, version
+    from meshctl.cli import admin, join, repo, status, sync, up, version
 
     app.command("version", help="Print the meshctl version.")(version.version)
     app.command("init")(admin.init)
@@ -14,4 +14,7 @@ def register(app: typer.Typer) -> None:
     app.command("join")(join.join)
     app.add_typer(repo.repo_app, name="repo")
     app.command("sync")(sync.sync)
-    app.command("netcheck")(netcheck.netcheck)
+    app.command("up")(up.up)
+    app.command("down")(up.down)
+    app.command("status")(status.status)
+    app.command("whois")(status.whois)
