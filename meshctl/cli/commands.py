@@ -6,7 +6,7 @@ import typer
 
 
 def register(app: typer.Typer) -> None:
-    from meshctl.cli import admin, join, repo, status, sync, up, version
+    from meshctl.cli import admin, join, netcheck, repo, status, sync, up, version
 
     app.command("version", help="Print the meshctl version.")(version.version)
     app.command("init")(admin.init)
@@ -18,3 +18,4 @@ def register(app: typer.Typer) -> None:
     app.command("down")(up.down)
     app.command("status")(status.status)
     app.command("whois")(status.whois)
+    app.command("netcheck")(netcheck.netcheck)

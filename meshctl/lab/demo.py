@@ -39,7 +39,7 @@ def main() -> int:
         say("ping matrix over the mesh (IPv4 / IPv6)")
         names = list(mesh.members)
         matrix = mesh.ping_matrix()
-        print(f"{'from \\ to':<10}" + "".join(f"{n:>14}" for n in names))
+        print("from/to".ljust(10) + "".join(f"{n:>14}" for n in names))
         for a in names:
             cells = []
             for b in names:

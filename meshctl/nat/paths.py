@@ -1,0 +1,442 @@
+"""The per-peer path manager: find, keep and lose a direct UDP path to one peer (sans-IO).
+
+One `PeerPaths` per peer. It never touches a socket or a clock:
+
+- inputs: `receive_disco(msg, src, now)` (src None = it came over the relay),
+  `handle_timer(now)`, and commands (`set_local_endpoints`, `add_static_endpoints`,
+  `set_relay_available`, `set_our_nat_hard`);
+- outputs: `datagrams_to_send(now)` -> `SendDisco` (seal with disco.DiscoBox, send from
+  WireGuard's port via rawsock, or over the relay when `dst` is None) and `SendPunch`
+  (a TTL-2 raw packet, rawsock.SharedPortSocket.punch), `next_event()` -> `PathChanged`
+  / `NoDirectPath`, and `next_deadline()` for the shell's single timer.
+
+Behaviour (numbers are the constants below):
+- Candidates: the peer's static endpoints (signed record), the endpoints of its
+  call-me-maybe (local and STUN-mapped addresses), and peer-reflexive addresses (where
+  its pings really came from). A new candidate gets a few TTL-2 punches first (they open
+  our NAT without poisoning the peer's conntrack), then pings.
+- While there is no direct path, every candidate is pinged at once, every
+  PROBE_INTERVAL_S. The first pong makes its address the path (PathChanged DIRECT): the
+  shell sets it as the WireGuard endpoint. No pong within NO_DIRECT_AFTER_S -> one
+  NoDirectPath event (the path stays on the relay or none) and probing slows down.
+- While direct: a heartbeat ping to the path every HEARTBEAT_INTERVAL_S (it also keeps
+  the NAT mapping alive, below the 30 s the lab NATs keep an idle mapping), and all
+  candidates re-probed every REPROBE_INTERVAL_S; a better one (`better_path`) takes over.
+  A missed heartbeat makes the next ones come every SUSPECT_INTERVAL_S and re-probes
+  every other candidate at once (any of them that answers takes over); after
+  MISSED_PONGS_FOR_DEATH misses in a row the path is dead (PathChanged to relay or none)
+  and fast probing starts again, so a NAT rebinding recovers within seconds.
+- Replays are harmless: a pong counts only once, for a txid we sent and still wait for,
+  from the address we pinged.
+- One designated WireGuard initiator per pair (`is_designated_initiator`): the side
+  behind the harder NAT, else the lower public key. PathChanged carries it so the shell
+  lets only that side start the handshake (two simultaneous handshakes cost WireGuard's
+  5 s retry timer).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Final, TypeAlias
+
+from meshctl.keys import NodePublic
+from meshctl.nat.addr import AddrPort
+from meshctl.nat.disco import MAX_ENDPOINTS, TXID_LEN, CallMeMaybe, DiscoMessage, Ping, Pong
+
+PROBE_INTERVAL_S: Final = 1.0  # ping every candidate this often while looking for a path
+NO_DIRECT_AFTER_S: Final = 5.0  # report NoDirectPath after this long without a pong
+SLOW_PROBE_INTERVAL_S: Final = 10.0  # then keep trying, gently, to upgrade later
+PING_TIMEOUT_S: Final = 2.0  # a ping unanswered this long is missed
+HEARTBEAT_INTERVAL_S: Final = 5.0  # ping the current path (also a NAT keepalive, < 25 s)
+SUSPECT_INTERVAL_S: Final = 1.0  # heartbeat spacing after a miss
+# 4 misses: about 10 s to declare death; a false death at 10 % loss per direction is rare
+# (0.19 ** 4 per heartbeat) and costs one fast re-probe.
+MISSED_PONGS_FOR_DEATH: Final = 4
+REPROBE_INTERVAL_S: Final = 25.0  # re-probe every candidate while direct (and refresh maps)
+PUNCHES_PER_CANDIDATE: Final = 2
+MAX_CANDIDATES: Final = 2 * MAX_ENDPOINTS  # static + call-me-maybe + reflexive, bounded
+MAX_OUTSTANDING_PINGS: Final = 256
+# A challenger must be this much faster to replace a working path: avoids flapping.
+LATENCY_HYSTERESIS: Final = 0.8
+LAN_BONUS: Final = 0.9  # private / loopback / link-local addresses: same network, prefer
+
+
+class PathKind(enum.Enum):
+    DIRECT = "direct"
+    RELAY = "relay"
+    NONE = "none"
+
+
+class CandidateSource(enum.Enum):
+    STATIC = "static"  # the peer's signed record
+    CALL_ME_MAYBE = "call-me-maybe"  # the peer's own list (local + STUN-mapped)
+    REFLEXIVE = "reflexive"  # where the peer's pings came from
+
+
+@dataclass(frozen=True, slots=True)
+class Path:
+    """A path to the peer; `endpoint` and `latency_s` are set for DIRECT only."""
+
+    kind: PathKind
+    endpoint: AddrPort | None = None
+    latency_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SendDisco:
+    """Seal `msg` for this peer and send it to `dst` from WireGuard's port; None = via relay."""
+
+    msg: DiscoMessage
+    dst: AddrPort | None
+
+
+@dataclass(frozen=True, slots=True)
+class SendPunch:
+    """A low-TTL raw packet from WireGuard's port to `dst` (opens our NAT only)."""
+
+    dst: AddrPort
+
+
+Outgoing: TypeAlias = SendDisco | SendPunch
+
+
+@dataclass(frozen=True, slots=True)
+class PathChanged:
+    """Use this path from now on (DIRECT: set the WireGuard endpoint to path.endpoint)."""
+
+    path: Path
+    initiator: bool  # this side should start the WireGuard handshake
+
+
+@dataclass(frozen=True, slots=True)
+class NoDirectPath:
+    """No candidate answered within NO_DIRECT_AFTER_S: stay on the relay (or have no path)."""
+
+    candidates: int
+    probing_for_s: float
+
+
+PathEvent: TypeAlias = PathChanged | NoDirectPath
+
+
+def _lan(addr: AddrPort) -> bool:
+    ip = addr.ip
+    return ip.is_private or ip.is_loopback or ip.is_link_local
+
+
+def _score(p: Path) -> float:
+    latency = p.latency_s if p.latency_s is not None else float("inf")
+    if p.endpoint is not None and _lan(p.endpoint):
+        latency *= LAN_BONUS
+    return latency
+
+
+def better_path(a: Path, b: Path | None) -> bool:
+    """Is `a` strictly better than the current path `b`? (direct > relay > none; then latency)
+
+    Among direct paths the challenger must be faster by the hysteresis factor, after
+    a bonus for same-network addresses, so two similar paths don't flap.
+    """
+    rank = {PathKind.DIRECT: 2, PathKind.RELAY: 1, PathKind.NONE: 0}
+    if b is None:
+        return a.kind is not PathKind.NONE
+    if rank[a.kind] != rank[b.kind]:
+        return rank[a.kind] > rank[b.kind]
+    if a.kind is not PathKind.DIRECT or a.endpoint == b.endpoint:
+        return False
+    return _score(a) < _score(b) * LATENCY_HYSTERESIS
+
+
+def is_designated_initiator(
+    ours: NodePublic, theirs: NodePublic, our_nat_hard: bool, peer_nat_hard: bool
+) -> bool:
+    """Which side starts the WireGuard handshake: the harder NAT, else the lower key.
+
+    The side behind a symmetric NAT must send first: only its own outgoing packet
+    reveals the port the other side has to answer to.
+    """
+    if our_nat_hard != peer_nat_hard:
+        return our_nat_hard
+    return ours.raw < theirs.raw
+
+
+@dataclass(slots=True)
+class _Candidate:
+    source: CandidateSource
+    latency_s: float | None = None
+    last_pong: float | None = None
+
+
+class _Mode(enum.Enum):
+    PROBING = "probing"
+    DIRECT = "direct"
+
+
+class PeerPaths:
+    """Path state for one peer. Drive it with the inputs; act on the outputs."""
+
+    def __init__(
+        self,
+        our_node_key: NodePublic,
+        peer_node_key: NodePublic,
+        now: float,
+        randbytes: Callable[[int], bytes],
+        static_endpoints: Iterable[AddrPort] = (),
+        relay_available: bool = False,
+        our_nat_hard: bool = False,
+    ) -> None:
+        self.our_node_key = our_node_key
+        self.peer_node_key = peer_node_key
+        self._rand = randbytes
+        self._relay = relay_available
+        self._our_hard = our_nat_hard
+        self.peer_nat_hard = False  # learnt: its pings came from an unadvertised port
+        self._local: tuple[AddrPort, ...] = ()
+        self._candidates: dict[AddrPort, _Candidate] = {}
+        self._pings: dict[bytes, tuple[AddrPort, float]] = {}  # txid -> (dst, sent at)
+        self._out: list[Outgoing] = []
+        self._events: deque[PathEvent] = deque()
+        self._path = Path(PathKind.RELAY if relay_available else PathKind.NONE)
+        self._mode = _Mode.PROBING
+        self._probing_since = now
+        self._reported_no_direct = False
+        self._next_probe = now
+        self._next_heartbeat = now
+        self._next_reprobe = now
+        self._missed = 0
+        if relay_available:
+            self._events.append(PathChanged(self._path, self.initiator))
+        self._add(static_endpoints, CandidateSource.STATIC)
+
+    # --- inspection ----------------------------------------------------------------------
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    @property
+    def initiator(self) -> bool:
+        return is_designated_initiator(
+            self.our_node_key, self.peer_node_key, self._our_hard, self.peer_nat_hard
+        )
+
+    def candidates(self) -> dict[AddrPort, CandidateSource]:
+        return {a: c.source for a, c in self._candidates.items()}
+
+    # --- commands ------------------------------------------------------------------------
+
+    def set_local_endpoints(self, endpoints: Iterable[AddrPort], now: float) -> None:
+        """Our candidates changed (new STUN mapping, new address): tell the peer."""
+        new = tuple(dict.fromkeys(endpoints))[:MAX_ENDPOINTS]
+        if new != self._local:
+            self._local = new
+            self._send_call_me_maybe()
+
+    def add_static_endpoints(self, endpoints: Iterable[AddrPort], now: float) -> None:
+        self._add(endpoints, CandidateSource.STATIC)
+        self._restart_probing(now)
+
+    def set_relay_available(self, available: bool, now: float) -> None:
+        self._relay = available
+        if self._path.kind is not PathKind.DIRECT:
+            self._set_path(Path(PathKind.RELAY if available else PathKind.NONE))
+        if available and self._local:
+            self._send_call_me_maybe()
+
+    def set_our_nat_hard(self, hard: bool) -> None:
+        """From netcheck's mapping_varies_by_dest."""
+        self._our_hard = hard
+
+    # --- inputs --------------------------------------------------------------------------
+
+    def receive_disco(self, msg: DiscoMessage, src: AddrPort | None, now: float) -> None:
+        """A message already opened and attributed to this peer by the shell."""
+        match msg:
+            case Ping(txid, node_key):
+                self._on_ping(txid, node_key, src, now)
+            case Pong(txid, _seen_as):
+                self._on_pong(txid, src, now)
+            case CallMeMaybe(endpoints):
+                self._on_call_me_maybe(endpoints, now)
+
+    def handle_timer(self, now: float) -> None:
+        self._expire_pings(now)
+        if self._mode is _Mode.PROBING:
+            if not self._reported_no_direct and now >= self._probing_since + NO_DIRECT_AFTER_S:
+                self._reported_no_direct = True
+                self._events.append(NoDirectPath(len(self._candidates), now - self._probing_since))
+            if now >= self._next_probe:
+                self._ping_all(now, except_=None)
+                fast = now < self._probing_since + NO_DIRECT_AFTER_S
+                self._next_probe = now + (PROBE_INTERVAL_S if fast else SLOW_PROBE_INTERVAL_S)
+            return
+        best = self._path.endpoint
+        assert best is not None
+        if now >= self._next_heartbeat:
+            self._ping(best, now)
+            self._next_heartbeat = now + (SUSPECT_INTERVAL_S if self._missed else HEARTBEAT_INTERVAL_S)
+        if now >= self._next_reprobe:
+            self._ping_all(now, except_=best)
+            self._next_reprobe = now + REPROBE_INTERVAL_S
+
+    # --- outputs -------------------------------------------------------------------------
+
+    def datagrams_to_send(self, now: float) -> list[Outgoing]:
+        self.handle_timer(now)
+        out, self._out = self._out, []
+        return out
+
+    def next_event(self) -> PathEvent | None:
+        return self._events.popleft() if self._events else None
+
+    def next_deadline(self) -> float:
+        deadlines = [min((t + PING_TIMEOUT_S for _, t in self._pings.values()), default=float("inf"))]
+        if self._mode is _Mode.PROBING:
+            deadlines.append(self._next_probe)
+            if not self._reported_no_direct:
+                deadlines.append(self._probing_since + NO_DIRECT_AFTER_S)
+        else:
+            deadlines += [self._next_heartbeat, self._next_reprobe]
+        return min(deadlines)
+
+    # --- internals -----------------------------------------------------------------------
+
+    def _add(self, endpoints: Iterable[AddrPort], source: CandidateSource) -> list[AddrPort]:
+        added = []
+        for addr in endpoints:
+            if addr in self._candidates or addr.port == 0 or addr.ip.is_unspecified:
+                continue
+            if len(self._candidates) >= MAX_CANDIDATES:
+                if not self._evict_one():
+                    break
+            self._candidates[addr] = _Candidate(source)
+            self._out += [SendPunch(addr)] * PUNCHES_PER_CANDIDATE if addr.ip.version == 4 else []
+            added.append(addr)
+        return added
+
+    def _evict_one(self) -> bool:
+        """Make room: drop the oldest reflexive, then call-me-maybe candidate (never the path)."""
+        for source in (CandidateSource.REFLEXIVE, CandidateSource.CALL_ME_MAYBE):
+            for addr, cand in self._candidates.items():
+                if cand.source is source and addr != self._path.endpoint:
+                    del self._candidates[addr]
+                    return True
+        return False
+
+    def _send_call_me_maybe(self) -> None:
+        msg = CallMeMaybe(self._local)
+        if self._relay:
+            self._out.append(SendDisco(msg, None))
+        elif self._path.endpoint is not None:
+            self._out.append(SendDisco(msg, self._path.endpoint))
+        else:  # no working path yet: try where the peer might already listen
+            self._out += [SendDisco(msg, a) for a in self._candidates]
+
+    def _ping(self, dst: AddrPort, now: float) -> None:
+        txid = self._rand(TXID_LEN)
+        if len(self._pings) >= MAX_OUTSTANDING_PINGS:
+            del self._pings[next(iter(self._pings))]
+        self._pings[txid] = (dst, now)
+        self._out.append(SendDisco(Ping(txid, self.our_node_key), dst))
+
+    def _ping_all(self, now: float, except_: AddrPort | None) -> None:
+        for addr in self._candidates:
+            if addr != except_:
+                self._ping(addr, now)
+
+    def _restart_probing(self, now: float) -> None:
+        if self._mode is _Mode.PROBING:
+            self._probing_since = now
+            self._reported_no_direct = False
+            self._next_probe = now
+        else:
+            self._next_reprobe = now  # look for a better path among the new ones
+
+    def _set_path(self, path: Path) -> None:
+        if path != self._path:
+            changed = (path.kind, path.endpoint) != (self._path.kind, self._path.endpoint)
+            self._path = path
+            if changed:
+                self._events.append(PathChanged(path, self.initiator))
+
+    def _expire_pings(self, now: float) -> None:
+        for txid, (dst, sent) in list(self._pings.items()):
+            if now < sent + PING_TIMEOUT_S:  # same expression as next_deadline: no busy wake-ups
+                continue
+            del self._pings[txid]
+            if self._mode is _Mode.DIRECT and dst == self._path.endpoint:
+                self._missed += 1
+                self._next_heartbeat = min(self._next_heartbeat, now + SUSPECT_INTERVAL_S)
+                if self._missed >= MISSED_PONGS_FOR_DEATH:
+                    self._path_died(now)
+                    return
+                # the path may have moved (NAT rebinding): ask every other candidate now
+                self._ping_all(now, except_=dst)
+
+    def _path_died(self, now: float) -> None:
+        self._mode = _Mode.PROBING
+        self._missed = 0
+        self._pings.clear()
+        self._probing_since = now
+        self._reported_no_direct = False
+        self._next_probe = now
+        self._set_path(Path(PathKind.RELAY if self._relay else PathKind.NONE))
+
+    def _on_ping(self, txid: bytes, node_key: NodePublic, src: AddrPort | None, now: float) -> None:
+        if node_key != self.peer_node_key or src is None:
+            return  # not this peer's WireGuard key, or over the relay (proves no path)
+        self._out.append(SendDisco(Pong(txid, src), src))
+        if src not in self._candidates:
+            advertised_ips = {a.ip for a, c in self._candidates.items()
+                              if c.source is not CandidateSource.REFLEXIVE}
+            if src.ip in advertised_ips:
+                self.peer_nat_hard = True  # same public IP, unadvertised port: symmetric NAT
+            if self._add([src], CandidateSource.REFLEXIVE):
+                self._ping(src, now)
+
+    def _on_pong(self, txid: bytes, src: AddrPort | None, now: float) -> None:
+        sent = self._pings.get(txid)
+        if sent is None:
+            return  # stale, replayed or not ours
+        dst, sent_at = sent
+        if src != dst:
+            return  # only a round trip on the same address proves the path
+        # older pings to the same address are answered by this pong (they must not count
+        # as missed heartbeats later)
+        for other, (odst, osent) in list(self._pings.items()):
+            if odst == dst and osent <= sent_at:
+                del self._pings[other]
+        latency = max(0.0, now - sent_at)
+        cand = self._candidates.get(dst)
+        if cand is not None:
+            cand.latency_s, cand.last_pong = latency, now
+        challenger = Path(PathKind.DIRECT, dst, latency)
+        if self._mode is _Mode.DIRECT and dst == self._path.endpoint:
+            self._missed = 0
+            self._next_heartbeat = now + HEARTBEAT_INTERVAL_S
+            self._set_path(challenger)  # refresh latency, no event
+            return
+        # a path that is missing heartbeats loses to any path that just answered
+        if better_path(challenger, self._path) or (self._missed and self._mode is _Mode.DIRECT):
+            self._mode = _Mode.DIRECT
+            self._missed = 0
+            self._next_heartbeat = now + HEARTBEAT_INTERVAL_S
+            self._next_reprobe = now + REPROBE_INTERVAL_S
+            self._set_path(challenger)
+
+    def _on_call_me_maybe(self, endpoints: tuple[AddrPort, ...], now: float) -> None:
+        keep = {a: c for a, c in self._candidates.items()
+                if c.source is not CandidateSource.CALL_ME_MAYBE or a in endpoints
+                or a == self._path.endpoint}
+        self._candidates = keep
+        self._add(endpoints, CandidateSource.CALL_ME_MAYBE)
+        # the peer is asking for pings now: everyone at once, and probe fast again
+        self._ping_all(now, except_=None)
+        if self._mode is _Mode.PROBING:
+            self._probing_since = now
+            self._reported_no_direct = False
+            self._next_probe = now + PROBE_INTERVAL_S
+
