@@ -13,12 +13,13 @@ import logging
 import os
 import signal
 import time
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from meshctl.agent import control
 from meshctl.agent.lock import state_lock
 from meshctl.agent.reconcile import Reconciler
 from meshctl.agent.sync_pass import PassResult, run_pass
+from meshctl.coord.netmap import NetMap
 from meshctl.errors import MeshctlError
 from meshctl.fsutil import atomic_write, ensure_private_dir
 from meshctl.settings import Settings
@@ -30,9 +31,39 @@ RETRY_AFTER_FAILURE_S: Final = 10.0
 LOCK_WAIT_S: Final = 30.0
 
 
+class Extension(Protocol):
+    """A long-running part of the agent (NAT traversal, DNS): started once, fed every new map."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def update_netmap(self, netmap: NetMap) -> None: ...
+
+    def endpoint_overrides(self) -> dict[str, str | None]: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+    async def handle(self, request: dict[str, Any]) -> dict[str, Any] | None:
+        """Answer a control request this extension owns (e.g. ping), else None."""
+        ...
+
+
+def default_extensions(agent: Agent) -> list[Extension]:
+    """The extensions the agent runs; each is optional so a failure to start one is reported, not fatal."""
+    out: list[Extension] = []
+    try:
+        from meshctl.agent.magic import Magic  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        return out
+    out.append(Magic(agent.settings, agent.request_pass))
+    return out
+
+
 class Agent:
     def __init__(self, settings: Settings, sync_interval_s: float = DEFAULT_SYNC_INTERVAL_S) -> None:
         self.settings = settings
+        self.extensions: list[Extension] = []
         self.sync_interval_s = sync_interval_s
         self.reconciler = Reconciler(settings.interface, settings.wg_backend, settings.state_dir)
         self.last: PassResult | None = None
@@ -40,6 +71,8 @@ class Agent:
         self.passes = 0
         self._trigger = asyncio.Event()
         self._stop = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._fetch_next = True
 
     # --- the loop -------------------------------------------------------------------------
 
@@ -52,27 +85,36 @@ class Agent:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         log.info("agent started (interface %s, sync every %gs)", self.settings.interface, self.sync_interval_s)
+        self._loop = loop
         try:
             while not self._stop.is_set():
                 ok = await self._pass()
                 delay = self.sync_interval_s if ok else min(RETRY_AFTER_FAILURE_S, self.sync_interval_s)
-                await self._sleep(delay)
+                if await self._sleep(delay):
+                    self._fetch_next = True  # the sync timer fired: pull the repository
         finally:
+            for ext in self.extensions:
+                try:
+                    await ext.stop()
+                except Exception:  # noqa: BLE001 - shutting down: log and go on
+                    log.exception("unexpected: stopping %s failed", type(ext).__name__)
             server.close()
             await server.wait_closed()
             self.settings.control_socket.unlink(missing_ok=True)
             pid_path.unlink(missing_ok=True)
             log.info("agent stopped; interface %s left up", self.settings.interface)
 
-    async def _sleep(self, delay: float) -> None:
+    async def _sleep(self, delay: float) -> bool:
+        """Wait for the timer, a trigger or stop; True when the timer ran out."""
         trigger = asyncio.ensure_future(self._trigger.wait())
         stop = asyncio.ensure_future(self._stop.wait())
         try:
-            await asyncio.wait({trigger, stop}, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait({trigger, stop}, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
         finally:
             trigger.cancel()
             stop.cancel()
         self._trigger.clear()
+        return not done
 
     async def _pass(self) -> bool:
         try:
@@ -83,6 +125,10 @@ class Agent:
             return False
         self.last = result
         self.passes += 1
+        if self.passes == 1:
+            await self._start_extensions()
+        for ext in self.extensions:
+            ext.update_netmap(result.netmap)
         errors = ([result.coordination_error] if result.coordination_error else []) + list(result.apply_errors)
         self.last_error = errors[0].message if errors else None
         if result.accepted_new_state:
@@ -90,8 +136,36 @@ class Agent:
         return not errors
 
     def _pass_blocking(self) -> PassResult:
+        overrides: dict[str, str | None] = {}
+        for ext in self.extensions:
+            overrides.update(ext.endpoint_overrides())
         with state_lock(self.settings.state_dir, LOCK_WAIT_S):
-            return run_pass(self.settings, int(time.time()), reconciler=self.reconciler)
+            return run_pass(self.settings, int(time.time()), reconciler=self.reconciler,
+                            endpoint_overrides=overrides, fetch=self._fetch_due())
+
+    def _fetch_due(self) -> bool:
+        """Fetch on the sync timer and on request; a path change only re-applies the last map."""
+        due = self._fetch_next
+        self._fetch_next = False
+        return due or self.last is None
+
+    def request_pass(self, fetch: bool = False) -> None:
+        """Thread-safe: run a pass soon (e.g. a path changed); `fetch` also pulls the repository."""
+        def trigger() -> None:
+            self._fetch_next = self._fetch_next or fetch
+            self._trigger.set()
+
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(trigger)
+
+    async def _start_extensions(self) -> None:
+        for ext in default_extensions(self):
+            try:
+                await ext.start()
+            except MeshctlError as exc:
+                log.error("%s could not start: %s", type(ext).__name__, exc.message)
+                continue
+            self.extensions.append(ext)
 
     # --- control socket -------------------------------------------------------------------
 
@@ -128,22 +202,28 @@ class Agent:
         if cmd == "status":
             return self.status()
         if cmd == "sync":
+            self._fetch_next = True
             ok = await self._pass()
             return {"ok": ok, "error": self.last_error, **self.status()}
         if cmd == "shutdown":
             self._stop.set()
             return {"ok": True}
+        for ext in self.extensions:
+            reply = await ext.handle(request)
+            if reply is not None:
+                return reply
         return {"ok": False, "error": f"unknown command {str(cmd)[:40]!r}"}
 
     def status(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"paths": {}, "endpoints": [], "nat": {}}
+        for ext in self.extensions:
+            doc.update(ext.status())
         return {
+            **doc,
             "pid": os.getpid(),
             "passes": self.passes,
             "serial": self.last.netmap.serial if self.last else None,
             "error": self.last_error,
-            "paths": {},
-            "endpoints": [],
-            "nat": {},
         }
 
 
