@@ -19,3 +19,5 @@ def register(app: typer.Typer) -> None:
     app.command("status")(status.status)
     app.command("whois")(status.whois)
     app.command("netcheck")(netcheck.netcheck)
+    from meshctl.cli import acl
+    app.add_typer(acl.acl_app, name="acl")

@@ -1,0 +1,61 @@
+"""Fixtures for firewall tests (helpers live in firewall_lab.py)."""
+
+from __future__ import annotations
+
+import secrets
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+from firewall_lab import CLIENT_ADDRS, NsPair, _sh, missing_tools
+
+
+@pytest.fixture
+def nspair() -> Iterator[NsPair]:
+    reason = missing_tools()
+    if reason:
+        pytest.skip(reason)
+    tag = secrets.token_hex(3)
+    pair = NsPair(client=f"fwc-{tag}", server=f"fws-{tag}", mesh_if=f"mesh{tag}")
+    try:
+        _sh("ip", "netns", "add", pair.client)
+        _sh("ip", "netns", "add", pair.server)
+        _sh(
+            "ip",
+            "link",
+            "add",
+            f"pc{tag}",
+            "netns",
+            pair.client,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            pair.mesh_if,
+            "netns",
+            pair.server,
+        )
+        for ns, ifname in ((pair.client, f"pc{tag}"), (pair.server, pair.mesh_if)):
+            _sh("ip", "-n", ns, "link", "set", "lo", "up")
+            _sh("ip", "-n", ns, "link", "set", ifname, "up")
+        _sh("ip", "-n", pair.server, "addr", "add", "100.64.0.1/24", "dev", pair.mesh_if)
+        for addr in CLIENT_ADDRS:
+            _sh("ip", "-n", pair.client, "addr", "add", f"{addr}/24", "dev", f"pc{tag}")
+        yield pair
+    finally:
+        for ns in (pair.client, pair.server):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+@pytest.fixture
+def scratch_ns() -> Iterator[str]:
+    """An empty namespace, for loading rulesets without touching the host's."""
+    reason = missing_tools()
+    if reason:
+        pytest.skip(reason)
+    name = f"fwx-{secrets.token_hex(3)}"
+    _sh("ip", "netns", "add", name)
+    try:
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)

@@ -1,0 +1,135 @@
+from __future__ import annotations
+
+import ipaddress
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from firewall_lab import sample_filter
+
+from meshctl.firewall.apply import read_table
+from meshctl.firewall.nft import (
+    delete_document,
+    listed_objects,
+    render_text,
+    replace_document,
+    table_objects,
+)
+from meshctl.policy.compile import FilterRule, PacketFilter
+from meshctl.policy.parse import PortRange
+
+GOLDEN = Path(__file__).with_name("golden")
+
+
+def test_prod_text_matches_golden() -> None:
+    assert render_text(sample_filter("prod"), "mesh0") == (GOLDEN / "prod.nft").read_text()
+
+
+def test_dev_laptop_text_matches_golden() -> None:
+    assert render_text(sample_filter("dev-laptop"), "mesh0") == (GOLDEN / "dev-laptop.nft").read_text()
+
+
+def test_prod_json_matches_golden() -> None:
+    got = json.dumps(replace_document(sample_filter("prod"), "mesh0"), indent=1) + "\n"
+    assert got == (GOLDEN / "prod.json").read_text()
+
+
+def test_replace_is_one_transaction_that_tolerates_a_missing_table() -> None:
+    commands = replace_document(sample_filter("prod"), "mesh0")["nftables"]
+    assert isinstance(commands, list)
+    table = {"table": {"family": "inet", "name": "meshctl"}}
+    assert commands[1:4] == [{"add": table}, {"delete": table}, {"add": table}]
+    assert delete_document()["nftables"] == [commands[0], {"add": table}, {"delete": table}]
+
+
+def test_only_the_nodes_own_sources_appear() -> None:
+    text = render_text(sample_filter("prod"), "mesh0")
+    # monitor (.4) may reach prod on 9100-9101 only; nobody else's rules are on prod
+    assert "100.64.0.4 ip daddr 100.64.0.1 tcp dport 9100-9101 accept" in text
+    assert "100.64.50." not in text  # prod's own outbound DNS rule is enforced elsewhere
+    assert text.rstrip().splitlines()[-3].strip() == 'drop comment "default deny"'
+
+
+def _one_rule(sources: list[str], ports: tuple[PortRange, ...] = (PortRange(22, 22),)) -> PacketFilter:
+    addrs = (ipaddress.ip_address("100.64.0.1"), ipaddress.ip_address("fd7a::1"))
+    rule = FilterRule(tuple(ipaddress.ip_network(s) for s in sources), addrs, (6, 17), ports, 0, 3)
+    return PacketFilter("n", addrs, (rule,), ())
+
+
+def test_slash_10_prefix_is_encoded_as_a_prefix() -> None:
+    pf = _one_rule(["100.64.0.0/10"])
+    rules = [o["rule"] for o in table_objects(pf, "mesh0") if "rule" in o]
+    saddr = rules[-2]["expr"][0]  # type: ignore[index]
+    assert saddr == {
+        "match": {
+            "op": "==",
+            "left": {"payload": {"protocol": "ip", "field": "saddr"}},
+            "right": {"prefix": {"addr": "100.64.0.0", "len": 10}},
+        }
+    }
+
+
+def test_address_sets_are_written_as_nft_lists_them() -> None:
+    # adjacent blocks merge; an aligned block is a prefix, anything else a range
+    pf = _one_rule(["10.0.0.2/31", "10.0.0.4/31", "10.0.0.8/30", "10.0.0.12/30", "10.1.0.1/32"])
+    text = render_text(pf, "if0")
+    assert "ip saddr { 10.0.0.2-10.0.0.5, 10.0.0.8/29, 10.1.0.1 }" in text
+    ports = (PortRange(80, 80), PortRange(81, 90), PortRange(443, 443), PortRange(22, 22))
+    assert "th dport { 22, 80-90, 443 }" in render_text(_one_rule(["0.0.0.0/0"], ports), "if0")
+
+
+def test_any_source_omits_the_saddr_match() -> None:
+    text = render_text(_one_rule(["0.0.0.0/0", "::/0"]), "if0")
+    assert "ip daddr 100.64.0.1 meta l4proto { tcp, udp } th dport 22 accept" in text
+    assert "ip6 daddr fd7a::1 meta l4proto { tcp, udp } th dport 22 accept" in text
+    assert "saddr" not in text
+
+
+def test_listed_objects_drops_handles_and_metainfo() -> None:
+    listing = {"nftables": [{"metainfo": {"version": "1"}}, {"table": {"family": "inet", "name": "t", "handle": 3}}]}
+    assert listed_objects(listing) == [{"table": {"family": "inet", "name": "t"}}]
+    with pytest.raises(ValueError):
+        listed_objects({"nope": []})
+
+
+@pytest.mark.netns
+def test_golden_text_and_json_load_in_nft(scratch_ns: str) -> None:
+    check = subprocess.run(
+        ["ip", "netns", "exec", scratch_ns, "nft", "-c", "-f", str(GOLDEN / "prod.nft")],
+        capture_output=True,
+        text=True,
+    )
+    assert check.returncode == 0, check.stderr
+    load = subprocess.run(
+        ["ip", "netns", "exec", scratch_ns, "nft", "-j", "-f", str(GOLDEN / "prod.json")],
+        capture_output=True,
+        text=True,
+    )
+    assert load.returncode == 0, load.stderr
+    listed = subprocess.run(
+        ["ip", "netns", "exec", scratch_ns, "nft", "list", "table", "inet", "meshctl"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "tcp dport 9100-9101 accept" in listed
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize("node", ["prod", "dev-laptop", "ops-laptop", "monitor", "dana-phone"])
+def test_nft_lists_back_exactly_what_we_wrote(scratch_ns: str, node: str) -> None:
+    """The read-back comparison works: nft's listing equals table_objects() for each node."""
+    pf = sample_filter(node)
+    doc = json.dumps(replace_document(pf, "mesh0"))
+    subprocess.run(["ip", "netns", "exec", scratch_ns, "nft", "-j", "-f", "-"], input=doc, text=True, check=True)
+    assert read_table(scratch_ns) == table_objects(pf, "mesh0")
+
+
+@pytest.mark.netns
+def test_merged_sets_and_slash_10_list_back_exactly(scratch_ns: str) -> None:
+    ports = (PortRange(80, 80), PortRange(81, 90), PortRange(443, 443))
+    pf = _one_rule(["100.64.0.0/10", "10.0.0.2/31", "10.0.0.4/31", "fd00::/64", "fd01::1/128"], ports)
+    doc = json.dumps(replace_document(pf, "mesh0"))
+    subprocess.run(["ip", "netns", "exec", scratch_ns, "nft", "-j", "-f", "-"], input=doc, text=True, check=True)
+    assert read_table(scratch_ns) == table_objects(pf, "mesh0")
