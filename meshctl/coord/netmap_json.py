@@ -1,25 +1,36 @@
-"""NetMap <-> JSON, for the local cache of the last accepted map and for `status --json` (pure)."""
+"""NetMap <-> JSON, for the local cache of the last accepted map (pure)."""
 
 from __future__ import annotations
 
 import ipaddress
+from base64 import b64decode
 from typing import Any
 
-from meshctl.coord.netmap import NetMap, NetworkSettings, Peer, Relay
+from meshctl.coord.netmap import IPAddress, NetMap, NetworkSettings, Peer, Relay
 from meshctl.keys import DiscoPublic, NodePublic, VerifyKey
 
 
-def peer_to_json(p: Peer) -> dict[str, Any]:
-    return {
-        "name": p.name,
-        "identity_key": p.identity_key.text(),
-        "wg_public_key": p.wg_public_key.b64(),
-        "disco_key": p.disco_key.b64(),
-        "addresses": [str(a) for a in p.addresses],
-        "tags": list(p.tags),
-        "owner": p.owner,
-        "endpoints": list(p.endpoints),
-    }
+def peer_to_json(p: Peer) -> list[Any]:
+    # Compact on purpose: a no-op sync at 10,000 peers reads this back and must stay fast.
+    return [p.name, p.identity_key.b64(), p.wg_public_key.b64(), p.disco_key.b64(),
+            [[a.version, int(a)] for a in p.addresses], list(p.tags), p.owner, list(p.endpoints)]
+
+
+def _address(version: int, value: int) -> IPAddress:
+    return ipaddress.IPv4Address(value) if version == 4 else ipaddress.IPv6Address(value)
+
+
+def peer_from_json(v: list[Any]) -> Peer:
+    return Peer(
+        name=v[0],
+        identity_key=VerifyKey(b64decode(v[1])),
+        wg_public_key=NodePublic(b64decode(v[2])),
+        disco_key=DiscoPublic(b64decode(v[3])),
+        addresses=tuple(_address(ver, val) for ver, val in v[4]),
+        tags=tuple(v[5]),
+        owner=v[6],
+        endpoints=tuple(v[7]),
+    )
 
 
 def netmap_to_json(nm: NetMap) -> dict[str, Any]:
@@ -56,19 +67,7 @@ def netmap_from_json(doc: dict[str, Any]) -> NetMap:
         serial=int(doc["serial"]),
         expires=int(doc["expires"]),
         state_sha256=doc["state_sha256"],
-        peers=tuple(
-            Peer(
-                name=p["name"],
-                identity_key=VerifyKey.from_text(p["identity_key"]),
-                wg_public_key=NodePublic.from_b64(p["wg_public_key"]),
-                disco_key=DiscoPublic.from_b64(p["disco_key"]),
-                addresses=tuple(ipaddress.ip_address(a) for a in p["addresses"]),
-                tags=tuple(p["tags"]),
-                owner=p["owner"],
-                endpoints=tuple(p["endpoints"]),
-            )
-            for p in doc["peers"]
-        ),
+        peers=tuple(peer_from_json(p) for p in doc["peers"]),
         relays=tuple(
             Relay(r["name"], r["address"],
                   VerifyKey.from_text(r["identity_key"]) if r["identity_key"] else None)

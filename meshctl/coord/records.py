@@ -7,6 +7,7 @@ and `marshal_X(x) -> bytes` (the canonical form that gets signed).
 
 from __future__ import annotations
 
+import calendar
 import ipaddress
 import re
 from dataclasses import dataclass, field
@@ -37,7 +38,7 @@ LABEL: Final = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 DOMAIN_RE: Final = re.compile(rf"^(?=.{{1,200}}$){LABEL}(?:\.{LABEL})*$")
 NETWORK_ID_RE: Final = re.compile(r"^[0-9a-f]{32}$")
 SHA256_RE: Final = re.compile(r"^[0-9a-f]{64}$")
-TIME_RE: Final = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+TIME_RE: Final = re.compile(r"^(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)Z$")
 HOSTPORT_RE: Final = re.compile(r"^(?:\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]{1,253}):\d{1,5}$")
 OWNER_RE: Final = re.compile(r"^[A-Za-z0-9._%+@-]{0,128}$")
 
@@ -54,7 +55,18 @@ def format_time(unix: int) -> str:
 
 
 def parse_time(text: str) -> int:
-    return int(datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp())
+    """Seconds since the epoch of a `YYYY-MM-DDTHH:MM:SSZ` time (ValueError if invalid)."""
+    m = TIME_RE.match(text)
+    if not m:
+        raise ValueError(f"invalid time {text!r}")
+    fields = [int(x) for x in m.groups()]
+    datetime(*fields, tzinfo=UTC)  # validates ranges (month 13, Feb 30, ...)
+    return calendar.timegm((*fields, 0, 0, 0))
+
+
+def parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """Like ipaddress.ip_address, without trying IPv4 first on every IPv6 address."""
+    return ipaddress.IPv6Address(text) if ":" in text else ipaddress.IPv4Address(text)
 
 
 # --- field readers ------------------------------------------------------------------------
@@ -295,7 +307,7 @@ def _parse_assignment(doc: Any, name: str, peer: str) -> Assignment:
     r.only({"record_sha256", "addresses"}, {"tags", "owner"})
     texts = r.str_list("addresses", 2)
     try:
-        addrs = tuple(ipaddress.ip_address(t) for t in texts)
+        addrs = tuple(parse_ip(t) for t in texts)
     except ValueError:
         raise r.fail("addresses", "must be IP addresses") from None
     if not addrs:

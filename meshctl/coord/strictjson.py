@@ -55,26 +55,20 @@ def _bounded_int(text: str) -> int:
     return int(text)
 
 
-def _bracket_depth(text: str) -> int:
-    # Python's json recurses per nesting level: measure before parsing.
-    depth = deepest = 0
-    in_string = escaped = False
-    for ch in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_string = False
-        elif ch == '"':
-            in_string = True
-        elif ch in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif ch in "]}":
-            depth -= 1
-    return deepest
+def _too_deep(value: Any, limit: int) -> bool:
+    """Nesting depth check, iterative so hostile input cannot exhaust the stack."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            if depth >= limit and item:
+                return True
+            stack.extend((v, depth + 1) for v in item.values() if isinstance(v, (dict, list)))
+        elif isinstance(item, list):
+            if depth >= limit and item:
+                return True
+            stack.extend((v, depth + 1) for v in item if isinstance(v, (dict, list)))
+    return False
 
 
 def loads(data: bytes, *, name: str, max_bytes: int) -> JSONValue:
@@ -85,10 +79,8 @@ def loads(data: bytes, *, name: str, max_bytes: int) -> JSONValue:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise JSONError(f"{name}: not valid UTF-8") from None
-    if _bracket_depth(text) > MAX_DEPTH:
-        raise JSONError(f"{name}: nested deeper than {MAX_DEPTH} levels")
     try:
-        return json.loads(
+        value = json.loads(
             text,
             object_pairs_hook=_no_duplicates,
             parse_float=_no_float,
@@ -102,7 +94,11 @@ def loads(data: bytes, *, name: str, max_bytes: int) -> JSONValue:
     except json.JSONDecodeError as exc:
         raise JSONError(f"{name}:{exc.lineno}:{exc.colno}: malformed JSON ({exc.msg})") from None
     except RecursionError:
-        raise JSONError(f"{name}: nested too deeply") from None
+        raise JSONError(f"{name}: nested deeper than {MAX_DEPTH} levels") from None
+    # The C parser bounds recursion itself (RecursionError above); this enforces our tighter limit.
+    if isinstance(value, (dict, list)) and _too_deep(value, MAX_DEPTH):
+        raise JSONError(f"{name}: nested deeper than {MAX_DEPTH} levels")
+    return value
 
 
 def dumps(value: JSONValue) -> bytes:
