@@ -17,6 +17,7 @@ from typing import Any, Final, Protocol
 
 from meshctl.agent import control
 from meshctl.agent.lock import state_lock
+from meshctl.agent.magicdns import MAGIC_INTERFACE_ADDRESS
 from meshctl.agent.reconcile import Reconciler
 from meshctl.agent.sync_pass import PassResult, run_pass
 from meshctl.coord.netmap import NetMap
@@ -52,6 +53,10 @@ class Extension(Protocol):
 def default_extensions(agent: Agent) -> list[Extension]:
     """The extensions the agent runs; each is optional so a failure to start one is reported, not fatal."""
     out: list[Extension] = []
+    if agent.accept_dns:
+        from meshctl.agent.magicdns import MagicDns
+
+        out.append(MagicDns(agent.settings))
     try:
         from meshctl.agent.magic import Magic  # type: ignore[import-not-found,unused-ignore]
     except ImportError:
@@ -61,8 +66,10 @@ def default_extensions(agent: Agent) -> list[Extension]:
 
 
 class Agent:
-    def __init__(self, settings: Settings, sync_interval_s: float = DEFAULT_SYNC_INTERVAL_S) -> None:
+    def __init__(self, settings: Settings, sync_interval_s: float = DEFAULT_SYNC_INTERVAL_S,
+                 accept_dns: bool = True) -> None:
         self.settings = settings
+        self.accept_dns = accept_dns
         self.extensions: list[Extension] = []
         self.sync_interval_s = sync_interval_s
         self.reconciler = Reconciler(settings.interface, settings.wg_backend, settings.state_dir)
@@ -73,6 +80,7 @@ class Agent:
         self._stop = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._fetch_next = True
+        self._extensions_started = False
 
     # --- the loop -------------------------------------------------------------------------
 
@@ -117,6 +125,8 @@ class Agent:
         return not done
 
     async def _pass(self) -> bool:
+        if not self._extensions_started:
+            await self._prime_extensions()
         try:
             result = await asyncio.to_thread(self._pass_blocking)
         except MeshctlError as exc:
@@ -125,8 +135,6 @@ class Agent:
             return False
         self.last = result
         self.passes += 1
-        if self.passes == 1:
-            await self._start_extensions()
         for ext in self.extensions:
             ext.update_netmap(result.netmap)
         errors = ([result.coordination_error] if result.coordination_error else []) + list(result.apply_errors)
@@ -141,7 +149,8 @@ class Agent:
             overrides.update(ext.endpoint_overrides())
         with state_lock(self.settings.state_dir, LOCK_WAIT_S):
             return run_pass(self.settings, int(time.time()), reconciler=self.reconciler,
-                            endpoint_overrides=overrides, fetch=self._fetch_due())
+                            endpoint_overrides=overrides, fetch=self._fetch_due(),
+                            extra_addresses=(MAGIC_INTERFACE_ADDRESS,) if self.accept_dns else ())
 
     def _fetch_due(self) -> bool:
         """Fetch on the sync timer and on request; a path change only re-applies the last map."""
@@ -157,6 +166,26 @@ class Agent:
 
         if self._loop is not None:
             self._loop.call_soon_threadsafe(trigger)
+
+    async def _prime_extensions(self) -> None:
+        """Start the extensions and show them the map before WireGuard is first configured.
+
+        NAT traversal must punch from WireGuard's port before WireGuard sends to a peer
+        (DESIGN.md: conntrack poisoning), and decides which endpoints WireGuard may use.
+        """
+        self._extensions_started = True
+        try:
+            peek = await asyncio.to_thread(self._peek_blocking)
+        except MeshctlError:
+            peek = None  # the real pass reports the reason
+        await self._start_extensions()
+        if peek is not None:
+            for ext in self.extensions:
+                ext.update_netmap(peek.netmap)
+
+    def _peek_blocking(self) -> PassResult:
+        with state_lock(self.settings.state_dir, LOCK_WAIT_S):
+            return run_pass(self.settings, int(time.time()), dry_run=True, reconciler=self.reconciler)
 
     async def _start_extensions(self) -> None:
         for ext in default_extensions(self):
@@ -227,5 +256,5 @@ class Agent:
         }
 
 
-def run_agent(settings: Settings, sync_interval_s: float) -> None:
-    asyncio.run(Agent(settings, sync_interval_s).run())
+def run_agent(settings: Settings, sync_interval_s: float, accept_dns: bool = True) -> None:
+    asyncio.run(Agent(settings, sync_interval_s, accept_dns).run())

@@ -12,7 +12,10 @@ from dataclasses import dataclass
 from typing import Final
 
 from meshctl.coord.netmap import NetMap, Peer
+from meshctl.errors import ParseError
 from meshctl.keys import NodePrivate
+from meshctl.policy.compile import PacketFilter, compile_filter
+from meshctl.policy.parse import parse_policy
 from meshctl.router.config import RouterConfig
 from meshctl.wg.config import DeviceConfig, PeerConfig
 
@@ -23,6 +26,18 @@ KEEPALIVE_S: Final = 25  # below the 30 s NAT mapping lifetime measured in the l
 class Desired:
     wg: DeviceConfig
     router: RouterConfig
+    packet_filter: PacketFilter | None  # None: the policy did not compile; keep the last filter
+    policy_error: str | None = None
+
+
+def compile_policy(netmap: NetMap) -> tuple[PacketFilter | None, str | None]:
+    """This node's inbound filter from the signed policy (default deny for everything else)."""
+    if netmap.self_name is None:
+        return None, None
+    try:
+        return compile_filter(parse_policy(netmap.policy_text), netmap), None
+    except ParseError as exc:
+        return None, exc.message
 
 
 def allowed_ips(peer: Peer) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
@@ -59,7 +74,8 @@ def compute_desired(
         ipv6_prefix=netmap.network.ipv6_prefix,
         extra_addresses=extra_addresses,
     )
-    return Desired(DeviceConfig(private_key, listen_port, peers), router)
+    packet_filter, policy_error = compile_policy(netmap)
+    return Desired(DeviceConfig(private_key, listen_port, peers), router, packet_filter, policy_error)
 
 
 def static_endpoint_candidates(peer: Peer) -> tuple[str, ...]:

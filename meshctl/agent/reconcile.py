@@ -2,8 +2,10 @@
 
 Order, and why:
 1. WireGuard device exists and has its key before peers (the key is in the same update).
-2. Peers, then addresses/routes: routes need the link, and the link is brought up last
-   so no packet leaves before the peers are configured.
+2. The packet filter (nft table inet meshctl) before the link comes up, so the interface
+   never accepts a connection the policy forbids.
+3. Addresses/routes last: routes need the link, and the link is brought up here, after
+   the peers are configured.
 A failed subsystem does not hide the others' results: errors are collected.
 """
 
@@ -27,13 +29,15 @@ log = logging.getLogger(__name__)
 class Plan:
     wg: DeviceUpdate
     router: RouterPlan
+    firewall: tuple[str, ...] = ()  # what changes in table inet meshctl, if anything
 
     def is_empty(self) -> bool:
-        return self.wg.is_empty() and self.router.is_empty()
+        return self.wg.is_empty() and self.router.is_empty() and not self.firewall
 
     def describe(self, ifname: str) -> list[str]:
-        return [f"wg: {line}" for line in self.wg.describe()] + \
-               [f"route: {line}" for line in self.router.describe(ifname)]
+        return ([f"wg: {line}" for line in self.wg.describe()]
+                + [f"firewall: {line}" for line in self.firewall]
+                + [f"route: {line}" for line in self.router.describe(ifname)])
 
 
 @dataclass
@@ -42,8 +46,22 @@ class ApplyResult:
     errors: list[MeshctlError] = field(default_factory=list)
 
 
-def plan_against(desired: Desired, wg_state: DeviceState, router_state: RouterState) -> Plan:
-    return Plan(plan_update(wg_state, desired.wg), plan_router(router_state, desired.router))
+def plan_against(desired: Desired, wg_state: DeviceState, router_state: RouterState,
+                 firewall_current: bool) -> Plan:
+    firewall: tuple[str, ...] = ()
+    if desired.packet_filter is not None and not firewall_current:
+        pf = desired.packet_filter
+        firewall = (f"replace table inet meshctl: {len(pf.rules)} allow rules for {pf.node}, default deny",)
+    return Plan(plan_update(wg_state, desired.wg), plan_router(router_state, desired.router), firewall)
+
+
+def firewall_current(desired: Desired, ifname: str) -> bool:
+    from meshctl.firewall import nft
+    from meshctl.firewall.apply import read_table
+
+    if desired.packet_filter is None:
+        return True
+    return read_table() == nft.table_objects(desired.packet_filter, ifname)
 
 
 class Reconciler:
@@ -75,7 +93,7 @@ class Reconciler:
 
     def dry_run(self, desired: Desired) -> Plan:
         wg_state, router_state = self.read_actual()
-        return plan_against(desired, wg_state, router_state)
+        return plan_against(desired, wg_state, router_state, firewall_current(desired, self.ifname))
 
     def apply(self, desired: Desired) -> ApplyResult:
         from meshctl.router.linux import apply_router, read_router
@@ -83,12 +101,22 @@ class Reconciler:
         backend = self.backend
         backend.ensure_device()
         self._record_backend(desired.wg.listen_port)
-        plan = plan_against(desired, backend.read(), read_router(self.ifname))
+        plan = plan_against(desired, backend.read(), read_router(self.ifname),
+                            firewall_current(desired, self.ifname))
         result = ApplyResult(plan)
         try:
             backend.apply(plan.wg)
         except MeshctlError as exc:
             result.errors.append(exc)
+        if desired.policy_error:
+            result.errors.append(MeshctlError(f"{desired.policy_error}; the last good packet filter is kept"))
+        elif plan.firewall and desired.packet_filter is not None:
+            from meshctl.firewall.apply import apply_filter
+
+            try:
+                apply_filter(desired.packet_filter, self.ifname)
+            except MeshctlError as exc:
+                result.errors.append(exc)
         try:
             apply_router(self.ifname, plan.router)
         except MeshctlError as exc:
@@ -98,12 +126,14 @@ class Reconciler:
         return result
 
     def remove(self) -> None:
+        from meshctl.firewall.apply import remove_table
         from meshctl.router.linux import remove_router
         from meshctl.wg.kernel import link_kind
 
         if link_kind(self.ifname) is not None:
             remove_router(self.ifname)
         self.backend.remove_device()
+        remove_table()
         (self.state_dir / "device.json").unlink(missing_ok=True)
 
     def _record_backend(self, listen_port: int) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 from collections.abc import Mapping
@@ -42,7 +43,7 @@ def load_netmap(settings: Settings, now: int, fetch: bool = True) -> tuple[NetMa
             cached = node.load_netmap()
             if cached is None:
                 raise
-            log.warning("coordination: %s; keeping serial %d", exc.message, cached.serial)
+            log.info("coordination: %s; keeping serial %d", exc.message, cached.serial)
             return cached, False, exc
     cached = node.load_netmap()
     if cached is None:
@@ -50,20 +51,22 @@ def load_netmap(settings: Settings, now: int, fetch: bool = True) -> tuple[NetMa
     return cached, False, None
 
 
-def desired_for(settings: Settings, netmap: NetMap, endpoint_overrides: Mapping[str, str | None]) -> Desired:
+def desired_for(settings: Settings, netmap: NetMap, endpoint_overrides: Mapping[str, str | None],
+                extra_addresses: tuple[ipaddress.IPv4Interface | ipaddress.IPv6Interface, ...] = ()) -> Desired:
     cfg = NodeState(settings.state_dir).load_config()
     require_member(netmap, cfg)
     keys = load_device_keys(settings.keys_dir)
     endpoints: dict[str, str | None] = dict(static_endpoints(netmap))
     endpoints.update(endpoint_overrides)
-    return compute_desired(netmap, keys.wireguard, settings.listen_port, endpoints)
+    return compute_desired(netmap, keys.wireguard, settings.listen_port, endpoints, extra_addresses)
 
 
 def run_pass(settings: Settings, now: int, *, dry_run: bool = False, fetch: bool = True,
              reconciler: Reconciler | None = None,
-             endpoint_overrides: Mapping[str, str | None] | None = None) -> PassResult:
+             endpoint_overrides: Mapping[str, str | None] | None = None,
+             extra_addresses: tuple[ipaddress.IPv4Interface | ipaddress.IPv6Interface, ...] = ()) -> PassResult:
     netmap, accepted, coord_error = load_netmap(settings, now, fetch)
-    desired = desired_for(settings, netmap, endpoint_overrides or {})
+    desired = desired_for(settings, netmap, endpoint_overrides or {}, extra_addresses)
     reconciler = reconciler or Reconciler(settings.interface, settings.wg_backend, settings.state_dir)
     if dry_run:
         return PassResult(netmap, reconciler.dry_run(desired), accepted, coord_error)

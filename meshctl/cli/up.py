@@ -28,6 +28,8 @@ def up(
     ctx: typer.Context,
     foreground: Annotated[bool, typer.Option("--foreground", help="Run the agent in this process.")] = False,
     sync_interval: Annotated[float, typer.Option("--sync-interval", help="Seconds between syncs.", min=1)] = 60.0,
+    accept_dns: Annotated[bool, typer.Option("--accept-dns/--no-accept-dns", envvar="MESHCTL_ACCEPT_DNS",
+                                             help="Run MagicDNS and point the system's DNS at it.")] = True,
 ) -> None:
     """Bring this node onto the mesh and keep it there (the agent)."""
     from meshctl.agent.control import query_agent
@@ -39,7 +41,7 @@ def up(
     if foreground:
         from meshctl.agent.daemon import run_agent
 
-        run_agent(settings, sync_interval)
+        run_agent(settings, sync_interval, accept_dns)
         return
     running = query_agent(settings.control_socket, {"cmd": "sync"}, timeout=60)
     if running is not None:
@@ -51,8 +53,9 @@ def up(
     log = open(settings.state_dir / "agent.log", "ab")  # noqa: SIM115 - handed to the child
     env = {**os.environ, "MESHCTL_STATE_DIR": str(settings.state_dir), "MESHCTL_INTERFACE": settings.interface,
            "MESHCTL_WG_BACKEND": settings.wg_backend, "MESHCTL_LISTEN_PORT": str(settings.listen_port)}
-    proc = subprocess.Popen([*_self_argv(), "-v", "up", "--foreground", "--sync-interval", str(sync_interval)],
-                            stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, start_new_session=True)
+    dns_flag = "--accept-dns" if accept_dns else "--no-accept-dns"
+    argv = [*_self_argv(), "-v", "up", "--foreground", "--sync-interval", str(sync_interval), dns_flag]
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, start_new_session=True)
     log.close()
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -105,9 +108,11 @@ def down(ctx: typer.Context) -> None:
     """Stop the agent and remove the mesh interface, its addresses and routes."""
     from meshctl.agent.lock import state_lock
     from meshctl.agent.reconcile import Reconciler
+    from meshctl.dns.os_config import OsDnsConfig
 
     settings = settings_of(ctx)
     pid = stop_agent(settings.state_dir, settings.control_socket)
+    OsDnsConfig(settings.state_dir, settings.interface).recover()  # an agent that crashed left it
     with state_lock(settings.state_dir, 30):
         Reconciler(settings.interface, settings.wg_backend, settings.state_dir).remove()
     typer.echo(f"meshctl is down ({settings.interface} removed{f', agent {pid} stopped' if pid else ''})")

@@ -102,9 +102,10 @@ class MeshScenario:
     def status(self, name: str) -> dict[str, Any]:
         return dict(json.loads(self.meshctl(name, "status", "--json").stdout))
 
-    def ping(self, src: str, dst_ip: str, count: int = 1, timeout_s: int = 2) -> bool:
-        proc = self.lab.run(self.members[src].node, ["ping", "-c", str(count), "-W", str(timeout_s), dst_ip],
-                            check=False)
+    def ping(self, src: str, dst_ip: str, count: int = 3, timeout_s: int = 2) -> bool:
+        """True when any of `count` echo requests is answered (the first may wait for a handshake)."""
+        proc = self.lab.run(self.members[src].node,
+                            ["ping", "-c", str(count), "-i", "0.3", "-W", str(timeout_s), dst_ip], check=False)
         return proc.returncode == 0
 
     def ping_matrix(self, names: Sequence[str] | None = None) -> dict[tuple[str, str], tuple[bool, bool]]:
@@ -130,3 +131,31 @@ def build_lan_mesh(lab: Lab, n: int = 3, *, name: str = "demo") -> MeshScenario:
     for i in range(1, n + 1):
         mesh.approve(f"node{i}")
     return mesh
+
+
+def build_nat_mesh(lab: Lab, profile_a: str, profile_b: str, *, name: str = "natmesh",
+                   listen_port: int = 51820) -> tuple[MeshScenario, Any]:
+    """Devices "a" and "b", each behind its own NAT (lab.two_nats), joined and approved.
+
+    Like a person would: the admin points the mesh's STUN servers at the lab's coturn
+    (both of its addresses, so a symmetric NAT shows), and each device publishes as static
+    endpoint its NAT's public address with the WireGuard port (what `meshctl netcheck`
+    shows behind a port-preserving NAT; behind a symmetric NAT only the address is right).
+    Returns the scenario and the `TwoNats` topology. Agents are not started.
+    """
+    from meshctl.lab.topology import two_nats
+
+    topo = two_nats(lab, profile_a, profile_b)
+    mesh = MeshScenario(lab, topo.git_url, topo.repo_dir, name)
+    mesh.init()
+    state_path = mesh.checkout / "state.json"
+    state = json.loads(state_path.read_text())
+    state["stun"] = [f"{ip}:{topo.stun.rsplit(':', 1)[1]}" for ip in topo.internet.service_ips]
+    state_path.write_text(json.dumps(state))
+    mesh.admin("admin", "sign")
+    mesh.git("push", "-q", str(mesh.repo_dir), "main")
+    for member, node, nat in (("a", topo.a, topo.nat_a), ("b", topo.b, topo.nat_b)):
+        mesh.join(node, member, endpoint=f"{nat.public_ip}:{listen_port}")
+    for member in ("a", "b"):
+        mesh.approve(member)
+    return mesh, topo
