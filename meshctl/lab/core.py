@@ -231,9 +231,21 @@ def _kill_namespace_processes(ns: str) -> None:
         poll(none_left, f"processes in {ns}", KILL_GRACE_S)
 
 
+NETNS_ETC: Final = Path("/etc/netns")
+
+
+def _private_etc(ns: str) -> None:
+    """Give the namespace its own /etc/resolv.conf: `ip netns exec` bind-mounts
+    /etc/netns/<ns>/resolv.conf over it, so a node's MagicDNS never edits the host's file."""
+    etc = NETNS_ETC / ns
+    etc.mkdir(parents=True, exist_ok=True)
+    (etc / "resolv.conf").write_text("# meshctl lab: this namespace's own resolv.conf\nnameserver 127.0.0.53\n")
+
+
 def _delete_namespace(ns: str) -> None:
     _kill_namespace_processes(ns)
     _host_cmd(["ip", "netns", "del", ns], check=False)
+    shutil.rmtree(NETNS_ETC / ns, ignore_errors=True)
 
 
 def cleanup_stale(prefix: str = DEFAULT_PREFIX) -> list[str]:
@@ -351,6 +363,7 @@ class Lab:
         self._wan_ids = itertools.count(FIRST_HOST_OFFSET)
         self._internet: Internet | None = None
         self._meshctl_env: dict[str, dict[str, str]] = {}
+        self._git_daemons: dict[str, tuple[subprocess.Popen[str], Path, Node, int]] = {}
         self._saved_handlers: dict[int, object] = {}
         self._open = False
 
@@ -501,6 +514,7 @@ class Lab:
             raise LabError("use the lab inside `with Lab() as lab:`")
         _host_cmd(["ip", "netns", "add", ns])
         self.namespaces.append(ns)
+        _private_etc(ns)
         _host_cmd(["ip", "-n", ns, "link", "set", "lo", "up"])
         return ns
 
@@ -707,7 +721,19 @@ class Lab:
             return self.run(node, ["git", "ls-remote", url], check=False).returncode == 0
 
         poll(answers, f"git daemon at {url}")
+        self._git_daemons[url] = (proc, repo_dir, node, port)
         return url
+
+    @contextlib.contextmanager
+    def git_daemon_stopped(self, url: str) -> Iterator[None]:
+        """A git host outage: the daemon serving `url` is stopped inside the block and serves
+        the same repository at the same URL again afterwards."""
+        proc, repo_dir, node, port = self._git_daemons[url]
+        self.kill(proc)
+        try:
+            yield
+        finally:
+            self.git_daemon(repo_dir, node, port=port)
 
     def stun_server(self, node: Node | None = None, *, port: int = rules.STUN_PORT) -> str:
         """Start coturn as a STUN-only server on `node` (default: the internet, on both service
