@@ -67,8 +67,16 @@ def _git_error(url: str, exc: Exception) -> GitError:
                     "nothing was changed; the last good configuration is kept")
 
 
+def _trust_ca_file() -> None:
+    """MESHCTL_CA_FILE: a CA bundle for an https git host with a private certificate authority."""
+    ca = os.environ.get("MESHCTL_CA_FILE")
+    if ca:
+        pygit2.settings.set_ssl_cert_locations(ca, None)
+
+
 def open_or_init(repo_dir: Path, url: str) -> pygit2.Repository:
     """meshctl's own bare repository with `origin` pointing at `url`."""
+    _trust_ca_file()
     if (repo_dir / "HEAD").exists():
         repo = pygit2.Repository(str(repo_dir))
         if repo.remotes["origin"].url != url:

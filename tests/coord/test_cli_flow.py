@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from git_servers import bare_copy, git_daemon, ssh_server
+from git_servers import bare_copy, git_daemon, https_git_server, ssh_server
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -209,3 +209,23 @@ def test_pull_request_may_only_add_requests(tmp_path: Path, admin_env: dict[str,
     r = meshctl("repo", "verify", ".", "--base", "main", cwd=coord)
     assert r.returncode == 3
     assert "peers/laptop.json: not listed in state.json" in r.stderr
+
+
+def test_join_and_sync_over_https(tmp_path: Path, admin_env: dict[str, str]) -> None:
+    coord, fp = init_mesh(tmp_path, admin_env)
+    served = tmp_path / "served"
+    served.mkdir()
+    bare_copy(coord, served / "acme.git")
+    with https_git_server(served, tmp_path / "tls") as (base_url, ca):
+        url = f"{base_url}/acme.git"
+        env = {"MESHCTL_STATE_DIR": str(tmp_path / "state"), "MESHCTL_CA_FILE": str(ca)}
+        # Without trusting the private CA the connection is refused, nothing is written.
+        r = meshctl("join", url, "--name", "laptop", "--root", fp, env={"MESHCTL_STATE_DIR": str(tmp_path / "x")})
+        assert r.returncode == 1 and "repository unreachable" in r.stderr
+        r = meshctl("join", url, "--name", "laptop", "--root", fp, env=env)
+        assert r.returncode == 0, r.stderr
+        assert "pushed to branch join/laptop" in r.stdout
+        approve_branch(coord, str(served / "acme.git"), "laptop", admin_env)
+        r = meshctl("sync", "--dry-run", env=env)
+        assert r.returncode == 0, r.stderr
+        assert "self laptop: 100.64.0.1" in r.stdout

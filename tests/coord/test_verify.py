@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from mesh_builder import NOW, Mesh, make_mesh, new_device
 
 from meshctl.coord import admin, records, signing, verify
 from meshctl.coord.fs_snapshot import FsSnapshot
 from meshctl.errors import VerificationError
 from meshctl.keys import SigningKey
-
-from mesh_builder import NOW, Mesh, make_mesh, new_device
 
 
 def refused(mesh: Mesh, memory: verify.TrustMemory | None = None, now: int = NOW) -> str:
