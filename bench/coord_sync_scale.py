@@ -12,7 +12,6 @@ Goals on a 2-core machine: cold <= 2 s, no-op <= 0.2 s.
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import json
 import os
 import statistics
@@ -27,8 +26,12 @@ sys.path.insert(0, str(ROOT))
 
 from meshctl.coord import admin, records, signing, verify  # noqa: E402
 from meshctl.coord.node_state import NodeConfig, NodeState  # noqa: E402
-from meshctl.keys import write_private_key  # noqa: E402
-from meshctl.keys import DiscoPrivate, NodePrivate, SigningKey  # noqa: E402
+from meshctl.keys import (  # noqa: E402
+    DiscoPrivate,
+    NodePrivate,
+    SigningKey,
+    write_private_key,  # noqa: E402
+)
 
 
 def build(repo: Path, n: int, state_dir: Path) -> None:
