@@ -1,0 +1,79 @@
+"""Pure modules stay pure: no sockets, subprocesses, git, netlink or event loop (STYLE.md).
+
+The imports are read statically (including those inside functions), so a lazy import
+cannot slip a side effect into a module whose tests assume none.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[2] / "meshctl"
+
+PURE_MODULES = [
+    "coord/records.py", "coord/signing.py", "coord/strictjson.py", "coord/verify.py", "coord/netmap.py",
+    "coord/netmap_json.py", "coord/pr_check.py",
+    "policy/hujson.py", "policy/parse.py", "policy/compile.py", "firewall/nft.py",
+    "nat/stun.py", "nat/disco.py", "nat/packet.py", "nat/paths.py", "nat/addr.py",
+    "dns/zone.py", "dns/resolver.py", "dns/resolvconf.py",
+    "wg/config.py", "wg/uapi.py", "wg/chunks.py", "router/config.py",
+    "agent/desired.py", "agent/status.py", "errors.py", "keys.py",
+]
+
+BANNED = {
+    "asyncio": "the event loop belongs to the agent's shell (agent/daemon.py)",
+    "socket": "sockets belong to shells (nat/rawsock.py, dns/server.py, relay/)",
+    "subprocess": "running programs belongs to shells (firewall/apply.py, wg/userspace.py)",
+    "pygit2": "git belongs to coord/repo.py alone",
+    "pyroute2": "netlink belongs to wg/kernel.py and router/linux.py",
+    "threading": "concurrency belongs to the shell",
+}
+
+
+def imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+@pytest.mark.parametrize("module", PURE_MODULES)
+def test_pure_module_imports_no_io(module: str) -> None:
+    path = PACKAGE / module
+    assert path.exists(), f"{module} moved: update PURE_MODULES"
+    bad = sorted(imported_modules(path) & set(BANNED))
+    assert not bad, "; ".join(f"{module} imports {name}: {BANNED[name]}" for name in bad)
+
+
+def test_cli_modules_import_heavy_libraries_lazily() -> None:
+    """`meshctl version` must start fast: CLI modules import heavy libraries inside functions."""
+    heavy = {"pygit2", "pyroute2", "dnslib", "cryptography"}
+    for path in sorted((PACKAGE / "cli").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        top = set()
+        for node in tree.body:
+            if isinstance(node, ast.Import):
+                top.update(a.name.split(".")[0] for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                top.add(node.module.split(".")[0])
+        assert not top & heavy, f"{path.name} imports {sorted(top & heavy)} at module level"
+
+
+def test_version_loads_no_heavy_library() -> None:
+    """What `meshctl version` really imports, including everything command modules pull in."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from meshctl.cli.app import build_app; build_app();"
+            "print(' '.join(sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'pygit2', 'pyroute2', 'dnslib', 'cryptography', 'asyncio'})))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=PACKAGE.parent).stdout.strip()
+    assert out == "", f"registering the commands imported: {out}"
