@@ -63,7 +63,7 @@ def compute_desired(
             public_key=p.wg_public_key,
             allowed_ips=allowed_ips(p),
             endpoint=endpoints.get(p.name),
-            persistent_keepalive=KEEPALIVE_S,
+            persistent_keepalive=KEEPALIVE_S if endpoints.get(p.name) else 0,
         )
         for p in netmap.others()
     )

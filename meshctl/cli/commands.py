@@ -21,3 +21,5 @@ def register(app: typer.Typer) -> None:
     app.command("netcheck")(netcheck.netcheck)
     from meshctl.cli import acl
     app.add_typer(acl.acl_app, name="acl")
+    from meshctl.cli import ping as ping_cli
+    app.command("ping")(ping_cli.ping)

@@ -59,9 +59,9 @@ def parse_time(text: str) -> int:
     m = TIME_RE.match(text)
     if not m:
         raise ValueError(f"invalid time {text!r}")
-    fields = [int(x) for x in m.groups()]
-    datetime(*fields, tzinfo=UTC)  # validates ranges (month 13, Feb 30, ...)
-    return calendar.timegm((*fields, 0, 0, 0))
+    year, month, day, hour, minute, second = (int(x) for x in m.groups())
+    datetime(year, month, day, hour, minute, second)  # validates ranges (month 13, Feb 30, ...)
+    return calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0))
 
 
 def parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,6 +87,13 @@ class MeshScenario:
         self.git("push", "-q", str(self.repo_dir), "main")
         return out
 
+    def set_policy(self, text: str) -> str:
+        """Edit policy.hujson on main, sign the new state (a commit) and push it."""
+        (self.checkout / "policy.hujson").write_text(text)
+        out = self.admin("admin", "sign")
+        self.git("push", "-q", str(self.repo_dir), "main")
+        return out
+
     # --- the devices' side ---------------------------------------------------------------
 
     def join(self, node: Node, name: str, endpoint: str | None = None) -> str:
@@ -98,6 +105,17 @@ class MeshScenario:
 
     def meshctl(self, name: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return self.lab.meshctl(self.members[name].node, list(args), check=check)
+
+    def up(self, name: str, *args: str) -> str:
+        """`meshctl up ARGS` on the member's node; a failure carries the agent log's tail.
+        With an agent already running, this asks it for a sync pass."""
+        node = self.members[name].node
+        proc = self.lab.meshctl(node, ["up", *args], check=False)
+        if proc.returncode != 0:
+            log_path = Path(self.lab.meshctl_env(node)["MESHCTL_STATE_DIR"]) / "agent.log"
+            tail = log_path.read_text(errors="replace")[-3000:] if log_path.exists() else "(no agent.log)"
+            raise LabError(f"meshctl up on {name} exited {proc.returncode}: {proc.stderr.strip()}\n{tail}")
+        return proc.stdout
 
     def status(self, name: str) -> dict[str, Any]:
         return dict(json.loads(self.meshctl(name, "status", "--json").stdout))
@@ -119,17 +137,25 @@ class MeshScenario:
         return out
 
 
-def build_lan_mesh(lab: Lab, n: int = 3, *, name: str = "demo") -> MeshScenario:
-    """n devices on one LAN, each joined with its LAN address as a static endpoint, approved."""
+def build_lan_mesh(lab: Lab, n: int = 3, *, name: str = "demo", names: Sequence[str] | None = None,
+                   approve_args: Mapping[str, Sequence[str]] | None = None) -> MeshScenario:
+    """n devices on one LAN, each joined with its LAN address as a static endpoint, approved.
+
+    Devices are named node1..nN unless `names` are given; `approve_args` adds options to a
+    device's approval (e.g. {"prod": ["--tag", "tag:prod"]}).
+    """
     from meshctl.lab.topology import one_lan
 
+    device_names = list(names) if names is not None else [f"node{i}" for i in range(1, n + 1)]
+    if len(device_names) != n:
+        raise LabError(f"build_lan_mesh: {n} devices but {len(device_names)} names")
     topo = one_lan(lab, n)
     mesh = MeshScenario(lab, topo.git_url, topo.repo_dir, name)
     mesh.init()
-    for i, host in enumerate(topo.hosts, start=1):
-        mesh.join(host, f"node{i}", endpoint=f"{host.ipv4}:51820")
-    for i in range(1, n + 1):
-        mesh.approve(f"node{i}")
+    for host, device in zip(topo.hosts, device_names, strict=True):
+        mesh.join(host, device, endpoint=f"{host.ipv4}:51820")
+    for device in device_names:
+        mesh.approve(device, *(approve_args or {}).get(device, ()))
     return mesh
 
 

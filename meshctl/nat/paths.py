@@ -187,6 +187,7 @@ class PeerPaths:
         static_endpoints: Iterable[AddrPort] = (),
         relay_available: bool = False,
         our_nat_hard: bool = False,
+        first_probe_delay_s: float = 0.0,
     ) -> None:
         self.our_node_key = our_node_key
         self.peer_node_key = peer_node_key
@@ -203,7 +204,9 @@ class PeerPaths:
         self._mode = _Mode.PROBING
         self._probing_since = now
         self._reported_no_direct = False
-        self._next_probe = now
+        # A delay lets the TTL-2 punches of the static candidates (queued below) go out,
+        # and a peer starting at the same time punch too, before our first ping arrives.
+        self._next_probe = now + first_probe_delay_s
         self._next_heartbeat = now
         self._next_reprobe = now
         self._missed = 0

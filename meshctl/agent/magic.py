@@ -1,0 +1,468 @@
+"""Magic: the agent's NAT-traversal engine, beside WireGuard's own socket (shell).
+
+Like Tailscale's magicsock, but meshctl is never in the data path: it finds a direct
+UDP path to each peer and hands it to WireGuard as the peer's endpoint.
+
+What it owns (all driven by the agent's asyncio loop, one reader and one timer):
+- one `rawsock.SharedPortSocket` on WireGuard's listen port: STUN, disco and TTL-2
+  punch packets leave from that port, so they learn and open WireGuard's own mapping;
+- one sans-IO `paths.PeerPaths` per peer (created and removed by `update_netmap`),
+  seeded with the peer's static endpoints from its signed record;
+- a `disco.DiscoBox` with this node's disco key; only disco keys of the verified map
+  may talk to us;
+- a `netcheck.Netcheck` run against `netmap.stun_servers` every RESTUN_INTERVAL_S
+  (below the 30 s NAT idle timeout): the mapped endpoint is a candidate, and a mapping
+  that varies by destination marks our NAT as hard (we then start the handshakes).
+
+Candidates (local addresses and the STUN-mapped one) go to each peer in call-me-maybe
+over whatever path works: a static endpoint, a found path, or later the relay
+(`send_via_relay`, None until the relay issue lands: disco with no address is dropped).
+
+WireGuard endpoint policy (`endpoint_overrides`): no endpoint for a peer until a
+direct path exists (static endpoints too: a WireGuard packet that reaches a bare
+masquerade NAT before the peer's own first packet poisons its conntrack, so the TTL-2
+punches go first and WireGuard only follows a proven path). On a direct path the
+designated initiator writes the endpoint at once; the other side waits
+NON_INITIATOR_DELAY_S, by which time the initiator's handshake has usually arrived
+and WireGuard has roamed to the same address, so the two sides don't start
+handshakes at the same time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import os
+import socket
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from meshctl.coord.netmap import NetMap, Peer
+from meshctl.errors import MeshctlError, ParseError
+from meshctl.keys import DiscoPublic, NodePublic
+from meshctl.nat import disco, netcheck, stun
+from meshctl.nat.addr import AddrPort, parse_addr_port
+from meshctl.nat.paths import NoDirectPath, Path, PathChanged, PathKind, PeerPaths, SendDisco, SendPunch
+from meshctl.settings import Settings
+
+log = logging.getLogger(__name__)
+
+RESTUN_INTERVAL_S: Final = 20.0  # re-STUN below the 30 s NAT idle timeout (DESIGN.md)
+NETCHECK_TIMEOUT_S: Final = 2.0
+# The first pings to a peer's static endpoints follow our TTL-2 punches by this much, so
+# a peer starting at about the same time has punched its own NAT before our pings reach it.
+PUNCH_LEAD_S: Final = 0.3
+NON_INITIATOR_DELAY_S: Final = 1.0  # see the module docstring
+PING_TIMEOUT_S: Final = 1.0  # `meshctl ping`: one attempt
+PING_ATTEMPTS: Final = 3
+MAX_RECV_PER_WAKEUP: Final = 256  # yield to the loop after this many packets
+DROP_LOG_EVERY: Final = 100  # log dropped packets once per this many (never per packet)
+
+RelaySend = Callable[[str, bytes], bool]
+
+
+# --- pure helpers ------------------------------------------------------------------------------
+
+
+def own_candidates(local_ips: Iterable[ipaddress.IPv4Address], port: int,
+                   report: netcheck.NetcheckReport | None) -> tuple[AddrPort, ...]:
+    """Our endpoint candidates: the STUN-preferred mapping first, then local addresses."""
+    out: list[AddrPort] = []
+    if report is not None and report.preferred_endpoint is not None:
+        out.append(report.preferred_endpoint)
+    out += [AddrPort(ip, port) for ip in local_ips if not (ip.is_loopback or ip.is_unspecified)]
+    return tuple(dict.fromkeys(out))
+
+
+def literal_endpoints(peer: Peer) -> tuple[AddrPort, ...]:
+    """The peer's static endpoints that are literal IPv4 `IP:PORT` (names: see resolve_static)."""
+    out = []
+    for text in peer.endpoints:
+        try:
+            out.append(parse_addr_port(text))
+        except ParseError:
+            continue
+    return tuple(out)
+
+
+def path_status(path: Path) -> dict[str, Any]:
+    """The per-peer part of the status document."""
+    return {
+        "path": path.kind.value,
+        "endpoint": str(path.endpoint) if path.kind is PathKind.DIRECT and path.endpoint else None,
+        "relay": None,  # set once relays exist
+        "latency_ms": round(path.latency_s * 1000, 3) if path.latency_s is not None else None,
+    }
+
+
+def nat_status(report: netcheck.NetcheckReport | None) -> dict[str, Any]:
+    if report is None:
+        return {"udp": None, "mapping_varies_by_dest": None, "preferred_endpoint": None}
+    return {
+        "udp": report.udp,
+        "mapping_varies_by_dest": report.mapping_varies_by_dest,
+        "preferred_endpoint": str(report.preferred_endpoint) if report.preferred_endpoint else None,
+    }
+
+
+def wanted_override(path: Path, initiator: bool, direct_since: float | None, now: float) -> str | None:
+    """The WireGuard endpoint to write for a peer now (None: leave WireGuard alone)."""
+    if path.kind is not PathKind.DIRECT or path.endpoint is None:
+        return None
+    if not initiator and (direct_since is None or now < direct_since + NON_INITIATOR_DELAY_S):
+        return None
+    return str(path.endpoint)
+
+
+def local_ipv4_addresses(exclude_ifname: str) -> list[ipaddress.IPv4Address]:
+    """Global IPv4 addresses of this host, except loopback and the mesh interface (netlink)."""
+    from pyroute2 import IPRoute
+
+    out = []
+    with IPRoute() as ipr:
+        names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+        for msg in ipr.get_addr(family=socket.AF_INET):
+            if names.get(msg["index"]) == exclude_ifname:
+                continue
+            text = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
+            if text is None:
+                continue
+            ip = ipaddress.IPv4Address(text)
+            if not (ip.is_loopback or ip.is_link_local):
+                out.append(ip)
+    return out
+
+
+# --- the engine ------------------------------------------------------------------------------
+
+
+@dataclass
+class _Peer:
+    name: str
+    wg_key: NodePublic
+    disco_key: DiscoPublic
+    mesh_ip: str | None
+    paths: PeerPaths
+    created: float
+    told: tuple[AddrPort, ...] = ()  # the candidates this peer's core has (call-me-maybe)
+    direct_since: float | None = None
+    override: str | None = None
+    no_direct_reported: bool = False
+
+
+class Magic:
+    """The NAT-traversal extension of the agent (see daemon.Extension)."""
+
+    def __init__(self, settings: Settings, request_pass: Callable[..., None],
+                 send_via_relay: RelaySend | None = None) -> None:
+        self.settings = settings
+        self._request_pass = request_pass
+        # The seam for the relay issue: send a sealed disco packet to a peer over the relay.
+        self.send_via_relay = send_via_relay
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sock: Any = None  # rawsock.SharedPortSocket, imported in start()
+        self._box: disco.DiscoBox | None = None
+        self._our_key: NodePublic | None = None
+        self._peers: dict[str, _Peer] = {}
+        self._by_disco: dict[DiscoPublic, str] = {}
+        self._stun_specs: tuple[str, ...] = ()
+        self._stun_servers: list[netcheck.StunServer] = []
+        self._netcheck: netcheck.Netcheck | None = None
+        self._report: netcheck.NetcheckReport | None = None
+        self._next_restun = 0.0
+        self._local_ips: list[ipaddress.IPv4Address] = []
+        self._candidates: tuple[AddrPort, ...] = ()
+        self._nat_hard = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._manual_pings: dict[bytes, asyncio.Future[float]] = {}
+        self._dropped = 0
+
+    # --- Extension hooks ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        from meshctl.identity import load_device_keys
+        from meshctl.nat.rawsock import SharedPortSocket
+
+        keys = load_device_keys(self.settings.keys_dir)
+        self._our_key = keys.wireguard.public()
+        self._box = disco.DiscoBox(keys.disco, os.urandom)
+        self._sock = SharedPortSocket(self.settings.listen_port)
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self._sock.fileno(), self._on_readable)
+        await self._refresh_local()
+        log.info("NAT traversal on port %d (disco %s)", self.settings.listen_port, self._box.public.short())
+
+    async def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._sock is not None and self._loop is not None:
+            self._loop.remove_reader(self._sock.fileno())
+            self._sock.close()
+            self._sock = None
+        for fut in self._manual_pings.values():
+            fut.cancel()
+
+    def update_netmap(self, netmap: NetMap) -> None:
+        if self._our_key is None or self._loop is None:
+            return
+        now = self._loop.time()
+        wanted = {p.name: p for p in netmap.others()}
+        for name in list(self._peers):
+            p = wanted.get(name)
+            cur = self._peers[name]
+            if p is None or p.wg_public_key != cur.wg_key or p.disco_key != cur.disco_key:
+                del self._peers[name]
+                log.info("%s: forgotten (left the map or changed keys)", name)
+        for name, p in wanted.items():
+            if name in self._peers:
+                self._peers[name].paths.add_static_endpoints(literal_endpoints(p), now)
+                continue
+            paths = PeerPaths(self._our_key, p.wg_public_key, now, os.urandom,
+                              static_endpoints=literal_endpoints(p), our_nat_hard=self._nat_hard,
+                              first_probe_delay_s=PUNCH_LEAD_S)
+            self._peers[name] = _Peer(name, p.wg_public_key, p.disco_key,
+                                      str(p.ipv4 or p.ipv6) if p.addresses else None, paths, now)
+        self._by_disco = {p.disco_key: p.name for p in self._peers.values()}
+        specs = tuple(netmap.stun_servers)
+        if specs != self._stun_specs:
+            self._stun_specs = specs
+            self._loop.create_task(self._resolve_stun(specs))
+        self._service()
+
+    def endpoint_overrides(self) -> dict[str, str | None]:
+        # Every peer is listed: None keeps static endpoints away from WireGuard until a
+        # probe proved the path (see the module docstring).
+        return {name: p.override for name, p in self._peers.items()}
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "paths": {name: path_status(p.paths.path) for name, p in self._peers.items()},
+            "endpoints": [str(c) for c in self._candidates],
+            "nat": nat_status(self._report),
+        }
+
+    async def handle(self, request: dict[str, Any]) -> dict[str, Any] | None:
+        if request.get("cmd") != "ping":
+            return None
+        return await self.ping(str(request.get("peer", "")))
+
+    # --- ping --------------------------------------------------------------------------------
+
+    def _find_peer(self, text: str) -> _Peer | None:
+        for p in self._peers.values():
+            if text in (p.name, p.mesh_ip):
+                return p
+        return None
+
+    async def ping(self, target: str) -> dict[str, Any]:
+        """One disco round trip on the peer's current path (like `tailscale ping`)."""
+        peer = self._find_peer(target)
+        if peer is None:
+            return {"ok": False, "error": f"unknown peer {target[:64]!r}",
+                    "hint": "`meshctl status` lists the peers"}
+        base = {"peer": peer.name, "ip": peer.mesh_ip}
+        assert self._loop is not None and self._box is not None and self._our_key is not None
+        for _ in range(PING_ATTEMPTS):
+            path = peer.paths.path
+            if path.kind is not PathKind.DIRECT or path.endpoint is None:
+                return {**base, "ok": False, "path": path.kind.value,
+                        "error": f"no path to {peer.name}: no direct path found "
+                                 f"({len(peer.paths.candidates())} candidates probed) and no relay",
+                        "hint": "both NATs may be hard (symmetric); relays are not supported yet"}
+            txid = os.urandom(disco.TXID_LEN)
+            fut: asyncio.Future[float] = self._loop.create_future()
+            self._manual_pings[txid] = fut
+            sent_at = self._loop.time()
+            self._send_disco(peer, disco.Ping(txid, self._our_key), path.endpoint)
+            try:
+                got = await asyncio.wait_for(fut, PING_TIMEOUT_S)
+            except TimeoutError:
+                continue
+            finally:
+                self._manual_pings.pop(txid, None)
+            return {**base, "ok": True, "path": "direct", "endpoint": str(path.endpoint),
+                    "relay": None, "latency_ms": round((got - sent_at) * 1000, 3)}
+        return {**base, "ok": False, "path": peer.paths.path.kind.value,
+                "error": f"no pong from {peer.name} after {PING_ATTEMPTS} pings"}
+
+    # --- I/O ---------------------------------------------------------------------------------
+
+    def _send_disco(self, peer: _Peer, msg: disco.DiscoMessage, dst: AddrPort | None) -> None:
+        assert self._box is not None
+        data = self._box.seal(msg, peer.disco_key)
+        if dst is None:
+            if self.send_via_relay is not None:
+                self.send_via_relay(peer.name, data)
+            return
+        if self._sock is not None:
+            self._sock.send(data, dst)
+
+    def _on_readable(self) -> None:
+        assert self._loop is not None
+        for _ in range(MAX_RECV_PER_WAKEUP):
+            got = self._sock.recv() if self._sock is not None else None
+            if got is None:
+                break
+            now = self._loop.time()
+            if stun.is_stun(got.payload):
+                if self._netcheck is not None:
+                    self._netcheck.receive_stun(got.payload, got.src, now)
+            elif disco.looks_like_disco(got.payload):
+                self._on_disco(got.payload, got.src, now)
+        self._service()
+
+    def _on_disco(self, data: bytes, src: AddrPort, now: float) -> None:
+        assert self._box is not None
+        try:
+            sender, msg = self._box.open(data, self._by_disco)
+        except disco.DiscoError as exc:
+            self._dropped += 1
+            if self._dropped % DROP_LOG_EVERY == 1:
+                log.debug("dropped disco packet from %s: %s (%d dropped)", src, exc, self._dropped)
+            return
+        name = self._by_disco.get(sender)
+        peer = self._peers.get(name) if name else None
+        if peer is None:
+            return
+        if isinstance(msg, disco.Pong):
+            fut = self._manual_pings.get(msg.txid)
+            if fut is not None and not fut.done():
+                fut.set_result(now)
+                return
+        peer.paths.receive_disco(msg, src, now)
+
+    async def _resolve_stun(self, specs: tuple[str, ...]) -> None:
+        try:
+            resolved, failed = await asyncio.to_thread(netcheck.resolve_servers, specs)
+        except ParseError as exc:
+            log.warning("bad STUN server in the coordination state: %s", exc)
+            return
+        for spec, why in failed:
+            log.warning("STUN server %s: %s", spec, why)
+        if specs == self._stun_specs:
+            self._stun_servers = resolved
+            self._next_restun = 0.0  # now
+            self._service()
+
+    async def _refresh_local(self) -> None:
+        # pyroute2's synchronous API runs its own event loop: keep it off ours
+        try:
+            self._local_ips = await asyncio.to_thread(local_ipv4_addresses, self.settings.interface)
+        except (OSError, MeshctlError) as exc:
+            log.warning("cannot list local addresses: %s", exc)
+
+    def _set_candidates(self, now: float) -> None:
+        new = own_candidates(self._local_ips, self.settings.listen_port, self._report)
+        if new != self._candidates:
+            log.info("own endpoints: %s", " ".join(map(str, new)) or "(none)")
+            self._candidates = new  # handed to each peer's core by _service
+
+    def _netcheck_step(self, now: float) -> list[float]:
+        """Drive the netcheck core; returns its deadlines."""
+        if self._netcheck is None and self._stun_servers and now >= self._next_restun:
+            assert self._loop is not None
+            self._loop.create_task(self._refresh_local())  # used from the next report on
+            self._netcheck = netcheck.Netcheck(self._stun_servers, now, os.urandom, NETCHECK_TIMEOUT_S)
+        nc = self._netcheck
+        if nc is None:
+            return [self._next_restun] if self._stun_servers else []
+        for payload, dst in nc.datagrams_to_send(now):
+            if self._sock is not None:
+                self._sock.send(payload, dst)
+        if nc.done(now):
+            self._apply_report(nc.report(), now)
+            self._netcheck = None
+            self._next_restun = now + RESTUN_INTERVAL_S
+            return [self._next_restun]
+        deadline = nc.next_deadline()
+        return [deadline] if deadline is not None else []
+
+    def _apply_report(self, report: netcheck.NetcheckReport, now: float) -> None:
+        old = self._report
+        self._report = report
+        hard = bool(report.mapping_varies_by_dest)
+        if old is None or (old.udp, old.mapping_varies_by_dest) != (report.udp, report.mapping_varies_by_dest):
+            log.info("netcheck: udp %s, mapping varies by destination %s, preferred %s",
+                     report.udp, report.mapping_varies_by_dest, report.preferred_endpoint)
+        if hard != self._nat_hard:
+            self._nat_hard = hard
+            for p in self._peers.values():
+                p.paths.set_our_nat_hard(hard)
+        self._set_candidates(now)
+
+    def _service(self) -> None:
+        """Flush every core's output, act on its events, and re-arm the single timer."""
+        if self._loop is None or self._sock is None:
+            return
+        now = self._loop.time()
+        deadlines = self._netcheck_step(now)
+        need_pass = False
+        for peer in self._peers.values():
+            if peer.told != self._candidates:
+                # call-me-maybe is a real packet: like the pings, it waits for our punches
+                if now >= peer.created + PUNCH_LEAD_S:
+                    peer.told = self._candidates
+                    peer.paths.set_local_endpoints(self._candidates, now)
+                else:
+                    deadlines.append(peer.created + PUNCH_LEAD_S)
+            for out in peer.paths.datagrams_to_send(now):
+                if isinstance(out, SendPunch):
+                    self._sock.punch(out.dst)
+                elif isinstance(out, SendDisco):
+                    self._send_disco(peer, out.msg, out.dst)
+            while (event := peer.paths.next_event()) is not None:
+                self._on_event(peer, event, now)
+            want = wanted_override(peer.paths.path, peer.paths.initiator, peer.direct_since, now)
+            if want != peer.override and want is not None:
+                peer.override = want
+                need_pass = True
+            if peer.direct_since is not None and peer.override is None:
+                deadlines.append(peer.direct_since + NON_INITIATOR_DELAY_S)
+            deadlines.append(peer.paths.next_deadline())
+        if need_pass:
+            self._request_pass()
+        self._arm(min(deadlines, default=now + RESTUN_INTERVAL_S))
+
+    def _on_event(self, peer: _Peer, event: PathChanged | NoDirectPath, now: float) -> None:
+        match event:
+            case PathChanged(path, initiator):
+                if path.kind is PathKind.DIRECT:
+                    log.info("%s: path -> direct %s (%.1f ms%s)", peer.name, path.endpoint,
+                             (path.latency_s or 0) * 1000, ", we initiate" if initiator else "")
+                    peer.direct_since = now
+                    peer.no_direct_reported = False
+                else:
+                    log.info("%s: path -> %s", peer.name, path.kind.value)
+                    peer.direct_since = None
+                    # keep the last endpoint in WireGuard: it may still work, and a later
+                    # direct path overwrites it
+            case NoDirectPath(candidates, probing_for_s):
+                if not peer.no_direct_reported:
+                    peer.no_direct_reported = True
+                    log.info("%s: no direct path after %.0f s (%d candidates)", peer.name,
+                             probing_for_s, candidates)
+
+    def _arm(self, deadline: float) -> None:
+        assert self._loop is not None
+        if self._timer is not None:
+            if abs(self._timer.when() - deadline) < 1e-3:
+                return
+            self._timer.cancel()
+        self._timer = self._loop.call_at(max(deadline, self._loop.time()), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._service()
+
+
+def describe_ping(reply: Mapping[str, Any]) -> str:
+    """The `meshctl ping` line, like `tailscale ping`."""
+    who = f"{reply.get('peer')} ({reply.get('ip')})" if reply.get("ip") else str(reply.get("peer"))
+    if reply.get("relay"):
+        via = f"relay {reply['relay']}"
+    else:
+        via = f"direct {reply.get('endpoint')}"
+    return f"pong from {who} via {via} in {float(reply.get('latency_ms') or 0):.1f}ms"
