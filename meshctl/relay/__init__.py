@@ -1,0 +1,1 @@
+"""The user-run relay: protocol (sans-IO), server, client, loopback proxy for WireGuard."""

@@ -1,0 +1,110 @@
+"""Relayed vs direct WireGuard throughput in the same lab and run, and relay CPU per 100 Mbit/s.
+
+    sudo .venv/bin/python bench/relay_throughput.py [--seconds 10] [--parallel 1]
+
+Topology (network namespaces; nothing leaves the machine):
+
+    internet ── relay   (`meshctl relay`, UDP :3340)
+       ├── a        wireguard-go + relay peer tool, iperf3 client
+       └── b        wireguard-go + relay peer tool, iperf3 server
+
+Direct: a's and b's WireGuard endpoints are each other's addresses. Relayed: the endpoints are
+the peer tools' loopback proxies, so every packet goes a -> proxy -> relay -> proxy -> b. Both
+runs use the same wireguard-go devices and the same iperf3 settings (TCP, --seconds each).
+Goal (issue 5): relayed / direct >= 0.5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests" / "relay"))
+
+from relay_netns import WG_PORT, RelayLab, netns_missing  # noqa: E402
+from relay_support import make_relay_mesh  # noqa: E402
+
+from meshctl.lab import Lab  # noqa: E402
+from meshctl.lab.core import poll  # noqa: E402
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+
+
+def iperf(rl: RelayLab, a: object, b: object, seconds: int, parallel: int) -> float:
+    proc = rl.lab.run(a.node, ["iperf3", "-c", b.tunnel_ip, "-t", str(seconds), "-P", str(parallel), "-J",  # type: ignore[attr-defined]
+                               "-O", "1"], timeout=seconds + 60)
+    doc = json.loads(proc.stdout)
+    return float(doc["end"]["sum_received"]["bits_per_second"])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=int, default=10, help="iperf3 duration of each run")
+    ap.add_argument("--parallel", type=int, default=1, help="iperf3 -P streams")
+    args = ap.parse_args()
+    reason = netns_missing()
+    if reason:
+        sys.exit(f"relay_throughput: {reason}")
+    with tempfile.TemporaryDirectory(prefix="relay-bench-") as tmp, Lab(prefix="rbench") as lab:
+        mesh = make_relay_mesh(Path(tmp) / "coord", ("alpha", "bravo"))
+        rl = RelayLab(lab, mesh)
+        rl.relay_node = lab.public_host("relay")
+        a_host, b_host = lab.public_host("a"), lab.public_host("b")
+        rl.start_relay("--rate-limit-mbit", "100000")
+        a = rl.device(a_host, "alpha", 1)
+        b = rl.device(b_host, "bravo", 2)
+        rl.start_tool(a, [b])
+        rl.start_tool(b, [a])
+        lab.popen(b_host, ["iperf3", "-s"])
+        time.sleep(0.5)
+        results: dict[str, dict[str, float]] = {}
+        for mode in ("direct", "relayed", "direct+", "relayed+"):
+            if mode == "direct+":  # the same again with wireguard-go's UDP buffers at 8 MiB
+                changed = rl.enlarge_wireguard_buffers(a) + rl.enlarge_wireguard_buffers(b)
+                assert changed >= 2, "could not enlarge wireguard-go's socket buffers"
+            if mode.startswith("direct"):
+                rl.wg_peer(a, b, f"{b_host.ipv4}:{WG_PORT}")
+                rl.wg_peer(b, a, f"{a_host.ipv4}:{WG_PORT}")
+            else:
+                rl.wg_peer(a, b, rl.endpoint(a, b))
+                rl.wg_peer(b, a, rl.endpoint(b, a))
+            poll(lambda: rl.ping_ok(a, b), f"ping ({mode})", 15)
+            pids = {"relay": rl.relay_proc.pid, "tool a": a.tool.pid, "tool b": b.tool.pid}  # type: ignore[attr-defined]
+            before = {k: cpu_seconds(p) for k, p in pids.items()}
+            t0 = time.monotonic()
+            bps = iperf(rl, a, b, args.seconds, args.parallel)
+            wall = time.monotonic() - t0
+            used = {k: cpu_seconds(p) - before[k] for k, p in pids.items()}
+            results[mode] = {"bps": bps, "wall": wall, **{f"cpu {k}": v / wall for k, v in used.items()}}
+        metrics = rl.metrics()
+    print(f"relay throughput, iperf3 TCP {args.seconds} s x {args.parallel} stream(s), wireguard-go both ends, "
+          f"{os.cpu_count()} CPUs")
+    print(f"{'path':<10}{'Mbit/s':>10}{'relay CPU %':>14}{'tool a CPU %':>14}{'tool b CPU %':>14}")
+    for mode, r in results.items():
+        print(f"{mode:<10}{r['bps'] / 1e6:>10.1f}{r['cpu relay'] * 100:>14.1f}{r['cpu tool a'] * 100:>14.1f}"
+              f"{r['cpu tool b'] * 100:>14.1f}")
+    print("(+: wireguard-go's UDP socket buffers raised from 208 KiB to 8 MiB with "
+          "meshctl.relay.sockets.enlarge_process_udp_buffers)")
+    for suffix in ("", "+"):
+        direct, relayed = results["direct" + suffix]["bps"], results["relayed" + suffix]["bps"]
+        cpu = results["relayed" + suffix]["cpu relay"]
+        print(f"ratio relayed{suffix}/direct{suffix}: {relayed / direct:.2f} (goal >= 0.5); relay CPU per "
+              f"100 Mbit/s relayed: {cpu / (relayed / 1e8) * 100:.1f} % of one core")
+    drops = [line for line in metrics.splitlines() if line.startswith("meshctl_relay_drops_total")]
+    print("relay drops:", ", ".join(d.split("{")[1] for d in drops) or "none")
+
+
+if __name__ == "__main__":
+    main()

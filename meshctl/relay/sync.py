@@ -1,0 +1,64 @@
+"""The relay's view of the coordination repository: fetch, verify, remember (shell).
+
+The same library a node uses (meshctl.coord.repo + meshctl.coord.verify), with the relay's
+own trust memory in its state directory: trust.json only moves forward, so a git host that
+serves an older state (to resurrect a revoked member) is refused exactly as on a node.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from meshctl.coord import repo as gitrepo
+from meshctl.coord import verify
+from meshctl.coord.netmap import NetMap
+from meshctl.coord.node_state import NodeState
+from meshctl.fsutil import ensure_private_dir
+from meshctl.keys import NodePublic, VerifyKey
+
+REPO_DIR_NAME = "repo.git"
+
+
+def sync_once(state_dir: Path, url: str, root_fingerprint: str, now: int) -> NetMap:
+    """Fetch and verify the repository tip; return the accepted NetMap.
+
+    Raises GitError / VerificationError; on any failure nothing is written, so the last
+    accepted state (and its member list) stays in force.
+    """
+    ensure_private_dir(state_dir)
+    node = NodeState(state_dir)
+    memory = node.load_memory()
+    repo = gitrepo.open_or_init(state_dir / REPO_DIR_NAME, url)
+    tip = gitrepo.fetch(repo, gitrepo.default_branch(repo))
+    gitrepo.check_descends(repo, tip, gitrepo.trusted_tip(repo))
+    cached = node.load_netmap()
+    if memory is not None and memory.commit == tip and cached is not None:
+        if cached.expires <= now:
+            raise verify.expired_error(cached.expires)
+        node.touch_fetched(now)
+        return cached
+    network_id = cached.network.network_id if cached is not None else ""
+    record_cache = node.load_record_cache(network_id) if network_id else {}
+    snap = gitrepo.GitSnapshot(repo, tip)
+    verified = verify.verify_snapshot(snap, root_fingerprint, now, memory, record_cache)
+    node.save_memory(verified.memory(tip), now)  # memory first: never accept an older state again
+    gitrepo.set_trusted(repo, tip)
+    node.save_netmap(verified.netmap)
+    files = snap.files()
+    used = {f"{files[f'peers/{n}.json']}:{files[f'peers/{n}.json.sig']}" for n in verified.records}
+    node.save_record_cache(verified.root.network_id, record_cache, used)
+    return verified.netmap
+
+
+def cached_netmap(state_dir: Path, now: int) -> NetMap | None:
+    """The last accepted NetMap if it has not expired (lets a relay restart while git is down)."""
+    nm = NodeState(state_dir).load_netmap()
+    if nm is None or nm.expires <= now:
+        return None
+    return nm
+
+
+def members_of(netmap: NetMap) -> Mapping[VerifyKey, NodePublic]:
+    """Who may use the relay: every current member's identity key with its WireGuard key."""
+    return {p.identity_key: p.wg_public_key for p in netmap.peers}

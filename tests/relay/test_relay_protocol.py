@@ -1,0 +1,487 @@
+"""Pure tests of the relay frame codec and the two session state machines."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from relay_support import NETWORK_ID, Member, counter_rand, login, make_core, pump
+
+from meshctl.keys import NodePublic, SigningKey, VerifyKey
+from meshctl.nat import stun
+from meshctl.nat.addr import addr_port
+from meshctl.relay import protocol as p
+from meshctl.relay.protocol import (
+    Challenge,
+    ChallengeResponse,
+    ClientHello,
+    ClientSession,
+    ClientState,
+    Connected,
+    ConnectionLost,
+    Denied,
+    DenyReason,
+    FrameDecoder,
+    KeepAlive,
+    PacketReceived,
+    Ping,
+    Pong,
+    PongReceived,
+    RecvPacket,
+    Refused,
+    SendPacket,
+    Welcome,
+    marshal_frame,
+    parse_frame,
+)
+
+K1 = VerifyKey(bytes(range(32)))
+N1 = NodePublic(bytes([7]) * 32)
+TOKEN = bytes(range(8))
+
+ALL_FRAMES: list[p.Frame] = [
+    ClientHello(K1, N1),
+    Challenge(bytes(32), "home"),
+    Challenge(bytes([1]) * 32, ""),
+    ChallengeResponse(K1, N1, bytes([2]) * 32, bytes([3]) * 64),
+    Welcome(TOKEN, 5000),
+    Welcome(TOKEN, 5000, bytes([9]) * 64),
+    Denied(DenyReason.AUTH_FAILED),
+    SendPacket(TOKEN, N1, b"\x04\x00\x00\x00ciphertext"),
+    SendPacket(TOKEN, N1, b""),
+    RecvPacket(N1, b"payload"),
+    KeepAlive(TOKEN),
+    Ping(TOKEN, b"12345678"),
+    Pong(b"12345678"),
+    p.Close(TOKEN),
+]
+
+
+# --- codec -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("frame", ALL_FRAMES, ids=lambda f: type(f).__name__)
+def test_round_trip(frame: p.Frame) -> None:
+    data = marshal_frame(frame)
+    assert data[:4] == b"mcRL" and data[4] == 1
+    assert struct.unpack("!H", data[6:8])[0] == len(data) - p.HEADER_LEN
+    assert parse_frame(data) == frame
+
+
+def test_golden_bytes() -> None:
+    assert marshal_frame(Pong(b"ABCDEFGH")).hex() == "6d63524c010a0008" + b"ABCDEFGH".hex()
+    assert marshal_frame(Denied(DenyReason.NO_SESSION)).hex() == "6d63524c0105000103"
+    hello = marshal_frame(ClientHello(K1, N1))
+    assert hello.hex() == "6d63524c01010040" + bytes(range(32)).hex() + "07" * 32
+
+
+def test_magic_is_neither_stun_nor_wireguard() -> None:
+    for frame in ALL_FRAMES:
+        data = marshal_frame(frame)
+        assert not stun.is_stun(data)
+        assert data[0] >> 6 == 0b01  # STUN starts with 00
+        assert data[0] not in (1, 2, 3, 4)  # WireGuard message types
+
+
+@pytest.mark.parametrize(("data", "error"), [
+    (b"", p.TruncatedFrameError),
+    (b"mcRL\x01", p.TruncatedFrameError),
+    (b"XXXX\x01\x0a\x00\x08ABCDEFGH", p.BadMagicError),
+    (b"mcRL\x02\x0a\x00\x08ABCDEFGH", p.UnsupportedVersionError),
+    (b"mcRL\x01\x7f\x00\x00", p.UnknownFrameTypeError),
+    (b"mcRL\x01\x0a\x00\x08ABCD", p.TruncatedFrameError),
+    (b"mcRL\x01\x0a\x00\x04ABCDEFGH", p.FrameTooLargeError),  # trailing bytes
+    (b"mcRL\x01\x0a\x00\x04ABCD", p.MalformedFrameError),  # pong must carry 8 bytes
+    (b"mcRL\x01\x05\x00\x01\x63", p.MalformedFrameError),  # unknown deny reason
+    (b"mcRL\x01\x04\x00\x0c" + bytes(8) + bytes(4), p.MalformedFrameError),  # zero ping interval
+    (b"mcRL\x01\x02\x00\x22" + bytes(32) + b"\x05a", p.MalformedFrameError),  # name length lies
+    (b"mcRL\x01\x02\x00\x22" + bytes(32) + b"\x01\xff", p.MalformedFrameError),  # non-ASCII name
+    (b"mcRL\x01\x06\x00\x10" + bytes(16), p.MalformedFrameError),  # send without a full key
+    (b"mcRL\x01\x06" + b"\xff\xff" + bytes(65535), p.FrameTooLargeError),
+])
+def test_parse_errors(data: bytes, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        parse_frame(data)
+
+
+def test_parse_error_is_a_meshctl_parse_error() -> None:
+    from meshctl.errors import ParseError
+
+    assert issubclass(p.RelayParseError, ParseError)
+
+
+def test_marshal_refuses_what_cannot_be_sent() -> None:
+    with pytest.raises(p.LocalProtocolError):
+        marshal_frame(SendPacket(b"short", N1, b""))
+    with pytest.raises(p.LocalProtocolError):
+        marshal_frame(Challenge(bytes(32), "x" * 64))
+    with pytest.raises(p.LocalProtocolError):
+        marshal_frame(SendPacket(TOKEN, N1, bytes(p.MAX_PAYLOAD_LEN + 1)))
+    assert len(marshal_frame(SendPacket(TOKEN, N1, bytes(p.MAX_PAYLOAD_LEN)))) == p.MAX_FRAME_LEN
+
+
+def test_stream_decoder_whole_bytewise_and_batched() -> None:
+    stream = b"".join(marshal_frame(f) for f in ALL_FRAMES)
+    whole = FrameDecoder().feed(stream)
+    assert [parse_frame(f) for f in whole] == ALL_FRAMES
+    dec = FrameDecoder()
+    out: list[bytes] = []
+    for i in range(len(stream)):
+        out += dec.feed(stream[i : i + 1])
+    assert [parse_frame(f) for f in out] == ALL_FRAMES
+    assert dec.pending == 0
+    dec = FrameDecoder()
+    assert dec.feed(stream[:5]) == []
+    assert len(dec.feed(stream[5:])) == len(ALL_FRAMES)
+
+
+def test_stream_decoder_rejects_garbage() -> None:
+    with pytest.raises(p.BadMagicError):
+        FrameDecoder().feed(b"GET / HTTP/1.1\r\n\r\n")
+
+
+frames_st = st.sampled_from(ALL_FRAMES).map(marshal_frame)
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.one_of(
+    st.binary(max_size=300),
+    st.builds(lambda t, b: b"mcRL\x01" + bytes([t]) + struct.pack("!H", len(b)) + b,
+              st.integers(0, 255), st.binary(max_size=200)),
+    st.builds(lambda f, cut, junk: f[:cut] + junk, frames_st, st.integers(0, 200), st.binary(max_size=20)),
+))
+def test_fuzz_parse_frame(data: bytes) -> None:
+    try:
+        frame = parse_frame(data)
+    except p.RelayParseError:
+        return
+    assert marshal_frame(frame) == data  # anything accepted is canonical
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(frames_st, st.binary(max_size=40)), max_size=8), st.integers(1, 64))
+def test_fuzz_stream_decoder(parts: list[bytes], chunk: int) -> None:
+    stream = b"".join(parts)
+    dec = FrameDecoder()
+    try:
+        for i in range(0, len(stream), chunk):
+            for frame in dec.feed(stream[i : i + chunk]):
+                try:
+                    parse_frame(frame)
+                except p.RelayParseError:
+                    pass
+    except p.RelayParseError:
+        return
+    assert dec.pending <= p.MAX_STREAM_BUFFER
+
+
+# --- server core + client session ------------------------------------------------------------
+
+
+def test_member_logs_in_and_packets_flow() -> None:
+    a, b = Member.new(), Member.new()
+    core = make_core([a, b])
+    sa, sb = login(core, a, ("10.0.0.1", 1)), login(core, b, ("10.0.0.2", 2))
+    assert sa.state is ClientState.CONNECTED and sb.state is ClientState.CONNECTED
+    assert isinstance(sa.next_event(), Connected)
+    assert core.sessions == 2
+    frame = sa.send_packet(b.wg, b"\x04\x00\x00\x00secret")
+    assert frame is not None
+    out = core.receive(("10.0.0.1", 1), frame, 2.0)
+    assert len(out) == 1 and out[0][0] == ("10.0.0.2", 2)
+    assert parse_frame(out[0][1]) == RecvPacket(a.wg, b"\x04\x00\x00\x00secret")
+    sb.receive_frame(out[0][1], 2.0)
+    events = list(sb.events())
+    assert PacketReceived(a.wg, b"\x04\x00\x00\x00secret") in events
+    assert core.stats.packets_in == 1 and core.stats.packets_out == 1
+
+
+def test_non_member_gets_only_challenge_then_denied() -> None:
+    a, stranger = Member.new(), Member.new()
+    core = make_core([a])
+    sess = login(core, stranger, ("10.0.0.9", 9))
+    assert sess.state is ClientState.CLOSED
+    assert Refused(DenyReason.AUTH_FAILED) in list(sess.events())
+    assert core.sessions == 0 and core.stats.auth_failed == 1
+
+
+def test_member_identity_with_wrong_wireguard_key_is_refused() -> None:
+    a = Member.new()
+    core = make_core([a])
+    impostor = Member(a.identity, Member.new().wg)
+    sess = login(core, impostor, ("10.0.0.1", 1))
+    assert Refused(DenyReason.AUTH_FAILED) in list(sess.events())
+
+
+def test_bad_signature_is_refused_like_a_non_member() -> None:
+    a = Member.new()
+    core = make_core([a])
+    conn = ("10.0.0.1", 1)
+    [(_, ch)] = core.receive(conn, marshal_frame(ClientHello(a.verify_key, a.wg)), 1.0)
+    nonce = parse_frame(ch).nonce  # type: ignore[union-attr]
+    other = SigningKey.generate()  # signs with a key that is not a's
+    sig = other.sign(p.auth_message(NETWORK_ID, "home", nonce, a.verify_key, a.wg))
+    [(_, reply)] = core.receive(conn, marshal_frame(ChallengeResponse(a.verify_key, a.wg, nonce, sig)), 1.0)
+    assert parse_frame(reply) == Denied(DenyReason.AUTH_FAILED)
+    # A signature for another mesh (network id) is refused too.
+    sig = a.identity.sign(p.auth_message("cd" * 16, "home", nonce, a.verify_key, a.wg))
+    [(_, reply)] = core.receive(conn, marshal_frame(ChallengeResponse(a.verify_key, a.wg, nonce, sig)), 1.0)
+    assert parse_frame(reply) == Denied(DenyReason.AUTH_FAILED)
+
+
+def test_challenge_is_bound_to_source_and_expires() -> None:
+    a = Member.new()
+    core = make_core([a])
+    conn = ("10.0.0.1", 1)
+    [(_, ch)] = core.receive(conn, marshal_frame(ClientHello(a.verify_key, a.wg)), 1.0)
+    nonce = parse_frame(ch).nonce  # type: ignore[union-attr]
+    sig = a.identity.sign(p.auth_message(NETWORK_ID, "home", nonce, a.verify_key, a.wg))
+    resp = marshal_frame(ChallengeResponse(a.verify_key, a.wg, nonce, sig))
+    [(_, r1)] = core.receive(("10.0.0.66", 1), resp, 1.0)  # replayed from elsewhere
+    assert parse_frame(r1) == Denied(DenyReason.STALE_CHALLENGE)
+    [(_, r2)] = core.receive(conn, resp, 1.0 + p.CHALLENGE_LIFETIME_S + 0.5)  # too late
+    assert parse_frame(r2) == Denied(DenyReason.STALE_CHALLENGE)
+    [(_, r3)] = core.receive(conn, resp, 2.0)
+    assert isinstance(parse_frame(r3), Welcome)
+
+
+def test_stale_challenge_makes_the_client_start_over() -> None:
+    a = Member.new()
+    core = make_core([a])
+    sess = ClientSession(a.identity, a.wg, NETWORK_ID, counter_rand(), "home")
+    sess.connect(0.0)
+    [hello] = sess.data_to_send()
+    [(_, ch)] = core.receive(("h", 1), hello, 0.0)
+    sess.receive_frame(ch, 0.0)
+    [resp] = sess.data_to_send()
+    [(_, denied)] = core.receive(("h", 1), resp, 30.0)
+    sess.receive_frame(denied, 30.0)
+    assert sess.state is ClientState.HELLO_SENT
+    assert parse_frame(sess.data_to_send()[0]) == ClientHello(a.verify_key, a.wg)
+
+
+def test_unauthenticated_frames_never_reveal_sessions() -> None:
+    a, b = Member.new(), Member.new()
+    core = make_core([a, b])
+    login(core, a, ("10.0.0.1", 1))
+    probe = ("10.0.0.99", 5)
+    replies = []
+    for frame in (SendPacket(TOKEN, a.wg, b"x"), KeepAlive(TOKEN), Ping(TOKEN, bytes(8)),
+                  RecvPacket(a.wg, b"x"), Welcome(TOKEN, 1), Pong(bytes(8))):
+        replies += core.receive(probe, marshal_frame(frame), 1.0)
+    assert all(dst == probe for dst, _ in replies)
+    assert {type(parse_frame(r)) for _, r in replies} <= {Denied}
+    assert core.stats.packets_out == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(frames_st, st.binary(max_size=80)), max_size=10))
+def test_fuzz_unauthenticated_sender_gets_only_challenge_or_denied(datas: list[bytes]) -> None:
+    a = Member.new()
+    core = make_core([a])
+    login(core, a, ("10.0.0.1", 1))
+    for data in datas:
+        for dst, out in core.receive(("10.9.9.9", 9), data, 1.0):
+            assert dst == ("10.9.9.9", 9)
+            assert isinstance(parse_frame(out), Challenge | Denied)
+    assert core.sessions == 1
+
+
+def test_wrong_token_from_a_known_address_is_dropped_silently() -> None:
+    a, b = Member.new(), Member.new()
+    core = make_core([a, b])
+    login(core, a, ("10.0.0.1", 1))
+    login(core, b, ("10.0.0.2", 2))
+    spoofed = marshal_frame(SendPacket(bytes(8), b.wg, b"x"))
+    assert core.receive(("10.0.0.1", 1), spoofed, 1.0) == []
+    assert core.stats.drops["bad_token"] == 1 and core.sessions == 2
+
+
+def test_relay_restart_no_session_makes_client_reconnect() -> None:
+    a, b = Member.new(), Member.new()
+    core = make_core([a, b])
+    sa = login(core, a, ("10.0.0.1", 1))
+    list(sa.events())
+    fresh = make_core([a, b])  # the relay restarted: it knows nobody
+    frame = sa.send_packet(b.wg, b"x")
+    assert frame is not None
+    [(_, reply)] = fresh.receive(("10.0.0.1", 1), frame, 1.0)
+    sa.receive_frame(reply, 1.0)
+    assert sa.state is ClientState.CLOSED
+    assert isinstance(sa.next_event(), ConnectionLost)
+
+
+def test_no_session_replies_are_rate_limited() -> None:
+    core = make_core([])
+    frame = marshal_frame(KeepAlive(TOKEN))
+    replies = sum(len(core.receive(("10.0.0.1", i), frame, 5.0)) for i in range(1000))
+    assert replies <= p.NO_SESSION_REPLIES_PER_S + 1
+
+
+def test_revocation_drops_the_session() -> None:
+    a, b = Member.new(), Member.new()
+    core = make_core([a, b])
+    login(core, a, ("10.0.0.1", 1))
+    sb = login(core, b, ("10.0.0.2", 2))
+    out = core.set_members(NETWORK_ID, {a.verify_key: a.wg}, 5.0)
+    assert out == [(("10.0.0.2", 2), marshal_frame(Denied(DenyReason.REVOKED)))]
+    assert core.closed == [("10.0.0.2", 2)]
+    assert core.sessions == 1
+    sb.receive_frame(out[0][1], 5.0)
+    assert Refused(DenyReason.REVOKED) in list(sb.events())
+    # And a's packets to b now go nowhere.
+    sa_frame = marshal_frame(SendPacket(core.session_of(("10.0.0.1", 1)).token, b.wg, b"x"))  # type: ignore[union-attr]
+    assert core.receive(("10.0.0.1", 1), sa_frame, 6.0) == []
+    assert core.stats.drops["no_destination"] == 1
+
+
+def test_rate_limit_per_client() -> None:
+    a, b, c = Member.new(), Member.new(), Member.new()
+    core = make_core([a, b, c], rate_bytes_per_s=10_000, burst_bytes=10_000)
+    sa, sc = login(core, a, "A"), login(core, c, "C")
+    login(core, b, "B")
+    sent_a = sum(len(core.receive("A", sa.send_packet(b.wg, bytes(1000)) or b"", 1.0)) for _ in range(100))
+    assert 8 <= sent_a <= 10  # the burst, then nothing
+    assert core.stats.drops["rate_limited"] >= 90
+    # c has its own bucket: a's flood does not spend it.
+    sent_c = sum(len(core.receive("C", sc.send_packet(b.wg, bytes(1000)) or b"", 1.0)) for _ in range(5))
+    assert sent_c == 5
+    # Tokens come back with time.
+    assert len(core.receive("A", sa.send_packet(b.wg, bytes(1000)) or b"", 2.0)) == 1
+
+
+def test_idle_sessions_expire() -> None:
+    a = Member.new()
+    core = make_core([a], session_idle_s=10.0)
+    login(core, a, "A", now=1.0)
+    assert core.next_deadline() == 11.0
+    core.handle_timer(5.0)
+    assert core.sessions == 1
+    core.handle_timer(11.5)
+    assert core.sessions == 0
+    assert core.events[-1].reason == "idle"  # type: ignore[union-attr]
+
+
+def test_same_device_from_new_address_replaces_old_session() -> None:
+    a, b = Member.new(), Member.new()
+    core = make_core([a, b])
+    login(core, a, "A1")
+    sb = login(core, b, "B")
+    login(core, a, "A2")
+    assert core.sessions == 2 and "A1" in core.closed
+    frame = sb.send_packet(a.wg, b"hi")
+    assert frame is not None
+    assert [dst for dst, _ in core.receive("B", frame, 2.0)] == ["A2"]
+
+
+def test_relay_full() -> None:
+    a, b = Member.new(), Member.new()
+    core = make_core([a, b], max_sessions=1)
+    login(core, a, "A")
+    sb = login(core, b, "B")
+    assert Refused(DenyReason.RELAY_FULL) in list(sb.events())
+
+
+def test_stun_is_answered_with_the_source_address() -> None:
+    core = make_core([])
+    txid = stun.new_txid(lambda n: bytes(range(n)))
+    reply = core.receive_stun(addr_port("192.0.2.5", 40000), stun.marshal_binding_request(txid))
+    assert reply is not None
+    assert stun.parse_binding_response(reply) == (txid, addr_port("192.0.2.5", 40000))
+    assert core.receive_stun(addr_port("192.0.2.5", 1), b"\x00\x01junk") is None
+
+
+def test_relay_identity_is_checked_by_the_client() -> None:
+    a = Member.new()
+    relay_key = SigningKey.generate()
+    core = make_core([a], signing_key=relay_key)
+    sess = login(core, a, "A", relay_key=relay_key.public())
+    assert sess.state is ClientState.CONNECTED
+    assert Connected(p.PING_INTERVAL_S, True) in list(sess.events())
+    # A relay with another key (or none) does not satisfy the client: it times out instead.
+    other = make_core([a], signing_key=SigningKey.generate())
+    sess2 = login(other, a, "A", relay_key=relay_key.public())
+    assert sess2.state is ClientState.RESPONSE_SENT
+    sess2.handle_timer(1.0 + p.HANDSHAKE_TIMEOUT_S)
+    assert isinstance(sess2.next_event(), ConnectionLost)
+
+
+def test_client_ignores_a_challenge_naming_another_relay() -> None:
+    a = Member.new()
+    core = make_core([a], name="evil")
+    sess = login(core, a, "A", relay_name="home")
+    assert sess.state is ClientState.HELLO_SENT  # never signed anything for "evil"
+
+
+def test_client_timers_hello_retry_ping_and_silence() -> None:
+    a = Member.new()
+    core = make_core([a])
+    sess = ClientSession(a.identity, a.wg, NETWORK_ID, counter_rand(), "home")
+    sess.connect(0.0)
+    sess.data_to_send()  # the first hello is lost
+    assert sess.next_deadline() == p.HELLO_RETRY_S
+    sess.handle_timer(p.HELLO_RETRY_S)
+    pump(core, sess, "A", p.HELLO_RETRY_S)
+    assert sess.state is ClientState.CONNECTED
+    list(sess.events())
+    t = p.HELLO_RETRY_S
+    assert sess.next_deadline() == t + p.PING_INTERVAL_S
+    sess.handle_timer(t + p.PING_INTERVAL_S)
+    [ping] = sess.data_to_send()
+    [(_, pong)] = core.receive("A", ping, t + p.PING_INTERVAL_S)
+    sess.receive_frame(pong, t + p.PING_INTERVAL_S + 0.02)
+    [ev] = list(sess.events())
+    assert isinstance(ev, PongReceived) and abs(ev.rtt_s - 0.02) < 1e-9
+    last_rx = t + p.PING_INTERVAL_S + 0.02
+    for k in range(1, 4):  # the relay goes silent
+        sess.handle_timer(t + p.PING_INTERVAL_S * (k + 1))
+    sess.handle_timer(last_rx + p.SILENCE_TIMEOUT_S)
+    assert sess.state is ClientState.CLOSED
+    assert isinstance(sess.next_event(), ConnectionLost)
+
+
+def test_client_handshake_timeout() -> None:
+    a = Member.new()
+    sess = ClientSession(a.identity, a.wg, NETWORK_ID, counter_rand())
+    sess.connect(0.0)
+    for t in range(1, 5):
+        sess.handle_timer(float(t))
+    assert len(sess.data_to_send()) == 5  # first hello and four retries
+    sess.handle_timer(p.HANDSHAKE_TIMEOUT_S)
+    assert sess.next_event() == ConnectionLost("handshake timed out")
+    assert sess.next_deadline() is None
+
+
+def test_client_local_errors() -> None:
+    a = Member.new()
+    sess = ClientSession(a.identity, a.wg, NETWORK_ID, counter_rand())
+    assert sess.send_packet(a.wg, b"x") is None
+    with pytest.raises(p.LocalProtocolError):
+        sess.ping(0.0)
+    sess.connect(0.0)
+    with pytest.raises(p.LocalProtocolError):
+        sess.connect(0.0)
+
+
+def test_token_bucket() -> None:
+    b = p.TokenBucket.full(100.0, 50.0, 0.0)
+    assert b.take(50, 0.0) and not b.take(1, 0.0)
+    assert b.take(10, 0.1) and not b.take(1, 0.1)
+    assert b.take(50, 100.0) and not b.take(1, 100.0)  # capped at the burst
+
+
+def test_close_frame_ends_the_session_at_once() -> None:
+    a = Member.new()
+    core = make_core([a])
+    sess = login(core, a, "A")
+    sess.close()
+    [frame] = sess.data_to_send()
+    assert parse_frame(frame) == p.Close(sess._token)
+    assert core.receive("A", frame, 2.0) == []
+    assert core.sessions == 0 and core.events[-1].reason == "left"  # type: ignore[union-attr]
+    # A Close with the wrong token (spoofed) is ignored.
+    sess2 = login(core, a, "A")
+    assert core.receive("A", marshal_frame(p.Close(bytes(8))), 3.0) == []
+    assert core.sessions == 1 and sess2.state is ClientState.CONNECTED
