@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final
 
 from meshctl.coord.netmap import NetMap, Peer
@@ -17,9 +17,10 @@ from meshctl.keys import NodePrivate
 from meshctl.policy.compile import PacketFilter, compile_filter
 from meshctl.policy.parse import parse_policy
 from meshctl.router.config import RouterConfig
-from meshctl.wg.config import DeviceConfig, PeerConfig
+from meshctl.wg.config import DeviceConfig, DeviceState, PeerConfig
 
 KEEPALIVE_S: Final = 25  # below the 30 s NAT mapping lifetime measured in the lab
+HANDSHAKE_FRESH_S: Final = 180  # WireGuard re-handshakes every 120 s while a tunnel is in use
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,3 +82,20 @@ def compute_desired(
 def static_endpoint_candidates(peer: Peer) -> tuple[str, ...]:
     """The peer's static endpoints in the order its record lists them."""
     return peer.endpoints
+
+
+def keep_working_endpoints(desired: Desired, state: DeviceState, now: int) -> Desired:
+    """A peer whose tunnel works keeps the endpoint WireGuard uses, when nothing better is known.
+
+    WireGuard may have roamed there, and after an agent restart the path manager knows no
+    paths yet: overwriting a working tunnel would cost a write now and another one later.
+    """
+    current = {p.public_key: p for p in state.peers}
+    peers = []
+    for want in desired.wg.peers:
+        have = current.get(want.public_key)
+        if (want.endpoint is None and have is not None and have.endpoint and have.last_handshake
+                and now - have.last_handshake < HANDSHAKE_FRESH_S):
+            want = replace(want, endpoint=have.endpoint, persistent_keepalive=KEEPALIVE_S)
+        peers.append(want)
+    return replace(desired, wg=replace(desired.wg, peers=tuple(peers)))

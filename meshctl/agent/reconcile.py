@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from meshctl.agent.desired import Desired
+from meshctl.agent.desired import Desired, keep_working_endpoints
 from meshctl.errors import MeshctlError
 from meshctl.fsutil import atomic_write
 from meshctl.router.config import RouterPlan, RouterState, plan_router
@@ -93,6 +94,7 @@ class Reconciler:
 
     def dry_run(self, desired: Desired) -> Plan:
         wg_state, router_state = self.read_actual()
+        desired = keep_working_endpoints(desired, wg_state, int(time.time()))
         return plan_against(desired, wg_state, router_state, firewall_current(desired, self.ifname))
 
     def apply(self, desired: Desired) -> ApplyResult:
@@ -101,8 +103,9 @@ class Reconciler:
         backend = self.backend
         backend.ensure_device()
         self._record_backend(desired.wg.listen_port)
-        plan = plan_against(desired, backend.read(), read_router(self.ifname),
-                            firewall_current(desired, self.ifname))
+        wg_state = backend.read()
+        desired = keep_working_endpoints(desired, wg_state, int(time.time()))
+        plan = plan_against(desired, wg_state, read_router(self.ifname), firewall_current(desired, self.ifname))
         result = ApplyResult(plan)
         try:
             backend.apply(plan.wg)

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final
 
+from meshctl.agent.desired import HANDSHAKE_FRESH_S
 from meshctl.coord.netmap import NetMap
 from meshctl.wg.config import DeviceState
 
-HANDSHAKE_FRESH_S: Final = 180  # WireGuard re-handshakes every 120 s under traffic or keepalive
 STALE_AFTER_S: Final = 300  # five missed one-minute syncs
 
 

@@ -237,11 +237,11 @@ NETNS_ETC: Final = Path("/etc/netns")
 def _private_etc(ns: str) -> None:
     """Give the namespace its own /etc/resolv.conf: `ip netns exec` bind-mounts
     /etc/netns/<ns>/resolv.conf over it, so a node's MagicDNS never edits the host's file.
-    The nameserver is a documentation address, not systemd-resolved's 127.0.0.53: the host's
+    The nameserver is 127.0.0.1 (nothing listens: lookups fail at once), not resolved's 127.0.0.53: the host's
     resolved cannot see a namespace's interfaces."""
     etc = NETNS_ETC / ns
     etc.mkdir(parents=True, exist_ok=True)
-    (etc / "resolv.conf").write_text("# meshctl lab: this namespace's own resolv.conf\nnameserver 192.0.2.53\n")
+    (etc / "resolv.conf").write_text("# meshctl lab: this namespace's own resolv.conf\nnameserver 127.0.0.1\n")
 
 
 def _delete_namespace(ns: str) -> None:
