@@ -4,10 +4,10 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 # Debian packages the suite and the demo use for real (no mocks): installed when run as root.
 APT_PACKAGES := wireguard-go wireguard-tools nftables coturn iproute2 dnsutils git openssh-server \
-                iperf3 iputils-ping procps conntrack psmisc
+                iperf3 iputils-ping procps conntrack psmisc binutils openssh-client systemd
 PYTEST_ARGS ?=
 
-.PHONY: all test deps venv binary lint demo test-kernel bench clean
+.PHONY: all test deps venv binary test-binary lint demo test-kernel bench clean
 
 all: test
 
@@ -39,6 +39,10 @@ lint: venv
 binary: venv
 	$(BIN)/pyinstaller --noconfirm --clean --log-level WARN packaging/meshctl.spec
 	@ls -l dist/meshctl
+
+# The end-to-end suites with the one-file binary as the meshctl every node runs.
+test-binary: deps binary
+	MESHCTL_BIN=$(CURDIR)/dist/meshctl $(BIN)/python -m pytest -q tests/packaging tests/walkthrough tests/e2e $(PYTEST_ARGS)
 
 demo: deps venv
 	$(BIN)/python -m meshctl.lab.demo

@@ -99,7 +99,8 @@ def invite(repo: RepoOpt = Path(".")) -> None:
 def approve(
     name: Annotated[str, typer.Argument(help="The device name of the join request.")],
     ip: Annotated[str | None, typer.Option("--ip", help="Mesh IPv4 (default: next free).")] = None,
-    tag: Annotated[list[str] | None, typer.Option("--tag", help="tag:x (repeatable).")] = None,
+    tag: Annotated[list[str] | None,
+                   typer.Option("--tag", help="A tag for access rules, e.g. tag:server (repeatable).")] = None,
     owner: Annotated[str, typer.Option("--owner", help="Owner, e.g. alice@example.com.")] = "",
     repo: RepoOpt = Path("."),
     admin_key: KeyOpt = None,

@@ -15,7 +15,7 @@ from typing import Annotated, ParamSpec, TypeVar
 
 import typer
 
-from meshctl.errors import MeshctlError
+from meshctl.errors import EXIT_FAILURE, MeshctlError
 from meshctl.settings import DEFAULT_INTERFACE, DEFAULT_LISTEN_PORT, DEFAULT_STATE_DIR, WG_BACKENDS, Settings
 
 P = ParamSpec("P")
@@ -23,7 +23,10 @@ R = TypeVar("R")
 
 app = typer.Typer(
     name="meshctl",
-    help="A mesh VPN whose coordination plane is a git repository of signed files.",
+    help="A mesh VPN whose coordination plane is a git repository of signed files.\n\n"
+    "New mesh: an admin runs `meshctl init DIR --name NAME` and pushes DIR to a git host. "
+    "New device: `sudo meshctl join URL --root sha256:...` (the line `meshctl admin invite` prints), "
+    "an admin approves it, then `sudo meshctl up`.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,  # never print locals: they may hold private keys
     pretty_exceptions_show_locals=False,
@@ -35,19 +38,26 @@ app = typer.Typer(
 def _global_options(
     ctx: typer.Context,
     state_dir: Annotated[
-        Path, typer.Option(envvar="MESHCTL_STATE_DIR", help="Where keys and state live.")
+        Path,
+        # readable=False: a state dir only root can read gets meshctl's own message, not typer's
+        typer.Option(envvar="MESHCTL_STATE_DIR", readable=False,
+                     help="Where this device's keys and mesh state live."),
     ] = DEFAULT_STATE_DIR,
     interface: Annotated[
-        str, typer.Option(envvar="MESHCTL_INTERFACE", help="The mesh network interface.")
+        str, typer.Option(envvar="MESHCTL_INTERFACE", help="Name of the mesh network interface this node creates.")
     ] = DEFAULT_INTERFACE,
     wg_backend: Annotated[
         str,
-        typer.Option(envvar="MESHCTL_WG_BACKEND", help="WireGuard backend: auto|kernel|userspace."),
+        typer.Option(envvar="MESHCTL_WG_BACKEND",
+                     help="WireGuard implementation: auto (the kernel module if there is one, else wireguard-go), "
+                          "kernel or userspace."),
     ] = "auto",
     listen_port: Annotated[
         int, typer.Option(envvar="MESHCTL_LISTEN_PORT", help="WireGuard UDP listen port.", min=1, max=65535)
     ] = DEFAULT_LISTEN_PORT,
-    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More logging.")] = 0,
+    verbose: Annotated[
+        int, typer.Option("--verbose", "-v", count=True, help="More logging on stderr: -v info, -vv debug.")
+    ] = 0,
 ) -> None:
     if wg_backend not in WG_BACKENDS:
         raise typer.BadParameter(f"must be one of {', '.join(WG_BACKENDS)}", param_hint="--wg-backend")
@@ -74,6 +84,11 @@ def command(fn: Callable[P, R]) -> Callable[P, R]:
             if exc.hint:
                 typer.echo(f"hint: {exc.hint}", err=True)
             raise typer.Exit(exc.exit_code) from None
+        except PermissionError as exc:  # e.g. /var/lib/meshctl (0700 root) read by a user
+            where = f": {exc.filename}" if exc.filename else ""
+            typer.echo(f"meshctl: permission denied{where}", err=True)
+            typer.echo("hint: run it as root (sudo meshctl ...), or pass --state-dir", err=True)
+            raise typer.Exit(EXIT_FAILURE) from None
         except KeyboardInterrupt:
             raise typer.Exit(130) from None
 

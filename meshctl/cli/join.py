@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from meshctl.cli.app import command, settings_of
-from meshctl.errors import UsageError
+from meshctl.errors import GitError, UsageError
 
 
 def _default_name() -> str:
@@ -23,13 +23,17 @@ def _default_name() -> str:
 def join(
     ctx: typer.Context,
     repo_url: Annotated[str, typer.Argument(help="The coordination repository (path, git://, https://, ssh://).")],
-    name: Annotated[str | None, typer.Option("--name", help="Device name (default: hostname).")] = None,
-    root: Annotated[str | None, typer.Option("--root", help="Root fingerprint from the invite: sha256:...")] = None,
+    name: Annotated[str | None, typer.Option(
+        "--name", help="This device's name in the mesh (default: the hostname); also its MagicDNS name.")] = None,
+    root: Annotated[str | None, typer.Option(
+        "--root", help="The root fingerprint `meshctl admin invite` printed (sha256:...): the mesh you trust.")] = None,
     trust_on_first_use: Annotated[bool, typer.Option("--trust-on-first-use",
                                                      help="Show the root fingerprint and ask.")] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Answer yes to the trust question.")] = False,
     endpoint: Annotated[
-        list[str] | None, typer.Option("--endpoint", help="Static HOST:PORT where peers can reach this device.")
+        list[str] | None,
+        typer.Option("--endpoint", help="HOST:PORT where peers can always reach this device, e.g. a server's "
+                                        "public name and WireGuard port (repeatable)."),
     ] = None,
 ) -> None:
     """Join a mesh: keys stay on this device; the request goes to a pull-request branch."""
@@ -47,8 +51,12 @@ def join(
         typer.echo("Compare it with the one your admin gave you.")
         return yes or typer.confirm("Trust this root?", default=False)
 
-    result = do_join(settings.state_dir, settings.repo_dir, settings.keys_dir, repo_url,
-                     name or _default_name(), root, confirm, tuple(endpoint or ()), int(time.time()))
+    try:
+        result = do_join(settings.state_dir, settings.repo_dir, settings.keys_dir, repo_url,
+                         name or _default_name(), root, confirm, tuple(endpoint or ()), int(time.time()))
+    except GitError as exc:  # nothing to keep yet: say how to check the URL instead
+        raise GitError(exc.message, f"check the URL and that this machine reaches the git host: "
+                                    f"git ls-remote {repo_url}") from None
     if result.push_error == "already a member":
         typer.echo(f"{result.name} is already a member of {result.mesh}; run `meshctl up` or `meshctl sync`")
         return

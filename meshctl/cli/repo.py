@@ -22,7 +22,8 @@ repo_app = typer.Typer(help="Checks on the coordination repository.", no_args_is
 @command
 def verify_cmd(
     directory: Annotated[Path, typer.Argument(help="The checkout to verify.")] = Path("."),
-    base: Annotated[str | None, typer.Option("--base", help="Base revision of the pull request.")] = None,
+    base: Annotated[str | None, typer.Option(
+        "--base", help="The pull request's base (e.g. origin/main): also check that the change is allowed.")] = None,
 ) -> None:
     """Verify every signature, hash and rule; with --base, also the change itself."""
     from meshctl.coord import pr_check

@@ -22,7 +22,7 @@ def _read_json(path: Any) -> dict[str, Any]:
 @command
 def status(
     ctx: typer.Context,
-    as_json: Annotated[bool, typer.Option("--json", help="The stable JSON document.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the stable JSON document instead.")] = False,
 ) -> None:
     """This node, the coordination state and every peer's path, handshake and traffic."""
     from meshctl.agent.control import query_agent

@@ -26,18 +26,26 @@ def _self_argv() -> list[str]:
 @command
 def up(
     ctx: typer.Context,
-    foreground: Annotated[bool, typer.Option("--foreground", help="Run the agent in this process.")] = False,
+    foreground: Annotated[bool, typer.Option(
+        "--foreground", help="Run the agent in this process (systemd); otherwise it runs in the background "
+                             "and logs to STATE_DIR/agent.log.")] = False,
     sync_interval: Annotated[float, typer.Option("--sync-interval", help="Seconds between syncs.", min=1)] = 60.0,
     accept_dns: Annotated[bool, typer.Option("--accept-dns/--no-accept-dns", envvar="MESHCTL_ACCEPT_DNS",
                                              help="Run MagicDNS and point the system's DNS at it.")] = True,
 ) -> None:
     """Bring this node onto the mesh and keep it there (the agent)."""
     from meshctl.agent.control import query_agent
+    from meshctl.cli import preflight
     from meshctl.coord.node_state import NodeState
     from meshctl.fsutil import ensure_private_dir
 
     settings = settings_of(ctx)
+    preflight.require_root("up", "run it with sudo (or as the systemd unit meshctl.service)")
     NodeState(settings.state_dir).load_config()  # "not joined" is said before anything starts
+    preflight.network_preflight(settings.interface, settings.listen_port)
+    clock = preflight.clock_check(settings.state_dir, int(time.time()))
+    if clock is not None:
+        typer.echo(f"warning: {clock}", err=True)
     if foreground:
         from meshctl.agent.daemon import run_agent
 
@@ -108,9 +116,12 @@ def down(ctx: typer.Context) -> None:
     """Stop the agent and remove the mesh interface, its addresses and routes."""
     from meshctl.agent.lock import state_lock
     from meshctl.agent.reconcile import Reconciler
+    from meshctl.cli import preflight
     from meshctl.dns.os_config import OsDnsConfig
 
     settings = settings_of(ctx)
+    preflight.require_root("down", "run it with sudo")
+    preflight.check_interface(settings.interface)  # never remove somebody else's interface
     pid = stop_agent(settings.state_dir, settings.control_socket)
     OsDnsConfig(settings.state_dir, settings.interface).recover()  # an agent that crashed left it
     with state_lock(settings.state_dir, 30):

@@ -103,6 +103,11 @@ def _uint(key: str, value: str, maximum: int) -> int:
     return n
 
 
+def _errno(value: str) -> int:
+    """wireguard-go reports failures as negative errnos (`errno=-98` for a port in use)."""
+    return _uint("errno", value.removeprefix("-"), 2**31 - 1)
+
+
 def _key(key: str, value: str) -> bytes:
     if len(value) != 2 * KEY_LEN:
         raise UapiParseError(f"UAPI: `{key}` is not a {KEY_LEN}-byte hex key")
@@ -192,7 +197,7 @@ def parse_get_reply(data: bytes) -> GetReply:
         if not sep:
             raise UapiParseError(f"UAPI: line without `=`: `{line[:40]}`")
         if key == "errno":
-            errno = _uint(key, value, 2**31 - 1)
+            errno = _errno(value)
         elif key == "public_key":
             raw = _key(key, value)
             if raw in seen:
@@ -225,4 +230,4 @@ def parse_set_reply(data: bytes) -> int:
     key, sep, value = text.partition("=")
     if key != "errno" or not sep:
         raise UapiParseError(f"UAPI: expected errno, got `{text[:40]}`")
-    return _uint(key, value, 2**31 - 1)
+    return _errno(value)

@@ -181,3 +181,10 @@ def test_oversized_reply_refused_quickly() -> None:
 
     with pytest.raises(UapiParseError, match="larger"):
         parse_get_reply(b"x" * (MAX_REPLY_BYTES + 1))
+
+
+def test_negative_errno_from_wireguard_go_is_an_error_not_garbage() -> None:
+    from meshctl.wg.uapi import parse_set_reply
+
+    assert parse_set_reply(b"errno=-98\n\n") == 98
+    assert parse_set_reply(b"errno=0\n\n") == 0
