@@ -61,7 +61,9 @@ def default_extensions(agent: Agent) -> list[Extension]:
         from meshctl.agent.magic import Magic  # type: ignore[import-not-found,unused-ignore]
     except ImportError:
         return out
-    out.append(Magic(agent.settings, agent.request_pass))
+    from meshctl.agent.relaying import Relaying  # relays and the relayed path, around Magic
+
+    out.append(Relaying(agent.settings, agent.request_pass, Magic(agent.settings, agent.request_pass)))
     return out
 
 

@@ -35,6 +35,7 @@ import ipaddress
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -55,7 +56,12 @@ NETCHECK_TIMEOUT_S: Final = 2.0
 # a peer starting at about the same time has punched its own NAT before our pings reach it.
 PUNCH_LEAD_S: Final = 0.3
 NON_INITIATOR_DELAY_S: Final = 1.0  # see the module docstring
+# Peers are set up (first punch) only after the first netcheck, or this long after start
+# without one: see `_stun_settled`.
+STUN_FIRST_MAX_WAIT_S: Final = 3.0
 PING_TIMEOUT_S: Final = 1.0  # `meshctl ping`: one attempt
+# A peer silent on disco this long after it appeared runs no agent: fall back to its static endpoint.
+STATIC_FALLBACK_AFTER_S: Final = 6.0
 PING_ATTEMPTS: Final = 3
 MAX_RECV_PER_WAKEUP: Final = 256  # yield to the loop after this many packets
 DROP_LOG_EVERY: Final = 100  # log dropped packets once per this many (never per packet)
@@ -150,6 +156,8 @@ class _Peer:
     direct_since: float | None = None
     override: str | None = None
     no_direct_reported: bool = False
+    heard: bool = False  # any disco from this peer, direct or relayed: it runs an agent
+    static: str | None = None  # first static endpoint of its record, resolved to IP:PORT
 
 
 class Magic:
@@ -178,6 +186,9 @@ class Magic:
         self._timer: asyncio.TimerHandle | None = None
         self._manual_pings: dict[bytes, asyncio.Future[float]] = {}
         self._dropped = 0
+        self._netmap: NetMap | None = None
+        self._started_at = 0.0
+        self._stun_settled = False
 
     # --- Extension hooks ---------------------------------------------------------------------
 
@@ -190,6 +201,7 @@ class Magic:
         self._box = disco.DiscoBox(keys.disco, os.urandom)
         self._sock = SharedPortSocket(self.settings.listen_port)
         self._loop = asyncio.get_running_loop()
+        self._started_at = self._loop.time()
         self._loop.add_reader(self._sock.fileno(), self._on_readable)
         await self._refresh_local()
         log.info("NAT traversal on port %d (disco %s)", self.settings.listen_port, self._box.public.short())
@@ -208,7 +220,32 @@ class Magic:
     def update_netmap(self, netmap: NetMap) -> None:
         if self._our_key is None or self._loop is None:
             return
+        self._netmap = netmap
+        specs = tuple(netmap.stun_servers)
+        if specs != self._stun_specs:
+            self._stun_specs = specs
+            self._loop.create_task(self._resolve_stun(specs))
+        if not specs:
+            self._stun_settled = True
+        self._sync_peers()
+        self._service()
+
+    def _sync_peers(self) -> None:
+        """Create and forget per-peer cores to match the last map.
+
+        Not before the first netcheck (`_stun_settled`): its STUN packets must leave our
+        port before any packet towards a peer. On a plain Linux masquerade NAT a new flow
+        reuses the mapping of the newest live flow from the same socket; STUN flows made
+        while a peer flow is mapped to a random port (conntrack poisoning) would keep that
+        random port alive for every later flow, while the peer only knows our real port.
+        """
+        if self._our_key is None or self._loop is None or self._netmap is None:
+            return
+        if not self._stun_settled:
+            return
+        netmap = self._netmap
         now = self._loop.time()
+        wall_offset = time.time() - now
         wanted = {p.name: p for p in netmap.others()}
         for name in list(self._peers):
             p = wanted.get(name)
@@ -222,20 +259,21 @@ class Magic:
                 continue
             paths = PeerPaths(self._our_key, p.wg_public_key, now, os.urandom,
                               static_endpoints=literal_endpoints(p), our_nat_hard=self._nat_hard,
-                              first_probe_delay_s=PUNCH_LEAD_S)
+                              first_probe_delay_s=PUNCH_LEAD_S, wall_clock_offset_s=wall_offset)
             self._peers[name] = _Peer(name, p.wg_public_key, p.disco_key,
                                       str(p.ipv4 or p.ipv6) if p.addresses else None, paths, now)
+            if p.endpoints:
+                self._resolve_static(name, p.endpoints)
         self._by_disco = {p.disco_key: p.name for p in self._peers.values()}
-        specs = tuple(netmap.stun_servers)
-        if specs != self._stun_specs:
-            self._stun_specs = specs
-            self._loop.create_task(self._resolve_stun(specs))
-        self._service()
 
     def endpoint_overrides(self) -> dict[str, str | None]:
-        # Every peer is listed: None keeps static endpoints away from WireGuard until a
-        # probe proved the path (see the module docstring).
-        return {name: p.override for name, p in self._peers.items()}
+        # Every peer of the map is listed (also before its core exists): None keeps static
+        # endpoints away from WireGuard until a probe proved the path (module docstring).
+        out: dict[str, str | None] = {}
+        if self._netmap is not None:
+            out = {p.name: None for p in self._netmap.others()}
+        out.update({name: p.override or self.static_fallback(name) for name, p in self._peers.items()})
+        return out
 
     def status(self) -> dict[str, Any]:
         return {
@@ -248,6 +286,72 @@ class Magic:
         if request.get("cmd") != "ping":
             return None
         return await self.ping(str(request.get("peer", "")))
+
+    # --- relay seam (issue 5; driven by meshctl/agent/relaying.py) ---------------------------
+
+    def relay_view(self, name: str) -> tuple[Path, str | None, bool] | None:
+        """(path, the direct endpoint WireGuard should use now or None, we initiate) of a
+        peer; None before its core exists."""
+        p = self._peers.get(name)
+        if p is None:
+            return None
+        path = p.paths.path
+        direct = p.override if path.kind is PathKind.DIRECT and p.override == str(path.endpoint) else None
+        return path, direct, p.paths.initiator
+
+    def set_relay_available(self, name: str, available: bool) -> None:
+        p = self._peers.get(name)
+        if p is None or self._loop is None:
+            return
+        p.paths.set_relay_available(available, self._loop.time())
+        self._service()
+
+    def receive_relayed_disco(self, src: NodePublic, data: bytes) -> None:
+        """A sealed disco packet the relay brought from WireGuard key `src` (relay-attested)."""
+        if self._box is None or self._loop is None:
+            return
+        try:
+            sender, msg = self._box.open(data, self._by_disco)
+        except disco.DiscoError:
+            self._dropped += 1
+            return
+        peer = self._peers.get(self._by_disco.get(sender, ""))
+        if peer is None or peer.wg_key != src:
+            return  # the disco key must belong to the member the relay logged in
+        now = self._loop.time()
+        if isinstance(msg, disco.Ping):
+            # `meshctl ping` over the relay: answered there; it proves no direct path
+            if msg.node_key == peer.wg_key:
+                seen_as = AddrPort(ipaddress.IPv4Address("127.3.3.40"), 0)  # "via the relay"
+                self._send_disco(peer, disco.Pong(msg.txid, seen_as), None)
+            return
+        if isinstance(msg, disco.Pong):
+            fut = self._manual_pings.get(msg.txid)
+            if fut is not None and not fut.done():
+                fut.set_result(now)
+            return  # a pong over the relay proves nothing about a direct path
+        peer.heard = True
+        peer.paths.receive_disco(msg, None, now)
+        self._service()
+
+    async def ping_via_relay(self, name: str, timeout_s: float) -> float | None:
+        """One disco round trip over the relay: seconds, or None without an answer."""
+        peer = self._peers.get(name)
+        if peer is None or self._loop is None or self._our_key is None or self.send_via_relay is None:
+            return None
+        txid = os.urandom(disco.TXID_LEN)
+        fut: asyncio.Future[float] = self._loop.create_future()
+        self._manual_pings[txid] = fut
+        sent_at = self._loop.time()
+        self._send_disco(peer, disco.Ping(txid, self._our_key), None)
+        try:
+            return await asyncio.wait_for(fut, timeout_s) - sent_at
+        except TimeoutError:
+            return None
+        finally:
+            self._manual_pings.pop(txid, None)
+
+    # --- end of relay seam -------------------------------------------------------------------
 
     # --- ping --------------------------------------------------------------------------------
 
@@ -332,7 +436,34 @@ class Magic:
             if fut is not None and not fut.done():
                 fut.set_result(now)
                 return
+        peer.heard = True
         peer.paths.receive_disco(msg, src, now)
+
+    # --- peers without an agent (a server that only runs `meshctl sync` from cron) ---------
+
+    def _resolve_static(self, name: str, endpoints: tuple[str, ...]) -> None:
+        from meshctl.agent.endpoints import resolve_endpoint
+
+        async def resolve() -> None:
+            for text in endpoints:
+                resolved = await asyncio.to_thread(resolve_endpoint, text)
+                peer = self._peers.get(name)
+                if resolved and peer is not None:
+                    peer.static = resolved
+                    return
+
+        asyncio.get_running_loop().create_task(resolve())
+
+    def static_fallback(self, name: str) -> str | None:
+        """The static endpoint of a peer that never spoke disco: it runs no agent (e.g. a server
+        synced from cron with a public address), so no probe can ever prove a path to it, and
+        WireGuard's own handshake to its published endpoint is the only way in."""
+        p = self._peers.get(name)
+        if p is None or p.heard or self._loop is None or p.static is None:
+            return None
+        if self._loop.time() - p.created < STATIC_FALLBACK_AFTER_S:
+            return None
+        return p.static
 
     async def _resolve_stun(self, specs: tuple[str, ...]) -> None:
         try:
@@ -345,7 +476,14 @@ class Magic:
         if specs == self._stun_specs:
             self._stun_servers = resolved
             self._next_restun = 0.0  # now
+            if not resolved:
+                self._settle_stun()
             self._service()
+
+    def _settle_stun(self) -> None:
+        if not self._stun_settled:
+            self._stun_settled = True
+            self._sync_peers()
 
     async def _refresh_local(self) -> None:
         # pyroute2's synchronous API runs its own event loop: keep it off ours
@@ -392,6 +530,7 @@ class Magic:
             for p in self._peers.values():
                 p.paths.set_our_nat_hard(hard)
         self._set_candidates(now)
+        self._settle_stun()
 
     def _service(self) -> None:
         """Flush every core's output, act on its events, and re-arm the single timer."""
@@ -399,6 +538,12 @@ class Magic:
             return
         now = self._loop.time()
         deadlines = self._netcheck_step(now)
+        if not self._stun_settled:
+            if now >= self._started_at + STUN_FIRST_MAX_WAIT_S:
+                log.info("no netcheck result after %.0f s: setting up peers anyway", STUN_FIRST_MAX_WAIT_S)
+                self._settle_stun()
+            else:
+                deadlines.append(self._started_at + STUN_FIRST_MAX_WAIT_S)
         need_pass = False
         for peer in self._peers.values():
             if peer.told != self._candidates:
@@ -410,7 +555,7 @@ class Magic:
                     deadlines.append(peer.created + PUNCH_LEAD_S)
             for out in peer.paths.datagrams_to_send(now):
                 if isinstance(out, SendPunch):
-                    self._sock.punch(out.dst)
+                    self._sock.punch(out.dst, out.ttl)
                 elif isinstance(out, SendDisco):
                     self._send_disco(peer, out.msg, out.dst)
             while (event := peer.paths.next_event()) is not None:

@@ -185,3 +185,76 @@ def build_nat_mesh(lab: Lab, profile_a: str, profile_b: str, *, name: str = "nat
     for member in ("a", "b"):
         mesh.approve(member)
     return mesh, topo
+
+
+@dataclass
+class RelayBox:
+    """`meshctl relay` on a public host of the lab, run the way its operator would run it."""
+
+    lab: Lab
+    node: Node
+    name: str
+    port: int
+    argv: list[str]
+    proc: subprocess.Popen[str] | None = None
+    identity: str = ""  # the relay's identity key (text), from its start-up line
+
+    @property
+    def address(self) -> str:
+        return f"{self.node.ipv4}:{self.port}"
+
+    def start(self, timeout_s: float = 30.0) -> None:
+        from meshctl.lab.core import poll
+
+        proc = self.proc = self.lab.meshctl_popen(self.node, self.argv)
+        ready = f"relay {self.name} on "
+        poll(lambda: ready in self.lab.log_of(proc) or proc.poll() is not None, f"meshctl relay {self.name}",
+             timeout_s)
+        text = self.lab.log_of(proc)
+        if proc.poll() is not None:
+            raise LabError(f"meshctl relay {self.name} exited {proc.returncode}: {text[-2000:]}")
+        line = next(x for x in text.splitlines() if ready in x)
+        self.identity = line.rsplit("identity ", 1)[1].strip()
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.lab.kill(self.proc)
+            self.proc = None
+
+    def log(self) -> str:
+        return self.lab.log_of(self.proc) if self.proc is not None else ""
+
+
+def build_relay_mesh(lab: Lab, profile_a: str, profile_b: str, *, name: str = "relaymesh",
+                     relay_name: str = "r1", relay_port: int = 3340, relay_sync_interval_s: float = 2.0,
+                     listen_port: int = 51820) -> tuple[MeshScenario, Any, RelayBox]:
+    """Like `build_nat_mesh`, plus a relay on a public host ("relay") listed in state.json.
+
+    The relay operator starts `meshctl relay --name NAME` against the repository and reads its
+    identity key from the start-up line; the admin lists it with `meshctl admin relay add NAME
+    ADDR:PORT --identity-key KEY` before the devices are approved. Agents are not started.
+    Returns the scenario, the `TwoNats` topology and the running relay.
+    """
+    from meshctl.lab.topology import two_nats
+
+    topo = two_nats(lab, profile_a, profile_b)
+    mesh = MeshScenario(lab, topo.git_url, topo.repo_dir, name)
+    mesh.init()
+    state_path = mesh.checkout / "state.json"
+    state = json.loads(state_path.read_text())
+    state["stun"] = [f"{ip}:{topo.stun.rsplit(':', 1)[1]}" for ip in topo.internet.service_ips]
+    state_path.write_text(json.dumps(state))
+    mesh.admin("admin", "sign")
+    mesh.git("push", "-q", str(mesh.repo_dir), "main")
+    node = lab.public_host("relay")
+    relay = RelayBox(lab, node, relay_name, relay_port, [
+        "relay", "--listen", f"0.0.0.0:{relay_port}", "--repo", topo.git_url, "--root", mesh.fingerprint,
+        "--name", relay_name, "--sync-interval", str(relay_sync_interval_s)])
+    relay.start()
+    mesh.admin("admin", "relay", "add", relay_name, relay.address, "--identity-key", relay.identity)
+    mesh.git("push", "-q", str(mesh.repo_dir), "main")
+    for member, host, nat in (("a", topo.a, topo.nat_a), ("b", topo.b, topo.nat_b)):
+        mesh.join(host, member, endpoint=f"{nat.public_ip}:{listen_port}")
+    for member in ("a", "b"):
+        mesh.approve(member)
+    return mesh, topo, relay

@@ -18,7 +18,24 @@ Behaviour (numbers are the constants below):
 - While there is no direct path, every candidate is pinged at once, every
   PROBE_INTERVAL_S. The first pong makes its address the path (PathChanged DIRECT): the
   shell sets it as the WireGuard endpoint. No pong within NO_DIRECT_AFTER_S -> one
-  NoDirectPath event (the path stays on the relay or none) and probing slows down.
+  NoDirectPath event (the path stays on the relay or none) and the recovery rounds below.
+- Recovery rounds (conntrack poisoning on NATs without inbound filtering, e.g. bare
+  Linux masquerade): a packet of ours that reaches the peer's NAT before the peer's own
+  packet left leaves an unreplied entry there, and the peer's packets to us then get a
+  random port. TTL-2 punches avoid it only when a router sits between the two NATs;
+  when the NATs are neighbours (same segment) even a punch lands, and unanswered pings
+  every few seconds would keep the poison alive forever. So after NO_DIRECT_AFTER_S,
+  time is cut into rounds of RECOVERY_ROUND_S on the wall clock (both machines agree
+  within seconds), taken in turn by the two sides (`holds_round`). In its round a side
+  opens (punches, then OPEN_BURST_PINGS pings to every candidate) and then only *holds*
+  its NAT entries with TTL-1 packets, which refresh its own NAT's conntrack entry and
+  die there. In the other side's round it sends nothing at all. Each round is longer
+  than the NAT's idle timeout plus a burst, so by the time a side opens, any poison the
+  other side's burst left in its NAT has expired, its own stale (possibly randomised)
+  mapping has expired, and the other side holds fresh entries from its own burst: the
+  ping goes through. A ping received while probing is answered with a pong and a ping.
+  After the death of a path, slow probing (every SLOW_PROBE_INTERVAL_S) comes first for
+  DEATH_GRACE_S, since a glitch usually heals by itself.
 - While direct: a heartbeat ping to the path every HEARTBEAT_INTERVAL_S (it also keeps
   the NAT mapping alive, below the 30 s the lab NATs keep an idle mapping), and all
   candidates re-probed every REPROBE_INTERVAL_S; a better one (`better_path`) takes over.
@@ -37,6 +54,7 @@ Behaviour (numbers are the constants below):
 from __future__ import annotations
 
 import enum
+import math
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -48,7 +66,7 @@ from meshctl.nat.disco import MAX_ENDPOINTS, TXID_LEN, CallMeMaybe, DiscoMessage
 
 PROBE_INTERVAL_S: Final = 1.0  # ping every candidate this often while looking for a path
 NO_DIRECT_AFTER_S: Final = 5.0  # report NoDirectPath after this long without a pong
-SLOW_PROBE_INTERVAL_S: Final = 10.0  # then keep trying, gently, to upgrade later
+SLOW_PROBE_INTERVAL_S: Final = 10.0  # after a path died: keep trying, gently
 PING_TIMEOUT_S: Final = 2.0  # a ping unanswered this long is missed
 HEARTBEAT_INTERVAL_S: Final = 5.0  # ping the current path (also a NAT keepalive, < 25 s)
 SUSPECT_INTERVAL_S: Final = 1.0  # heartbeat spacing after a miss
@@ -62,6 +80,17 @@ MAX_OUTSTANDING_PINGS: Final = 256
 # A challenger must be this much faster to replace a working path: avoids flapping.
 LATENCY_HYSTERESIS: Final = 0.8
 LAN_BONUS: Final = 0.9  # private / loopback / link-local addresses: same network, prefer
+NAT_UDP_TIMEOUT_S: Final = 30.0  # an idle or unreplied UDP mapping is forgotten after this (DESIGN.md)
+OPEN_BURST_PINGS: Final = 3  # pings per candidate when a side opens its round, PROBE_INTERVAL_S apart
+# A round outlasts the NAT timeout after the last packet of a burst, with a few seconds
+# to spare for the skew between the two machines' clocks.
+RECOVERY_ROUND_S: Final = NAT_UDP_TIMEOUT_S + (OPEN_BURST_PINGS - 1) * PROBE_INTERVAL_S + 4.0
+HOLD_INTERVAL_S: Final = SLOW_PROBE_INTERVAL_S  # refresh our own NAT entries (< NAT_UDP_TIMEOUT_S)
+PUNCH_TTL: Final = 2  # passes our NAT, dies before the peer's when a router sits between
+HOLD_TTL: Final = 1  # refreshes our NAT's existing entry and dies there: never reaches the peer
+DEATH_GRACE_S: Final = 60.0  # after a path died, slow probing this long before the rounds
+# floor() of a time that is exactly a round boundary must land in the new round
+_ROUND_EPSILON: Final = 1e-6
 
 
 class PathKind(enum.Enum):
@@ -95,9 +124,10 @@ class SendDisco:
 
 @dataclass(frozen=True, slots=True)
 class SendPunch:
-    """A low-TTL raw packet from WireGuard's port to `dst` (opens our NAT only)."""
+    """A low-TTL raw packet from WireGuard's port to `dst` (opens or refreshes our NAT only)."""
 
     dst: AddrPort
+    ttl: int = PUNCH_TTL
 
 
 Outgoing: TypeAlias = SendDisco | SendPunch
@@ -163,6 +193,16 @@ def is_designated_initiator(
     return ours.raw < theirs.raw
 
 
+def recovery_round(wall_now: float) -> int:
+    """The number of the recovery round at wall-clock time `wall_now` (same on both sides)."""
+    return math.floor(wall_now / RECOVERY_ROUND_S + _ROUND_EPSILON)
+
+
+def holds_round(round_no: int, initiator: bool) -> bool:
+    """Whose turn it is: the designated initiator takes the even rounds, the other the odd."""
+    return (round_no % 2 == 0) == initiator
+
+
 @dataclass(slots=True)
 class _Candidate:
     source: CandidateSource
@@ -188,7 +228,10 @@ class PeerPaths:
         relay_available: bool = False,
         our_nat_hard: bool = False,
         first_probe_delay_s: float = 0.0,
+        wall_clock_offset_s: float = 0.0,
     ) -> None:
+        """`wall_clock_offset_s` turns `now` into wall-clock time (time.time() - now): the
+        recovery rounds of the two sides line up on the wall clock."""
         self.our_node_key = our_node_key
         self.peer_node_key = peer_node_key
         self._rand = randbytes
@@ -210,6 +253,12 @@ class PeerPaths:
         self._next_heartbeat = now
         self._next_reprobe = now
         self._missed = 0
+        self._wall_offset = wall_clock_offset_s
+        self._rounds_from = now + NO_DIRECT_AFTER_S  # when probing turns into recovery rounds
+        self._round: int | None = None  # the round last acted on
+        self._burst_left = 0
+        self._next_hold = now
+        self._cmm_pending = False
         if relay_available:
             self._events.append(PathChanged(self._path, self.initiator))
         self._add(static_endpoints, CandidateSource.STATIC)
@@ -239,8 +288,8 @@ class PeerPaths:
             self._send_call_me_maybe()
 
     def add_static_endpoints(self, endpoints: Iterable[AddrPort], now: float) -> None:
-        self._add(endpoints, CandidateSource.STATIC)
-        self._restart_probing(now)
+        if self._add(endpoints, CandidateSource.STATIC):
+            self._restart_probing(now)
 
     def set_relay_available(self, available: bool, now: float) -> None:
         self._relay = available
@@ -271,7 +320,9 @@ class PeerPaths:
             if not self._reported_no_direct and now >= self._probing_since + NO_DIRECT_AFTER_S:
                 self._reported_no_direct = True
                 self._events.append(NoDirectPath(len(self._candidates), now - self._probing_since))
-            if now >= self._next_probe:
+            if now >= self._rounds_from:
+                self._recovery_step(now)
+            elif now >= self._next_probe:
                 self._ping_all(now, except_=None)
                 fast = now < self._probing_since + NO_DIRECT_AFTER_S
                 self._next_probe = now + (PROBE_INTERVAL_S if fast else SLOW_PROBE_INTERVAL_S)
@@ -298,12 +349,61 @@ class PeerPaths:
     def next_deadline(self) -> float:
         deadlines = [min((t + PING_TIMEOUT_S for _, t in self._pings.values()), default=float("inf"))]
         if self._mode is _Mode.PROBING:
-            deadlines.append(self._next_probe)
             if not self._reported_no_direct:
                 deadlines.append(self._probing_since + NO_DIRECT_AFTER_S)
+            if self._round is None:  # not in the rounds yet
+                deadlines += [self._next_probe, self._rounds_from]
+            else:
+                deadlines.append(self._round_start(self._round + 1))
+                if holds_round(self._round, self.initiator):
+                    deadlines.append(self._next_probe if self._burst_left else self._next_hold)
         else:
             deadlines += [self._next_heartbeat, self._next_reprobe]
         return min(deadlines)
+
+    # --- recovery rounds -----------------------------------------------------------------
+
+    def _round_start(self, round_no: int) -> float:
+        return round_no * RECOVERY_ROUND_S - self._wall_offset
+
+    def _recovery_step(self, now: float) -> None:
+        """Open in our round, hold our NAT entries through it, keep silent in the peer's."""
+        k = recovery_round(now + self._wall_offset)
+        if k != self._round:
+            first = self._round is None
+            self._round = k
+            self._burst_left = 0
+            if not holds_round(k, self.initiator):
+                return  # the peer's round: nothing leaves towards it
+            if first:
+                # We probed until now: hold what that opened (the peer opens next round).
+                self._next_hold = now
+            else:
+                self._burst_left = OPEN_BURST_PINGS
+                self._next_probe = now
+                self._out += [SendPunch(a) for a in self._candidates if a.ip.version == 4]
+                if self._cmm_pending:
+                    self._send_call_me_maybe()
+        if not holds_round(k, self.initiator):
+            return
+        if self._burst_left:
+            if now >= self._next_probe:
+                self._ping_all(now, except_=None)
+                self._burst_left -= 1
+                self._next_probe = now + PROBE_INTERVAL_S
+                self._next_hold = now + HOLD_INTERVAL_S
+        elif now >= self._next_hold:
+            self._out += [SendPunch(a, HOLD_TTL) for a in self._candidates if a.ip.version == 4]
+            self._next_hold = now + HOLD_INTERVAL_S
+
+    def _silent(self) -> bool:
+        """In the recovery rounds, outside our own burst: nothing may reach the peer's NAT."""
+        return self._mode is _Mode.PROBING and self._round is not None and not self._burst_left
+
+    def _leave_rounds(self, now: float, rounds_in: float) -> None:
+        self._round = None
+        self._burst_left = 0
+        self._rounds_from = now + rounds_in
 
     # --- internals -----------------------------------------------------------------------
 
@@ -331,10 +431,13 @@ class PeerPaths:
 
     def _send_call_me_maybe(self) -> None:
         msg = CallMeMaybe(self._local)
+        self._cmm_pending = False
         if self._relay:
             self._out.append(SendDisco(msg, None))
         elif self._path.endpoint is not None:
             self._out.append(SendDisco(msg, self._path.endpoint))
+        elif self._silent():
+            self._cmm_pending = True  # sent with our next burst
         else:  # no working path yet: try where the peer might already listen
             self._out += [SendDisco(msg, a) for a in self._candidates]
 
@@ -355,6 +458,7 @@ class PeerPaths:
             self._probing_since = now
             self._reported_no_direct = False
             self._next_probe = now
+            self._leave_rounds(now, NO_DIRECT_AFTER_S)
         else:
             self._next_reprobe = now  # look for a better path among the new ones
 
@@ -386,6 +490,7 @@ class PeerPaths:
         self._probing_since = now
         self._reported_no_direct = False
         self._next_probe = now
+        self._leave_rounds(now, DEATH_GRACE_S)
         self._set_path(Path(PathKind.RELAY if self._relay else PathKind.NONE))
 
     def _on_ping(self, txid: bytes, node_key: NodePublic, src: AddrPort | None, now: float) -> None:
@@ -399,6 +504,10 @@ class PeerPaths:
                 self.peer_nat_hard = True  # same public IP, unadvertised port: symmetric NAT
             if self._add([src], CandidateSource.REFLEXIVE):
                 self._ping(src, now)
+        elif self._mode is _Mode.PROBING and all(d != src for d, _ in self._pings.values()):
+            # the peer got through to us (e.g. it opened its recovery round while we only
+            # held our NAT entries): ping back at once, our own pong makes the path
+            self._ping(src, now)
 
     def _on_pong(self, txid: bytes, src: AddrPort | None, now: float) -> None:
         sent = self._pings.get(txid)
@@ -425,6 +534,7 @@ class PeerPaths:
         # a path that is missing heartbeats loses to any path that just answered
         if better_path(challenger, self._path) or (self._missed and self._mode is _Mode.DIRECT):
             self._mode = _Mode.DIRECT
+            self._leave_rounds(now, NO_DIRECT_AFTER_S)
             self._missed = 0
             self._next_heartbeat = now + HEARTBEAT_INTERVAL_S
             self._next_reprobe = now + REPROBE_INTERVAL_S
@@ -442,4 +552,5 @@ class PeerPaths:
             self._probing_since = now
             self._reported_no_direct = False
             self._next_probe = now + PROBE_INTERVAL_S
+            self._leave_rounds(now, NO_DIRECT_AFTER_S)
 

@@ -1,0 +1,351 @@
+"""Relaying: the agent's relay clients and relayed data path, around Magic (shell).
+
+An agent Extension that wraps the NAT-traversal engine (`magic.Magic`) and adds what
+issue 5 asks of the agent:
+
+- one `RelayClient` per relay listed in the NetMap (each reconnects with backoff by
+  itself); the home relay is the connected one with the lowest latency (`choose_home`);
+- one `RelayProxy`: a loopback UDP socket per peer that WireGuard uses as that peer's
+  endpoint while the peer is relayed;
+- disco over the relay: Magic's `send_via_relay` seam sends sealed disco (call-me-maybe,
+  so hole punching starts through the relay), and disco arriving from a relay goes to
+  `Magic.receive_relayed_disco`; everything else from a relay is WireGuard's.
+
+Endpoint policy (`decide_endpoint`, pure): a direct path Magic has proven wins; otherwise,
+when relays are listed, the peer's proxy endpoint, at once for the designated WireGuard
+initiator and RELAY_NON_INITIATOR_DELAY_S later for the other side (two handshakes at
+once cost WireGuard a 5 s retry; the initiator's packet usually arrives first and
+WireGuard roams to the proxy by itself). With no relay listed, Magic decides alone.
+The proxy endpoint stays while a relay is down: packets to it are dropped, which costs
+only the relayed path, and the flow resumes as soon as a client reconnects.
+
+Which relay carries a packet: the one the peer was last heard on (recently), else every
+connected relay (the relays do not forward to each other, so a peer is reachable only on
+relays it is connected to; until it answers, asking all of them is the only way).
+
+Magic's path state changes inside its own timer; a cheap poll (EVALUATE_INTERVAL_S)
+turns it into WireGuard endpoints and tells Magic's per-peer cores whether a relay is
+up. A change of endpoints asks the agent for a pass, and again REASSERT_AFTER_S later:
+WireGuard roams to wherever the peer's packets come from, so while the two sides switch
+one after the other it may roam back to the path being left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, TypeVar
+
+from meshctl.agent.magic import Magic
+from meshctl.coord.netmap import NetMap, Relay
+from meshctl.keys import NodePublic
+from meshctl.nat import disco
+from meshctl.nat.paths import PathKind, is_designated_initiator
+from meshctl.settings import Settings
+
+log = logging.getLogger(__name__)
+
+EVALUATE_INTERVAL_S: Final = 0.25  # path changes reach WireGuard within this
+REASSERT_AFTER_S: Final = 3.0  # a second pass after an endpoint change (module docstring)
+RELAY_NON_INITIATOR_DELAY_S: Final = 1.0
+HEARD_FRESH_S: Final = 15.0  # a relay the peer used this recently is where it listens
+RELAY_PING_TIMEOUT_S: Final = 1.0
+RELAY_PING_ATTEMPTS: Final = 3
+RELAY_TRANSPORTS: Final = ("udp", "tcp")
+
+T = TypeVar("T")
+_PROXY: Final = "relay-proxy"  # stands for the peer's proxy endpoint until it is needed
+
+
+# --- pure policy ---------------------------------------------------------------------------
+
+
+def decide_endpoint(direct: str | None, proxy: str | None, magic_default: str | None,
+                    initiator: bool, seen_for_s: float, static_fallback: str | None = None) -> str | None:
+    """The WireGuard endpoint of one peer.
+
+    `direct`: the endpoint Magic proved (None: no direct path yet); `proxy`: this peer's
+    loopback relay endpoint (None: no relay listed); `magic_default`: what Magic alone
+    would write; `seen_for_s`: how long the peer has been in the map; `static_fallback`: the
+    published endpoint of a peer that runs no agent (it is on no relay either).
+    """
+    if direct is not None:
+        return direct
+    if static_fallback is not None:
+        return static_fallback
+    if proxy is None:
+        return magic_default
+    if initiator or seen_for_s >= RELAY_NON_INITIATOR_DELAY_S:
+        return proxy
+    return magic_default
+
+
+def relay_for_status(heard_on: str | None, heard_ago_s: float | None, home: str | None) -> str | None:
+    """The relay to name for a relayed peer: where it was last heard (recently), else home."""
+    if heard_on is not None and heard_ago_s is not None and heard_ago_s <= HEARD_FRESH_S:
+        return heard_on
+    return home
+
+
+def route_targets(heard: T | None, heard_ago_s: float | None, connected: Sequence[T]) -> list[T]:
+    """Where to send a packet for a peer: the relay it was last heard on, while that is recent
+    and connected; else every connected relay (no relay forwards to another)."""
+    if heard is not None and heard in connected and heard_ago_s is not None and heard_ago_s <= HEARD_FRESH_S:
+        return [heard]
+    return list(connected)
+
+
+def relay_key(r: Relay) -> tuple[str, str, str | None]:
+    return (r.name, r.address, r.identity_key.text() if r.identity_key is not None else None)
+
+
+# --- the extension -------------------------------------------------------------------------
+
+
+@dataclass
+class _Heard:
+    client: Any  # RelayClient
+    at: float
+
+
+class Relaying:
+    """The agent extension (daemon.Extension) for NAT traversal plus relays; wraps Magic."""
+
+    def __init__(self, settings: Settings, request_pass: Callable[..., None], magic: Magic) -> None:
+        self.settings = settings
+        self._request_pass = request_pass
+        self.magic = magic
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._keys: Any = None  # identity.DeviceKeys, loaded in start()
+        self._proxy: Any = None  # relay.proxy.RelayProxy
+        self._clients: dict[tuple[str, str, str | None], Any] = {}  # relay_key -> RelayClient
+        self._home: Any = None
+        self._heard: dict[bytes, _Heard] = {}  # peer WireGuard key (raw) -> last relay heard on
+        self._netmap: NetMap | None = None
+        self._by_name: dict[str, NodePublic] = {}
+        self._by_key: dict[bytes, str] = {}
+        self._first_seen: dict[str, float] = {}
+        self._overrides: dict[str, str | None] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._reassert: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # --- Extension hooks -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        from meshctl.identity import load_device_keys
+        from meshctl.relay.proxy import RelayProxy
+
+        await self.magic.start()
+        self._loop = asyncio.get_running_loop()
+        self._keys = load_device_keys(self.settings.keys_dir)
+        self._proxy = RelayProxy(self._send_packet, self.settings.listen_port)
+        self.magic.send_via_relay = self._send_disco
+        self._arm()
+
+    async def stop(self) -> None:
+        for handle in (self._timer, self._reassert):
+            if handle is not None:
+                handle.cancel()
+        self._timer = self._reassert = None
+        clients, self._clients = list(self._clients.values()), {}
+        for c in clients:
+            with contextlib.suppress(Exception):
+                await c.stop()
+        if self._proxy is not None:
+            self._proxy.close()
+        await self.magic.stop()
+
+    def update_netmap(self, netmap: NetMap) -> None:
+        self.magic.update_netmap(netmap)
+        if self._loop is None:
+            return
+        self._netmap = netmap
+        now = self._loop.time()
+        self._by_name = {p.name: p.wg_public_key for p in netmap.others()}
+        self._by_key = {k.raw: n for n, k in self._by_name.items()}
+        self._first_seen = {n: self._first_seen.get(n, now) for n in self._by_name}
+        for raw in list(self._heard):
+            if raw not in self._by_key:
+                del self._heard[raw]
+        if self._proxy is not None:
+            for key in list(self._proxy.peers()):
+                if key.raw not in self._by_key:
+                    self._proxy.remove(key)
+        self._sync_clients(netmap)
+        self._evaluate()
+
+    def endpoint_overrides(self) -> dict[str, str | None]:
+        # Called from the pass's worker thread: only a copy of what the loop computed.
+        return dict(self._overrides)
+
+    def status(self) -> dict[str, Any]:
+        doc = self.magic.status()
+        now = time.monotonic()
+        home = self._home.config.relay_name if self._home is not None else None
+        paths = {name: dict(info) for name, info in doc.get("paths", {}).items()}
+        for name, info in paths.items():
+            if info.get("path") == PathKind.RELAY.value:
+                key = self._by_name.get(name)
+                heard = self._heard.get(key.raw) if key is not None else None
+                info["relay"] = relay_for_status(heard.client.config.relay_name if heard else None,
+                                                 now - heard.at if heard else None, home)
+                info["endpoint"] = None
+        doc["paths"] = paths
+        doc["relays"] = [c.status() for c in self._clients.values()]
+        doc["home_relay"] = home
+        return doc
+
+    async def handle(self, request: dict[str, Any]) -> dict[str, Any] | None:
+        if request.get("cmd") != "ping":
+            return await self.magic.handle(request)
+        target = str(request.get("peer", ""))
+        name = next((p.name for p in (self._netmap.others() if self._netmap else ())
+                     if target in (p.name, *(str(a) for a in p.addresses))), None)
+        view = self.magic.relay_view(name) if name is not None else None
+        if name is not None and view is not None and view[0].kind is PathKind.NONE and self._clients:
+            return {"ok": False, "peer": name, "path": "none",
+                    "error": f"no path to {name}: no direct path found and no relay connected",
+                    "hint": "is `meshctl relay` running on the relay host, and reachable from here?"}
+        if name is None or view is None or view[0].kind is not PathKind.RELAY:
+            return await self.magic.handle(request)  # direct, unknown, or no relay listed
+        return await self._ping_relayed(name)
+
+    # --- relay clients ---------------------------------------------------------------------
+
+    def _sync_clients(self, netmap: NetMap) -> None:
+        from meshctl.relay.client import RelayClient, RelayClientConfig
+
+        wanted = {relay_key(r): r for r in netmap.relays}
+        for key in list(self._clients):
+            if key not in wanted:
+                client = self._clients.pop(key)
+                log.info("relay %s: no longer listed", key[0])
+                self._spawn(client.stop())
+        for key, r in wanted.items():
+            if key in self._clients:
+                continue
+            config = RelayClientConfig(r.address, netmap.network.network_id, relay_name=r.name,
+                                       relay_key=r.identity_key, transports=RELAY_TRANSPORTS)
+            client = RelayClient(config, self._keys.identity, self._keys.wireguard.public(),
+                                 lambda src, data: None, on_state=self._on_relay_state)
+            client.on_packet = self._receiver(client)
+            self._clients[key] = client
+            self._spawn(client.start())
+
+    def _spawn(self, coro: Any) -> None:
+        assert self._loop is not None
+        task = self._loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _receiver(self, client: Any) -> Callable[[NodePublic, bytes], None]:
+        magic_prefix = disco.MAGIC
+        heard = self._heard
+        by_key = self._by_key_view
+
+        def on_packet(src: NodePublic, payload: bytes) -> None:
+            if src.raw not in by_key():
+                return  # not a peer of our map (yet): nothing to hand it to
+            entry = heard.get(src.raw)
+            now = time.monotonic()
+            if entry is None or entry.client is not client:
+                heard[src.raw] = _Heard(client, now)
+            else:
+                entry.at = now
+            if payload[: len(magic_prefix)] == magic_prefix:
+                self.magic.receive_relayed_disco(src, payload)
+            elif self._proxy is not None:
+                self._proxy.deliver(src, payload)
+
+        return on_packet
+
+    def _by_key_view(self) -> Mapping[bytes, str]:
+        return self._by_key
+
+    def _on_relay_state(self, connected: bool) -> None:
+        if self._loop is not None:
+            self._loop.call_soon(self._evaluate)
+
+    def _route(self, dst: NodePublic) -> list[Any]:
+        """The relay clients to send a packet for `dst` through (see the module docstring)."""
+        entry = self._heard.get(dst.raw)
+        connected = [c for c in self._clients.values() if c.connected]
+        if entry is None:
+            return connected
+        return route_targets(entry.client, time.monotonic() - entry.at, connected)
+
+    def _send_packet(self, dst: NodePublic, payload: bytes) -> bool:
+        sent = False
+        for client in self._route(dst):
+            sent = client.send(dst, payload) or sent
+        return sent
+
+    def _send_disco(self, peer_name: str, sealed: bytes) -> bool:
+        key = self._by_name.get(peer_name)
+        return key is not None and self._send_packet(key, sealed)
+
+    async def _ping_relayed(self, name: str) -> dict[str, Any]:
+        peer = self._netmap.peer(name) if self._netmap else None
+        base = {"peer": name, "ip": str(peer.ipv4 or peer.ipv6) if peer and peer.addresses else None}
+        for _ in range(RELAY_PING_ATTEMPTS):
+            rtt = await self.magic.ping_via_relay(name, RELAY_PING_TIMEOUT_S)
+            if rtt is not None:
+                relay = self.status()["paths"].get(name, {}).get("relay")
+                return {**base, "ok": True, "path": "relay", "endpoint": None, "relay": relay,
+                        "latency_ms": round(rtt * 1000, 3)}
+        return {**base, "ok": False, "path": "relay",
+                "error": f"no pong from {name} over the relay after {RELAY_PING_ATTEMPTS} pings"}
+
+    # --- the poll: paths -> relay availability and WireGuard endpoints ---------------------
+
+    def _arm(self) -> None:
+        assert self._loop is not None
+        self._timer = self._loop.call_later(EVALUATE_INTERVAL_S, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._evaluate()
+        self._arm()
+
+    def _evaluate(self) -> None:
+        if self._loop is None or self._netmap is None or self._keys is None:
+            return
+        from meshctl.relay.client import choose_home
+
+        clients = list(self._clients.values())
+        home = choose_home(clients, self._home)
+        if home is not self._home:
+            log.info("home relay: %s", home.config.relay_name if home is not None else "none")
+            self._home = home
+        relay_up = any(c.connected for c in clients)
+        now = self._loop.time()
+        ours = self._keys.wireguard.public()
+        magic_default = self.magic.endpoint_overrides()
+        out: dict[str, str | None] = {}
+        for name, key in self._by_name.items():
+            view = self.magic.relay_view(name)
+            if view is None:
+                direct, initiator = None, is_designated_initiator(ours, key, False, False)
+            else:
+                path, direct, initiator = view
+                if relay_up and path.kind is PathKind.NONE:
+                    self.magic.set_relay_available(name, True)
+                elif not relay_up and path.kind is PathKind.RELAY:
+                    self.magic.set_relay_available(name, False)
+            relayed = clients and self._proxy is not None
+            want = decide_endpoint(direct, _PROXY if relayed else None, magic_default.get(name), initiator,
+                                   now - self._first_seen.get(name, now), self.magic.static_fallback(name))
+            # the proxy socket is opened only for a peer that is (or was) relayed
+            out[name] = self._proxy.endpoint_for(key) if want is _PROXY else want
+        if out != self._overrides:
+            changed = sorted(n for n in out if out[n] != self._overrides.get(n))
+            log.info("endpoints: %s", ", ".join(f"{n} -> {out[n]}" for n in changed))
+            self._overrides = out
+            self._request_pass()
+            if self._reassert is not None:
+                self._reassert.cancel()
+            self._reassert = self._loop.call_later(REASSERT_AFTER_S, self._request_pass)
