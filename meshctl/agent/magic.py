@@ -60,8 +60,11 @@ NON_INITIATOR_DELAY_S: Final = 1.0  # see the module docstring
 # without one: see `_stun_settled`.
 STUN_FIRST_MAX_WAIT_S: Final = 3.0
 PING_TIMEOUT_S: Final = 1.0  # `meshctl ping`: one attempt
-# A peer silent on disco this long after it appeared runs no agent: fall back to its static endpoint.
-STATIC_FALLBACK_AFTER_S: Final = 6.0
+# A peer silent on disco this long after it appeared probably runs no agent (a server synced from
+# cron): fall back to its published endpoint. Not sooner: two agents behind bare masquerade NATs
+# can be silent for a while (paths.py recovery rounds), and WireGuard's full-TTL handshakes to the
+# other NAT would poison its conntrack again. 150 s is past the rounds' worst case (143 s).
+STATIC_FALLBACK_AFTER_S: Final = 150.0
 PING_ATTEMPTS: Final = 3
 MAX_RECV_PER_WAKEUP: Final = 256  # yield to the loop after this many packets
 DROP_LOG_EVERY: Final = 100  # log dropped packets once per this many (never per packet)

@@ -37,7 +37,9 @@ README: Final = ROOT / "README.md"
 CRON_FILE: Final = ROOT / "packaging" / "meshctl.cron"
 CRON_DEFAULT_ENV: Final = {"SHELL": "/bin/sh", "HOME": "/root", "LOGNAME": "root", "PATH": "/usr/bin:/bin"}
 SERVER_NAME: Final = "server.example.com"
-PING_TIMEOUT_S: Final = 30.0
+# A server that only syncs from cron answers no disco: the laptop's agent falls back to its
+# published endpoint after STATIC_FALLBACK_AFTER_S (agent/magic.py), so allow for that.
+PING_TIMEOUT_S: Final = 30.0 + 150.0
 
 # The README's commands as this test runs them ({url} and {root} filled in). Each must appear
 # in the README verbatim with GitHub's URL and the invite's fingerprint.
@@ -300,12 +302,6 @@ def run_walkthrough(w: Walkthrough, *, server_agent: bool) -> None:
     try:
         poll(pings, "ping server.acme.mesh from the laptop", timeout=PING_TIMEOUT_S)
     except Exception as exc:
-        log = (Path(w.lab.meshctl_env(w.laptop)["MESHCTL_STATE_DIR"]) / "agent.log").read_text()
-        if "server: no direct path" in log and not server_agent:
-            # Known (see the packaging report): the agent gives WireGuard a peer's endpoint only
-            # after a disco pong, and a server that only runs `meshctl sync` from cron never
-            # answers one; static endpoints given as names are not resolved by the agent either.
-            pytest.xfail("agent/magic.py: no WireGuard endpoint for a peer without an agent")
         raise AssertionError(f"{exc}\n{w.diagnostics()}") from None
     client_key = w.start_sshd()
     ssh = w.lab.run(w.laptop, ["ssh", "-i", str(client_key), "-o", "BatchMode=yes",
