@@ -159,6 +159,20 @@ def build_lan_mesh(lab: Lab, n: int = 3, *, name: str = "demo", names: Sequence[
     return mesh
 
 
+def _nat_mesh_with_lab_stun(lab: Lab, topo: Any, name: str) -> MeshScenario:
+    """A new mesh on `topo`'s git server whose signed state lists the lab's coturn (both
+    addresses, for the mapping test) instead of the public STUN servers."""
+    mesh = MeshScenario(lab, topo.git_url, topo.repo_dir, name)
+    mesh.init()
+    state_path = mesh.checkout / "state.json"
+    state = json.loads(state_path.read_text())
+    state["stun"] = [f"{ip}:{topo.stun.rsplit(':', 1)[1]}" for ip in topo.internet.service_ips]
+    state_path.write_text(json.dumps(state))
+    mesh.admin("admin", "sign")
+    mesh.git("push", "-q", str(mesh.repo_dir), "main")
+    return mesh
+
+
 def build_nat_mesh(lab: Lab, profile_a: str, profile_b: str, *, name: str = "natmesh",
                    listen_port: int = 51820) -> tuple[MeshScenario, Any]:
     """Devices "a" and "b", each behind its own NAT (lab.two_nats), joined and approved.
@@ -172,14 +186,7 @@ def build_nat_mesh(lab: Lab, profile_a: str, profile_b: str, *, name: str = "nat
     from meshctl.lab.topology import two_nats
 
     topo = two_nats(lab, profile_a, profile_b)
-    mesh = MeshScenario(lab, topo.git_url, topo.repo_dir, name)
-    mesh.init()
-    state_path = mesh.checkout / "state.json"
-    state = json.loads(state_path.read_text())
-    state["stun"] = [f"{ip}:{topo.stun.rsplit(':', 1)[1]}" for ip in topo.internet.service_ips]
-    state_path.write_text(json.dumps(state))
-    mesh.admin("admin", "sign")
-    mesh.git("push", "-q", str(mesh.repo_dir), "main")
+    mesh = _nat_mesh_with_lab_stun(lab, topo, name)
     for member, node, nat in (("a", topo.a, topo.nat_a), ("b", topo.b, topo.nat_b)):
         mesh.join(node, member, endpoint=f"{nat.public_ip}:{listen_port}")
     for member in ("a", "b"):
@@ -238,14 +245,7 @@ def build_relay_mesh(lab: Lab, profile_a: str, profile_b: str, *, name: str = "r
     from meshctl.lab.topology import two_nats
 
     topo = two_nats(lab, profile_a, profile_b)
-    mesh = MeshScenario(lab, topo.git_url, topo.repo_dir, name)
-    mesh.init()
-    state_path = mesh.checkout / "state.json"
-    state = json.loads(state_path.read_text())
-    state["stun"] = [f"{ip}:{topo.stun.rsplit(':', 1)[1]}" for ip in topo.internet.service_ips]
-    state_path.write_text(json.dumps(state))
-    mesh.admin("admin", "sign")
-    mesh.git("push", "-q", str(mesh.repo_dir), "main")
+    mesh = _nat_mesh_with_lab_stun(lab, topo, name)
     node = lab.public_host("relay")
     relay = RelayBox(lab, node, relay_name, relay_port, [
         "relay", "--listen", f"0.0.0.0:{relay_port}", "--repo", topo.git_url, "--root", mesh.fingerprint,

@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 
 import pytest
+from lab_support import need_lab
 
-from meshctl.lab import Lab, lab_unavailable
-
-
-def need_lab(*tools: str) -> None:
-    """Skip, saying exactly what is missing, unless the lab (and `tools`) can run here."""
-    reason = lab_unavailable()
-    if reason:
-        pytest.skip(reason)
-    for tool in tools:
-        if shutil.which(tool) is None:
-            pytest.skip(f"`{tool}` is not installed")
+from meshctl.lab import Lab
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
-from conftest import need_lab
+from lab_support import need_lab
 
 from meshctl.lab import (
     ADDRESS_RESTRICTED,

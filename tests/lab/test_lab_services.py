@@ -9,7 +9,7 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-from conftest import need_lab
+from lab_support import need_lab
 
 from meshctl.lab import PORT_RESTRICTED, SYMMETRIC, Lab, Node, one_lan, two_nats
 from meshctl.lab.core import udptool_argv
