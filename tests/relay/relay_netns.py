@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,7 +119,7 @@ class RelayLab:
         dev.out.unlink(missing_ok=True)
         assert self.relay_node is not None
         relay_key = (self.relay_state / "relay.key")
-        argv = [*meshctl_argv()[:-2], "-m", "meshctl.relay.peer_tool", "--relay", self.relay_addr,
+        argv = [sys.executable, "-m", "meshctl.relay.peer_tool", "--relay", self.relay_addr,
                 "--network-id", self.mesh.network_id, "--relay-name", "home",
                 "--identity-key", str(keydir / "identity.key"), "--wg-key", str(keydir / "wireguard.key"),
                 "--wg-port", str(WG_PORT), "--out", str(dev.out), *extra]
