@@ -79,11 +79,6 @@ def compute_desired(
     return Desired(DeviceConfig(private_key, listen_port, peers), router, packet_filter, policy_error)
 
 
-def static_endpoint_candidates(peer: Peer) -> tuple[str, ...]:
-    """The peer's static endpoints in the order its record lists them."""
-    return peer.endpoints
-
-
 def keep_working_endpoints(desired: Desired, state: DeviceState, now: int) -> Desired:
     """A peer whose tunnel works keeps the endpoint WireGuard uses, when nothing better is known.
 

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -82,14 +83,11 @@ def up(
                        f"see {settings.state_dir / 'agent.log'}")
 
 
-def stop_agent(settings_state_dir: object, control_socket: object) -> int | None:
+def stop_agent(state_dir: Path, control_socket: Path) -> int | None:
     """Stop a running agent; returns its pid if there was one."""
-    from pathlib import Path
-
     from meshctl.agent.control import query_agent
 
-    state_dir, sock = Path(str(settings_state_dir)), Path(str(control_socket))
-    reply = query_agent(sock, {"cmd": "status"}, timeout=2)
+    reply = query_agent(control_socket, {"cmd": "status"}, timeout=2)
     pid = int(reply["pid"]) if reply and reply.get("pid") else None
     if pid is None:
         try:
