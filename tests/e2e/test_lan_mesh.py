@@ -8,6 +8,7 @@ mesh for good come last: kill mid-apply (adds 2,000 members, then removes them),
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import signal
 import subprocess
@@ -85,6 +86,29 @@ def restart_agent(mesh: MeshScenario, name: str) -> int:
     new = agent_pid(lab, node)
     assert new is not None and new != old
     return new
+
+
+def nft_rules(mesh: MeshScenario, name: str) -> list[str]:
+    """Every rule of meshctl's nft table, as (chain, expression) JSON text, in order."""
+    out = mesh.lab.run(node_of(mesh, name), ["nft", "-j", "list", "table", "inet", "meshctl"]).stdout
+    return [json.dumps([item["rule"]["chain"], item["rule"]["expr"]], sort_keys=True)
+            for item in json.loads(out)["nftables"] if "rule" in item]
+
+
+def wireguard_go_pids(ifname: str) -> list[int]:
+    """Every live wireguard-go process serving `ifname` (there must be one)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+        except OSError:
+            continue
+        if os.path.basename(argv[0]) == b"wireguard-go" and argv[1:] == [ifname.encode()] \
+                and pid_alive(int(entry.name)):
+            pids.append(int(entry.name))
+    return pids
 
 
 def assert_interface_whole(mesh: MeshScenario, name: str) -> None:
@@ -239,6 +263,9 @@ def test_agent_killed_mid_apply_heals_on_next_pass(lan_mesh: MeshScenario, keys:
         return set(dump.peers) == set(expected) and all(
             dump.peers[k].allowed_ips == mesh_prefixes(ips) for k, ips in expected.items())
 
+    ifname = interface(lab, node)
+    rules_before = nft_rules(lan_mesh, "node1")
+    [wg_go] = wireguard_go_pids(ifname)
     try:
         pid = agent_pid(lab, node)
         assert pid is not None
@@ -255,6 +282,16 @@ def test_agent_killed_mid_apply_heals_on_next_pass(lan_mesh: MeshScenario, keys:
         dump = wg_dump(lab, node)
         assert matches(dump)
         assert_interface_whole(lan_mesh, "node1")
+        # no duplicate nft rules: the same rules as before the kill (the policy did not change)
+        rules = nft_rules(lan_mesh, "node1")
+        assert len(rules) == len(set(rules)) and sorted(rules) == sorted(rules_before), rules
+        # the same wireguard-go still serves the interface, alone, on its one UAPI socket
+        assert wireguard_go_pids(ifname) == [wg_go]
+        assert [p.name for p in SOCKET_DIR.glob(f"{ifname}.*")] == [f"{ifname}.sock"]
+        new_pid = agent_pid(lab, node)
+        assert new_pid not in (None, pid)
+        reply = query_agent(state_dir(lab, node) / "agent.sock", {"cmd": "status"})
+        assert reply is not None and reply["pid"] == new_pid  # the dead agent's socket was replaced
         assert reaches(lan_mesh, "node1", members["node2"].mesh_ipv4)
     finally:  # the big change goes away again, so the tests after this one stay quick
         remove_members(lan_mesh.checkout, admin_key, names, int(time.time()))
