@@ -25,6 +25,7 @@ class FsSnapshot:
     def _walk(self) -> dict[str, str | None]:
         out: dict[str, str | None] = {}
         stack = [("", 0)]
+        dirs = 0  # bounded too: a checkout of empty directories holds no file but costs a walk
         while stack:
             rel, depth = stack.pop()
             with os.scandir(self.root / rel if rel else self.root) as it:
@@ -37,6 +38,9 @@ class FsSnapshot:
                     if entry.is_dir():
                         if depth + 1 >= MAX_DEPTH:
                             raise VerificationError(f"{path}: directories nest too deeply")
+                        dirs += 1
+                        if dirs >= MAX_WALK_FILES:
+                            raise VerificationError(f"repository has more than {MAX_WALK_FILES - 1} directories")
                         stack.append((path, depth + 1))
                     else:
                         out[path] = None

@@ -73,6 +73,10 @@ def check_change(head: Snapshot, base: Snapshot | None, now: int,
                  policy_tests: Callable[[Verified], list[str]] | None = None) -> CheckReport:
     problems: list[str] = []
     try:
+        verify.check_paths(head)  # every size bounded before the first read below
+    except MeshctlError as exc:
+        return CheckReport((exc.message,), None)
+    try:
         if base is not None:
             pinned, memory = _base_memory(base)
         else:

@@ -164,17 +164,25 @@ class GitSnapshot:
     def _walk(self) -> dict[str, str | None]:
         out: dict[str, str | None] = {}
         root = self.repo[pygit2.Oid(hex=self.commit)].peel(pygit2.Tree)
-        stack: list[tuple[str, Any, int]] = [("", root, 0)]
+        stack: list[tuple[str, pygit2.Oid, int]] = [("", root.id, 0)]  # ids, not trees: small while waiting
+        # Directories count too: trees can share subtrees, so a few small objects can
+        # describe a billion empty directories that hold no file at all.
+        entries = 0
         while stack:
-            prefix, tree, depth = stack.pop()
-            if len(tree) + len(out) > MAX_TREE_ENTRIES:
-                raise VerificationError(f"repository has more than {MAX_TREE_ENTRIES - 1} files")
+            prefix, tree_id, depth = stack.pop()
+            tree = self._object(tree_id, prefix.rstrip("/") or "/")
+            if not isinstance(tree, pygit2.Tree):
+                raise VerificationError(f"{prefix.rstrip('/')}: a directory entry that is not a directory")
+            entries += len(tree)
+            if entries > MAX_TREE_ENTRIES:
+                raise VerificationError(f"repository has more than {MAX_TREE_ENTRIES - 1} files and directories",
+                                        "a coordination repository holds a few files per member")
             for entry in tree:
-                path = prefix + entry.name
+                path = f"{prefix}{entry.name}"
                 if entry.type_str == "tree":
                     if depth + 1 >= MAX_TREE_DEPTH:
                         raise VerificationError(f"{path}: directories nest too deeply")
-                    stack.append((path + "/", self.repo[entry.id], depth + 1))
+                    stack.append((path + "/", entry.id, depth + 1))
                 elif entry.filemode == pygit2.enums.FileMode.LINK:
                     raise VerificationError(f"{path}: symbolic links are not allowed")
                 elif entry.type_str == "blob":
@@ -183,17 +191,29 @@ class GitSnapshot:
                     raise VerificationError(f"{path}: submodules are not allowed")
         return out
 
+    def _object(self, oid: pygit2.Oid, path: str) -> Any:
+        try:
+            return self.repo[oid]
+        except KeyError:
+            raise VerificationError(f"{path}: object {str(oid)[:12]} is missing from the repository") from None
+
     def size(self, path: str) -> int:
         oid = self.files()[path]
         assert oid is not None
-        _type, size = self.repo.odb.read_header(pygit2.Oid(hex=oid))
+        try:
+            kind, size = self.repo.odb.read_header(pygit2.Oid(hex=oid))
+        except KeyError:
+            raise VerificationError(f"{path}: object {oid[:12]} is missing from the repository") from None
+        if kind != pygit2.enums.ObjectType.BLOB:
+            raise VerificationError(f"{path}: a file entry that is not a file")
         return int(size)
 
     def read(self, path: str) -> bytes:
         oid = self.files()[path]
         assert oid is not None
-        blob = self.repo[pygit2.Oid(hex=oid)]
-        assert isinstance(blob, pygit2.Blob)
+        blob = self._object(pygit2.Oid(hex=oid), path)
+        if not isinstance(blob, pygit2.Blob):
+            raise VerificationError(f"{path}: a file entry that is not a file")
         return bytes(blob.data)
 
 

@@ -59,6 +59,7 @@ class TrustMemory:
     serial: int
     state_sha256: str
     commit: str | None = None
+    expires: int | None = None  # of the accepted state: a no-op pass checks expiry from this alone
 
     @property
     def root_version(self) -> int:
@@ -76,7 +77,8 @@ class Verified:
     netmap: NetMap
 
     def memory(self, commit: str | None) -> TrustMemory:
-        return TrustMemory(self.root_hashes, self.state.serial, self.state_sha256, commit)
+        return TrustMemory(self.root_hashes, self.state.serial, self.state_sha256, commit,
+                           self.state.expires)
 
 
 def sha256_hex(data: bytes) -> str:
@@ -120,16 +122,32 @@ def _read_bounded(snap: Snapshot, path: str, limit: int) -> bytes:
     return snap.read(path)
 
 
+def size_limit(path: str, kind: str) -> int:
+    """The most bytes a file of this path may hold."""
+    if kind == "sig":
+        return signing.MAX_SIG_FILE_BYTES
+    if kind == "root":
+        return records.MAX_ROOT_BYTES
+    if kind in ("peer", "request"):
+        return records.MAX_PEER_BYTES
+    if path == "state.json":
+        return records.MAX_STATE_BYTES
+    if path == "policy.hujson":
+        return MAX_POLICY_BYTES
+    return MAX_OTHER_BYTES
+
+
 def check_paths(snap: Snapshot) -> dict[str, str]:
-    """Every path known and every size bounded; returns path -> kind."""
+    """Every path known and every size bounded (from the size alone, before any read); path -> kind."""
     files = snap.files()
     if len(files) > MAX_FILES:
         raise _refuse(f"repository has {len(files)} files, more than the limit of {MAX_FILES}")
     kinds = {path: classify_path(path) for path in files}
     for path, kind in kinds.items():
-        if kind == "other" and path not in ("state.json", "state.json.sig", "policy.hujson"):
-            if snap.size(path) > MAX_OTHER_BYTES:
-                raise _refuse(f"{path}: file is larger than {MAX_OTHER_BYTES} bytes")
+        limit = size_limit(path, kind)
+        size = snap.size(path)
+        if size > limit:
+            raise _refuse(f"{path}: file is {size} bytes, more than the limit of {limit}")
     return kinds
 
 
