@@ -59,7 +59,6 @@ class TrustMemory:
     serial: int
     state_sha256: str
     commit: str | None = None
-    expires: int | None = None  # of the accepted state: a no-op pass checks expiry from this alone
 
     @property
     def root_version(self) -> int:
@@ -77,8 +76,7 @@ class Verified:
     netmap: NetMap
 
     def memory(self, commit: str | None) -> TrustMemory:
-        return TrustMemory(self.root_hashes, self.state.serial, self.state_sha256, commit,
-                           self.state.expires)
+        return TrustMemory(self.root_hashes, self.state.serial, self.state_sha256, commit)
 
 
 def sha256_hex(data: bytes) -> str:
