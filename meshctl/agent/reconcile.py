@@ -16,12 +16,17 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Final
 
-from meshctl.agent.desired import Desired, keep_working_endpoints
 from meshctl.errors import MeshctlError
 from meshctl.fsutil import atomic_write
 from meshctl.router.config import RouterPlan, RouterState, plan_router
 from meshctl.wg.config import DeviceState, DeviceUpdate, plan_update
+
+if TYPE_CHECKING:
+    from meshctl.agent.desired import Desired
+    from meshctl.firewall.nft import Json
+    from meshctl.wg.backend import WireGuardBackend
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +46,14 @@ class Plan:
                 + [f"route: {line}" for line in self.router.describe(ifname)])
 
 
+EMPTY_PLAN: Final = Plan(DeviceUpdate(), RouterPlan())
+
+
 @dataclass
 class ApplyResult:
     plan: Plan
     errors: list[MeshctlError] = field(default_factory=list)
+    device: DeviceState | None = None  # the WireGuard device after the apply, when it was read
 
 
 def plan_against(desired: Desired, wg_state: DeviceState, router_state: RouterState,
@@ -54,6 +63,16 @@ def plan_against(desired: Desired, wg_state: DeviceState, router_state: RouterSt
         pf = desired.packet_filter
         firewall = (f"replace table inet meshctl: {len(pf.rules)} allow rules for {pf.node}, default deny",)
     return Plan(plan_update(wg_state, desired.wg), plan_router(router_state, desired.router), firewall)
+
+
+@dataclass(frozen=True, slots=True)
+class Observed:
+    """Everything a dry run reads from the host."""
+
+    wg: DeviceState
+    router: RouterState
+    table: list[dict[str, Json]] | None  # table inet meshctl as listed; None when absent
+    table_error: MeshctlError | None = None  # nft could not list it (raised only if a filter is wanted)
 
 
 def firewall_current(desired: Desired, ifname: str) -> bool:
@@ -85,19 +104,39 @@ class Reconciler:
 
     def read_actual(self) -> tuple[DeviceState, RouterState]:
         """What is on the host now; an absent interface reads as empty."""
-        from meshctl.router.linux import read_router
-        from meshctl.wg.kernel import link_kind
+        from meshctl.wg.kernel import link_present
 
-        if link_kind(self.ifname) is None:
+        if not link_present(self.ifname):
             return DeviceState(), RouterState()
+        from meshctl.router.linux import read_router
+
         return self.backend.read(), read_router(self.ifname)
 
     def dry_run(self, desired: Desired) -> Plan:
+        return self.plan_observed(desired, self.observe())
+
+    def observe(self) -> Observed:
+        from meshctl.firewall.apply import read_table
+
         wg_state, router_state = self.read_actual()
-        desired = keep_working_endpoints(desired, wg_state, int(time.time()))
-        return plan_against(desired, wg_state, router_state, firewall_current(desired, self.ifname))
+        try:
+            return Observed(wg_state, router_state, read_table())
+        except MeshctlError as exc:
+            return Observed(wg_state, router_state, None, exc)
+
+    def plan_observed(self, desired: Desired, observed: Observed) -> Plan:
+        from meshctl.agent.desired import keep_working_endpoints
+        from meshctl.firewall import nft
+
+        desired = keep_working_endpoints(desired, observed.wg, int(time.time()))
+        pf = desired.packet_filter
+        if pf is not None and observed.table_error is not None:
+            raise observed.table_error
+        current = pf is None or observed.table == nft.table_objects(pf, self.ifname)
+        return plan_against(desired, observed.wg, observed.router, current)
 
     def apply(self, desired: Desired) -> ApplyResult:
+        from meshctl.agent.desired import keep_working_endpoints
         from meshctl.router.linux import apply_router, read_router
 
         backend = self.backend
@@ -111,6 +150,8 @@ class Reconciler:
             backend.apply(plan.wg)
         except MeshctlError as exc:
             result.errors.append(exc)
+        else:
+            result.device = wg_state if plan.wg.is_empty() else self._read_back(backend)
         if desired.policy_error:
             result.errors.append(MeshctlError(f"{desired.policy_error}; the last good packet filter is kept"))
         elif plan.firewall and desired.packet_filter is not None:
@@ -121,12 +162,21 @@ class Reconciler:
             except MeshctlError as exc:
                 result.errors.append(exc)
         try:
-            apply_router(self.ifname, plan.router)
+            if not plan.router.is_empty():  # an empty plan would only read the state again
+                apply_router(self.ifname, plan.router)
         except MeshctlError as exc:
             result.errors.append(exc)
         for line in plan.describe(self.ifname):
             log.info("applied %s", line)
         return result
+
+    @staticmethod
+    def _read_back(backend: WireGuardBackend) -> DeviceState | None:
+        """The device after a write, for the record a later no-op pass compares against."""
+        try:
+            return backend.read()
+        except MeshctlError:
+            return None  # no record: the next pass is a full one
 
     def remove(self) -> None:
         from meshctl.firewall.apply import remove_table

@@ -1,58 +1,109 @@
-"""One full pass: coordination update, desired state, reconcile. Shared by `sync` and the agent."""
+"""One pass: coordination update, desired state, reconcile. Shared by `sync` and the agent.
+
+A pass whose inputs and device match the record of the last full pass is a no-op
+(agent.noop_pass): it builds no NetMap and plans nothing. Every other pass is a full one.
+"""
 
 from __future__ import annotations
 
 import ipaddress
 import json
 import logging
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from meshctl.agent.desired import Desired, compute_desired
-from meshctl.agent.endpoints import static_endpoints
-from meshctl.agent.reconcile import Plan, Reconciler
+from meshctl.agent import noop_pass
 from meshctl.coord.netmap import NetMap
 from meshctl.coord.node_state import NodeState
-from meshctl.coord.update import fetch_and_verify, require_member
+from meshctl.coord.update import fetch_and_verify
+from meshctl.coord.verify import TrustMemory
 from meshctl.errors import GitError, MeshctlError, VerificationError
 from meshctl.fsutil import atomic_write
-from meshctl.identity import load_device_keys
 from meshctl.settings import Settings
+
+if TYPE_CHECKING:
+    from meshctl.agent.desired import Desired
+    from meshctl.agent.reconcile import Plan, Reconciler
 
 log = logging.getLogger(__name__)
 
+Addresses = tuple[ipaddress.IPv4Interface | ipaddress.IPv6Interface, ...]
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(frozen=True)
 class PassResult:
-    netmap: NetMap
+    serial: int
     plan: Plan
     accepted_new_state: bool
     coordination_error: MeshctlError | None  # fetch/verify failed: the last good map was used
     apply_errors: tuple[MeshctlError, ...] = ()
+    load_netmap: Callable[[], NetMap] = field(default=lambda: _no_netmap(), repr=False, compare=False)
+
+    @cached_property
+    def netmap(self) -> NetMap:
+        """The map in force; a no-op pass loads it only when someone asks."""
+        return self.load_netmap()
 
 
-def load_netmap(settings: Settings, now: int, fetch: bool = True) -> tuple[NetMap, bool, MeshctlError | None]:
-    """The newest acceptable map: freshly verified, else the last accepted one (with the reason)."""
+def _no_netmap() -> NetMap:
+    raise MeshctlError("no accepted coordination state yet", "run `meshctl sync` first")
+
+
+@dataclass(frozen=True, slots=True)
+class Coordination:
+    memory: TrustMemory  # the accepted state in force
+    netmap: NetMap | None  # built in this pass, if it was
+    accepted: bool
+    error: MeshctlError | None
+
+
+def update_coordination(settings: Settings, now: int, fetch: bool = True) -> Coordination:
+    """The newest acceptable state: freshly verified, else the last accepted one (with the reason)."""
     node = NodeState(settings.state_dir)
     if fetch:
         try:
             result = fetch_and_verify(settings.state_dir, settings.repo_dir, now)
-            return result.netmap, result.changed, None
+            return Coordination(result.memory, result.netmap, result.changed, None)
         except (GitError, VerificationError) as exc:
-            cached = node.load_netmap()
-            if cached is None:
+            memory = node.load_memory()
+            if memory is None or not node.has_netmap():
                 raise
-            log.info("coordination: %s; keeping serial %d", exc.message, cached.serial)
-            return cached, False, exc
-    cached = node.load_netmap()
-    if cached is None:
+            log.info("coordination: %s; keeping serial %d", exc.message, memory.serial)
+            return Coordination(memory, None, False, exc)
+    memory = node.load_memory()
+    if memory is None or not node.has_netmap():
         raise MeshctlError("no accepted coordination state yet", "run `meshctl sync` first")
-    return cached, False, None
+    return Coordination(memory, None, False, None)
+
+
+def accepted_netmap(settings: Settings, memory: TrustMemory, now: int) -> NetMap:
+    """The cached map of the accepted state, re-verified from the repository if the cache is
+    damaged or out of step with trust.json (a crash between the two writes)."""
+    node = NodeState(settings.state_dir)
+    cfg = node.load_config()
+    cached = node.load_netmap()
+    if cached is not None and cached.state_sha256 == memory.state_sha256:
+        return cached.with_self(cfg.name)
+    try:
+        rebuilt = fetch_and_verify(settings.state_dir, settings.repo_dir, now, force=True).netmap
+    except (GitError, VerificationError):
+        if cached is None:
+            raise
+        return cached.with_self(cfg.name)
+    assert rebuilt is not None
+    return rebuilt
 
 
 def desired_for(settings: Settings, netmap: NetMap, endpoint_overrides: Mapping[str, str | None],
-                extra_addresses: tuple[ipaddress.IPv4Interface | ipaddress.IPv6Interface, ...] = ()) -> Desired:
+                extra_addresses: Addresses = ()) -> Desired:
+    from meshctl.agent.desired import compute_desired
+    from meshctl.agent.endpoints import static_endpoints
+    from meshctl.coord.update import require_member
+    from meshctl.identity import load_device_keys
+
     cfg = NodeState(settings.state_dir).load_config()
     require_member(netmap, cfg)
     keys = load_device_keys(settings.keys_dir)
@@ -61,18 +112,86 @@ def desired_for(settings: Settings, netmap: NetMap, endpoint_overrides: Mapping[
     return compute_desired(netmap, keys.wireguard, settings.listen_port, endpoints, extra_addresses)
 
 
+def _resolves_names(netmap: NetMap) -> bool:
+    """Static endpoints given as host names: DNS, not the state, decides what they mean."""
+    for peer in netmap.others():
+        for text in peer.endpoints:
+            try:
+                ipaddress.ip_address(text.rpartition(":")[0].strip("[]"))
+            except ValueError:
+                return True
+    return False
+
+
 def run_pass(settings: Settings, now: int, *, dry_run: bool = False, fetch: bool = True,
              reconciler: Reconciler | None = None,
              endpoint_overrides: Mapping[str, str | None] | None = None,
-             extra_addresses: tuple[ipaddress.IPv4Interface | ipaddress.IPv6Interface, ...] = ()) -> PassResult:
-    netmap, accepted, coord_error = load_netmap(settings, now, fetch)
-    desired = desired_for(settings, netmap, endpoint_overrides or {}, extra_addresses)
+             extra_addresses: Addresses = (),
+             before_apply: Callable[[], None] | None = None) -> PassResult:
+    """`before_apply` runs only when the pass will touch the host (e.g. the CLI's preflight)."""
+    coord = update_coordination(settings, now, fetch)
+    overrides = endpoint_overrides or {}
+    cfg = NodeState(settings.state_dir).load_config()
+    inputs = noop_pass.pass_inputs(settings, cfg.name, coord.memory, overrides, extra_addresses)
+    memory = coord.memory
+
+    def load() -> NetMap:
+        return coord.netmap or accepted_netmap(settings, memory, now)
+
+    if not dry_run and noop_pass.nothing_to_do(settings.state_dir, settings.interface, inputs, now):
+        from meshctl.agent.reconcile import EMPTY_PLAN
+
+        record_pass(settings.state_dir, now, memory.serial, coord.error, [])
+        return PassResult(memory.serial, EMPTY_PLAN, coord.accepted, coord.error, load_netmap=load)
+    from meshctl.agent.reconcile import Reconciler
+
+    netmap = load()
+    desired = desired_for(settings, netmap, overrides, extra_addresses)
     reconciler = reconciler or Reconciler(settings.interface, settings.wg_backend, settings.state_dir)
     if dry_run:
-        return PassResult(netmap, reconciler.dry_run(desired), accepted, coord_error)
+        return PassResult(netmap.serial, reconciler.dry_run(desired), coord.accepted, coord.error,
+                          load_netmap=lambda: netmap)
+    if before_apply is not None:
+        before_apply()
     result = reconciler.apply(desired)
-    record_pass(settings.state_dir, now, netmap.serial, coord_error, result.errors)
-    return PassResult(netmap, result.plan, accepted, coord_error, tuple(result.errors))
+    record_pass(settings.state_dir, now, netmap.serial, coord.error, result.errors)
+    # The record is only as good as its inputs: they must describe the map just applied.
+    clean = not result.errors and netmap.state_sha256 == memory.state_sha256
+    noop_pass.remember_full_pass(settings.state_dir, inputs if clean else None, result.device,
+                                 reconciler.backend.name, now, _resolves_names(netmap))
+    return PassResult(netmap.serial, result.plan, coord.accepted, coord.error, tuple(result.errors),
+                      load_netmap=lambda: netmap)
+
+
+def dry_run_report(settings: Settings, now: int, render: Callable[[NetMap, Plan], str]) -> PassReport:
+    """`sync --dry-run`: the map and the plan, rendered. The report is a pure function of the
+    pass inputs and of what is read from the host, so when both match the last dry run's, its
+    text is reused instead of rebuilding the map, the desired state and the plan."""
+    from meshctl import __version__
+    from meshctl.agent.applied import report_digest
+    from meshctl.agent.reconcile import Reconciler
+
+    coord = update_coordination(settings, now)
+    cfg = NodeState(settings.state_dir).load_config()
+    inputs = noop_pass.pass_inputs(settings, cfg.name, coord.memory, {}, ())
+    reconciler = Reconciler(settings.interface, settings.wg_backend, settings.state_dir)
+    observed = reconciler.observe()
+    key = (report_digest(inputs, __version__, observed.wg, observed.router, observed.table, now)
+           if inputs is not None and observed.table_error is None else None)
+    text = noop_pass.load_report(settings.state_dir, key) if key else None
+    if text is None:
+        netmap = coord.netmap or accepted_netmap(settings, coord.memory, now)
+        desired = desired_for(settings, netmap, {})
+        text = render(netmap, reconciler.plan_observed(desired, observed))
+        if key:
+            noop_pass.save_report(settings.state_dir, key, text)
+    return PassReport(text, coord.error)
+
+
+@dataclass(frozen=True, slots=True)
+class PassReport:
+    text: str
+    coordination_error: MeshctlError | None
 
 
 def record_pass(state_dir: Path, now: int, serial: int, coord_error: MeshctlError | None,

@@ -140,10 +140,14 @@ def clock_check(state_dir: os.PathLike[str] | str, now: int) -> str | None:
 
     node = NodeState(Path(state_dir))
     try:
-        netmap = node.load_netmap()
+        memory = node.load_memory()
     except MeshctlError:
-        netmap = None
-    return clock_warning(now, netmap.expires if netmap else None, node.fetched_at(), STATE_LIFETIME_S)
+        memory = None
+    expires = memory.expires if memory else None
+    if memory is not None and expires is None:  # trust.json from before it kept the expiry
+        netmap = node.load_netmap()
+        expires = netmap.expires if netmap else None
+    return clock_warning(now, expires, node.fetched_at(), STATE_LIFETIME_S)
 
 
 def network_preflight(ifname: str, port: int) -> None:

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import random
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from meshctl.cli.app import command, settings_of
+
+if TYPE_CHECKING:
+    from meshctl.agent.reconcile import Plan
+    from meshctl.coord.netmap import NetMap
 
 
 @command
@@ -21,9 +26,8 @@ def sync(
 ) -> None:
     """Fetch the coordination repository, verify it and apply it to this node. Quiet when nothing changed."""
     from meshctl.agent.lock import state_lock
-    from meshctl.agent.sync_pass import run_pass
+    from meshctl.agent.sync_pass import dry_run_report, run_pass
     from meshctl.cli import preflight
-    from meshctl.cli.render import render_netmap
     from meshctl.errors import VerificationError
 
     settings = settings_of(ctx)
@@ -36,32 +40,41 @@ def sync(
     now = int(time.time())
     clock = preflight.clock_check(settings.state_dir, now)
     with state_lock(settings.state_dir, wait):
-        if not dry_run:
-            preflight.network_preflight(settings.interface, settings.listen_port)
         try:
-            result = run_pass(settings, now, dry_run=dry_run)
+            # The preflight checks run only when the pass will touch the network: a no-op
+            # pass found meshctl's own device answering with the configuration it applied.
+            if dry_run:
+                report = dry_run_report(settings, now, functools.partial(_render_dry_run, settings.interface))
+            else:
+                result = run_pass(settings, now, before_apply=lambda: preflight.network_preflight(
+                    settings.interface, settings.listen_port))
         except VerificationError as exc:
             raise VerificationError(exc.message, clock or exc.hint) from None
     if dry_run:
-        typer.echo(render_netmap(result.netmap))
-        lines = result.plan.describe(settings.interface)
-        typer.echo("plan:" if lines else "plan: nothing to change")
-        for line in lines:
-            typer.echo(f"  {line}")
+        typer.echo(report.text)
+        error = report.coordination_error
     else:
         if result.accepted_new_state:
-            typer.echo(f"accepted serial {result.netmap.serial}")
+            typer.echo(f"accepted serial {result.serial}")
         for line in result.plan.describe(settings.interface):
             typer.echo(line)
-    error = result.coordination_error
+        error = result.coordination_error
     if clock is not None and isinstance(error, VerificationError):
         raise VerificationError(error.message, clock)  # a wrong clock explains the refusal
     if clock is not None:
         typer.echo(f"warning: {clock}", err=True)
     if error is not None:
         raise error
-    if result.apply_errors:
+    if not dry_run and result.apply_errors:
         raise result.apply_errors[0]
+
+
+def _render_dry_run(ifname: str, netmap: NetMap, plan: Plan) -> str:
+    from meshctl.cli.render import render_netmap
+
+    lines = plan.describe(ifname)
+    return "\n".join([render_netmap(netmap), "plan:" if lines else "plan: nothing to change",
+                      *(f"  {line}" for line in lines)])
 
 
 def _synced_by_agent(control_socket: Path) -> bool:

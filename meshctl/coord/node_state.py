@@ -1,7 +1,8 @@
 """What a node keeps in its state directory about the coordination plane.
 
 - node.json: which mesh this node joined (repo URL, branch, pinned root, name).
-- trust.json: the (root hashes, serial, state hash, commit) it last accepted; only moves forward.
+- trust.json: the (root hashes, serial, state hash, commit, expiry) it last accepted; only moves
+  forward. It is all a no-op pass reads about the coordination state.
 - netmap.json: the last accepted NetMap (so a no-op sync needs no re-verification).
 - records-cache.json: peer records already verified, keyed by git blob ids.
 
@@ -71,13 +72,14 @@ class NodeState:
         except ValueError as exc:
             raise MeshctlError(f"{self.trust_path}: corrupt ({exc}); refusing to forget what was "
                                "accepted", "restore it from a backup or re-join") from None
+        expires = doc.get("expires")  # absent in files written before it was kept here
         return TrustMemory(tuple(doc["root_hashes"]), int(doc["serial"]), doc["state_sha256"],
-                           doc.get("commit"))
+                           doc.get("commit"), int(expires) if expires is not None else None)
 
     def save_memory(self, mem: TrustMemory, fetched_at: int) -> None:
         doc = {"root_hashes": list(mem.root_hashes), "root_version": mem.root_version,
                "serial": mem.serial, "state_sha256": mem.state_sha256, "commit": mem.commit,
-               "fetched_at": fetched_at}
+               "expires": mem.expires, "fetched_at": fetched_at}
         atomic_write(self.trust_path, (json.dumps(doc, indent=2) + "\n").encode())
 
     def fetched_at(self) -> int | None:
@@ -96,6 +98,9 @@ class NodeState:
     @property
     def netmap_path(self) -> Path:
         return self.dir / "netmap.json"
+
+    def has_netmap(self) -> bool:
+        return self.netmap_path.exists()
 
     def load_netmap(self) -> NetMap | None:
         try:

@@ -9,24 +9,29 @@ from meshctl.coord import repo as gitrepo
 from meshctl.coord import verify
 from meshctl.coord.netmap import NetMap
 from meshctl.coord.node_state import NodeConfig, NodeState
+from meshctl.coord.verify import TrustMemory
 from meshctl.errors import MeshctlError
 
 
 @dataclass(frozen=True, slots=True)
 class UpdateResult:
-    netmap: NetMap
+    memory: TrustMemory  # the state in force after this pass
     changed: bool  # a new state was accepted in this pass
     previous_serial: int | None
+    netmap: NetMap | None  # the map just verified; None when the tip was already accepted
 
 
 class NotAMember(MeshctlError):
     """This device is not (yet) in the verified state."""
 
 
-def fetch_and_verify(state_dir: Path, repo_dir: Path, now: int) -> UpdateResult:
+def fetch_and_verify(state_dir: Path, repo_dir: Path, now: int, *, force: bool = False) -> UpdateResult:
     """Fetch the coordination repo and accept its tip if it verifies.
 
-    On any failure nothing is written: the last accepted state stays in force.
+    When the tip is the commit accepted last, nothing is parsed or rebuilt: the trust memory
+    alone says the state still holds (and whether it has expired). `force` re-verifies anyway,
+    e.g. when the cached map turns out damaged. On any failure nothing is written: the last
+    accepted state stays in force.
     """
     node = NodeState(state_dir)
     cfg = node.load_config()
@@ -35,26 +40,27 @@ def fetch_and_verify(state_dir: Path, repo_dir: Path, now: int) -> UpdateResult:
     tip = gitrepo.fetch(repo, cfg.branch)
     trusted = gitrepo.trusted_tip(repo)
     gitrepo.check_descends(repo, tip, trusted)
-    cached = node.load_netmap()
-    if memory is not None and memory.commit == tip and cached is not None:
+    if (not force and memory is not None and memory.commit == tip and memory.expires is not None
+            and node.has_netmap()):
         # Nothing new (git ids match): no re-verification, but expiry still counts.
-        if cached.expires <= now:
-            raise verify.expired_error(cached.expires)
-        node.touch_fetched(now)
-        return UpdateResult(cached.with_self(cfg.name), False, memory.serial)
+        if memory.expires <= now:
+            raise verify.expired_error(memory.expires)
+        node.save_memory(memory, now)  # status shows when the repository was last reached
+        return UpdateResult(memory, False, memory.serial, None)
     record_cache = node.load_record_cache(cfg.network_id)
     snap = gitrepo.GitSnapshot(repo, tip)
     verified = verify.verify_snapshot(snap, cfg.root_fingerprint, now, memory, record_cache)
     netmap = verified.netmap.with_self(cfg.name)
     changed = memory is None or memory.state_sha256 != verified.state_sha256
+    accepted = verified.memory(tip)
     # Memory first: once it is on disk, an older state can never be accepted again.
-    node.save_memory(verified.memory(tip), now)
+    node.save_memory(accepted, now)
     gitrepo.set_trusted(repo, tip)
     node.save_netmap(netmap)
     used = {f"{snap.files()[f'peers/{n}.json']}:{snap.files()[f'peers/{n}.json.sig']}"
             for n in verified.records}
     node.save_record_cache(cfg.network_id, record_cache, used)
-    return UpdateResult(netmap, changed, memory.serial if memory else None)
+    return UpdateResult(accepted, changed, memory.serial if memory else None, netmap)
 
 
 def require_member(netmap: NetMap, cfg: NodeConfig) -> None:

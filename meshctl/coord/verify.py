@@ -59,6 +59,7 @@ class TrustMemory:
     serial: int
     state_sha256: str
     commit: str | None = None
+    expires: int | None = None  # of the accepted state: a no-op pass checks expiry from this alone
 
     @property
     def root_version(self) -> int:
@@ -76,7 +77,8 @@ class Verified:
     netmap: NetMap
 
     def memory(self, commit: str | None) -> TrustMemory:
-        return TrustMemory(self.root_hashes, self.state.serial, self.state_sha256, commit)
+        return TrustMemory(self.root_hashes, self.state.serial, self.state_sha256, commit,
+                           self.state.expires)
 
 
 def sha256_hex(data: bytes) -> str:

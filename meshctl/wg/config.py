@@ -30,6 +30,7 @@ Prefix: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 MAX_PORT: Final = 65535
 MAX_KEEPALIVE_S: Final = 65535  # a u16 in both the netlink and the UAPI protocol
 ANY_PORT: Final = 0  # listen_port 0: let WireGuard pick one and keep whatever it picked
+HANDSHAKE_FRESH_S: Final = 180  # WireGuard re-handshakes every 120 s while a tunnel is in use
 
 
 # --- endpoints -------------------------------------------------------------------------------

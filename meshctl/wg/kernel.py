@@ -42,6 +42,15 @@ def _netlink_error_text(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+def link_present(ifname: str) -> bool:
+    """Whether a link named `ifname` exists in this namespace (one ioctl: no netlink library)."""
+    try:
+        socket.if_nametoindex(ifname)
+    except OSError:
+        return False
+    return True
+
+
 def link_kind(ifname: str) -> str | None:
     """The kind of the link `ifname` in this namespace ("wireguard", "tun", ...) or None."""
     from pyroute2 import IPRoute

@@ -20,7 +20,7 @@ PURE_MODULES = [
     "nat/stun.py", "nat/disco.py", "nat/packet.py", "nat/paths.py", "nat/addr.py",
     "dns/zone.py", "dns/resolver.py", "dns/resolvconf.py",
     "wg/config.py", "wg/uapi.py", "wg/chunks.py", "router/config.py",
-    "agent/desired.py", "agent/status.py", "errors.py", "keys.py",
+    "agent/desired.py", "agent/status.py", "agent/applied.py", "errors.py", "keys.py",
 ]
 
 BANNED = {

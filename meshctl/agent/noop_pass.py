@@ -1,0 +1,128 @@
+"""The no-op pass: when nothing upstream changed and the device is as the last full pass left it,
+skip building the map, the desired state and the plans (the shell around agent.applied).
+
+Cost of a no-op pass: the fetch, trust.json, node.json, the key file, applied.json, one ioctl
+(is the link here?) and one WireGuard read. No NetMap, no policy compile, no netlink library,
+no nft. Anything unexpected (no record, another input, a device that differs or does not
+answer) simply means "do the full pass", which re-reads and heals everything.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+from meshctl.agent.applied import Applied, device_digest, inputs_digest
+from meshctl.coord.verify import TrustMemory
+from meshctl.errors import MeshctlError
+from meshctl.fsutil import atomic_write
+from meshctl.identity import WIREGUARD_FILE
+from meshctl.settings import Settings
+from meshctl.wg.config import DeviceState
+
+if TYPE_CHECKING:
+    from meshctl.wg.kernel import KernelBackend
+    from meshctl.wg.userspace import UserspaceBackend
+
+log = logging.getLogger(__name__)
+
+APPLIED_FILE: Final = "applied.json"
+REPORT_FILE: Final = "dry-run-report.json"
+
+
+def pass_inputs(settings: Settings, self_name: str, memory: TrustMemory,
+                endpoint_overrides: Mapping[str, str | None],
+                extra_addresses: tuple[ipaddress.IPv4Interface | ipaddress.IPv6Interface, ...]) -> str | None:
+    """The inputs digest of a pass; None when it cannot be known cheaply (then: full pass)."""
+    try:
+        key_file = (settings.keys_dir / WIREGUARD_FILE).read_bytes()
+    except OSError:
+        return None
+    return inputs_digest(state_sha256=memory.state_sha256, self_name=self_name,
+                         interface=settings.interface, backend_choice=settings.wg_backend,
+                         listen_port=settings.listen_port, wireguard_key_file=key_file,
+                         endpoint_overrides=endpoint_overrides, extra_addresses=extra_addresses)
+
+
+def load_applied(state_dir: Path) -> Applied | None:
+    try:
+        doc = json.loads((state_dir / APPLIED_FILE).read_bytes())
+        return Applied(str(doc["inputs"]), str(doc["device"]), str(doc["backend"]), int(doc["full_at"]),
+                       bool(doc["resolves_names"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # missing or damaged: the next pass is a full one
+
+
+def save_applied(state_dir: Path, applied: Applied) -> None:
+    doc = {"inputs": applied.inputs, "device": applied.device, "backend": applied.backend,
+           "full_at": applied.full_at, "resolves_names": applied.resolves_names}
+    atomic_write(state_dir / APPLIED_FILE, (json.dumps(doc) + "\n").encode())
+
+
+def forget_applied(state_dir: Path) -> None:
+    (state_dir / APPLIED_FILE).unlink(missing_ok=True)
+
+
+def remember_full_pass(state_dir: Path, inputs: str | None, device: DeviceState | None, backend: str,
+                       now: int, resolves_names: bool) -> None:
+    """After a full pass that applied cleanly; anything less leaves no record (next pass: full)."""
+    if inputs is None or device is None:
+        forget_applied(state_dir)
+        return
+    save_applied(state_dir, Applied(inputs, device_digest(device, now), backend, now, resolves_names))
+
+
+def _read_device(ifname: str, backend: str) -> DeviceState | None:
+    from meshctl.wg.kernel import link_present
+
+    # The UAPI socket directory is shared by every namespace: the link must be in ours.
+    if not link_present(ifname):
+        return None
+    if backend == "userspace":
+        from meshctl.wg import userspace
+
+        reader: UserspaceBackend | KernelBackend = userspace.UserspaceBackend(ifname)
+    else:
+        from meshctl.wg import kernel
+
+        reader = kernel.KernelBackend(ifname)
+    try:
+        return reader.read()
+    except (MeshctlError, OSError) as exc:
+        log.debug("no-op check: %s", exc)
+        return None
+
+
+def nothing_to_do(state_dir: Path, ifname: str, inputs: str | None, now: int) -> bool:
+    """True when a full pass now would plan nothing: same inputs, same device (one read)."""
+    if inputs is None:
+        return False
+    applied = load_applied(state_dir)
+    if applied is None or not applied.still_valid(inputs, now):
+        return False
+    device = _read_device(ifname, applied.backend)
+    return device is not None and device_digest(device, now) == applied.device
+
+
+# --- the dry run's report, reused while everything it depends on is the same -----------------
+
+
+def load_report(state_dir: Path, key: str) -> str | None:
+    try:
+        doc = json.loads((state_dir / REPORT_FILE).read_bytes())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(doc, dict) or doc.get("key") != key or not isinstance(doc.get("text"), str):
+        return None
+    return str(doc["text"])
+
+
+def save_report(state_dir: Path, key: str, text: str) -> None:
+    try:
+        atomic_write(state_dir / REPORT_FILE, json.dumps({"key": key, "text": text}).encode())
+    except OSError as exc:  # only a cache: a read-only state directory costs speed, not the report
+        log.debug("dry run report not kept: %s", exc)
