@@ -21,7 +21,9 @@ over whatever path works: a static endpoint, a found path, or later the relay
 WireGuard endpoint policy (`endpoint_overrides`): no endpoint for a peer until a
 direct path exists (static endpoints too: a WireGuard packet that reaches a bare
 masquerade NAT before the peer's own first packet poisons its conntrack, so the TTL-2
-punches go first and WireGuard only follows a proven path). On a direct path the
+punches go first and WireGuard only follows a proven path). The exception is a static
+endpoint inside one of our own connected subnets: no NAT stands between us, nothing can
+be poisoned, and WireGuard may use it at once (a LAN comes up as fast as `meshctl sync`). On a direct path the
 designated initiator writes the endpoint at once; the other side waits
 NON_INITIATOR_DELAY_S, by which time the initiator's handshake has usually arrived
 and WireGuard has roamed to the same address, so the two sides don't start
@@ -75,6 +77,12 @@ RelaySend = Callable[[str, bytes], bool]
 # --- pure helpers ------------------------------------------------------------------------------
 
 
+def on_link(endpoint: AddrPort, networks: Iterable[ipaddress.IPv4Interface]) -> bool:
+    """Whether `endpoint` sits in one of our connected subnets (no router, so no NAT, between)."""
+    return any(endpoint.ip in net.network and endpoint.ip != net.ip and net.network.prefixlen < 32
+               for net in networks)
+
+
 def own_candidates(local_ips: Iterable[ipaddress.IPv4Address], port: int,
                    report: netcheck.NetcheckReport | None) -> tuple[AddrPort, ...]:
     """Our endpoint candidates: the STUN-preferred mapping first, then local addresses."""
@@ -125,8 +133,9 @@ def wanted_override(path: Path, initiator: bool, direct_since: float | None, now
     return str(path.endpoint)
 
 
-def local_ipv4_addresses(exclude_ifname: str) -> list[ipaddress.IPv4Address]:
-    """Global IPv4 addresses of this host, except loopback and the mesh interface (netlink)."""
+def local_ipv4_interfaces(exclude_ifname: str) -> list[ipaddress.IPv4Interface]:
+    """Global IPv4 addresses of this host with their prefixes, except loopback and the mesh
+    interface (netlink)."""
     from pyroute2 import IPRoute
 
     out = []
@@ -138,9 +147,9 @@ def local_ipv4_addresses(exclude_ifname: str) -> list[ipaddress.IPv4Address]:
             text = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
             if text is None:
                 continue
-            ip = ipaddress.IPv4Address(text)
-            if not (ip.is_loopback or ip.is_link_local):
-                out.append(ip)
+            iface = ipaddress.IPv4Interface(f"{text}/{msg['prefixlen']}")
+            if not (iface.ip.is_loopback or iface.ip.is_link_local):
+                out.append(iface)
     return out
 
 
@@ -183,7 +192,7 @@ class Magic:
         self._netcheck: netcheck.Netcheck | None = None
         self._report: netcheck.NetcheckReport | None = None
         self._next_restun = 0.0
-        self._local_ips: list[ipaddress.IPv4Address] = []
+        self._local_ifaces: list[ipaddress.IPv4Interface] = []
         self._candidates: tuple[AddrPort, ...] = ()
         self._nat_hard = False
         self._timer: asyncio.TimerHandle | None = None
@@ -274,7 +283,7 @@ class Magic:
         # endpoints away from WireGuard until a probe proved the path (module docstring).
         out: dict[str, str | None] = {}
         if self._netmap is not None:
-            out = {p.name: None for p in self._netmap.others()}
+            out = {p.name: self._on_link_static(p) for p in self._netmap.others()}
         out.update({name: p.override or self.static_fallback(name) for name, p in self._peers.items()})
         return out
 
@@ -457,12 +466,24 @@ class Magic:
 
         asyncio.get_running_loop().create_task(resolve())
 
+    def _on_link_static(self, peer: Peer) -> str | None:
+        """The peer's first literal static endpoint when it is on one of our subnets (module
+        docstring: safe for WireGuard before any probe)."""
+        return next((str(e) for e in literal_endpoints(peer) if on_link(e, self._local_ifaces)), None)
+
     def static_fallback(self, name: str) -> str | None:
-        """The static endpoint of a peer that never spoke disco: it runs no agent (e.g. a server
-        synced from cron with a public address), so no probe can ever prove a path to it, and
-        WireGuard's own handshake to its published endpoint is the only way in."""
+        """The static endpoint WireGuard may use before (or without) a proven path: at once when
+        it is on one of our subnets; else for a peer that never spoke disco, after a while: it
+        runs no agent (e.g. a server synced from cron with a public address), so no probe can
+        ever prove a path to it, and WireGuard's own handshake to its published endpoint is the
+        only way in."""
         p = self._peers.get(name)
-        if p is None or p.heard or self._loop is None or p.static is None:
+        if p is None or self._loop is None:
+            return None
+        if self._netmap is not None and (peer := self._netmap.peer(name)) is not None:
+            if (near := self._on_link_static(peer)) is not None:
+                return near
+        if p.heard or p.static is None:
             return None
         if self._loop.time() - p.created < STATIC_FALLBACK_AFTER_S:
             return None
@@ -491,12 +512,12 @@ class Magic:
     async def _refresh_local(self) -> None:
         # pyroute2's synchronous API runs its own event loop: keep it off ours
         try:
-            self._local_ips = await asyncio.to_thread(local_ipv4_addresses, self.settings.interface)
+            self._local_ifaces = await asyncio.to_thread(local_ipv4_interfaces, self.settings.interface)
         except (OSError, MeshctlError) as exc:
             log.warning("cannot list local addresses: %s", exc)
 
     def _set_candidates(self, now: float) -> None:
-        new = own_candidates(self._local_ips, self.settings.listen_port, self._report)
+        new = own_candidates((i.ip for i in self._local_ifaces), self.settings.listen_port, self._report)
         if new != self._candidates:
             log.info("own endpoints: %s", " ".join(map(str, new)) or "(none)")
             self._candidates = new  # handed to each peer's core by _service

@@ -188,7 +188,12 @@ class Relaying:
         now = time.monotonic()
         home = self._home.config.relay_name if self._home is not None else None
         paths = {name: dict(info) for name, info in doc.get("paths", {}).items()}
+        proxies = set(self._proxy.peers().values()) if self._proxy is not None else set()
         for name, info in paths.items():
+            if info.get("path") == PathKind.DIRECT.value and self._overrides.get(name) in proxies:
+                # Magic found a direct path but WireGuard still sends to the relay proxy (the
+                # non-initiator's delay, or the pass not yet applied): report where data goes.
+                info["path"] = PathKind.RELAY.value
             if info.get("path") == PathKind.RELAY.value:
                 key = self._by_name.get(name)
                 heard = self._heard.get(key.raw) if key is not None else None

@@ -14,6 +14,7 @@ from meshctl.agent.magic import (
     describe_ping,
     literal_endpoints,
     nat_status,
+    on_link,
     own_candidates,
     path_status,
     wanted_override,
@@ -57,6 +58,15 @@ def test_literal_endpoints_keep_ip_port_and_skip_names() -> None:
 @given(st.lists(st.text(max_size=40), max_size=5))
 def test_literal_endpoints_never_raise(texts: list[str]) -> None:
     assert all(isinstance(a, AddrPort) for a in literal_endpoints(peer(tuple(texts))))
+
+
+def test_on_link_is_a_connected_subnet_other_than_our_own_address() -> None:
+    lan = [ipaddress.IPv4Interface("192.168.7.10/24"), ipaddress.IPv4Interface("10.0.0.2/32")]
+    assert on_link(AddrPort(ipaddress.IPv4Address("192.168.7.20"), 51820), lan)
+    assert not on_link(AddrPort(ipaddress.IPv4Address("192.168.8.20"), 51820), lan)  # behind a router
+    assert not on_link(AddrPort(ipaddress.IPv4Address("192.168.7.10"), 51820), lan)  # ourselves
+    assert not on_link(AddrPort(ipaddress.IPv4Address("10.0.0.2"), 51820), lan)  # a /32 has no neighbours
+    assert not on_link(AddrPort(ipaddress.IPv4Address("192.168.7.20"), 51820), [])
 
 
 def test_path_status_shapes() -> None:
