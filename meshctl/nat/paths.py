@@ -68,9 +68,11 @@ PROBE_INTERVAL_S: Final = 1.0  # ping every candidate this often while looking f
 NO_DIRECT_AFTER_S: Final = 5.0  # report NoDirectPath after this long without a pong
 SLOW_PROBE_INTERVAL_S: Final = 10.0  # after a path died: keep trying, gently
 PING_TIMEOUT_S: Final = 2.0  # a ping unanswered this long is missed
-HEARTBEAT_INTERVAL_S: Final = 5.0  # ping the current path (also a NAT keepalive, < 25 s)
+# Ping the current path this often (also a NAT keepalive, < 25 s). Tailscale uses 3 s too;
+# it bounds how long a dead path goes unnoticed: 3 + 2 (timeout) + 3 x 1 (suspect) = 8 s.
+HEARTBEAT_INTERVAL_S: Final = 3.0
 SUSPECT_INTERVAL_S: Final = 1.0  # heartbeat spacing after a miss
-# 4 misses: about 10 s to declare death; a false death at 10 % loss per direction is rare
+# 4 misses: at most about 8 s to declare death; a false death at 10 % loss per direction is rare
 # (0.19 ** 4 per heartbeat) and costs one fast re-probe.
 MISSED_PONGS_FOR_DEATH: Final = 4
 REPROBE_INTERVAL_S: Final = 25.0  # re-probe every candidate while direct (and refresh maps)
