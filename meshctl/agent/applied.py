@@ -49,7 +49,7 @@ class Applied:
 
 
 def _key_hash(secret: bytes) -> str:
-    # Keys enter only through a hash: the digests are stored, the keys never are.
+    # A private key enters only through a hash: the digests are stored, the keys never are.
     return hashlib.sha256(b"meshctl applied key\0" + secret).hexdigest()
 
 
@@ -70,9 +70,9 @@ def inputs_digest(*, state_sha256: str, self_name: str, interface: str, backend_
 def device_digest(state: DeviceState, now: int) -> str:
     """Only what a plan looks at: counters and handshake times are left out, except whether a
     tunnel counts as working (keep_working_endpoints keeps its endpoint while it does)."""
-    private = state.private_key
-    key = private.private_bytes_for_device() if private else b""
-    parts = [f"v{DIGEST_VERSION}", _key_hash(key) if private else "-", str(state.listen_port)]
+    # The public key, as plan_update compares it: WireGuard stores the private key clamped.
+    public = state.public_key
+    parts = [f"v{DIGEST_VERSION}", public.b64() if public else "-", str(state.listen_port)]
     for p in state.peers:  # sorted by key (DeviceState)
         working = bool(p.endpoint and p.last_handshake and now - p.last_handshake < HANDSHAKE_FRESH_S)
         parts.append(f"{p.public_key.b64()} {p.endpoint or '-'} {p.persistent_keepalive} {int(working)} "

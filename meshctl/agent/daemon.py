@@ -150,9 +150,12 @@ class Agent:
         for ext in self.extensions:
             overrides.update(ext.endpoint_overrides())
         with state_lock(self.settings.state_dir, LOCK_WAIT_S):
-            return run_pass(self.settings, int(time.time()), reconciler=self.reconciler,
-                            endpoint_overrides=overrides, fetch=self._fetch_due(),
-                            extra_addresses=(MAGIC_INTERFACE_ADDRESS,) if self.accept_dns else ())
+            result = run_pass(self.settings, int(time.time()), reconciler=self.reconciler,
+                              endpoint_overrides=overrides, fetch=self._fetch_due(),
+                              extra_addresses=(MAGIC_INTERFACE_ADDRESS,) if self.accept_dns else (),
+                              known_netmap=self.last.netmap if self.last else None)
+            result.netmap  # noqa: B018 - a no-op pass loads its map lazily: here, where errors are caught
+            return result
 
     def _fetch_due(self) -> bool:
         """Fetch on the sync timer and on request; a path change only re-applies the last map."""

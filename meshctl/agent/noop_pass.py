@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from meshctl.agent.applied import Applied, device_digest, inputs_digest
-from meshctl.coord.verify import TrustMemory
+from meshctl.coord.trust import TrustMemory
 from meshctl.errors import MeshctlError
 from meshctl.fsutil import atomic_write
 from meshctl.identity import WIREGUARD_FILE

@@ -21,12 +21,11 @@ from typing import TYPE_CHECKING, Final
 from meshctl.errors import MeshctlError
 from meshctl.fsutil import atomic_write
 from meshctl.router.config import RouterPlan, RouterState, plan_router
-from meshctl.wg.config import DeviceState, DeviceUpdate, plan_update
+from meshctl.wg.config import DeviceState, DeviceUpdate, apply_update, plan_update
 
 if TYPE_CHECKING:
     from meshctl.agent.desired import Desired
     from meshctl.firewall.nft import Json
-    from meshctl.wg.backend import WireGuardBackend
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +52,7 @@ EMPTY_PLAN: Final = Plan(DeviceUpdate(), RouterPlan())
 class ApplyResult:
     plan: Plan
     errors: list[MeshctlError] = field(default_factory=list)
-    device: DeviceState | None = None  # the WireGuard device after the apply, when it was read
+    device: DeviceState | None = None  # the WireGuard device after a successful apply
 
 
 def plan_against(desired: Desired, wg_state: DeviceState, router_state: RouterState,
@@ -151,7 +150,9 @@ class Reconciler:
         except MeshctlError as exc:
             result.errors.append(exc)
         else:
-            result.device = wg_state if plan.wg.is_empty() else self._read_back(backend)
+            # What the device now holds, predicted instead of read back (a read costs O(peers));
+            # a wrong prediction only costs one more full pass, which records what it reads.
+            result.device = apply_update(wg_state, plan.wg)
         if desired.policy_error:
             result.errors.append(MeshctlError(f"{desired.policy_error}; the last good packet filter is kept"))
         elif plan.firewall and desired.packet_filter is not None:
@@ -169,14 +170,6 @@ class Reconciler:
         for line in plan.describe(self.ifname):
             log.info("applied %s", line)
         return result
-
-    @staticmethod
-    def _read_back(backend: WireGuardBackend) -> DeviceState | None:
-        """The device after a write, for the record a later no-op pass compares against."""
-        try:
-            return backend.read()
-        except MeshctlError:
-            return None  # no record: the next pass is a full one
 
     def remove(self) -> None:
         from meshctl.firewall.apply import remove_table

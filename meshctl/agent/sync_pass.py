@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from meshctl.agent import noop_pass
-from meshctl.coord.netmap import NetMap
 from meshctl.coord.node_state import NodeState
+from meshctl.coord.trust import TrustMemory
 from meshctl.coord.update import fetch_and_verify
-from meshctl.coord.verify import TrustMemory
 from meshctl.errors import GitError, MeshctlError, VerificationError
 from meshctl.fsutil import atomic_write
 from meshctl.settings import Settings
@@ -27,6 +26,7 @@ from meshctl.settings import Settings
 if TYPE_CHECKING:
     from meshctl.agent.desired import Desired
     from meshctl.agent.reconcile import Plan, Reconciler
+    from meshctl.coord.netmap import NetMap
 
 log = logging.getLogger(__name__)
 
@@ -127,8 +127,10 @@ def run_pass(settings: Settings, now: int, *, dry_run: bool = False, fetch: bool
              reconciler: Reconciler | None = None,
              endpoint_overrides: Mapping[str, str | None] | None = None,
              extra_addresses: Addresses = (),
-             before_apply: Callable[[], None] | None = None) -> PassResult:
-    """`before_apply` runs only when the pass will touch the host (e.g. the CLI's preflight)."""
+             before_apply: Callable[[], None] | None = None,
+             known_netmap: NetMap | None = None) -> PassResult:
+    """`before_apply` runs only when the pass will touch the host (e.g. the CLI's preflight);
+    `known_netmap`, the agent's map from its previous pass, is reused while still in force."""
     coord = update_coordination(settings, now, fetch)
     overrides = endpoint_overrides or {}
     cfg = NodeState(settings.state_dir).load_config()
@@ -136,7 +138,11 @@ def run_pass(settings: Settings, now: int, *, dry_run: bool = False, fetch: bool
     memory = coord.memory
 
     def load() -> NetMap:
-        return coord.netmap or accepted_netmap(settings, memory, now)
+        if coord.netmap is not None:
+            return coord.netmap
+        if known_netmap is not None and known_netmap.state_sha256 == memory.state_sha256:
+            return known_netmap
+        return accepted_netmap(settings, memory, now)
 
     if not dry_run and noop_pass.nothing_to_do(settings.state_dir, settings.interface, inputs, now):
         from meshctl.agent.reconcile import EMPTY_PLAN

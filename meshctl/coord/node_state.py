@@ -14,15 +14,15 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from meshctl.coord.netmap import NetMap
-from meshctl.coord.netmap_json import netmap_from_json, netmap_to_json
-from meshctl.coord.records import PeerRecord
-from meshctl.coord.verify import TrustMemory
+from meshctl.coord.trust import TrustMemory
 from meshctl.errors import MeshctlError
 from meshctl.fsutil import atomic_write, ensure_private_dir
-from meshctl.keys import DiscoPublic, NodePublic, VerifyKey
+
+if TYPE_CHECKING:  # imported where used: a no-op pass reads trust.json and node.json only
+    from meshctl.coord.netmap import NetMap
+    from meshctl.coord.records import PeerRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +103,8 @@ class NodeState:
         return self.netmap_path.exists()
 
     def load_netmap(self) -> NetMap | None:
+        from meshctl.coord.netmap_json import netmap_from_json
+
         try:
             return netmap_from_json(json.loads(self.netmap_path.read_text()))
         except FileNotFoundError:
@@ -111,6 +113,8 @@ class NodeState:
             return None  # a damaged cache is rebuilt from the repository
 
     def save_netmap(self, nm: NetMap) -> None:
+        from meshctl.coord.netmap_json import netmap_to_json
+
         atomic_write(self.netmap_path, json.dumps(netmap_to_json(nm)).encode())
 
     # --- records-cache.json
@@ -140,5 +144,8 @@ def _record_to_list(r: PeerRecord) -> list[Any]:
 
 
 def _record_from_list(network_id: str, v: list[Any]) -> PeerRecord:
+    from meshctl.coord.records import PeerRecord
+    from meshctl.keys import DiscoPublic, NodePublic, VerifyKey
+
     return PeerRecord(network_id, v[0], VerifyKey.from_text(v[1]), NodePublic.from_b64(v[2]),
                       DiscoPublic.from_b64(v[3]), tuple(v[4]), int(v[5]))

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from meshctl.coord import repo as gitrepo
-from meshctl.coord import verify
-from meshctl.coord.netmap import NetMap
 from meshctl.coord.node_state import NodeConfig, NodeState
-from meshctl.coord.verify import TrustMemory
+from meshctl.coord.trust import TrustMemory
 from meshctl.errors import MeshctlError
+
+if TYPE_CHECKING:
+    from meshctl.coord.netmap import NetMap
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,9 +46,13 @@ def fetch_and_verify(state_dir: Path, repo_dir: Path, now: int, *, force: bool =
             and node.has_netmap()):
         # Nothing new (git ids match): no re-verification, but expiry still counts.
         if memory.expires <= now:
-            raise verify.expired_error(memory.expires)
+            from meshctl.coord.verify import expired_error
+
+            raise expired_error(memory.expires)
         node.save_memory(memory, now)  # status shows when the repository was last reached
         return UpdateResult(memory, False, memory.serial, None)
+    from meshctl.coord import verify  # the verifier and its parsers: only for a new tip
+
     record_cache = node.load_record_cache(cfg.network_id)
     snap = gitrepo.GitSnapshot(repo, tip)
     verified = verify.verify_snapshot(snap, cfg.root_fingerprint, now, memory, record_cache)

@@ -27,6 +27,7 @@ from typing import Final, Protocol
 from meshctl.coord import records, signing
 from meshctl.coord.netmap import NetMap, NetworkSettings, Peer, Relay
 from meshctl.coord.records import PeerRecord, RootDoc, StateDoc
+from meshctl.coord.trust import TrustMemory as TrustMemory  # re-exported: it lived here first
 from meshctl.errors import ParseError, VerificationError
 
 MAX_FILES: Final = 250_000  # 2 files per peer at MAX_PEERS, plus requests: refuse a million-file repo early
@@ -49,21 +50,6 @@ class Snapshot(Protocol):
     def size(self, path: str) -> int: ...
 
     def read(self, path: str) -> bytes: ...
-
-
-@dataclass(frozen=True, slots=True)
-class TrustMemory:
-    """What a node accepted last; only ever moves forward."""
-
-    root_hashes: tuple[str, ...]  # sha256 of root/1..N as accepted
-    serial: int
-    state_sha256: str
-    commit: str | None = None
-    expires: int | None = None  # of the accepted state: a no-op pass checks expiry from this alone
-
-    @property
-    def root_version(self) -> int:
-        return len(self.root_hashes)
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "meshctl"
 
 PURE_MODULES = [
     "coord/records.py", "coord/signing.py", "coord/strictjson.py", "coord/verify.py", "coord/netmap.py",
-    "coord/netmap_json.py", "coord/pr_check.py",
+    "coord/netmap_json.py", "coord/pr_check.py", "coord/trust.py",
     "policy/hujson.py", "policy/parse.py", "policy/compile.py", "firewall/nft.py",
     "nat/stun.py", "nat/disco.py", "nat/packet.py", "nat/paths.py", "nat/addr.py",
     "dns/zone.py", "dns/resolver.py", "dns/resolvconf.py",
