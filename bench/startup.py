@@ -2,16 +2,23 @@
 """Issue 8 benchmark: how fast `meshctl version` and `meshctl status` start.
 
 Median wall time of the one-file binary (`$MESHCTL_BIN` or dist/meshctl) against, in the same
-run, `python -c 'import typer'` (the issue's baseline), `import typer._adapters` (what typer
->= 0.2x imports for any command with options: pydantic) and `python -m meshctl`. `status` reads
-a prepared state directory (a one-member mesh made with the CLI, accepted with
-`sync --dry-run`). Runs are interleaved so background load hits every row alike.
+run, `python -c 'import typer'` (the issue's baseline), `python -c pass` (the interpreter alone)
+and `python -m meshctl`. `status` reads a prepared state directory (a one-member mesh made with
+the CLI, accepted with `sync --dry-run`). Runs are interleaved so background load hits every
+row alike.
 
-Then, with strace, where a binary run spends its time: the bootloader unpacking the bundled
-libraries into /tmp/_MEIxxxxxx, the Python child, and the cleanup.
+Then where the time goes: with strace, the bootloader unpacking the bundled libraries into
+/tmp/_MEIxxxxxx, the Python child, and the cleanup; with `python -X importtime`, what
+`meshctl version` imports (typer, meshctl, the rest), and whether pydantic is among it (typer
+0.29 imports it on every command: pyproject.toml pins typer below it); and the largest
+libraries unpacked on every run.
 Goal (issue 8): `dist/meshctl version` at most 0.5 s.
 
-    python bench/startup.py [--runs 9]
+    python bench/startup.py [--runs 9] [--baseline COMMAND ...]
+
+--baseline times another meshctl in the same run (a command line: a build of an earlier commit,
+`env PYTHONPATH=OLD_TREE OTHER_VENV/bin/python -m meshctl`), since on a shared machine only
+figures from one run compare.
 """
 
 from __future__ import annotations
@@ -99,18 +106,41 @@ def strace_split(argv: Sequence[str], env: dict[str, str], tmp: Path) -> tuple[f
     return execs[1] - execs[0], exits[0] - execs[1], exits[1] - exits[0]
 
 
-def payload_mb(path: str) -> float | None:
+def unpacked(path: str) -> list[tuple[int, str]] | None:
+    """(size, name) of what the bootloader writes to /tmp on every run, largest first."""
     try:
         from PyInstaller.archive.readers import CArchiveReader  # type: ignore[import-untyped]
     except ImportError:
         return None
     toc = CArchiveReader(path).toc
-    return float(sum(entry[2] for name, entry in toc.items() if name != "PYZ.pyz" and entry[4] in ("b", "x")) / 1e6)
+    return sorted(((entry[2], name) for name, entry in toc.items() if name != "PYZ.pyz" and entry[4] in ("b", "x")),
+                  reverse=True)
+
+
+def import_split(py: str, argv: Sequence[str], env: dict[str, str]) -> tuple[dict[str, float], bool]:
+    """Seconds `python -m meshctl ARGV` spends importing, by whose modules (self time of each
+    module, so a package's figure leaves out what it imports from others); pydantic among them?"""
+    proc = subprocess.run([py, "-X", "importtime", "-m", "meshctl", *argv], capture_output=True, text=True,
+                          env=env, check=True)
+    groups: dict[str, float] = {"typer": 0.0, "meshctl": 0.0, "other libraries": 0.0, "stdlib": 0.0}
+    pydantic = False
+    for line in proc.stderr.splitlines():
+        fields = line.removeprefix("import time:").split("|")
+        if len(fields) != 3 or not fields[0].strip().isdigit():
+            continue
+        top = fields[2].strip().split(".")[0]
+        pydantic = pydantic or top == "pydantic"
+        group = top if top in ("typer", "meshctl") else "stdlib" if top in sys.stdlib_module_names else \
+            "other libraries"
+        groups[group] += int(fields[0]) / 1e6
+    return groups, pydantic
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=9)
+    parser.add_argument("--baseline", action="append", default=[], metavar="COMMAND",
+                        help="another meshctl command line to time in the same run (repeatable)")
     args = parser.parse_args()
     py = sys.executable
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -121,13 +151,17 @@ def main() -> int:
         status_env = {**env, "MESHCTL_STATE_DIR": str(state), "MESHCTL_INTERFACE": "benchstart0"}
         rows: list[tuple[str, list[str], dict[str, str]]] = [
             ("python -c 'import typer'", [py, "-c", "import typer"], env),
-            ("python -c 'import typer._adapters' (pydantic)", [py, "-c", "import typer._adapters"], env),
+            ("python -c pass", [py, "-c", "pass"], env),
             ("python -m meshctl version", [py, "-m", "meshctl", "version"], env),
             ("python -m meshctl status", [py, "-m", "meshctl", "status"], status_env),
         ]
         if binary_argv:
             rows += [("dist/meshctl version", [*binary_argv, "version"], env),
                      ("dist/meshctl status", [*binary_argv, "status"], status_env)]
+        for i, command in enumerate(args.baseline, 1):
+            argv = shlex.split(command)
+            rows += [(f"baseline {i} version", [*argv, "version"], env),
+                     (f"baseline {i} status", [*argv, "status"], status_env)]
         times: dict[str, list[float]] = {name: [] for name, _, _ in rows}
         for _name, argv, row_env in rows:  # warm the page cache
             wall(argv, row_env)
@@ -135,11 +169,22 @@ def main() -> int:
             for name, argv, row_env in rows:
                 times[name].append(wall(argv, row_env))
         base = statistics.median(times[rows[0][0]])
-        print(f"startup, median of {args.runs} runs ({os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f})")
+        typer_version = sh([py, "-c", "import importlib.metadata as m; print(m.version('typer'))"]).strip()
+        print(f"startup, median of {args.runs} runs ({os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}, "
+              f"typer {typer_version})")
         print(f"{'command':<48} {'median s':>9} {'min s':>7} {'x import typer':>15}")
         for name, _, _ in rows:
             med = statistics.median(times[name])
             print(f"{name:<48} {med:>9.3f} {min(times[name]):>7.3f} {med / base:>15.2f}")
+        for i, command in enumerate(args.baseline, 1):
+            print(f"baseline {i}: {command}")
+        for argv, row_env in ((["version"], env), (["status"], status_env)):
+            by_import = [import_split(py, argv, row_env) for _ in range(5)]
+            pydantic = "YES" if any(p for _, p in by_import) else "no"
+            print(f"python -X importtime -m meshctl {argv[0]}: self time by owner (median of 5; "
+                  f"pydantic imported: {pydantic})")
+            print("  " + ", ".join(f"{group} {statistics.median(g[group] for g, _ in by_import):.3f} s"
+                                   for group in by_import[0][0]))
         if not binary_argv:
             print("no binary: run `make binary` (or set MESHCTL_BIN) for the dist/meshctl rows")
             return 0
@@ -147,12 +192,15 @@ def main() -> int:
         verdict = "met" if med_version <= GOAL_VERSION_S else "NOT met"
         print(f"goal dist/meshctl version <= {GOAL_VERSION_S} s: {verdict}")
         splits = [s for s in (strace_split([*binary_argv, "version"], env, tmp) for _ in range(5)) if s]
+        pieces = unpacked(binary_argv[0]) if len(binary_argv) == 1 else None
         if splits:
             unpack, child, cleanup = (statistics.median(col) for col in zip(*splits, strict=True))
-            size = payload_mb(binary_argv[0]) if len(binary_argv) == 1 else None
-            what = f" ({size:.0f} MB of libraries)" if size else ""
+            what = f" ({sum(size for size, _ in pieces) / 1e6:.0f} MB of libraries)" if pieces else ""
             print(f"dist/meshctl version under strace (median of {len(splits)}; strace slows each part):")
             print(f"  unpack to /tmp{what}: {unpack:.3f} s, python: {child:.3f} s, cleanup: {cleanup:.3f} s")
+        if pieces:
+            largest = ", ".join(f"{name.split('/')[-1]} {size / 1e6:.1f}" for size, name in pieces[:6])
+            print(f"  largest unpacked (MB): {largest}")
     return 0
 
 

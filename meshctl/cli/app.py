@@ -1,7 +1,7 @@
 """The typer app: global options, command registration, error -> exit code.
 
-Command modules are small and import heavy libraries inside their functions so
-that `meshctl version` starts fast.
+Commands are built on first use (cli/commands.py), and command modules import heavy
+libraries inside their functions, so that `meshctl version` starts fast.
 """
 
 from __future__ import annotations
@@ -9,19 +9,73 @@ from __future__ import annotations
 import functools
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from pathlib import Path
-from typing import Annotated, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
 
 import typer
+import typer.core
 
 from meshctl.errors import EXIT_FAILURE, MeshctlError
 from meshctl.settings import DEFAULT_INTERFACE, DEFAULT_LISTEN_PORT, DEFAULT_STATE_DIR, WG_BACKENDS, Settings
 
+if TYPE_CHECKING:
+    from typer.core import TyperCommand, TyperGroup
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
+
+# Any: the value type of TyperGroup.commands is click's Command, which typer vendors privately.
+class _CommandTable(MutableMapping[str, Any]):
+    """The root group's commands: every name of cli/commands.py, each built when first read.
+
+    Names alone (typer's "did you mean" on a typo) build nothing; `--help` and completion
+    read every command and so build them all.
+    """
+
+    def __init__(self, registered: Mapping[str, Any]) -> None:
+        self._built: dict[str, TyperCommand | TyperGroup] = dict(registered)
+
+    def __getitem__(self, name: str) -> TyperCommand | TyperGroup:
+        if name not in self._built:
+            from meshctl.cli import commands
+
+            built = commands.load(name)
+            if built is None:
+                raise KeyError(name)
+            self._built[name] = built
+        return self._built[name]
+
+    def __setitem__(self, name: str, command: TyperCommand | TyperGroup) -> None:
+        self._built[name] = command
+
+    def __delitem__(self, name: str) -> None:
+        raise TypeError("meshctl's commands are listed in cli/commands.py")
+
+    def __iter__(self) -> Iterator[str]:
+        from meshctl.cli import commands
+
+        return iter([*commands.COMMANDS, *(name for name in self._built if name not in commands.COMMANDS)])
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+class LazyCommandGroup(typer.core.TyperGroup):
+    """The root `meshctl` group, whose commands come from the table in cli/commands.py.
+
+    click looks a subcommand up by name (`get_command`), so only the command typed gets
+    its module imported and its parameters built.
+    """
+
+    def __init__(self, **attrs: Any) -> None:
+        super().__init__(**attrs)
+        self.commands = _CommandTable(self.commands)  # keeps any command registered on `app` itself
+
+
 app = typer.Typer(
+    cls=LazyCommandGroup,
     name="meshctl",
     help="A mesh VPN whose coordination plane is a git repository of signed files.\n\n"
     "New mesh: an admin runs `meshctl init DIR --name NAME` and pushes DIR to a git host. "
@@ -95,17 +149,8 @@ def command(fn: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
-_registered = False
-
-
 def build_app() -> typer.Typer:
-    """Register every command once (the modules are light; heavy imports sit inside)."""
-    global _registered
-    if not _registered:
-        from meshctl.cli import commands
-
-        commands.register(app)
-        _registered = True
+    """The app with every command of cli/commands.py (each built when first looked up)."""
     return app
 
 
