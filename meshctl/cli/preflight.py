@@ -20,7 +20,7 @@ from typing import Final
 from meshctl.errors import MeshctlError
 
 CAP_NET_ADMIN: Final = 12  # linux/capability.h
-# A state is signed for STATE_LIFETIME_S (coord.admin); clocks within a day are "right".
+# A state is signed for STATE_LIFETIME_S (coord.trust); clocks within a day are "right".
 CLOCK_SLACK_S: Final = 86400
 KINDS_MESHCTL_USES: Final = ("wireguard", "tun")  # kernel WireGuard, wireguard-go's tun
 CLOCK_HINT: Final = "check the system clock (`date -u`; `timedatectl set-ntp true` turns on NTP)"
@@ -109,6 +109,12 @@ def check_listen_port(ifname: str, port: int) -> None:
         )
 
 
+def format_time(unix: int) -> str:
+    from meshctl.coord.records import format_time as records_format_time  # only when there is a warning
+
+    return records_format_time(unix)
+
+
 def clock_warning(now: int, expires: int | None, fetched_at: int | None, lifetime_s: int) -> str | None:
     """A line saying the clock looks wrong, from what this node saw before; None if it looks right.
 
@@ -116,8 +122,6 @@ def clock_warning(now: int, expires: int | None, fetched_at: int | None, lifetim
     - The accepted state was signed after now (expires - lifetime): the clock is behind.
     - The accepted state has expired: the clock may be ahead (or the admin must renew).
     """
-    from meshctl.coord.records import format_time
-
     if fetched_at is not None and now < fetched_at - CLOCK_SLACK_S:
         return (f"the system clock reads {format_time(now)}, but this node already fetched the "
                 f"repository at {format_time(fetched_at)}: {CLOCK_HINT}")
@@ -135,8 +139,8 @@ def clock_check(state_dir: os.PathLike[str] | str, now: int) -> str | None:
     """clock_warning() from what the last sync left in the state directory."""
     from pathlib import Path
 
-    from meshctl.coord.admin import STATE_LIFETIME_S
     from meshctl.coord.node_state import NodeState
+    from meshctl.coord.trust import STATE_LIFETIME_S
 
     node = NodeState(Path(state_dir))
     try:

@@ -19,10 +19,10 @@ from typing import Final
 from meshctl.coord import records, signing, verify
 from meshctl.coord.fs_snapshot import FsSnapshot
 from meshctl.coord.records import Assignment, RootDoc, StateDoc
+from meshctl.coord.trust import STATE_LIFETIME_S as STATE_LIFETIME_S  # re-exported: tests, bench
 from meshctl.errors import MeshctlError, ParseError, UsageError, VerificationError
 from meshctl.keys import SigningKey, VerifyKey, load_signing_key, write_private_key
 
-STATE_LIFETIME_S: Final = 30 * 86400  # a frozen repository is noticed within a month
 ROOT_LIFETIME_S: Final = 5 * 365 * 86400
 DEFAULT_CIDR: Final = "100.64.0.0/10"
 MAGICDNS_IP: Final = ipaddress.IPv4Address("100.100.100.100")

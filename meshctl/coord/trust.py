@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
+
+# How long an admin's signature on state.json lasts (set by coord.admin, read by the clock check).
+STATE_LIFETIME_S: Final = 30 * 86400  # a frozen repository is noticed within a month
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,11 +15,13 @@ import logging
 import shutil
 import subprocess
 from collections.abc import Sequence
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from meshctl.errors import MeshctlError
 from meshctl.firewall import nft
-from meshctl.policy.compile import PacketFilter
+
+if TYPE_CHECKING:
+    from meshctl.policy.compile import PacketFilter
 
 log = logging.getLogger(__name__)
 

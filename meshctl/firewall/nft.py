@@ -35,10 +35,9 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final, TypeAlias
+from typing import TYPE_CHECKING, Final, TypeAlias
 
 from meshctl.coord.netmap import IPAddress, Prefix
-from meshctl.policy.compile import FilterRule, PacketFilter
 from meshctl.policy.parse import (
     ALL_PORTS,
     PORT_PROTOS,
@@ -46,6 +45,9 @@ from meshctl.policy.parse import (
     PROTO_ICMPV6,
     PortRange,
 )
+
+if TYPE_CHECKING:  # annotations only: the compiler is the heavier half of the policy code
+    from meshctl.policy.compile import FilterRule, PacketFilter
 
 FAMILY: Final = "inet"
 TABLE: Final = "meshctl"
