@@ -189,7 +189,7 @@ def dry_run_report(settings: Settings, now: int, render: Callable[[NetMap, Plan]
         netmap = coord.netmap or accepted_netmap(settings, coord.memory, now)
         desired = desired_for(settings, netmap, {})
         text = render(netmap, reconciler.plan_observed(desired, observed))
-        if key:
+        if key and not _resolves_names(netmap):  # DNS, not the key, decides such endpoints
             noop_pass.save_report(settings.state_dir, key, text)
     return PassReport(text, coord.error)
 
