@@ -135,6 +135,11 @@ class Agent:
             self.last_error = exc.message
             log.warning("sync failed: %s", exc.message)
             return False
+        except Exception as exc:  # noqa: BLE001 - a bug in one pass must not end the agent
+            # The traceback goes to the log (never locals: they may hold keys); retried later.
+            log.exception("unexpected: the pass raised %s", type(exc).__name__)
+            self.last_error = f"internal error in the pass ({type(exc).__name__}); see the agent log"
+            return False
         self.last = result
         self.passes += 1
         for ext in self.extensions:
@@ -186,11 +191,16 @@ class Agent:
         await self._start_extensions()
         if peek is not None:
             for ext in self.extensions:
-                ext.update_netmap(peek.netmap)
+                ext.update_netmap(peek)
 
-    def _peek_blocking(self) -> PassResult:
+    def _peek_blocking(self) -> NetMap:
+        """The map accepted last (no fetch: the first pass fetches right after), else a fetched one."""
         with state_lock(self.settings.state_dir, LOCK_WAIT_S):
-            return run_pass(self.settings, int(time.time()), dry_run=True, reconciler=self.reconciler)
+            now = int(time.time())
+            try:
+                return run_pass(self.settings, now, dry_run=True, fetch=False, reconciler=self.reconciler).netmap
+            except MeshctlError:
+                return run_pass(self.settings, now, dry_run=True, reconciler=self.reconciler).netmap
 
     async def _start_extensions(self) -> None:
         for ext in default_extensions(self):

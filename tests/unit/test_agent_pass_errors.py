@@ -1,0 +1,45 @@
+"""A pass that raises something unexpected is logged and retried; it does not end the agent."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import pytest
+
+from meshctl.agent import daemon
+from meshctl.errors import MeshctlError
+from meshctl.settings import Settings
+
+
+class _Boom(RuntimeError):
+    pass
+
+
+def _agent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: BaseException) -> daemon.Agent:
+    agent = daemon.Agent(Settings(state_dir=tmp_path), accept_dns=False)
+    agent._extensions_started = True  # no NAT traversal or DNS in a unit test
+
+    def failing_pass() -> daemon.PassResult:
+        raise error
+
+    monkeypatch.setattr(agent, "_pass_blocking", failing_pass)
+    return agent
+
+
+def test_unexpected_exception_in_a_pass_is_reported_not_fatal(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    agent = _agent(tmp_path, monkeypatch, _Boom("bug"))
+    with caplog.at_level(logging.ERROR, logger="meshctl.agent.daemon"):
+        ok = asyncio.run(agent._pass())
+    assert ok is False
+    assert agent.last_error == "internal error in the pass (_Boom); see the agent log"
+    assert "unexpected: the pass raised _Boom" in caplog.text
+    assert "Traceback" in caplog.text  # the log keeps the traceback for a bug report
+
+
+def test_expected_failure_keeps_its_own_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    agent = _agent(tmp_path, monkeypatch, MeshctlError("origin: repository unreachable"))
+    assert asyncio.run(agent._pass()) is False
+    assert agent.last_error == "origin: repository unreachable"
