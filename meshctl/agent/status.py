@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final
 
-from meshctl.agent.desired import HANDSHAKE_FRESH_S
 from meshctl.coord.netmap import NetMap
-from meshctl.wg.config import DeviceState
+from meshctl.wg.config import HANDSHAKE_FRESH_S, DeviceState
 
 STALE_AFTER_S: Final = 300  # five missed one-minute syncs
 
