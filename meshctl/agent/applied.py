@@ -86,3 +86,55 @@ def report_digest(inputs: str, version: str, device: DeviceState, router: object
     the meshctl version that renders it (an upgrade may word the report differently)."""
     return _digest([f"v{DIGEST_VERSION}", version, inputs, device_digest(device, now), repr(router),
                     json.dumps(table, sort_keys=True)])
+
+
+# The UAPI lines a plan depends on; counters, handshake times, fwmark and the protocol version
+# are left out (the handshake time only says whether the tunnel works).
+_UAPI_PEER_KEYS: Final = frozenset({"endpoint", "persistent_keepalive_interval"})
+
+
+def uapi_digest(reply: bytes, now: int) -> str | None:
+    """device_digest's counterpart for a raw wireguard-go `get=1` reply, without parsing it into
+    objects (at 1,000 peers that parse is most of a no-op pass). None when it is no good reply.
+
+    It digests the text as wireguard-go prints it, so it is compared only with digests of
+    other replies, never with device_digest. Peers come in Go map order: they are sorted.
+    """
+    try:
+        text = reply.decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    lines = text.rstrip("\n").split("\n")
+    if not lines or lines[-1] != "errno=0":
+        return None
+    head: list[str] = [f"uapi v{DIGEST_VERSION}"]
+    peers: list[list[str]] = []
+    ips: list[str] = []
+    handshake = 0
+    endpoint = False
+
+    def close_peer() -> None:
+        if peers:
+            working = endpoint and handshake and now - handshake < HANDSHAKE_FRESH_S
+            peers[-1].extend([f"working={int(bool(working))}", *sorted(ips)])
+
+    for line in lines[:-1]:
+        key, _, value = line.partition("=")
+        if key == "public_key":
+            close_peer()
+            peers.append([line])
+            ips, handshake, endpoint = [], 0, False
+        elif not peers:
+            if key == "private_key":
+                head.append(_key_hash(value.encode()))
+            elif key == "listen_port":
+                head.append(line)
+        elif key == "allowed_ip":
+            ips.append(value)
+        elif key == "last_handshake_time_sec":
+            handshake = int(value) if value.isdigit() else 0
+        elif key in _UAPI_PEER_KEYS:
+            endpoint = endpoint or key == "endpoint"
+            peers[-1].append(line)
+    close_peer()
+    return _digest(head + sorted("\n".join(p) for p in peers))

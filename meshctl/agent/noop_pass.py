@@ -2,9 +2,10 @@
 skip building the map, the desired state and the plans (the shell around agent.applied).
 
 Cost of a no-op pass: the fetch, trust.json, node.json, the key file, applied.json, one ioctl
-(is the link here?) and one WireGuard read. No NetMap, no policy compile, no netlink library,
-no nft. Anything unexpected (no record, another input, a device that differs or does not
-answer) simply means "do the full pass", which re-reads and heals everything.
+(is the link here?) and one WireGuard read, digested as text for wireguard-go (not parsed).
+No NetMap, no policy compile, no netlink library, no nft. Anything unexpected (no record,
+another input, a device that differs or does not answer) simply means "do the full pass",
+which re-reads and heals everything.
 """
 
 from __future__ import annotations
@@ -14,19 +15,15 @@ import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
-from meshctl.agent.applied import Applied, device_digest, inputs_digest
+from meshctl.agent.applied import Applied, device_digest, inputs_digest, uapi_digest
 from meshctl.coord.trust import TrustMemory
 from meshctl.errors import MeshctlError
 from meshctl.fsutil import atomic_write
 from meshctl.identity import WIREGUARD_FILE
 from meshctl.settings import Settings
 from meshctl.wg.config import DeviceState
-
-if TYPE_CHECKING:
-    from meshctl.wg.kernel import KernelBackend
-    from meshctl.wg.userspace import UserspaceBackend
 
 log = logging.getLogger(__name__)
 
@@ -67,31 +64,36 @@ def forget_applied(state_dir: Path) -> None:
     (state_dir / APPLIED_FILE).unlink(missing_ok=True)
 
 
-def remember_full_pass(state_dir: Path, inputs: str | None, device: DeviceState | None, backend: str,
-                       now: int, resolves_names: bool) -> None:
-    """After a full pass that applied cleanly; anything less leaves no record (next pass: full)."""
-    if inputs is None or device is None:
+def remember_full_pass(state_dir: Path, ifname: str, inputs: str | None, device: DeviceState | None,
+                       backend: str, now: int, resolves_names: bool) -> None:
+    """After a full pass that applied cleanly (`device`: the state it left); anything less
+    leaves no record, and the next pass is a full one."""
+    digest = None
+    if inputs is not None and device is not None:
+        # wireguard-go's reply is digested as sent (one read, no parse); the kernel's as a state.
+        digest = device_fingerprint(ifname, backend, now) if backend == "userspace" else device_digest(device, now)
+    if digest is None:
         forget_applied(state_dir)
         return
-    save_applied(state_dir, Applied(inputs, device_digest(device, now), backend, now, resolves_names))
+    assert inputs is not None
+    save_applied(state_dir, Applied(inputs, digest, backend, now, resolves_names))
 
 
-def _read_device(ifname: str, backend: str) -> DeviceState | None:
+def device_fingerprint(ifname: str, backend: str, now: int) -> str | None:
+    """The device's digest from one read; None when it is not here or does not answer."""
     from meshctl.wg.kernel import link_present
 
     # The UAPI socket directory is shared by every namespace: the link must be in ours.
     if not link_present(ifname):
         return None
-    if backend == "userspace":
-        from meshctl.wg import userspace
-
-        reader: UserspaceBackend | KernelBackend = userspace.UserspaceBackend(ifname)
-    else:
-        from meshctl.wg import kernel
-
-        reader = kernel.KernelBackend(ifname)
     try:
-        return reader.read()
+        if backend == "userspace":
+            from meshctl.wg.userspace import UserspaceBackend
+
+            return uapi_digest(UserspaceBackend(ifname).read_raw(), now)
+        from meshctl.wg.kernel import KernelBackend
+
+        return device_digest(KernelBackend(ifname).read(), now)
     except (MeshctlError, OSError) as exc:
         log.debug("no-op check: %s", exc)
         return None
@@ -104,8 +106,7 @@ def nothing_to_do(state_dir: Path, ifname: str, inputs: str | None, now: int) ->
     applied = load_applied(state_dir)
     if applied is None or not applied.still_valid(inputs, now):
         return False
-    device = _read_device(ifname, applied.backend)
-    return device is not None and device_digest(device, now) == applied.device
+    return device_fingerprint(ifname, applied.backend, now) == applied.device
 
 
 # --- the dry run's report, reused while everything it depends on is the same -----------------

@@ -209,6 +209,10 @@ class UserspaceBackend:
             )
         return reply.state
 
+    def read_raw(self) -> bytes:
+        """The `get=1` reply as wireguard-go sent it, unparsed (a no-op pass only digests it)."""
+        return self._request(GET_REQUEST)
+
     def apply(self, update: DeviceUpdate) -> None:
         if update.is_empty():
             return  # the promise: nothing changed, no WireGuard call

@@ -7,7 +7,14 @@ from dataclasses import replace
 
 import pytest
 
-from meshctl.agent.applied import FULL_PASS_INTERVAL_S, Applied, device_digest, inputs_digest, report_digest
+from meshctl.agent.applied import (
+    FULL_PASS_INTERVAL_S,
+    Applied,
+    device_digest,
+    inputs_digest,
+    report_digest,
+    uapi_digest,
+)
 from meshctl.agent.desired import HANDSHAKE_FRESH_S, KEEPALIVE_S, compute_desired, keep_working_endpoints
 from meshctl.keys import NodePrivate
 from meshctl.router.config import RouterState
@@ -83,3 +90,38 @@ def test_a_report_depends_on_the_version_and_the_host() -> None:
     assert report_digest("i", "0.1.0", device(), RouterState(exists=True), None, NOW) != base
     assert report_digest("i", "0.1.0", device(), RouterState(), [{"table": {}}], NOW) != base
     assert report_digest("i", "0.1.0", device(NOW - 20, 7), RouterState(), None, NOW) == base
+
+
+def uapi_reply(peers: list[tuple[str, str, int, int, list[str]]], errno: int = 0) -> bytes:
+    """A wireguard-go `get=1` reply: (key hex, endpoint, keepalive, handshake sec, allowed ips)."""
+    lines = ["private_key=" + "11" * 32, "listen_port=51820"]
+    for key, endpoint, keepalive, handshake, ips in peers:
+        lines += [f"public_key={key}", "preshared_key=" + "00" * 32, "protocol_version=1",
+                  f"endpoint={endpoint}", f"last_handshake_time_sec={handshake}", "last_handshake_time_nsec=5",
+                  "tx_bytes=100", "rx_bytes=200", f"persistent_keepalive_interval={keepalive}",
+                  *(f"allowed_ip={ip}" for ip in ips)]
+    return ("\n".join([*lines, f"errno={errno}"]) + "\n\n").encode()
+
+
+A, B = "aa" * 32, "bb" * 32
+PEERS = [(A, "192.0.2.1:51820", 25, NOW - 10, ["100.64.0.1/32", "fd00::1/128"]),
+         (B, "192.0.2.2:51820", 0, 0, ["100.64.0.2/32"])]
+
+
+def test_a_raw_reply_digest_ignores_order_counters_and_handshake_times() -> None:
+    base = uapi_digest(uapi_reply(PEERS), NOW)
+    assert base is not None and "11" * 32 not in base
+    shuffled = [PEERS[1], (A, "192.0.2.1:51820", 25, NOW - 20, ["fd00::1/128", "100.64.0.1/32"])]
+    assert uapi_digest(uapi_reply(shuffled), NOW) == base
+    assert uapi_digest(uapi_reply(PEERS, errno=1), NOW) is None
+
+
+@pytest.mark.parametrize("peers", [
+    [(A, "192.0.2.9:51820", 25, NOW - 10, ["100.64.0.1/32", "fd00::1/128"]), PEERS[1]],  # endpoint
+    [(A, "192.0.2.1:51820", 7, NOW - 10, ["100.64.0.1/32", "fd00::1/128"]), PEERS[1]],  # keepalive
+    [(A, "192.0.2.1:51820", 25, NOW - 10, ["100.64.0.1/32"]), PEERS[1]],  # allowed ips
+    [(A, "192.0.2.1:51820", 25, NOW - HANDSHAKE_FRESH_S, ["100.64.0.1/32", "fd00::1/128"]), PEERS[1]],  # stale
+    [PEERS[0]],  # a peer removed
+])
+def test_a_raw_reply_digest_sees_what_a_plan_sees(peers: list[tuple[str, str, int, int, list[str]]]) -> None:
+    assert uapi_digest(uapi_reply(peers), NOW) != uapi_digest(uapi_reply(PEERS), NOW)
