@@ -8,8 +8,9 @@ before accepting a new tip we check it descends from the trusted one.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Final
 
@@ -23,6 +24,7 @@ MAX_CREDENTIAL_TRIES: Final = 3  # libgit2 asks again forever when credentials f
 MAX_TREE_ENTRIES: Final = 250_001
 MAX_TREE_DEPTH: Final = 4
 COMMITTER: Final = ("meshctl", "meshctl@localhost")
+MAX_PACKS: Final = 8  # fetches each leave a pack; past this many they are merged into one
 
 
 class Credentials(pygit2.RemoteCallbacks):
@@ -88,6 +90,21 @@ def open_or_init(repo_dir: Path, url: str) -> pygit2.Repository:
     return repo
 
 
+@contextlib.contextmanager
+def opened(repo_dir: Path, url: str) -> Iterator[pygit2.Repository]:
+    """`open_or_init` for one pass, closed at the end of the block.
+
+    pygit2 repositories sit in reference cycles, so dropping one frees nothing until the
+    cyclic garbage collector runs; meanwhile it keeps every pack file it read open. A
+    long-running agent or relay opens one per pass: close it when the pass is done.
+    """
+    repo = open_or_init(repo_dir, url)
+    try:
+        yield repo
+    finally:
+        repo.free()
+
+
 def default_branch(repo: pygit2.Repository) -> str:
     """The branch the remote's HEAD points to."""
     remote = repo.remotes["origin"]
@@ -118,9 +135,46 @@ def fetch(repo: pygit2.Repository, branch: str) -> str:
     except (pygit2.GitError, OSError, ValueError, KeyError) as exc:
         raise _git_error(str(remote.url), exc) from None
     try:
-        return str(repo.references[FETCHED_REF].target)
+        tip = str(repo.references[FETCHED_REF].target)
     except KeyError:
         raise GitError(f"{remote.url}: branch {branch!r} not found") from None
+    compact_packs(repo)
+    return tip
+
+
+def compact_packs(repo: pygit2.Repository, max_packs: int = MAX_PACKS) -> bool:
+    """Merge the packs of meshctl's own clone into one once fetches have left more than `max_packs`.
+
+    Every fetch that brings a commit stores it as a new pack file and nothing ever merges them
+    (there is no `git gc` here), so a node would gather one pack per membership change: disk,
+    lookups that search every pack, and a file descriptor per pack that libgit2 keeps open.
+    Like `git repack -a -d`: every commit reachable from a ref, with its trees and files, goes
+    into one new pack; then the old ones are deleted. Best effort: on any error nothing is
+    deleted and the next fetch tries again.
+    """
+    pack_dir = Path(repo.path) / "objects" / "pack"
+    before = set(pack_dir.glob("pack-*.pack"))
+    if len(before) <= max_packs:
+        return False
+    try:
+        builder = pygit2.PackBuilder(repo)
+        tips = {ref.peel(pygit2.Commit).id for ref in repo.references.objects}
+        for commit in _reachable_commits(repo, tips):
+            builder.add_recur(commit)
+        builder.write(str(pack_dir))
+    except (pygit2.GitError, OSError, KeyError, ValueError):
+        return False
+    new = set(pack_dir.glob("pack-*.pack")) - before
+    if not new:
+        return False
+    for old in before:
+        for suffix in (".pack", ".idx", ".rev"):
+            old.with_suffix(suffix).unlink(missing_ok=True)
+    return True
+
+
+def _reachable_commits(repo: pygit2.Repository, tips: set[pygit2.Oid]) -> set[pygit2.Oid]:
+    return {commit.id for tip in tips for commit in repo.walk(tip)}
 
 
 def trusted_tip(repo: pygit2.Repository) -> str | None:

@@ -38,35 +38,35 @@ def fetch_and_verify(state_dir: Path, repo_dir: Path, now: int, *, force: bool =
     node = NodeState(state_dir)
     cfg = node.load_config()
     memory = node.load_memory()
-    repo = gitrepo.open_or_init(repo_dir, cfg.repo_url)
-    tip = gitrepo.fetch(repo, cfg.branch)
-    trusted = gitrepo.trusted_tip(repo)
-    gitrepo.check_descends(repo, tip, trusted)
-    if (not force and memory is not None and memory.commit == tip and memory.expires is not None
-            and node.has_netmap()):
-        # Nothing new (git ids match): no re-verification, but expiry still counts.
-        if memory.expires <= now:
-            from meshctl.coord.verify import expired_error
+    with gitrepo.opened(repo_dir, cfg.repo_url) as repo:
+        tip = gitrepo.fetch(repo, cfg.branch)
+        trusted = gitrepo.trusted_tip(repo)
+        gitrepo.check_descends(repo, tip, trusted)
+        if (not force and memory is not None and memory.commit == tip and memory.expires is not None
+                and node.has_netmap()):
+            # Nothing new (git ids match): no re-verification, but expiry still counts.
+            if memory.expires <= now:
+                from meshctl.coord.verify import expired_error
 
-            raise expired_error(memory.expires)
-        node.save_memory(memory, now)  # status shows when the repository was last reached
-        return UpdateResult(memory, False, memory.serial, None)
-    from meshctl.coord import verify  # the verifier and its parsers: only for a new tip
+                raise expired_error(memory.expires)
+            node.save_memory(memory, now)  # status shows when the repository was last reached
+            return UpdateResult(memory, False, memory.serial, None)
+        from meshctl.coord import verify  # the verifier and its parsers: only for a new tip
 
-    record_cache = node.load_record_cache(cfg.network_id)
-    snap = gitrepo.GitSnapshot(repo, tip)
-    verified = verify.verify_snapshot(snap, cfg.root_fingerprint, now, memory, record_cache)
-    netmap = verified.netmap.with_self(cfg.name)
-    changed = memory is None or memory.state_sha256 != verified.state_sha256
-    accepted = verified.memory(tip)
-    # Memory first: once it is on disk, an older state can never be accepted again.
-    node.save_memory(accepted, now)
-    gitrepo.set_trusted(repo, tip)
-    node.save_netmap(netmap)
-    used = {f"{snap.files()[f'peers/{n}.json']}:{snap.files()[f'peers/{n}.json.sig']}"
-            for n in verified.records}
-    node.save_record_cache(cfg.network_id, record_cache, used)
-    return UpdateResult(accepted, changed, memory.serial if memory else None, netmap)
+        record_cache = node.load_record_cache(cfg.network_id)
+        snap = gitrepo.GitSnapshot(repo, tip)
+        verified = verify.verify_snapshot(snap, cfg.root_fingerprint, now, memory, record_cache)
+        netmap = verified.netmap.with_self(cfg.name)
+        changed = memory is None or memory.state_sha256 != verified.state_sha256
+        accepted = verified.memory(tip)
+        # Memory first: once it is on disk, an older state can never be accepted again.
+        node.save_memory(accepted, now)
+        gitrepo.set_trusted(repo, tip)
+        node.save_netmap(netmap)
+        used = {f"{snap.files()[f'peers/{n}.json']}:{snap.files()[f'peers/{n}.json.sig']}"
+                for n in verified.records}
+        node.save_record_cache(cfg.network_id, record_cache, used)
+        return UpdateResult(accepted, changed, memory.serial if memory else None, netmap)
 
 
 def require_member(netmap: NetMap, cfg: NodeConfig) -> None:

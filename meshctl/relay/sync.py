@@ -29,26 +29,26 @@ def sync_once(state_dir: Path, url: str, root_fingerprint: str, now: int) -> Net
     ensure_private_dir(state_dir)
     node = NodeState(state_dir)
     memory = node.load_memory()
-    repo = gitrepo.open_or_init(state_dir / REPO_DIR_NAME, url)
-    tip = gitrepo.fetch(repo, gitrepo.default_branch(repo))
-    gitrepo.check_descends(repo, tip, gitrepo.trusted_tip(repo))
-    cached = node.load_netmap()
-    if memory is not None and memory.commit == tip and cached is not None:
-        if cached.expires <= now:
-            raise verify.expired_error(cached.expires)
-        node.touch_fetched(now)
-        return cached
-    network_id = cached.network.network_id if cached is not None else ""
-    record_cache = node.load_record_cache(network_id) if network_id else {}
-    snap = gitrepo.GitSnapshot(repo, tip)
-    verified = verify.verify_snapshot(snap, root_fingerprint, now, memory, record_cache)
-    node.save_memory(verified.memory(tip), now)  # memory first: never accept an older state again
-    gitrepo.set_trusted(repo, tip)
-    node.save_netmap(verified.netmap)
-    files = snap.files()
-    used = {f"{files[f'peers/{n}.json']}:{files[f'peers/{n}.json.sig']}" for n in verified.records}
-    node.save_record_cache(verified.root.network_id, record_cache, used)
-    return verified.netmap
+    with gitrepo.opened(state_dir / REPO_DIR_NAME, url) as repo:
+        tip = gitrepo.fetch(repo, gitrepo.default_branch(repo))
+        gitrepo.check_descends(repo, tip, gitrepo.trusted_tip(repo))
+        cached = node.load_netmap()
+        if memory is not None and memory.commit == tip and cached is not None:
+            if cached.expires <= now:
+                raise verify.expired_error(cached.expires)
+            node.touch_fetched(now)
+            return cached
+        network_id = cached.network.network_id if cached is not None else ""
+        record_cache = node.load_record_cache(network_id) if network_id else {}
+        snap = gitrepo.GitSnapshot(repo, tip)
+        verified = verify.verify_snapshot(snap, root_fingerprint, now, memory, record_cache)
+        node.save_memory(verified.memory(tip), now)  # memory first: never accept an older state again
+        gitrepo.set_trusted(repo, tip)
+        node.save_netmap(verified.netmap)
+        files = snap.files()
+        used = {f"{files[f'peers/{n}.json']}:{files[f'peers/{n}.json.sig']}" for n in verified.records}
+        node.save_record_cache(verified.root.network_id, record_cache, used)
+        return verified.netmap
 
 
 def cached_netmap(state_dir: Path, now: int) -> NetMap | None:
