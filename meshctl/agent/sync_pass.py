@@ -147,7 +147,7 @@ def run_pass(settings: Settings, now: int, *, dry_run: bool = False, fetch: bool
     if not dry_run and noop_pass.nothing_to_do(settings.state_dir, settings.interface, inputs, now):
         from meshctl.agent.reconcile import EMPTY_PLAN
 
-        record_pass(settings.state_dir, now, memory.serial, coord.error, [])
+        record_pass(settings.state_dir, now, memory.serial, coord.error, [], fetch)
         return PassResult(memory.serial, EMPTY_PLAN, coord.accepted, coord.error, load_netmap=load)
     from meshctl.agent.reconcile import Reconciler
 
@@ -160,7 +160,7 @@ def run_pass(settings: Settings, now: int, *, dry_run: bool = False, fetch: bool
     if before_apply is not None:
         before_apply()
     result = reconciler.apply(desired)
-    record_pass(settings.state_dir, now, netmap.serial, coord.error, result.errors)
+    record_pass(settings.state_dir, now, netmap.serial, coord.error, result.errors, fetch)
     # The record is only as good as its inputs: they must describe the map just applied.
     clean = not result.errors and netmap.state_sha256 == memory.state_sha256
     noop_pass.remember_full_pass(settings.state_dir, settings.interface, inputs if clean else None,
@@ -201,20 +201,30 @@ class PassReport:
 
 
 def record_pass(state_dir: Path, now: int, serial: int, coord_error: MeshctlError | None,
-                apply_errors: list[MeshctlError]) -> None:
-    """last-sync.json: what `status` reports about freshness and failures."""
+                apply_errors: list[MeshctlError], fetched: bool = True) -> None:
+    """last-sync.json: what `status` reports about freshness and failures.
+
+    A pass that did not fetch (the agent re-applying its map after a path change) knows
+    nothing new about the git host: it keeps the last fetch's verdict, so an unreachable
+    host stays reported until a fetch succeeds."""
     path = state_dir / "last-sync.json"
     previous: dict[str, object] = {}
     try:
         previous = json.loads(path.read_text())
     except (FileNotFoundError, ValueError):
         pass
+    if fetched or not previous:
+        coordination = {
+            "coordination_ok": coord_error is None,
+            "coordination_error": coord_error.message if coord_error else None,
+            "last_fetch_ok_at": now if coord_error is None else previous.get("last_fetch_ok_at"),
+        }
+    else:
+        coordination = {k: previous.get(k) for k in ("coordination_ok", "coordination_error", "last_fetch_ok_at")}
     doc = {
         "at": now,
         "serial": serial,
-        "coordination_ok": coord_error is None,
-        "coordination_error": coord_error.message if coord_error else None,
-        "last_fetch_ok_at": now if coord_error is None else previous.get("last_fetch_ok_at"),
+        **coordination,
         "apply_errors": [e.message for e in apply_errors],
     }
     atomic_write(path, (json.dumps(doc, indent=2) + "\n").encode())
