@@ -21,7 +21,7 @@ from meshctl.agent.magicdns import MAGIC_INTERFACE_ADDRESS
 from meshctl.agent.reconcile import Reconciler
 from meshctl.agent.sync_pass import PassResult, run_pass
 from meshctl.coord.netmap import NetMap
-from meshctl.errors import MeshctlError
+from meshctl.errors import EXIT_FAILURE, EXIT_OK, MeshctlError
 from meshctl.fsutil import atomic_write, ensure_private_dir
 from meshctl.settings import Settings
 
@@ -77,6 +77,7 @@ class Agent:
         self.reconciler = Reconciler(settings.interface, settings.wg_backend, settings.state_dir)
         self.last: PassResult | None = None
         self.last_error: str | None = None
+        self.last_exit_code = EXIT_OK  # of last_error: `meshctl sync` through the agent exits with it
         self.passes = 0
         self._trigger = asyncio.Event()
         self._stop = asyncio.Event()
@@ -132,13 +133,14 @@ class Agent:
         try:
             result = await asyncio.to_thread(self._pass_blocking)
         except MeshctlError as exc:
-            self.last_error = exc.message
+            self.last_error, self.last_exit_code = exc.message, exc.exit_code
             log.warning("sync failed: %s", exc.message)
             return False
         except Exception as exc:  # noqa: BLE001 - a bug in one pass must not end the agent
             # The traceback goes to the log (never locals: they may hold keys); retried later.
             log.exception("unexpected: the pass raised %s", type(exc).__name__)
             self.last_error = f"internal error in the pass ({type(exc).__name__}); see the agent log"
+            self.last_exit_code = EXIT_FAILURE
             return False
         self.last = result
         self.passes += 1
@@ -146,6 +148,7 @@ class Agent:
             ext.update_netmap(result.netmap)
         errors = ([result.coordination_error] if result.coordination_error else []) + list(result.apply_errors)
         self.last_error = errors[0].message if errors else None
+        self.last_exit_code = errors[0].exit_code if errors else EXIT_OK
         if result.accepted_new_state:
             log.info("accepted serial %d", result.netmap.serial)
         return not errors
@@ -248,7 +251,7 @@ class Agent:
         if cmd == "sync":
             self._fetch_next = True
             ok = await self._pass()
-            return {"ok": ok, "error": self.last_error, **self.status()}
+            return {"ok": ok, "error": self.last_error, "exit_code": self.last_exit_code, **self.status()}
         if cmd == "shutdown":
             self._stop.set()
             return {"ok": True}

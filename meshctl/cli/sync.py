@@ -87,5 +87,9 @@ def _synced_by_agent(control_socket: Path) -> bool:
     if reply is None:
         return False
     if reply.get("error"):
-        raise MeshctlError(str(reply["error"]), "the agent keeps the last good configuration and retries")
+        error = MeshctlError(str(reply["error"]), "the agent keeps the last good configuration and retries")
+        code = reply.get("exit_code")
+        if isinstance(code, int) and 0 < code < 256:
+            error.exit_code = code  # e.g. 3 for an expired or refused state, as without the agent
+        raise error
     return True

@@ -43,3 +43,11 @@ def test_expected_failure_keeps_its_own_message(tmp_path: Path, monkeypatch: pyt
     agent = _agent(tmp_path, monkeypatch, MeshctlError("origin: repository unreachable"))
     assert asyncio.run(agent._pass()) is False
     assert agent.last_error == "origin: repository unreachable"
+
+
+def test_a_refused_state_keeps_its_exit_code_for_sync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from meshctl.errors import EXIT_REFUSED, VerificationError
+
+    agent = _agent(tmp_path, monkeypatch, VerificationError("state.json: expired at 2026-12-01 00:00 UTC"))
+    assert asyncio.run(agent._pass()) is False
+    assert agent.last_exit_code == EXIT_REFUSED  # `meshctl sync` through the agent exits 3, as without it
