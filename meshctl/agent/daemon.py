@@ -197,13 +197,9 @@ class Agent:
                 ext.update_netmap(peek)
 
     def _peek_blocking(self) -> NetMap:
-        """The map accepted last (no fetch: the first pass fetches right after), else a fetched one."""
+        """The newest map, fetched: the extensions (relay clients above all) start from it."""
         with state_lock(self.settings.state_dir, LOCK_WAIT_S):
-            now = int(time.time())
-            try:
-                return run_pass(self.settings, now, dry_run=True, fetch=False, reconciler=self.reconciler).netmap
-            except MeshctlError:
-                return run_pass(self.settings, now, dry_run=True, reconciler=self.reconciler).netmap
+            return run_pass(self.settings, int(time.time()), dry_run=True, reconciler=self.reconciler).netmap
 
     async def _start_extensions(self) -> None:
         for ext in default_extensions(self):

@@ -42,7 +42,10 @@ log = logging.getLogger(__name__)
 RECONNECT_INITIAL_S: Final = 0.25
 # Small: a relay that restarts must be found again within a few seconds, and a hello is tiny.
 RECONNECT_MAX_S: Final = 4.0
-# Refused logins (not a member yet, revoked) are retried slowly: the repository must change first.
+# Refused logins (not a member yet, revoked) are retried ever more slowly: the relay must see a
+# newer state first. The first retries come soon, because a device that was just approved often
+# logs in before the relay's own next sync has admitted it.
+REFUSED_RETRY_FIRST_S: Final = 2.0
 REFUSED_RETRY_S: Final = 30.0
 TCP_CONNECT_TIMEOUT_S: Final = 5.0
 # A session shorter than this does not reset the backoff (a relay that accepts and drops at
@@ -65,6 +68,11 @@ class RelayClientConfig:
     transports: tuple[str, ...] = TRANSPORTS  # in order of preference
     tls: ssl.SSLContext | None = None  # TLS for the TCP fallback (None: plain TCP)
     tls_server_name: str | None = None
+
+
+def refused_delay(refusals: int) -> float:
+    """Seconds before the next login after `refusals` refusals in a row: 2 s doubling to 30 s."""
+    return float(min(REFUSED_RETRY_S, REFUSED_RETRY_FIRST_S * 2.0 ** max(0, refusals - 1)))
 
 
 def backoff_delay(attempt: int, rand: Callable[[], float] = random.random) -> float:
@@ -296,7 +304,7 @@ class RelayClient:
     # -- supervision -------------------------------------------------------------------
 
     async def _supervise(self) -> None:
-        attempt = 0
+        attempt = refusals = 0
         while True:
             for kind in self.config.transports:
                 self._refused = False
@@ -316,7 +324,8 @@ class RelayClient:
                     break
             else:
                 attempt += 1
-            delay = REFUSED_RETRY_S if self._refused else backoff_delay(attempt)
+            refusals = refusals + 1 if self._refused else 0
+            delay = refused_delay(refusals) if self._refused else backoff_delay(attempt)
             await asyncio.sleep(delay)
 
     async def _run_once(self, kind: str) -> bool:

@@ -9,10 +9,12 @@ from meshctl.relay.client import (
     HOME_HYSTERESIS_S,
     RECONNECT_INITIAL_S,
     RECONNECT_MAX_S,
+    REFUSED_RETRY_S,
     RelayClient,
     RelayClientConfig,
     backoff_delay,
     choose_home,
+    refused_delay,
 )
 
 
@@ -22,6 +24,12 @@ def test_backoff_starts_at_zero_doubles_and_is_capped() -> None:
     assert backoff_delay(2, lambda: 1.0) == 2 * RECONNECT_INITIAL_S
     assert backoff_delay(50, lambda: 1.0) == RECONNECT_MAX_S
     assert backoff_delay(50, lambda: 0.0) == RECONNECT_MAX_S / 2  # jitter: half to all of it
+
+
+def test_refused_logins_are_retried_soon_then_ever_more_slowly() -> None:
+    # a device approved a moment ago is admitted by the relay's next sync: retry within seconds
+    assert [refused_delay(n) for n in range(1, 6)] == [2.0, 4.0, 8.0, 16.0, REFUSED_RETRY_S]
+    assert refused_delay(1000) == REFUSED_RETRY_S
 
 
 def client(latency: float | None, connected: bool = True) -> RelayClient:
