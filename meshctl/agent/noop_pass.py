@@ -68,14 +68,14 @@ def remember_full_pass(state_dir: Path, ifname: str, inputs: str | None, device:
                        backend: str, now: int, resolves_names: bool) -> None:
     """After a full pass that applied cleanly (`device`: the state it left); anything less
     leaves no record, and the next pass is a full one."""
-    digest = None
-    if inputs is not None and device is not None:
-        # wireguard-go's reply is digested as sent (one read, no parse); the kernel's as a state.
-        digest = device_fingerprint(ifname, backend, now) if backend == "userspace" else device_digest(device, now)
+    if inputs is None or device is None:
+        forget_applied(state_dir)
+        return
+    # wireguard-go's reply is digested as sent (one read, no parse); the kernel's as a state.
+    digest = device_fingerprint(ifname, backend, now) if backend == "userspace" else device_digest(device, now)
     if digest is None:
         forget_applied(state_dir)
         return
-    assert inputs is not None
     save_applied(state_dir, Applied(inputs, digest, backend, now, resolves_names))
 
 

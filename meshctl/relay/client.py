@@ -72,7 +72,7 @@ class RelayClientConfig:
 
 def refused_delay(refusals: int) -> float:
     """Seconds before the next login after `refusals` refusals in a row: 2 s doubling to 30 s."""
-    return float(min(REFUSED_RETRY_S, REFUSED_RETRY_FIRST_S * 2.0 ** max(0, refusals - 1)))
+    return min(REFUSED_RETRY_S, REFUSED_RETRY_FIRST_S * 2.0 ** max(0, refusals - 1))
 
 
 def backoff_delay(attempt: int, rand: Callable[[], float] = random.random) -> float:

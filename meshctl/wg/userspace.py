@@ -26,6 +26,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
@@ -70,7 +71,7 @@ def _link_exists(ifname: str) -> bool:
         return bool(ipr.link_lookup(ifname=ifname))
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     """True while `pid` runs (a zombie waiting for its reaper has exited)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -80,8 +81,8 @@ def _pid_alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
-def find_wireguard_go(ifname: str) -> int | None:
-    """The PID of the live wireguard-go serving `ifname` (names are unique across namespaces)."""
+def wireguard_go_processes() -> Iterator[tuple[str, int]]:
+    """(interface, pid) of every live `wireguard-go IFNAME` process on this machine (all namespaces)."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -89,13 +90,13 @@ def find_wireguard_go(ifname: str) -> int | None:
             argv = (entry / "cmdline").read_bytes().rstrip(b"\0").split(b"\0")
         except OSError:
             continue
-        if (
-            argv[1:] == [ifname.encode()]
-            and os.path.basename(argv[0]) == WIREGUARD_GO.encode()
-            and _pid_alive(int(entry.name))
-        ):
-            return int(entry.name)
-    return None
+        if len(argv) == 2 and os.path.basename(argv[0]) == WIREGUARD_GO.encode() and pid_alive(int(entry.name)):
+            yield argv[1].decode(errors="replace"), int(entry.name)
+
+
+def find_wireguard_go(ifname: str) -> int | None:
+    """The PID of the live wireguard-go serving `ifname` (names are unique across namespaces)."""
+    return next((pid for name, pid in wireguard_go_processes() if name == ifname), None)
 
 
 class UserspaceBackend:
@@ -235,9 +236,9 @@ class UserspaceBackend:
             # The link is elsewhere or gone: removing the socket file makes wireguard-go exit.
             self.socket_path.unlink(missing_ok=True)
         deadline = time.monotonic() + STOP_DEADLINE_S
-        while (pid is not None and _pid_alive(pid)) or self.socket_path.exists():
+        while (pid is not None and pid_alive(pid)) or self.socket_path.exists():
             if time.monotonic() > deadline:
-                if pid is not None and _pid_alive(pid):
+                if pid is not None and pid_alive(pid):
                     log.warning("%s: wireguard-go %d did not exit; sending SIGTERM",
                                 self.ifname, pid)
                     os.kill(pid, signal.SIGTERM)

@@ -24,6 +24,7 @@ from meshctl.coord.join import make_request
 from meshctl.identity import DeviceKeys
 from meshctl.keys import DiscoPrivate, NodePrivate, SigningKey, load_signing_key
 from meshctl.lab import Lab, Node
+from meshctl.wg.userspace import pid_alive  # re-exported for the e2e tests
 
 POLL_S: Final = 0.05
 # Fake members get addresses from this offset on, far from the ones `approve` hands out first.
@@ -88,14 +89,6 @@ def agent_pid(lab: Lab, node: Node) -> int | None:
     except (FileNotFoundError, ValueError):
         return None
     return pid if pid_alive(pid) else None
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state not in ("Z", "X")
 
 
 def wait_for(check: Callable[[], bool], what: str, timeout_s: float = 10.0) -> None:

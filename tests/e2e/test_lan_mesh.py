@@ -41,7 +41,7 @@ from meshctl.coord import admin
 from meshctl.coord.admin import MAGICDNS_IP
 from meshctl.lab import Node, meshctl_argv
 from meshctl.lab.scenario import MeshScenario
-from meshctl.wg.userspace import SOCKET_DIR, find_wireguard_go
+from meshctl.wg.userspace import SOCKET_DIR, find_wireguard_go, wireguard_go_processes
 
 pytestmark = pytest.mark.netns
 
@@ -97,18 +97,7 @@ def nft_rules(mesh: MeshScenario, name: str) -> list[str]:
 
 def wireguard_go_pids(ifname: str) -> list[int]:
     """Every live wireguard-go process serving `ifname` (there must be one)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().rstrip(b"\0").split(b"\0")
-        except OSError:
-            continue
-        if os.path.basename(argv[0]) == b"wireguard-go" and argv[1:] == [ifname.encode()] \
-                and pid_alive(int(entry.name)):
-            pids.append(int(entry.name))
-    return pids
+    return [pid for name, pid in wireguard_go_processes() if name == ifname]
 
 
 def assert_interface_whole(mesh: MeshScenario, name: str) -> None:

@@ -33,7 +33,7 @@ from typing import Final
 from meshctl.lab import Lab, LabError, Node
 from meshctl.lab.scenario import MeshScenario
 from meshctl.lab.topology import one_lan
-from meshctl.wg.userspace import SOCKET_DIR
+from meshctl.wg.userspace import SOCKET_DIR, pid_alive, wireguard_go_processes
 
 WG_PORT: Final = 51820
 MAX_PACK_FDS: Final = 3
@@ -139,22 +139,11 @@ class Soak:
             pid = int((self.state_dir(slot) / "agent.pid").read_text())
         except (FileNotFoundError, ValueError):
             return None
-        return pid if _alive(pid) else None
+        return pid if pid_alive(pid) else None
 
     def wireguard_go_pids(self) -> list[tuple[str, int]]:
         """(interface, pid) of every live wireguard-go serving one of this lab's interfaces."""
-        out = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                argv = (entry / "cmdline").read_bytes().rstrip(b"\0").split(b"\0")
-            except OSError:
-                continue
-            if (len(argv) == 2 and os.path.basename(argv[0]) == b"wireguard-go"
-                    and argv[1].startswith(self.lab.run_id.encode()) and _alive(int(entry.name))):
-                out.append((argv[1].decode(), int(entry.name)))
-        return out
+        return [(name, pid) for name, pid in wireguard_go_processes() if name.startswith(self.lab.run_id)]
 
     def wg_go_stray(self, running: Sequence[tuple[str, int]]) -> int:
         """wireguard-go processes that should not be there, plus the ones missing, counting
@@ -393,12 +382,6 @@ def open_fds(pid: int) -> tuple[int, int]:
     return other, packs
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except OSError:
-        return False
-    return state not in ("Z", "X")
 
 
 # --- verdicts ----------------------------------------------------------------------------------
