@@ -209,6 +209,7 @@ class GitSnapshot:
         self.repo = repo
         self.commit = commit
         self._files: dict[str, str | None] | None = None
+        self._sizes: dict[str, int] = {}  # verify asks each file's size twice: bound, then read
 
     def files(self) -> dict[str, str | None]:
         if self._files is None:
@@ -252,6 +253,8 @@ class GitSnapshot:
             raise VerificationError(f"{path}: object {str(oid)[:12]} is missing from the repository") from None
 
     def size(self, path: str) -> int:
+        if path in self._sizes:
+            return self._sizes[path]
         oid = self.files()[path]
         assert oid is not None
         try:
@@ -260,6 +263,7 @@ class GitSnapshot:
             raise VerificationError(f"{path}: object {oid[:12]} is missing from the repository") from None
         if kind != pygit2.enums.ObjectType.BLOB:
             raise VerificationError(f"{path}: a file entry that is not a file")
+        self._sizes[path] = int(size)
         return int(size)
 
     def read(self, path: str) -> bytes:

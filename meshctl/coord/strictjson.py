@@ -96,7 +96,9 @@ def loads(data: bytes, *, name: str, max_bytes: int) -> JSONValue:
     except RecursionError:
         raise JSONError(f"{name}: nested deeper than {MAX_DEPTH} levels") from None
     # The C parser bounds recursion itself (RecursionError above); this enforces our tighter limit.
-    if isinstance(value, (dict, list)) and _too_deep(value, MAX_DEPTH):
+    # Fewer brackets than the limit cannot nest that deep (the walk costs a 10,000-peer sync 0.1 s).
+    deep_enough = text.count("{") + text.count("[") >= MAX_DEPTH
+    if deep_enough and isinstance(value, (dict, list)) and _too_deep(value, MAX_DEPTH):
         raise JSONError(f"{name}: nested deeper than {MAX_DEPTH} levels")
     return value
 
