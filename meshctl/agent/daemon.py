@@ -15,7 +15,7 @@ import signal
 import time
 from typing import Any, Final, Protocol
 
-from meshctl.agent import control
+from meshctl.agent import control, heap
 from meshctl.agent.lock import state_lock
 from meshctl.agent.magicdns import MAGIC_INTERFACE_ADDRESS
 from meshctl.agent.reconcile import Reconciler
@@ -144,6 +144,7 @@ class Agent:
             return False
         self.last = result
         self.passes += 1
+        heap.trim()  # a pass's garbage (git packs, parsed maps) leaves the C heap with it
         for ext in self.extensions:
             ext.update_netmap(result.netmap)
         errors = ([result.coordination_error] if result.coordination_error else []) + list(result.apply_errors)
@@ -271,4 +272,5 @@ class Agent:
 
 
 def run_agent(settings: Settings, sync_interval_s: float, accept_dns: bool = True) -> None:
+    heap.limit_arenas()  # before any thread starts
     asyncio.run(Agent(settings, sync_interval_s, accept_dns).run())

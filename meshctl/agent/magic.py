@@ -136,7 +136,7 @@ def wanted_override(path: Path, initiator: bool, direct_since: float | None, now
 def local_ipv4_interfaces(exclude_ifname: str) -> list[ipaddress.IPv4Interface]:
     """Global IPv4 addresses of this host with their prefixes, except loopback and the mesh
     interface (netlink)."""
-    from pyroute2 import IPRoute
+    from meshctl.netlink import IPRoute
 
     out = []
     with IPRoute() as ipr:

@@ -55,7 +55,7 @@ def _index(ipr: Any, ifname: str) -> int | None:
 
 def read_router(ifname: str) -> RouterState:
     """The interface's state in the current network namespace."""
-    from pyroute2 import IPRoute
+    from meshctl.netlink import IPRoute
 
     with IPRoute() as ipr:
         idx = _index(ipr, ifname)
@@ -104,8 +104,7 @@ def apply_router(ifname: str, plan: RouterPlan) -> RouterState:
     """Run `plan` on `ifname`; returns the state read back afterwards."""
     if plan.is_empty():
         return read_router(ifname)
-    from pyroute2 import IPRoute
-    from pyroute2.netlink.exceptions import NetlinkError
+    from meshctl.netlink import IPRoute, NetlinkError
 
     failures: list[str] = []
     with IPRoute() as ipr:

@@ -53,7 +53,7 @@ def link_present(ifname: str) -> bool:
 
 def link_kind(ifname: str) -> str | None:
     """The kind of the link `ifname` in this namespace ("wireguard", "tun", ...) or None."""
-    from pyroute2 import IPRoute
+    from meshctl.netlink import IPRoute
 
     with IPRoute() as ipr:
         idx = ipr.link_lookup(ifname=ifname)
@@ -67,8 +67,7 @@ def link_kind(ifname: str) -> str | None:
 
 def try_create_kernel_link(ifname: str) -> str | None:
     """Create a kernel WireGuard link; None on success, else why it failed."""
-    from pyroute2 import IPRoute
-    from pyroute2.netlink.exceptions import NetlinkError
+    from meshctl.netlink import IPRoute, NetlinkError
 
     try:
         with IPRoute() as ipr:
@@ -82,7 +81,7 @@ def try_create_kernel_link(ifname: str) -> str | None:
 
 def encode_message(ifname: str, msg: DeviceMessage) -> Any:
     """The pyroute2 `wgmsg` for one chunk (also used by tests to check real sizes)."""
-    from pyroute2.netlink.generic.wireguard import wgmsg
+    from meshctl.netlink import wgmsg
 
     out = wgmsg()
     out["cmd"] = WG_CMD_SET_DEVICE
@@ -220,8 +219,7 @@ class KernelBackend:
             )
 
     def read(self) -> DeviceState:
-        from pyroute2 import WireGuard
-        from pyroute2.netlink.exceptions import NetlinkError
+        from meshctl.netlink import NetlinkError, WireGuard
 
         try:
             with WireGuard() as wg:
@@ -236,9 +234,7 @@ class KernelBackend:
     def apply(self, update: DeviceUpdate) -> None:
         if update.is_empty():
             return
-        from pyroute2 import WireGuard
-        from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST
-        from pyroute2.netlink.exceptions import NetlinkError
+        from meshctl.netlink import NLM_F_ACK, NLM_F_REQUEST, NetlinkError, WireGuard
 
         messages = split_update(update, self.ifname)
         try:
@@ -256,8 +252,7 @@ class KernelBackend:
             ) from None
 
     def remove_device(self) -> None:
-        from pyroute2 import IPRoute
-        from pyroute2.netlink.exceptions import NetlinkError
+        from meshctl.netlink import IPRoute, NetlinkError
 
         with IPRoute() as ipr:
             idx = ipr.link_lookup(ifname=self.ifname)

@@ -65,7 +65,7 @@ class UapiUnavailable(MeshctlError):
 
 
 def _link_exists(ifname: str) -> bool:
-    from pyroute2 import IPRoute
+    from meshctl.netlink import IPRoute
 
     with IPRoute() as ipr:
         return bool(ipr.link_lookup(ifname=ifname))
@@ -252,8 +252,7 @@ class UserspaceBackend:
     # --- helpers ----------------------------------------------------------------------------
 
     def _delete_link(self) -> None:
-        from pyroute2 import IPRoute
-        from pyroute2.netlink.exceptions import NetlinkError
+        from meshctl.netlink import IPRoute, NetlinkError
 
         with IPRoute() as ipr:
             idx = ipr.link_lookup(ifname=self.ifname)

@@ -41,6 +41,8 @@ def imported_modules(path: Path) -> set[str]:
             names.update(alias.name.split(".")[0] for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.add(node.module.split(".")[0])
+            if node.module == "meshctl.netlink":  # pyroute2, imported lean
+                names.add("pyroute2")
     return names
 
 
