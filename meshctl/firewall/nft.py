@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, TypeAlias
 
 from meshctl.coord.netmap import IPAddress, Prefix
-from meshctl.policy.parse import (
+from meshctl.policy.protocols import (
     ALL_PORTS,
     PORT_PROTOS,
     PROTO_ICMP,

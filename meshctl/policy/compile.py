@@ -25,20 +25,16 @@ from typing import Final, TypeAlias
 from meshctl.coord.netmap import IPAddress, NetMap, Peer
 from meshctl.errors import UsageError
 from meshctl.policy.parse import (
-    ALL_PORTS,
-    PORT_PROTOS,
-    PROTO_ICMP,
-    PROTO_ICMPV6,
     PROTO_NAMES,
     AclRule,
     Alias,
     AliasKind,
     Policy,
     PolicyTest,
-    PortRange,
     Prefix,
     TestTarget,
 )
+from meshctl.policy.protocols import ALL_PORTS, PORT_PROTOS, PROTO_ICMP, PROTO_ICMPV6, PortRange
 
 ANY_V4: Final = ipaddress.ip_network("0.0.0.0/0")
 ANY_V6: Final = ipaddress.ip_network("::/0")

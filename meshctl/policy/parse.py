@@ -28,19 +28,39 @@ from typing import Final, TypeAlias
 from meshctl.errors import ParseError
 from meshctl.policy import hujson
 from meshctl.policy.hujson import Array, Document, Member, Node, Object, Scalar
+from meshctl.policy.protocols import (  # re-exported: the policy's vocabulary
+    ALL_PORTS as ALL_PORTS,
+)
+from meshctl.policy.protocols import (
+    DEFAULT_PROTOS as DEFAULT_PROTOS,
+)
+from meshctl.policy.protocols import (
+    MAX_PORT as MAX_PORT,
+)
+from meshctl.policy.protocols import (
+    PORT_PROTOS as PORT_PROTOS,
+)
+from meshctl.policy.protocols import (
+    PROTO_ICMP as PROTO_ICMP,
+)
+from meshctl.policy.protocols import (
+    PROTO_ICMPV6 as PROTO_ICMPV6,
+)
+from meshctl.policy.protocols import (
+    PROTO_SCTP as PROTO_SCTP,
+)
+from meshctl.policy.protocols import (
+    PROTO_TCP as PROTO_TCP,
+)
+from meshctl.policy.protocols import (
+    PROTO_UDP as PROTO_UDP,
+)
+from meshctl.policy.protocols import (
+    PortRange as PortRange,
+)
 
 Prefix: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-MAX_PORT: Final = 65535
-PROTO_TCP: Final = 6
-PROTO_UDP: Final = 17
-PROTO_ICMP: Final = 1
-PROTO_ICMPV6: Final = 58
-PROTO_SCTP: Final = 132
-# Tailscale's default when `proto` is absent: TCP, UDP and both ICMPs.
-DEFAULT_PROTOS: Final = (PROTO_ICMP, PROTO_TCP, PROTO_UDP, PROTO_ICMPV6)
-# Only these carry ports; with any other protocol the ports must be "*".
-PORT_PROTOS: Final = frozenset({PROTO_TCP, PROTO_UDP, PROTO_SCTP})
 # Tailscale's protocol names (https://tailscale.com/kb/1337/policy-syntax#proto).
 PROTO_NAMES: Final[Mapping[str, int]] = {
     "icmp": PROTO_ICMP,
@@ -135,23 +155,6 @@ class Alias:
     text: str
     users: tuple[str, ...] = ()  # USER: (the user,); GROUP: its members
     prefix: Prefix | None = None  # HOST, PREFIX
-
-
-@dataclass(frozen=True, slots=True)
-class PortRange:
-    first: int
-    last: int
-
-    def __contains__(self, port: object) -> bool:
-        return isinstance(port, int) and self.first <= port <= self.last
-
-    def __str__(self) -> str:
-        if self.first == 0 and self.last == MAX_PORT:
-            return "*"
-        return str(self.first) if self.first == self.last else f"{self.first}-{self.last}"
-
-
-ALL_PORTS: Final = (PortRange(0, MAX_PORT),)
 
 
 @dataclass(frozen=True, slots=True)
