@@ -179,6 +179,17 @@ def poll(check: Callable[[], bool], what: str, timeout: float = READY_TIMEOUT_S)
         time.sleep(POLL_INTERVAL_S)
 
 
+def wait_for(check: Callable[[], bool], timeout: float, interval: float = 0.2) -> float | None:
+    """Seconds until `check()` held, or None after `timeout` (for tests that measure the wait)."""
+    start = time.monotonic()
+    while True:
+        if check():
+            return time.monotonic() - start
+        if time.monotonic() - start > timeout:
+            return None
+        time.sleep(interval)
+
+
 def udptool_argv(*args: str) -> list[str]:
     """Run the lab's UDP tool (a standalone script; -S: no site import, faster start)."""
     return [sys.executable, "-S", str(UDPTOOL), *args]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,6 +117,25 @@ class MeshScenario:
             tail = log_path.read_text(errors="replace")[-3000:] if log_path.exists() else "(no agent.log)"
             raise LabError(f"meshctl up on {name} exited {proc.returncode}: {proc.stderr.strip()}\n{tail}")
         return proc.stdout
+
+    def up_together(self, names: Sequence[str]) -> None:
+        """`meshctl up` on several members at the same time (as their people would); the first
+        failure is raised once all have finished."""
+        errors: list[BaseException] = []
+
+        def up(name: str) -> None:
+            try:
+                self.up(name)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+                errors.append(exc)
+
+        threads = [threading.Thread(target=up, args=(n,)) for n in names]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
 
     def status(self, name: str) -> dict[str, Any]:
         return dict(json.loads(self.meshctl(name, "status", "--json").stdout))

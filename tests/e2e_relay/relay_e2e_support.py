@@ -4,9 +4,6 @@ agents up (meshctl/lab/scenario.build_relay_mesh)."""
 from __future__ import annotations
 
 import shutil
-import threading
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +14,6 @@ from meshctl.agent.control import query_agent
 from meshctl.lab import Lab, TwoNats, lab_unavailable
 from meshctl.lab.scenario import MeshScenario, RelayBox, build_relay_mesh
 
-POLL_S = 0.2
 RELAY_NAME = "r1"
 
 
@@ -43,21 +39,7 @@ class RelayedMesh:
 
     def up_both(self) -> None:
         """`meshctl up` on both devices at the same time (as two people would)."""
-        errors: list[BaseException] = []
-
-        def up(name: str) -> None:
-            try:
-                self.mesh.up(name)
-            except BaseException as exc:  # noqa: BLE001 - re-raised in the test thread
-                errors.append(exc)
-
-        threads = [threading.Thread(target=up, args=(n,)) for n in ("a", "b")]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if errors:
-            raise errors[0]
+        self.mesh.up_together(("a", "b"))
 
     def peer_status(self, name: str) -> dict[str, Any]:
         peers = {p["name"]: p for p in self.mesh.status(name)["peers"]}
@@ -104,12 +86,3 @@ def build(lab: Lab, profile_a: str, profile_b: str) -> RelayedMesh:
     return RelayedMesh(lab, mesh, topo, relay)
 
 
-def wait_for(check: Callable[[], bool], timeout: float) -> float | None:
-    """Seconds until `check()` held, or None after `timeout`."""
-    start = time.monotonic()
-    while True:
-        if check():
-            return time.monotonic() - start
-        if time.monotonic() - start > timeout:
-            return None
-        time.sleep(POLL_S)

@@ -1,7 +1,6 @@
 """Helpers for the fault-injection lab tests (issue 9, item 3): a mesh, a fault, the outcome.
 
 - `need_lab`: skip, naming what is missing;
-- `wait_for`: poll until a check holds, returning how long it took (the recovery figure);
 - `faked_clock`: the environment for a command whose wall clock is moved by libfaketime
   (Debian package faketime), without touching the machine's;
 - `tmpfs`: a small tmpfs mounted on a state directory, unmounted even on failure;
@@ -15,8 +14,7 @@ import errno
 import os
 import shutil
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
@@ -24,7 +22,6 @@ import pytest
 
 from meshctl.lab import lab_unavailable
 
-POLL_S: Final = 0.2
 FAKETIME_LIBS: Final = (Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1"),
                         Path("/usr/lib/aarch64-linux-gnu/faketime/libfaketimeMT.so.1"))
 
@@ -36,17 +33,6 @@ def need_lab(*extra_tools: str) -> None:
     for tool in ("wireguard-go", "wg", "git", "ping", *extra_tools):
         if shutil.which(tool) is None:
             pytest.skip(f"needs `{tool}` on PATH")
-
-
-def wait_for(check: Callable[[], bool], timeout: float) -> float | None:
-    """Seconds until `check()` held, or None after `timeout`."""
-    start = time.monotonic()
-    while True:
-        if check():
-            return time.monotonic() - start
-        if time.monotonic() - start > timeout:
-            return None
-        time.sleep(POLL_S)
 
 
 def faketime_library() -> Path | None:

@@ -14,7 +14,6 @@ import os
 import re
 import signal
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,9 +21,10 @@ from pathlib import Path
 from typing import Any, Final
 
 import pytest
-from faults_support import need_lab, wait_for
+from faults_support import need_lab
 
 from meshctl.lab import PORT_RESTRICTED, SYMMETRIC, Lab, NatRouter, Node, open_lab
+from meshctl.lab.core import wait_for
 from meshctl.lab.scenario import MeshScenario, RelayBox, build_relay_mesh
 from meshctl.relay.client import RECONNECT_MAX_S
 from meshctl.wg.userspace import find_wireguard_go
@@ -62,21 +62,8 @@ class Pair:
         return self.mesh.members[name].node
 
     def up_both(self) -> None:
-        errors: list[BaseException] = []
-
-        def up(name: str) -> None:
-            try:
-                self.mesh.up(name)
-            except BaseException as exc:  # noqa: BLE001 - re-raised in the test thread
-                errors.append(exc)
-
-        threads = [threading.Thread(target=up, args=(n,)) for n in ("a", "b")]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if errors:
-            raise errors[0]
+        """`meshctl up` on both devices at the same time (as two people would)."""
+        self.mesh.up_together(("a", "b"))
 
     def peer(self, name: str) -> dict[str, Any]:
         return dict(next(p for p in self.mesh.status(name)["peers"] if p["name"] == other(name)))

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import threading
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,8 +10,6 @@ import pytest
 
 from meshctl.lab import Lab, TwoNats, lab_unavailable
 from meshctl.lab.scenario import MeshScenario, build_nat_mesh
-
-POLL_S = 0.2
 
 
 def need_lab() -> None:
@@ -34,21 +29,7 @@ class NatMesh:
 
     def up_both(self) -> None:
         """`meshctl up` on both devices at the same time (as two people would)."""
-        errors: list[BaseException] = []
-
-        def up(name: str) -> None:
-            try:
-                self.mesh.meshctl(name, "up")
-            except BaseException as exc:  # noqa: BLE001 - re-raised in the test thread
-                errors.append(exc)
-
-        threads = [threading.Thread(target=up, args=(n,)) for n in ("a", "b")]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if errors:
-            raise errors[0]
+        self.mesh.up_together(("a", "b"))
 
     def peer_status(self, name: str) -> dict[str, Any]:
         other = "b" if name == "a" else "a"
@@ -79,12 +60,3 @@ def build(lab: Lab, profile_a: str, profile_b: str) -> NatMesh:
     return NatMesh(lab, mesh, topo)
 
 
-def wait_for(check: Callable[[], bool], timeout: float) -> float | None:
-    """Seconds until `check()` held, or None after `timeout`."""
-    start = time.monotonic()
-    while True:
-        if check():
-            return time.monotonic() - start
-        if time.monotonic() - start > timeout:
-            return None
-        time.sleep(POLL_S)

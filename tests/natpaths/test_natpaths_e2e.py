@@ -12,7 +12,7 @@ sides, and a ping over the mesh goes through.
 from __future__ import annotations
 
 import pytest
-from natpaths_support import build, wait_for
+from natpaths_support import build
 
 from meshctl.lab import (
     ADDRESS_RESTRICTED,
@@ -22,6 +22,7 @@ from meshctl.lab import (
     SYMMETRIC,
     Lab,
 )
+from meshctl.lab.core import wait_for
 from meshctl.nat import paths
 
 pytestmark = pytest.mark.netns
