@@ -21,12 +21,6 @@ from typing import Final
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.serialization import (
-    Encoding,
-    NoEncryption,
-    PrivateFormat,
-    PublicFormat,
-)
 
 from meshctl.errors import MeshctlError, ParseError
 
@@ -138,11 +132,11 @@ class SigningKey(_Private):
     @classmethod
     def generate(cls) -> SigningKey:
         key = Ed25519PrivateKey.generate()
-        return cls(key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption()))
+        return cls(key.private_bytes_raw())
 
     def public(self) -> VerifyKey:
         key = Ed25519PrivateKey.from_private_bytes(self._raw)
-        return VerifyKey(key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
+        return VerifyKey(key.public_key().public_bytes_raw())
 
     def sign(self, message: bytes) -> bytes:
         return Ed25519PrivateKey.from_private_bytes(self._raw).sign(message)
@@ -153,7 +147,7 @@ class SigningKey(_Private):
 
 def _x25519_public(raw_private: bytes) -> bytes:
     key = X25519PrivateKey.from_private_bytes(raw_private)
-    return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    return key.public_key().public_bytes_raw()
 
 
 def _x25519_generate() -> bytes:
