@@ -35,10 +35,12 @@ def sync(
         preflight.require_root("sync", "run it with sudo, or `meshctl sync --dry-run` to see what it would do")
     if jitter:
         time.sleep(random.uniform(0, jitter))
-    if not dry_run and _synced_by_agent(settings.control_socket):
-        return
     now = int(time.time())
     clock = preflight.clock_check(settings.state_dir, now)
+    if not dry_run and _synced_by_agent(settings.control_socket, clock):
+        if clock is not None:
+            typer.echo(f"warning: {clock}", err=True)
+        return
     with state_lock(settings.state_dir, wait):
         try:
             # The preflight checks run only when the pass will touch the network: a no-op
@@ -77,9 +79,10 @@ def _render_dry_run(ifname: str, netmap: NetMap, plan: Plan) -> str:
                       *(f"  {line}" for line in lines)])
 
 
-def _synced_by_agent(control_socket: Path) -> bool:
+def _synced_by_agent(control_socket: Path, clock: str | None = None) -> bool:
     """With an agent running, the pass is the agent's: it owns MagicDNS's address and the paths
-    it found, which a pass computed here would undo."""
+    it found, which a pass computed here would undo. `clock` (a suspicious system clock) is the
+    hint of the agent's failure, as it would be of this process's own."""
     from meshctl.agent.control import query_agent
     from meshctl.errors import MeshctlError
 
@@ -87,7 +90,8 @@ def _synced_by_agent(control_socket: Path) -> bool:
     if reply is None:
         return False
     if reply.get("error"):
-        error = MeshctlError(str(reply["error"]), "the agent keeps the last good configuration and retries")
+        error = MeshctlError(str(reply["error"]),
+                             clock or "the agent keeps the last good configuration and retries")
         code = reply.get("exit_code")
         if isinstance(code, int) and 0 < code < 256:
             error.exit_code = code  # e.g. 3 for an expired or refused state, as without the agent

@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,33 @@ from meshctl.cli import preflight
 from meshctl.lab import Lab, Node, lab_unavailable, meshctl_argv
 
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+def others_can_run(path: Path) -> bool:
+    """Whether uid 65534 can reach and execute `path` (every parent searchable by others)."""
+    path = path.resolve()
+    return bool(path.stat().st_mode & 0o001) and all(d.stat().st_mode & 0o001 for d in path.parents)
+
+
+@pytest.fixture(scope="module")
+def nobody_meshctl() -> Iterator[list[str]]:
+    """meshctl's argv for a command run as nobody. A checkout in a private directory (a 0700
+    mktemp dir, say) keeps nobody from even starting the binary, which would fail these tests
+    for a reason that is not meshctl's: then a copy in a directory open to all is run."""
+    argv = meshctl_argv()
+    binary = Path(argv[0])
+    if len(argv) > 1 or others_can_run(binary):
+        yield argv
+        return
+    shared = Path(tempfile.mkdtemp(prefix="meshctl-nobody-"))
+    try:
+        shared.chmod(0o755)
+        copy = shared / "meshctl"
+        shutil.copy2(binary, copy)
+        copy.chmod(0o755)
+        yield [str(copy)]
+    finally:
+        shutil.rmtree(shared)
 DAY = 86400
 LIFETIME = 30 * DAY
 
@@ -62,8 +90,8 @@ def link_exists(lab: Lab, node: Node, ifname: str) -> bool:
     (["up"], "hint: run it with sudo (or as the systemd unit meshctl.service)"),
     (["down"], "hint: run it with sudo"),
 ])
-def test_not_root(tmp_path: Path, args: list[str], hint: str) -> None:
-    proc = run([*NOBODY, *meshctl_argv(), *args], env={"MESHCTL_STATE_DIR": str(tmp_path / "state")})
+def test_not_root(tmp_path: Path, args: list[str], hint: str, nobody_meshctl: list[str]) -> None:
+    proc = run([*NOBODY, *nobody_meshctl, *args], env={"MESHCTL_STATE_DIR": str(tmp_path / "state")})
     assert proc.returncode == 1
     assert proc.stderr.splitlines() == [
         f"meshctl: `meshctl {args[0]}` must run as root: it configures WireGuard, addresses, routes and nftables",
@@ -74,10 +102,10 @@ def test_not_root(tmp_path: Path, args: list[str], hint: str) -> None:
 
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
                     reason="needs root and setpriv (util-linux) to run as nobody")
-def test_state_dir_only_root_can_read(node: tuple[Path, Path]) -> None:
+def test_state_dir_only_root_can_read(node: tuple[Path, Path], nobody_meshctl: list[str]) -> None:
     _, state = node
     assert state.stat().st_mode & 0o077 == 0
-    proc = run([*NOBODY, *meshctl_argv(), "status"], env={"MESHCTL_STATE_DIR": str(state)})
+    proc = run([*NOBODY, *nobody_meshctl, "status"], env={"MESHCTL_STATE_DIR": str(state)})
     assert proc.returncode == 1
     assert proc.stderr.splitlines() == [f"meshctl: permission denied: {state}/netmap.json",
                                         "hint: run it as root (sudo meshctl ...), or pass --state-dir"]
