@@ -167,6 +167,8 @@ class Reconciler:
                 apply_router(self.ifname, plan.router)
         except MeshctlError as exc:
             result.errors.append(exc)
+        else:
+            backend.tune_sockets(desired.wg.listen_port)  # the link is up now: its sockets exist
         for line in plan.describe(self.ifname):
             log.info("applied %s", line)
         return result

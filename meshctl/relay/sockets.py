@@ -91,11 +91,17 @@ def _udp_inodes(pid: int, port: int) -> set[str]:
     return inodes
 
 
+def udp_socket_count(pid: int, port: int) -> int:
+    """How many UDP sockets are bound to `port` in `pid`'s network namespace."""
+    return len(_udp_inodes(pid, port))
+
+
 def enlarge_process_udp_buffers(pid: int, port: int, size: int = BUFFER_BYTES) -> int:
     """Give another process's UDP sockets on `port` `size`-byte buffers (root; Linux >= 5.6).
 
-    For wireguard-go releases before 0.0.20230223, which keep the 208 KiB default: the relay
-    proxy delivers packets in bursts, and such a buffer overflows and caps a relayed TCP flow.
+    For wireguard-go releases before 0.0.20230223, which keep the 208 KiB default: it caps a
+    direct TCP flow, and the relay proxy's bursts overflow it (the agent sizes its own
+    wireguard-go's sockets with this; see wg/userspace.py).
     Takes a copy of the socket with pidfd_getfd(2), sets the options on the shared socket and
     closes the copy. Returns how many sockets were changed (0 when not permitted).
     """

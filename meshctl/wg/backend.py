@@ -48,6 +48,9 @@ class WireGuardBackend(Protocol):
         """Whether the interface exists and answers."""
         ...
 
+    def tune_sockets(self, listen_port: int) -> None:
+        """After a pass brought the link up: adjust the device's UDP sockets where needed."""
+
 
 def open_backend(ifname: str, choice: str) -> tuple[WireGuardBackend, str]:
     """Pick the backend for `ifname`; returns it and the reason, for `meshctl status`."""

@@ -251,6 +251,9 @@ class KernelBackend:
                 f"{_netlink_error_text(exc)}"
             ) from None
 
+    def tune_sockets(self, listen_port: int) -> None:
+        """Nothing to do: the kernel sizes its own sockets."""
+
     def remove_device(self) -> None:
         from meshctl.netlink import IPRoute, NetlinkError
 

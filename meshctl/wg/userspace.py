@@ -52,6 +52,7 @@ POLL_INTERVAL_S: Final = 0.01
 UAPI_TIMEOUT_S: Final = 5.0  # one request; a live daemon answers in microseconds
 PROBE_TIMEOUT_S: Final = 1.0
 RECV_CHUNK: Final = 65536
+SOCKETS_WAIT_S: Final = 1.0  # wireguard-go binds its UDP sockets within ms of the link going up
 INSTALL_HINT: Final = (
     "install wireguard-go (Debian/Ubuntu: apt-get install wireguard-go) "
     "or load the kernel module and use --wg-backend kernel"
@@ -110,6 +111,7 @@ class UserspaceBackend:
         self.ifname = ifname
         self.binary = binary
         self.socket_path = socket_dir / f"{ifname}.sock"
+        self._tuned: tuple[int, int] | None = None  # (wireguard-go pid, port) whose sockets were sized
 
     # --- UAPI transport ---------------------------------------------------------------------
 
@@ -227,6 +229,29 @@ class UserspaceBackend:
                 f"wireguard-go refused the configuration for {self.ifname} "
                 f"(errno {code}: {os.strerror(code)})"
             )
+
+    def tune_sockets(self, listen_port: int) -> None:
+        """Give wireguard-go's UDP sockets 8 MiB buffers, once per process and port.
+
+        wireguard-go before 0.0.20230223 (Debian 12 ships 0.0.20220316) keeps the 208 KiB
+        default, which caps a direct TCP flow: 661 -> 891 Mbit/s with 8 MiB in
+        bench/relay_throughput.py. Its sockets are opened when the link comes up, so they may
+        still be missing right after the pass that brought it up: wait for them a moment.
+        """
+        from meshctl.relay.sockets import BUFFER_BYTES, enlarge_process_udp_buffers, udp_socket_count
+
+        pid = self.pid()
+        if pid is None or self._tuned == (pid, listen_port):
+            return
+        deadline = time.monotonic() + SOCKETS_WAIT_S
+        while not udp_socket_count(pid, listen_port) and time.monotonic() < deadline:
+            time.sleep(POLL_INTERVAL_S)
+        if not udp_socket_count(pid, listen_port):
+            return  # the link is not up: the next pass tries again
+        changed = enlarge_process_udp_buffers(pid, listen_port)
+        self._tuned = (pid, listen_port)  # also when not permitted: no retry on every pass
+        log.info("%s: %d UDP sockets of wireguard-go %d given %d MiB buffers", self.ifname, changed, pid,
+                 BUFFER_BYTES >> 20)
 
     def remove_device(self) -> None:
         pid = self.pid()

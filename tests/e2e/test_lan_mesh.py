@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -153,6 +154,19 @@ def test_wg_show_agrees_with_status_json(lan_mesh: MeshScenario, keys: dict[str,
             assert p["latest_handshake"] <= wg.latest_handshake
             assert 0 < p["rx_bytes"] <= wg.rx_bytes and 0 < p["tx_bytes"] <= wg.tx_bytes
         assert doc["coordination"]["stale"] is False
+
+
+def test_wireguard_go_sockets_get_large_buffers(lan_mesh: MeshScenario) -> None:
+    """Debian's wireguard-go keeps 208 KiB UDP buffers, which cap a direct TCP flow; the agent
+    gives its sockets 8 MiB once the link is up (the kernel reports twice what was set)."""
+    for name in NAMES:
+        out = lan_mesh.lab.run(node_of(lan_mesh, name), ["ss", "-uampnH"]).stdout
+        sockets = re.sub(r"\n\s+", " ", out)  # ss puts skmem on an indented second line
+        lines = [ln for ln in sockets.splitlines() if '"wireguard-go"' in ln]
+        assert lines, out
+        for line in lines:
+            mem = dict(re.findall(r"\b(rb|tb)(\d+)", line))
+            assert int(mem["rb"]) >= 8 << 20 and int(mem["tb"]) >= 8 << 20, (name, line)
 
 
 def test_agent_restart_keeps_handshakes(lan_mesh: MeshScenario) -> None:

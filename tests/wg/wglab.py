@@ -53,6 +53,9 @@ class FakeBackend:
         self.applied.append(update)
         self.state = apply_update(self.state, update)
 
+    def tune_sockets(self, listen_port: int) -> None:
+        pass
+
     def remove_device(self) -> None:
         self.present = False
         self.state = DeviceState()
