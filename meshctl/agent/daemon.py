@@ -144,7 +144,6 @@ class Agent:
             return False
         self.last = result
         self.passes += 1
-        heap.trim()  # a pass's garbage (git packs, parsed maps) leaves the C heap with it
         for ext in self.extensions:
             ext.update_netmap(result.netmap)
         errors = ([result.coordination_error] if result.coordination_error else []) + list(result.apply_errors)
@@ -164,7 +163,10 @@ class Agent:
                               extra_addresses=(MAGIC_INTERFACE_ADDRESS,) if self.accept_dns else (),
                               known_netmap=self.last.netmap if self.last else None)
             result.netmap  # noqa: B018 - a no-op pass loads its map lazily: here, where errors are caught
-            return result
+        # Here, in the pass's thread: ctypes lets go of the GIL, and the event loop (disco, DNS)
+        # never waits for the trim. A pass's garbage (git packs, parsed maps) leaves the C heap.
+        heap.trim()
+        return result
 
     def _fetch_due(self) -> bool:
         """Fetch on the sync timer and on request; a path change only re-applies the last map."""
