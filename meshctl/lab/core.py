@@ -172,11 +172,8 @@ def lab_unavailable() -> str | None:
 
 def poll(check: Callable[[], bool], what: str, timeout: float = READY_TIMEOUT_S) -> None:
     """Call `check` until it returns True; LabError after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise LabError(f"{what}: not ready after {timeout:g} s")
-        time.sleep(POLL_INTERVAL_S)
+    if wait_for(check, timeout, POLL_INTERVAL_S) is None:
+        raise LabError(f"{what}: not ready after {timeout:g} s")
 
 
 def wait_for(check: Callable[[], bool], timeout: float, interval: float = 0.2) -> float | None:

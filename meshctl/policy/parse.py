@@ -28,35 +28,17 @@ from typing import Final, TypeAlias
 from meshctl.errors import ParseError
 from meshctl.policy import hujson
 from meshctl.policy.hujson import Array, Document, Member, Node, Object, Scalar
-from meshctl.policy.protocols import (  # re-exported: the policy's vocabulary
-    ALL_PORTS as ALL_PORTS,
-)
 from meshctl.policy.protocols import (
-    DEFAULT_PROTOS as DEFAULT_PROTOS,
-)
-from meshctl.policy.protocols import (
-    MAX_PORT as MAX_PORT,
-)
-from meshctl.policy.protocols import (
-    PORT_PROTOS as PORT_PROTOS,
-)
-from meshctl.policy.protocols import (
-    PROTO_ICMP as PROTO_ICMP,
-)
-from meshctl.policy.protocols import (
-    PROTO_ICMPV6 as PROTO_ICMPV6,
-)
-from meshctl.policy.protocols import (
-    PROTO_SCTP as PROTO_SCTP,
-)
-from meshctl.policy.protocols import (
-    PROTO_TCP as PROTO_TCP,
-)
-from meshctl.policy.protocols import (
-    PROTO_UDP as PROTO_UDP,
-)
-from meshctl.policy.protocols import (
-    PortRange as PortRange,
+    ALL_PORTS,
+    DEFAULT_PROTOS,
+    MAX_PORT,
+    PORT_PROTOS,
+    PROTO_ICMP,
+    PROTO_ICMPV6,
+    PROTO_SCTP,
+    PROTO_TCP,
+    PROTO_UDP,
+    PortRange,
 )
 
 Prefix: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network

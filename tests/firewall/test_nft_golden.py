@@ -17,7 +17,7 @@ from meshctl.firewall.nft import (
     table_objects,
 )
 from meshctl.policy.compile import FilterRule, PacketFilter
-from meshctl.policy.parse import PortRange
+from meshctl.policy.protocols import PortRange
 
 GOLDEN = Path(__file__).with_name("golden")
 

@@ -16,7 +16,8 @@ from meshctl.policy.compile import (
     evaluate,
     run_policy_tests,
 )
-from meshctl.policy.parse import Policy, PortRange, parse_policy
+from meshctl.policy.parse import Policy, parse_policy
+from meshctl.policy.protocols import PortRange
 
 
 def _net(*cidrs: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:

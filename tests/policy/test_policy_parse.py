@@ -9,15 +9,13 @@ from hypothesis import strategies as st
 from meshctl.errors import ParseError
 from meshctl.policy.hujson import HujsonError
 from meshctl.policy.parse import (
-    ALL_PORTS,
-    DEFAULT_PROTOS,
     AliasKind,
     Policy,
     PolicyError,
-    PortRange,
     UnsupportedFeatureError,
     parse_policy,
 )
+from meshctl.policy.protocols import ALL_PORTS, DEFAULT_PROTOS, PortRange
 
 
 def test_sample_policy(sample_policy: Policy) -> None:
