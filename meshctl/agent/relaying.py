@@ -16,8 +16,11 @@ when relays are listed, the peer's proxy endpoint, at once for the designated Wi
 initiator and RELAY_NON_INITIATOR_DELAY_S later for the other side (two handshakes at
 once cost WireGuard a 5 s retry; the initiator's packet usually arrives first and
 WireGuard roams to the proxy by itself). With no relay listed, Magic decides alone.
-The proxy endpoint stays while a relay is down: packets to it are dropped, which costs
-only the relayed path, and the flow resumes as soon as a client reconnects.
+A peer is first given its proxy once a relay is connected (`offer_proxy`): WireGuard's
+first handshake sent into a relay not yet reachable is lost, and WireGuard retries only 5 s
+later, even when a direct path has been found in between. Once given, the proxy endpoint
+stays while a relay is down: packets to it are dropped, which costs only the relayed path,
+and the flow resumes as soon as a client reconnects.
 
 Which relay carries a packet: the one the peer was last heard on (recently), else every
 connected relay (the relays do not forward to each other, so a peer is reachable only on
@@ -82,6 +85,11 @@ def decide_endpoint(direct: str | None, proxy: str | None, magic_default: str | 
     if initiator or seen_for_s >= RELAY_NON_INITIATOR_DELAY_S:
         return proxy
     return magic_default
+
+
+def offer_proxy(relays_listed: bool, relay_up: bool, already_proxied: bool) -> bool:
+    """Whether a peer's loopback proxy may be its WireGuard endpoint (module docstring)."""
+    return relays_listed and (relay_up or already_proxied)
 
 
 def relay_for_status(heard_on: str | None, heard_ago_s: float | None, home: str | None) -> str | None:
@@ -330,6 +338,7 @@ class Relaying:
         now = self._loop.time()
         ours = self._keys.wireguard.public()
         magic_default = self.magic.endpoint_overrides()
+        proxied = self._proxy.peers() if self._proxy is not None else {}
         out: dict[str, str | None] = {}
         for name, key in self._by_name.items():
             view = self.magic.relay_view(name)
@@ -341,7 +350,7 @@ class Relaying:
                     self.magic.set_relay_available(name, True)
                 elif not relay_up and path.kind is PathKind.RELAY:
                     self.magic.set_relay_available(name, False)
-            relayed = clients and self._proxy is not None
+            relayed = offer_proxy(bool(clients) and self._proxy is not None, relay_up, key in proxied)
             want = decide_endpoint(direct, _PROXY if relayed else None, magic_default.get(name), initiator,
                                    now - self._first_seen.get(name, now), self.magic.static_fallback(name))
             # the proxy socket is opened only for a peer that is (or was) relayed

@@ -7,6 +7,7 @@ from meshctl.agent.relaying import (
     HEARD_FRESH_S,
     RELAY_NON_INITIATOR_DELAY_S,
     decide_endpoint,
+    offer_proxy,
     relay_for_status,
     relay_key,
     route_targets,
@@ -81,3 +82,12 @@ def test_a_peer_without_an_agent_gets_its_published_endpoint_over_the_relay() ->
     # A proven direct path still wins.
     assert decide_endpoint("203.0.113.9:51820", "127.0.0.1:40000", None, True, 30.0, "198.51.100.7:51820") \
         == "203.0.113.9:51820"
+
+
+def test_the_proxy_is_first_offered_once_a_relay_is_connected() -> None:
+    # a first handshake sent into an unreachable relay would cost WireGuard's 5 s retry
+    assert offer_proxy(True, relay_up=False, already_proxied=False) is False
+    assert offer_proxy(True, relay_up=True, already_proxied=False) is True
+    # once given, it stays while the relay is down (the flow resumes when it is back)
+    assert offer_proxy(True, relay_up=False, already_proxied=True) is True
+    assert offer_proxy(False, relay_up=True, already_proxied=True) is False

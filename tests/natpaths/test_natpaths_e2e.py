@@ -88,6 +88,8 @@ def test_rebinding_and_loss_keep_the_path_direct(lab: Lab) -> None:
     nm = build(lab, PORT_RESTRICTED, FULL_CONE)
     nm.up_both()
     assert wait_for(lambda: nm.is_direct("a") and nm.is_direct("b"), DIRECT_WITHIN_S) is not None
+    # a WireGuard session first: the rebinding must carry a flow over, not race a first handshake
+    assert wait_for(lambda: nm.ping("a") and nm.ping("b"), DIRECT_WITHIN_S) is not None
     old_ip = nm.public_ip("a")
     new_ip = str(lab.rebind(nm.topo.nat_a))
     assert new_ip != old_ip
