@@ -195,3 +195,17 @@ def test_entries_whose_mode_lies_about_the_object(mesh: Mesh, node: Node, name: 
         refused_quickly(node, match="does not match the type", error_class="GitError")
     else:
         refused_quickly(node, match=match)
+
+
+def test_a_fetch_past_its_byte_bound_is_cut_off(mesh: Mesh, node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Random bytes do not compress: a host sending more than the bound is stopped mid-pack, and
+    # what it sent does not stay on the node's disk.
+    from meshctl.coord import repo as repo_module
+
+    limit = 1024 * 1024
+    monkeypatch.setattr(repo_module, "MAX_FETCH_BYTES", limit)
+    repo = objects(mesh)
+    push_hostile(mesh, {"README.md": (repo.create_blob(os.urandom(4 * limit)), BLOB)})
+    disk_before = node.disk_bytes()
+    refused_quickly(node, match=f"the fetch passed {limit} bytes", error_class="GitError")
+    assert node.disk_bytes() - disk_before < limit // 4
