@@ -38,18 +38,18 @@ class _FetchTooLarge(Exception):
 
 
 class Credentials(pygit2.RemoteCallbacks):
-    """SSH key file (MESHCTL_SSH_KEY or ~/.ssh/id_ed25519|id_rsa) or agent; bounded retries."""
+    """SSH key file (MESHCTL_SSH_KEY or ~/.ssh/id_ed25519|id_rsa) or agent; bounded retries;
+    a fetch bounded to MAX_FETCH_BYTES."""
 
     def __init__(self) -> None:
         super().__init__()
         self.tries = 0
-        self.max_fetch_bytes = MAX_FETCH_BYTES
 
     def transfer_progress(self, stats: Any) -> None:
         """libgit2 calls this as the pack arrives (about once per object): a host that sends
         more than the bound is cut off before it fills the disk (raising aborts the fetch)."""
-        if stats.received_bytes > self.max_fetch_bytes:
-            raise _FetchTooLarge(self.max_fetch_bytes)
+        if stats.received_bytes > MAX_FETCH_BYTES:
+            raise _FetchTooLarge(MAX_FETCH_BYTES)
 
     def credentials(self, url: str, username_from_url: str | None, allowed_types: Any) -> Any:
         self.tries += 1
@@ -271,7 +271,7 @@ class GitSnapshot:
         try:
             return self.repo[oid]
         except KeyError:
-            raise VerificationError(f"{path}: object {str(oid)[:12]} is missing from the repository") from None
+            raise _missing(path, str(oid)) from None
 
     def size(self, path: str) -> int:
         if path in self._sizes:
@@ -281,7 +281,7 @@ class GitSnapshot:
         try:
             kind, size = self.repo.odb.read_header(pygit2.Oid(hex=oid))
         except KeyError:
-            raise VerificationError(f"{path}: object {oid[:12]} is missing from the repository") from None
+            raise _missing(path, oid) from None
         if kind != pygit2.enums.ObjectType.BLOB:
             raise VerificationError(f"{path}: a file entry that is not a file")
         self._sizes[path] = int(size)
@@ -293,10 +293,14 @@ class GitSnapshot:
         try:
             kind, data = self.repo.odb.read(oid)  # the raw object: no Blob built (10,000s per sync)
         except KeyError:
-            raise VerificationError(f"{path}: object {oid[:12]} is missing from the repository") from None
+            raise _missing(path, oid) from None
         if kind != pygit2.enums.ObjectType.BLOB:
             raise VerificationError(f"{path}: a file entry that is not a file")
         return bytes(data)
+
+
+def _missing(path: str, oid: str) -> VerificationError:
+    return VerificationError(f"{path}: object {oid[:12]} is missing from the repository")
 
 
 def commit_tree_changes(

@@ -244,9 +244,9 @@ class UserspaceBackend:
         if pid is None or self._tuned == (pid, listen_port):
             return
         deadline = time.monotonic() + SOCKETS_WAIT_S
-        while not udp_socket_count(pid, listen_port) and time.monotonic() < deadline:
+        while not (bound := udp_socket_count(pid, listen_port)) and time.monotonic() < deadline:
             time.sleep(POLL_INTERVAL_S)
-        if not udp_socket_count(pid, listen_port):
+        if not bound:
             return  # the link is not up: the next pass tries again
         changed = enlarge_process_udp_buffers(pid, listen_port)
         self._tuned = (pid, listen_port)  # also when not permitted: no retry on every pass
