@@ -416,6 +416,10 @@ class Magic:
         if self._sock is not None:
             self._sock.send(data, dst)
 
+    def send_from_wireguard_port(self, payload: bytes, dst: AddrPort) -> bool:
+        """One datagram from WireGuard's listen port (a relay channel's bind): its NAT mapping."""
+        return self._sock is not None and bool(self._sock.send(payload, dst))
+
     def _on_readable(self) -> None:
         assert self._loop is not None
         for _ in range(MAX_RECV_PER_WAKEUP):

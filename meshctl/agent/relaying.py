@@ -26,6 +26,13 @@ Which relay carries a packet: the one the peer was last heard on (recently), els
 connected relay (the relays do not forward to each other, so a peer is reachable only on
 relays it is connected to; until it answers, asking all of them is the only way).
 
+Channels (relay/channels.py): the proxy puts meshctl in the relayed data path, so for a
+relayed peer the agent also asks that relay for a channel, binds it from WireGuard's port
+(Magic's raw socket) every BIND_INTERVAL_S, and once the relay says READY, WireGuard's
+endpoint for the peer is the relay's channel port itself: one hop at the relay, none in
+meshctl. The proxy stays the way in until then, and again whenever the channel closes
+(the relay restarted, the session dropped), so a relayed flow never waits for a channel.
+
 Magic's path state changes inside its own timer; a cheap poll (EVALUATE_INTERVAL_S)
 turns it into WireGuard endpoints and tells Magic's per-peer cores whether a relay is
 up. A change of endpoints asks the agent for a pass, and again REASSERT_AFTER_S later:
@@ -59,6 +66,7 @@ HEARD_FRESH_S: Final = 15.0  # a relay the peer used this recently is where it l
 RELAY_PING_TIMEOUT_S: Final = 1.0
 RELAY_PING_ATTEMPTS: Final = 3
 RELAY_TRANSPORTS: Final = ("udp", "tcp")
+CHANNEL_RETRY_S: Final = 15.0  # ask again this long after a request (refused, or not answered)
 
 T = TypeVar("T")
 _PROXY: Final = "relay-proxy"  # stands for the peer's proxy endpoint until it is needed
@@ -141,6 +149,9 @@ class Relaying:
         self._timer: asyncio.TimerHandle | None = None
         self._reassert: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._channel_asked: dict[str, float] = {}  # peer -> when a channel was last requested
+        self._bound_at: dict[tuple[str, int, bytes], float] = {}  # (relay ip, port, token) -> last bind
+        self._channel_in_use: dict[str, str] = {}  # peer -> its READY channel's endpoint
 
     # --- Extension hooks -------------------------------------------------------------------
 
@@ -177,6 +188,9 @@ class Relaying:
         self._by_name = {p.name: p.wg_public_key for p in netmap.others()}
         self._by_key = {k.raw: n for n, k in self._by_name.items()}
         self._first_seen = {n: self._first_seen.get(n, now) for n in self._by_name}
+        for per_peer in (self._channel_asked, self._channel_in_use):
+            for name in [n for n in per_peer if n not in self._by_name]:
+                del per_peer[name]
         for raw in list(self._heard):
             if raw not in self._by_key:
                 del self._heard[raw]
@@ -197,9 +211,10 @@ class Relaying:
         home = self._home.config.relay_name if self._home is not None else None
         paths = {name: dict(info) for name, info in doc.get("paths", {}).items()}
         proxies = set(self._proxy.peers().values()) if self._proxy is not None else set()
+        relayed = proxies | set(self._channel_in_use.values())
         for name, info in paths.items():
-            if info.get("path") == PathKind.DIRECT.value and self._overrides.get(name) in proxies:
-                # Magic found a direct path but WireGuard still sends to the relay proxy (the
+            if info.get("path") == PathKind.DIRECT.value and self._overrides.get(name) in relayed:
+                # Magic found a direct path but WireGuard still sends to the relay (the
                 # non-initiator's delay, or the pass not yet applied): report where data goes.
                 info["path"] = PathKind.RELAY.value
             if info.get("path") == PathKind.RELAY.value:
@@ -208,6 +223,9 @@ class Relaying:
                 info["relay"] = relay_for_status(heard.client.config.relay_name if heard else None,
                                                  now - heard.at if heard else None, home)
                 info["endpoint"] = None
+                channel = self._channel_in_use.get(name)
+                in_use = channel is not None and self._overrides.get(name) == channel
+                info["relay_channel"] = channel if in_use else None
         doc["paths"] = paths
         doc["relays"] = [c.status() for c in self._clients.values()]
         doc["home_relay"] = home
@@ -245,7 +263,8 @@ class Relaying:
             config = RelayClientConfig(r.address, netmap.network.network_id, relay_name=r.name,
                                        relay_key=r.identity_key, transports=RELAY_TRANSPORTS)
             client = RelayClient(config, self._keys.identity, self._keys.wireguard.public(),
-                                 lambda src, data: None, on_state=self._on_relay_state)
+                                 lambda src, data: None, on_state=self._on_relay_state,
+                                 on_channel=lambda _info: self._on_relay_state(True))
             client.on_packet = self._receiver(client)
             self._clients[key] = client
             self._spawn(client.start())
@@ -314,6 +333,32 @@ class Relaying:
         return {**base, "ok": False, "path": "relay",
                 "error": f"no pong from {name} over the relay after {RELAY_PING_ATTEMPTS} pings"}
 
+    # --- channels ----------------------------------------------------------------------------
+
+    def _use_channel(self, name: str, key: NodePublic, now: float) -> str | None:
+        """Ask for, bind and keep a channel to a relayed peer; its endpoint once READY."""
+        from meshctl.nat.addr import parse_addr_port
+        from meshctl.relay.channels import BIND_INTERVAL_S, marshal_bind
+
+        client = next(iter(self._route(key)), None)
+        if client is None or client.relay_ip is None:
+            return None
+        info = client.channels.get(key.raw)
+        if info is None:
+            if now - self._channel_asked.get(name, -CHANNEL_RETRY_S) >= CHANNEL_RETRY_S:
+                self._channel_asked[name] = now
+                client.request_channel(key)
+            return None
+        bound = (client.relay_ip, info.port, info.bind_token)
+        if now - self._bound_at.get(bound, -BIND_INTERVAL_S) >= BIND_INTERVAL_S and ":" not in client.relay_ip:
+            self._bound_at[bound] = now
+            self.magic.send_from_wireguard_port(marshal_bind(info.bind_token),
+                                                parse_addr_port(f"{client.relay_ip}:{info.port}"))
+        if len(self._bound_at) > 4 * max(1, len(self._by_name)):  # forget channels long gone
+            self._bound_at = {b: t for b, t in self._bound_at.items() if now - t < 2 * BIND_INTERVAL_S}
+        endpoint: str | None = client.channel_endpoint(key)
+        return endpoint
+
     # --- the poll: paths -> relay availability and WireGuard endpoints ---------------------
 
     def _arm(self) -> None:
@@ -353,8 +398,13 @@ class Relaying:
             relayed = offer_proxy(bool(clients) and self._proxy is not None, relay_up, key in proxied)
             want = decide_endpoint(direct, _PROXY if relayed else None, magic_default.get(name), initiator,
                                    now - self._first_seen.get(name, now), self.magic.static_fallback(name))
+            channel = self._use_channel(name, key, now) if want is _PROXY else None
+            if channel is not None:
+                self._channel_in_use[name] = channel
+            else:
+                self._channel_in_use.pop(name, None)
             # the proxy socket is opened only for a peer that is (or was) relayed
-            out[name] = self._proxy.endpoint_for(key) if want is _PROXY else want
+            out[name] = channel or (self._proxy.endpoint_for(key) if want is _PROXY else want)
         if out != self._overrides:
             changed = sorted(n for n in out if out[n] != self._overrides.get(n))
             log.info("endpoints: %s", ", ".join(f"{n} -> {out[n]}" for n in changed))

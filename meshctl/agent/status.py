@@ -38,6 +38,7 @@ def build_status(
             "path": path,
             "endpoint": info.get("endpoint", ps.endpoint if ps else None) if path != "relay" else None,
             "relay": info.get("relay"),
+            "relay_channel": info.get("relay_channel") if path == "relay" else None,
             "latest_handshake": hs,
             "rx_bytes": ps.rx_bytes if ps else 0,
             "tx_bytes": ps.tx_bytes if ps else 0,
@@ -90,7 +91,8 @@ def render_status(doc: Mapping[str, Any], now: int) -> str:
         f"{'  (' + coord['error'] + ')' if coord.get('error') else ''}",
     ]
     for p in doc["peers"]:
-        where = p["endpoint"] or (f"relay {p['relay']}" if p["relay"] else "-")
+        where = p["endpoint"] or (f"relay {p['relay']}{' (channel)' if p.get('relay_channel') else ''}"
+                                  if p["relay"] else "-")
         lines.append(
             f"  {p['name']:<16} {' '.join(p['mesh_ips']):<42} {p['path']:<7} {where:<24} "
             f"handshake {_age(now, p['latest_handshake'])}  rx {p['rx_bytes']} tx {p['tx_bytes']}"

@@ -38,6 +38,10 @@ def relay(
     rate_limit_mbit: Annotated[float, typer.Option("--rate-limit-mbit", min=0.1,
                                                    help="Per-client rate limit, Mbit/s.")] = 1000.0,
     max_clients: Annotated[int, typer.Option("--max-clients", min=1, help="Sessions at most.")] = 10_000,
+    channel_ports: Annotated[str | None, typer.Option(
+        "--channel-ports", help="LO-HI: UDP ports for channels (open them in the firewall); default any.")] = None,
+    channels: Annotated[bool, typer.Option(
+        "--channels/--no-channels", help="Offer channels: WireGuard to the relay's ports, no proxy.")] = True,
 ) -> None:
     """Run a relay for the members of one mesh: UDP first, TCP/TLS fallback, STUN on the same port."""
     import asyncio
@@ -58,6 +62,12 @@ def relay(
         raise UsageError(f"--root {root!r}: expected sha256:<fingerprint> from `meshctl admin invite`")
     if len(name.encode()) > protocol.MAX_RELAY_NAME_LEN or not name.isascii():
         raise UsageError(f"--name {name!r}: at most {protocol.MAX_RELAY_NAME_LEN} ASCII characters")
+    port_range = None
+    if channel_ports is not None:
+        port_range = parse_port_range(channel_ports)
+        if port_range is None:
+            raise UsageError(f"--channel-ports {channel_ports!r}: expected LO-HI such as 40000-40999 "
+                             "(1024-65535, at least two ports)")
     rate = rate_limit_mbit * 1_000_000 / 8
     config = RelayConfig(
         listen=listen, repo_url=repo, root_fingerprint=root,
@@ -65,6 +75,7 @@ def relay(
         tls_cert=tls_cert, tls_key=tls_key, metrics=metrics, sync_interval_s=sync_interval,
         limits=protocol.Limits(rate_bytes_per_s=rate, burst_bytes=max(rate / 20, 256 * 1024),
                                max_sessions=max_clients),
+        channels=channels, channel_ports=port_range,
     )
     logging.getLogger("meshctl.relay").setLevel(logging.INFO)  # connects and disconnects are the log
     identity = load_or_create_identity(config.state_dir)
@@ -88,6 +99,15 @@ def relay(
             pass
 
     asyncio.run(main())
+
+
+def parse_port_range(text: str) -> tuple[int, int] | None:
+    """'40000-40999' -> (40000, 40999); None unless 1024 <= LO < HI <= 65535."""
+    lo, sep, hi = text.partition("-")
+    if not sep or not lo.isdigit() or not hi.isdigit():
+        return None
+    first, last = int(lo), int(hi)
+    return (first, last) if 1024 <= first < last <= 65535 else None
 
 
 @relay_admin_app.command("add")

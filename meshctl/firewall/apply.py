@@ -1,11 +1,12 @@
 """Apply a PacketFilter with nft (shell): one transaction, read back, skip when equal.
 
 `nft -j -f -` loads the document from nft.replace_document() atomically: the
-kernel swaps the old table for the new one in a single commit, so there is no
-instant without rules and conntrack keeps established flows. Before applying, the
-table is read back with `nft -j list table inet meshctl` and compared with what
-the document would create: equal means nothing to do (level-triggered: a manual
-edit or a missing table is repaired on the next pass).
+kernel swaps the old rules for the new ones in a single commit, so there is no
+instant without rules. Before applying, the table is read back with
+`nft -j list table inet meshctl` and compared with what the document would create:
+equal means nothing to do (level-triggered: a manual edit or a missing table is
+repaired on the next pass). The listing also tells the document whether the reply
+sets can stay, with the UDP flows they hold.
 """
 
 from __future__ import annotations
@@ -76,10 +77,11 @@ def _load(document: nft.Json, netns: str | None) -> None:
 
 def apply_filter(pf: PacketFilter, interface: str, netns: str | None = None) -> bool:
     """Make table inet meshctl enforce `pf` on `interface`; False when it already did."""
-    if read_table(netns) == nft.table_objects(pf, interface):
+    current = read_table(netns)
+    if current == nft.table_objects(pf, interface):
         log.debug("nft table %s already up to date", nft.TABLE)
         return False
-    _load(nft.replace_document(pf, interface), netns)
+    _load(nft.replace_document(pf, interface, current), netns)
     log.info("applied nft table %s: %d rules for %s", nft.TABLE, len(pf.rules), pf.node)
     return True
 

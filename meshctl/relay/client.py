@@ -6,6 +6,7 @@ around protocol.ClientSession).
                          identity_key, wg_public_key, on_packet=lambda src, data: ...)
     await client.start()
     client.send(peer_wg_key, packet)      # False when not connected (the caller drops)
+    client.request_channel(peer_wg_key)   # answered in client.channels and on_channel (channels.py)
     await client.stop()
 """
 
@@ -25,7 +26,10 @@ from typing import Final
 
 from meshctl.keys import NodePublic, SigningKey, VerifyKey
 from meshctl.relay import sockets
+from meshctl.relay.channels import ChannelState
 from meshctl.relay.protocol import (
+    ChannelChanged,
+    ChannelInfo,
     ClientSession,
     Connected,
     ConnectionLost,
@@ -229,7 +233,8 @@ class RelayClient:
 
     def __init__(self, config: RelayClientConfig, identity: SigningKey, wg_key: NodePublic,
                  on_packet: Callable[[NodePublic, bytes], None],
-                 on_state: Callable[[bool], None] | None = None) -> None:
+                 on_state: Callable[[bool], None] | None = None,
+                 on_channel: Callable[[ChannelInfo], None] | None = None) -> None:
         self.config = config
         self._identity = identity
         self.wg_key = wg_key
@@ -247,6 +252,9 @@ class RelayClient:
         self._refused = False
         self._handshake_started = 0.0
         self._keys: dict[bytes, NodePublic] = {}
+        self.on_channel = on_channel
+        self.channels: dict[bytes, ChannelInfo] = {}  # peer key -> its offered or ready channel
+        self.relay_ip: str | None = None  # the relay's address this session reached (channels live there)
 
     # -- public API --------------------------------------------------------------------
 
@@ -282,6 +290,23 @@ class RelayClient:
         if frame is None:
             return False
         return link.write(frame)
+
+    def request_channel(self, peer: NodePublic) -> bool:
+        """Ask the relay for a channel to `peer`; the answer arrives in `channels`/on_channel."""
+        link = self._link
+        if link is None or not link.session.request_channel(peer):
+            return False
+        link.pump()
+        return True
+
+    def channel_endpoint(self, peer: NodePublic) -> str | None:
+        """WireGuard's endpoint for `peer` once its channel is READY: RELAY_IP:PORT. IPv4 only:
+        the bind leaves from WireGuard's port through meshctl's raw IPv4 socket."""
+        info = self.channels.get(peer.raw)
+        ip = self.relay_ip
+        if info is None or info.state is not ChannelState.READY or ip is None or ":" in ip:
+            return None
+        return f"{ip}:{info.port}"
 
     def deliver_raw(self, src_raw: bytes, payload: bytes) -> None:
         """A relayed packet from the fast path: reuse key objects (hashing them is not free)."""
@@ -337,6 +362,7 @@ class RelayClient:
         if kind == "udp":
             infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
             family, _, _, _, addr = infos[0]
+            self.relay_ip = str(addr[0])
             sock = socket.socket(family, socket.SOCK_DGRAM)
             try:
                 sock.setblocking(False)
@@ -355,6 +381,8 @@ class RelayClient:
             if tcp.transport is not None:
                 with contextlib.suppress(OSError):
                     tcp.transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                peer = tcp.transport.get_extra_info("peername")
+                self.relay_ip = str(peer[0]) if peer else None
             link = tcp
         else:
             raise ValueError(f"unknown relay transport {kind!r}")
@@ -406,11 +434,23 @@ class RelayClient:
             link.finish(msg)
         elif isinstance(ev, ConnectionLost):
             link.finish(ev.reason)
+        elif isinstance(ev, ChannelChanged):
+            info = ev.info
+            if info.state is ChannelState.CLOSED:
+                self.channels.pop(info.peer.raw, None)
+            else:
+                self.channels[info.peer.raw] = info
+            if self.on_channel is not None:
+                try:
+                    self.on_channel(info)
+                except Exception:  # a bug in the consumer must not kill the relay connection
+                    log.exception("unexpected: relay channel handler failed")
 
     def _set_disconnected(self) -> None:
         was = self._connected.is_set()
         self._connected.clear()
         self.transport = None
+        self.channels.clear()  # they live as long as the session
         if was and self.on_state is not None:
             self.on_state(False)
 

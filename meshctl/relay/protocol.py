@@ -21,6 +21,8 @@ Steady state::
     relay  -> RecvPacket(source wg key, payload)                 to the destination's session
     client -> Ping(token, data) / KeepAlive(token);  relay -> Pong(data)
     client -> Close(token)                                          leaving: the relay forgets it now
+    client -> ChannelRequest(token, peer wg key)                    the fast path (channels.py):
+    relay  -> Channel(peer wg key, port, bind token, state)         to both members of the channel
 
 The token (random, from Welcome) binds every later frame to the login, so an off-path sender
 that spoofs a client's UDP source cannot use its session. Payloads are WireGuard or sealed
@@ -45,6 +47,14 @@ from meshctl.errors import ParseError
 from meshctl.keys import KEY_LEN, SIG_LEN, NodePublic, SigningKey, VerifyKey
 from meshctl.nat import stun
 from meshctl.nat.addr import AddrPort
+from meshctl.relay.channels import (
+    BIND_TOKEN_LEN,
+    ChannelState,
+    ChannelTable,
+    Member,
+    Notice,
+    PortAllocator,
+)
 
 # --- wire constants --------------------------------------------------------------------------
 
@@ -82,6 +92,8 @@ class FrameType(IntEnum):
     PING = 0x09
     PONG = 0x0A
     CLOSE = 0x0B
+    CHANNEL_REQUEST = 0x0C
+    CHANNEL = 0x0D
 
 
 class DenyReason(IntEnum):
@@ -199,8 +211,24 @@ class Close:
     token: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class ChannelRequest:
+    token: bytes
+    peer: NodePublic
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelInfo:
+    """The relay's word on this member's channel to `peer` (port 0 and no token when CLOSED)."""
+
+    peer: NodePublic
+    port: int
+    bind_token: bytes
+    state: ChannelState
+
+
 Frame: TypeAlias = (ClientHello | Challenge | ChallengeResponse | Welcome | Denied | SendPacket | RecvPacket
-                    | KeepAlive | Ping | Pong | Close)
+                    | KeepAlive | Ping | Pong | Close | ChannelRequest | ChannelInfo)
 
 
 def _frame(ftype: FrameType, body: bytes) -> bytes:
@@ -256,6 +284,16 @@ def marshal_frame(frame: Frame) -> bytes:
         case Close(token):
             _check_len(token, TOKEN_LEN, "token")
             return _frame(FrameType.CLOSE, token)
+        case ChannelRequest(token, peer):
+            _check_len(token, TOKEN_LEN, "token")
+            return _frame(FrameType.CHANNEL_REQUEST, token + peer.raw)
+        case ChannelInfo(peer, port, bind_token, state):
+            if state is ChannelState.CLOSED:
+                port, bind_token = 0, bytes(BIND_TOKEN_LEN)
+            _check_len(bind_token, BIND_TOKEN_LEN, "bind token")
+            if not 0 <= port <= 0xFFFF or (port == 0) != (state is ChannelState.CLOSED):
+                raise LocalProtocolError(f"channel port {port} with state {state.name}")
+            return _frame(FrameType.CHANNEL, peer.raw + struct.pack("!H", port) + bind_token + bytes([state]))
         case _:
             assert_never(frame)
 
@@ -346,6 +384,19 @@ def parse_body(kind: FrameType, body: bytes) -> Frame:
         case FrameType.CLOSE:
             _exact(body, TOKEN_LEN, kind)
             return Close(body)
+        case FrameType.CHANNEL_REQUEST:
+            _exact(body, TOKEN_LEN + k, kind)
+            return ChannelRequest(body[:TOKEN_LEN], NodePublic(body[TOKEN_LEN:]))
+        case FrameType.CHANNEL:
+            _exact(body, k + 2 + BIND_TOKEN_LEN + 1, kind)
+            (port,) = struct.unpack_from("!H", body, k)
+            try:
+                state = ChannelState(body[-1])
+            except ValueError:
+                raise MalformedFrameError(f"CHANNEL state {body[-1]} is unknown") from None
+            if (port == 0) != (state is ChannelState.CLOSED):
+                raise MalformedFrameError(f"CHANNEL port {port} with state {state.name}")
+            return ChannelInfo(NodePublic(body[:k]), port, body[k + 2 : k + 2 + BIND_TOKEN_LEN], state)
         case _:
             assert_never(kind)
 
@@ -501,9 +552,12 @@ class RelayStats:
     auth_ok: int = 0
     auth_failed: int = 0
     stun: int = 0
+    channel_packets_in: int = 0  # through channels (channel_io.py), counted per batch
+    channel_bytes_in: int = 0
+    channel_packets_out: int = 0
 
-    def drop(self, reason: str) -> None:
-        self.drops[reason] = self.drops.get(reason, 0) + 1
+    def drop(self, reason: str, count: int = 1) -> None:
+        self.drops[reason] = self.drops.get(reason, 0) + count
 
 
 Output: TypeAlias = tuple[ConnId, bytes]
@@ -513,13 +567,17 @@ class RelayCore:
     """Admission and forwarding for every client of one relay (sans-IO).
 
     Inputs: `receive(conn, data, now)` (one datagram or one whole stream frame),
-    `receive_stun(addr, data)`, `connection_lost(conn)`, `set_members(...)`, `handle_timer(now)`.
-    Outputs: lists of (conn, bytes) to send, `events` to log, `closed` conns the shell must
-    hang up (streams) and `stats`.
+    `receive_stun(addr, data)`, `receive_bind(port, addr, data, now)` (a channel port),
+    `connection_lost(conn)`, `set_members(...)`, `handle_timer(now)`.
+    Outputs: lists of (conn, bytes) to send, `outbox` (frames a drop produced: take_outbox()),
+    `events` to log, `closed` conns the shell must hang up (streams) and `stats`.
+    Channels (channels.py) need a PortAllocator from the shell; without one every
+    request is answered CLOSED and members keep to frames.
     """
 
     def __init__(self, relay_name: str, secret: bytes, randbytes: Callable[[int], bytes],
-                 signing_key: SigningKey | None = None, limits: Limits | None = None) -> None:
+                 signing_key: SigningKey | None = None, limits: Limits | None = None,
+                 ports: PortAllocator | None = None) -> None:
         if len(secret) < 16:
             raise LocalProtocolError("relay secret must be at least 16 bytes")
         self.relay_name = relay_name
@@ -535,6 +593,8 @@ class RelayCore:
         self.closed: list[ConnId] = []
         self.stats = RelayStats()
         self._no_session = TokenBucket.full(NO_SESSION_REPLIES_PER_S, NO_SESSION_REPLIES_PER_S, 0.0)
+        self.channels = ChannelTable(ports or _NoPorts(), randbytes)
+        self.outbox: list[Output] = []
 
     # -- membership ----------------------------------------------------------------------
 
@@ -555,6 +615,13 @@ class RelayCore:
 
     def session_of(self, conn: ConnId) -> ServerSession | None:
         return self._by_conn.get(conn)
+
+    def session_of_key(self, wg_key: bytes) -> ServerSession | None:
+        return self._by_wg.get(wg_key)
+
+    def take_outbox(self) -> list[Output]:
+        out, self.outbox = self.outbox, []
+        return out
 
     # -- input ---------------------------------------------------------------------------
 
@@ -586,7 +653,7 @@ class RelayCore:
                 return [(conn, self._challenge(conn, frame.identity, frame.wg_key, now))]
             case ChallengeResponse():
                 return self._admit(conn, frame, now)
-            case SendPacket() | KeepAlive() | Ping() | Close():
+            case SendPacket() | KeepAlive() | Ping() | Close() | ChannelRequest():
                 if sess is None:
                     return self._unknown_session(conn, now)
                 if not hmac.compare_digest(sess.token, frame.token):
@@ -597,10 +664,19 @@ class RelayCore:
                     return [(conn, marshal_frame(Pong(frame.data)))]
                 if isinstance(frame, Close):
                     self._drop(sess, "left")
+                if isinstance(frame, ChannelRequest):
+                    peer = self._by_wg.get(frame.peer.raw)
+                    return _channel_frames(self.channels.request(
+                        Member(sess.wg_key.raw, conn), frame.peer.raw,
+                        Member(peer.wg_key.raw, peer.conn) if peer is not None else None, now))
                 return []
             case _:  # frames only a relay sends
                 self.stats.drop("unexpected_frame")
                 return []
+
+    def receive_bind(self, port: int, addr: tuple[str, int], data: bytes, now: float) -> list[Output]:
+        """A datagram on a channel port from an address the port is not bound to."""
+        return _channel_frames(self.channels.receive_bind(port, addr, data, now))
 
     def connection_lost(self, conn: ConnId) -> None:
         sess = self._by_conn.get(conn)
@@ -611,7 +687,7 @@ class RelayCore:
         for sess in list(self._by_conn.values()):
             if now - sess.last_seen > self.limits.session_idle_s:
                 self._drop(sess, "idle")
-        return []
+        return self.take_outbox() + _channel_frames(self.channels.expire(now))
 
     def next_deadline(self) -> float | None:
         if not self._by_conn:
@@ -722,6 +798,24 @@ class RelayCore:
         if hang_up:
             self.closed.append(sess.conn)
         self.events.append(ClientDropped(sess.conn, sess.identity, sess.wg_key, reason))
+        self.outbox += _channel_frames(self.channels.member_gone(sess.wg_key.raw))
+
+
+class _NoPorts:
+    """The allocator of a core without a shell for channels: every request is refused."""
+
+    def open_pair(self) -> tuple[int, int] | None:
+        return None
+
+    def bind(self, port: int, addr: tuple[str, int]) -> None:
+        raise LocalProtocolError("bind() on a relay without channel ports")
+
+    def close_pair(self, ports: tuple[int, int]) -> None:
+        raise LocalProtocolError("close_pair() on a relay without channel ports")
+
+
+def _channel_frames(notices: list[Notice]) -> list[Output]:
+    return [(n.conn, marshal_frame(ChannelInfo(NodePublic(n.peer), n.port, n.token, n.state))) for n in notices]
 
 
 _SEND_HEADER: Final = MAGIC + bytes([VERSION, FrameType.SEND_PACKET])
@@ -784,7 +878,12 @@ class ConnectionLost:
     reason: str
 
 
-ClientEvent: TypeAlias = Connected | Refused | PacketReceived | PongReceived | ConnectionLost
+@dataclass(frozen=True, slots=True)
+class ChannelChanged:
+    info: ChannelInfo
+
+
+ClientEvent: TypeAlias = Connected | Refused | PacketReceived | PongReceived | ConnectionLost | ChannelChanged
 
 
 class ClientSession:
@@ -839,6 +938,13 @@ class ClientSession:
             self._pings.pop(next(iter(self._pings)))
         self._pings[data] = now
         self._out.append(marshal_frame(Ping(self._token, data)))
+
+    def request_channel(self, peer: NodePublic) -> bool:
+        """Ask for a channel to `peer` (answered by a ChannelChanged event); False when not connected."""
+        if self.state is not ClientState.CONNECTED:
+            return False
+        self._out.append(marshal_frame(ChannelRequest(self._token, peer)))
+        return True
 
     def close(self) -> None:
         """Leave: queue a Close frame (when logged in) so the relay forgets the session at once."""
@@ -900,6 +1006,9 @@ class ClientSession:
                 sent = self._pings.pop(data, None)
                 if sent is not None:
                     self._events.append(PongReceived(now - sent))
+            case ChannelInfo() if self.state is ClientState.CONNECTED:
+                self._last_rx = now
+                self._events.append(ChannelChanged(frame))
             case _:
                 return
 

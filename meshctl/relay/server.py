@@ -3,8 +3,12 @@
 - UDP on --listen: relay frames and STUN binding requests on one socket, read in batches.
 - TCP on the same port: the fallback for networks that block UDP (TLS with --tls-cert/--tls-key);
   frames back to back, each framed by its own length field.
+- Channels (channels.py, channel_io.py): a port pair per relayed pair of members that their
+  WireGuard uses directly, forwarded in batches; frames remain for disco, for members on TCP
+  and until a channel is ready. `--channel-ports LO-HI` confines them to a range (firewalls).
 - Membership: the coordination repository, synced and verified every `sync_interval_s` in a
-  worker thread; a revoked member's sessions are dropped by the sync that sees the revocation.
+  worker thread; a revoked member's sessions are dropped by the sync that sees the revocation,
+  and their channels closed with them.
 - Metrics: Prometheus text on --metrics (GET /metrics).
 
 The relay never decrypts: payloads are WireGuard or sealed disco packets, forwarded by the
@@ -31,6 +35,7 @@ from meshctl.keys import SigningKey, VerifyKey, load_signing_key, write_private_
 from meshctl.nat import stun
 from meshctl.nat.addr import AddrPort, addr_port
 from meshctl.relay import sockets
+from meshctl.relay.channel_io import ChannelPorts
 from meshctl.relay.protocol import (
     ClientAdmitted,
     ClientDropped,
@@ -76,6 +81,8 @@ class RelayConfig:
     metrics: str | None = None  # "ADDR:PORT"
     sync_interval_s: float = DEFAULT_SYNC_INTERVAL_S
     limits: Limits = Limits()
+    channels: bool = True  # offer channels (a port pair per relayed pair of members)
+    channel_ports: tuple[int, int] | None = None  # a port range for them; None: any free port
 
 
 def load_or_create_identity(state_dir: Path) -> SigningKey:
@@ -161,7 +168,11 @@ class RelayServer:
                  sync: Callable[[int], NetMap] | None = None) -> None:
         self.config = config
         self.identity = identity
-        self.core = RelayCore(config.name, os.urandom(32), os.urandom, identity, config.limits)
+        self._host = sockets.split_host_port(config.listen)[0]
+        self.ports = ChannelPorts(self._host, self.send_outputs, config.channel_ports)
+        self.core = RelayCore(config.name, os.urandom(32), os.urandom, identity, config.limits,
+                              ports=self.ports if config.channels else None)
+        self.ports.attach(self.core)
         self._sync = sync or (lambda now: sync_once(config.state_dir, config.repo_url,
                                                     config.root_fingerprint, now))
         self.netmap: NetMap | None = None
@@ -169,7 +180,6 @@ class RelayServer:
         self.streams: set[_StreamConn] = set()
         self._udp: socket.socket | None = None
         self._client_socks: dict[tuple[str, int], socket.socket] = {}
-        self._host = ""
         self._tcp: asyncio.Server | None = None
         self._metrics: asyncio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -185,7 +195,7 @@ class RelayServer:
         loop = asyncio.get_running_loop()
         await self._first_sync()
         host, port = sockets.split_host_port(self.config.listen)
-        self._host = host
+        sockets.raise_fd_limit()  # up to four sockets per channel, one per UDP client
         self._udp = sockets.udp_socket(host, port, reuse_port=True)
         self.udp_addr = self._udp.getsockname()[:2]
         loop.add_reader(self._udp.fileno(), self._on_udp_readable, self._udp, sockets.RECV_BATCH)
@@ -210,6 +220,7 @@ class RelayServer:
                 await task
         for addr in list(self._client_socks):
             self._close_client_socket(addr)
+        self.ports.close_all()
         if self._udp is not None:
             asyncio.get_running_loop().remove_reader(self._udp.fileno())
             self._udp.close()
@@ -365,8 +376,11 @@ class RelayServer:
                 self.core.stats.drop("send_error")
 
     def after_input(self) -> None:
-        """Log session changes and hang up streams the core closed (cheap when nothing happened)."""
+        """Send what a dropped session left to say (channels closed), log session changes and hang
+        up streams the core closed (cheap when nothing happened)."""
         core = self.core
+        if core.outbox:
+            self.send_outputs(core.take_outbox())
         while core.events:
             ev = core.events.popleft()
             name = self._names.get(ev.identity, "?")
@@ -412,6 +426,23 @@ class RelayServer:
         ]
         lines += [f'meshctl_relay_drops_total{{reason="{r}"}} {n}' for r, n in sorted(s.drops.items())]
         lines += [
+            "# HELP meshctl_relay_channels Channels open now (a port pair each).",
+            "# TYPE meshctl_relay_channels gauge",
+            f"meshctl_relay_channels {len(self.core.channels)}",
+            "# HELP meshctl_relay_channel_packets_total Packets through channels.",
+            "# TYPE meshctl_relay_channel_packets_total counter",
+            f'meshctl_relay_channel_packets_total{{direction="in"}} {s.channel_packets_in}',
+            f'meshctl_relay_channel_packets_total{{direction="out"}} {s.channel_packets_out}',
+            "# HELP meshctl_relay_channel_bytes_total Bytes received on channels.",
+            "# TYPE meshctl_relay_channel_bytes_total counter",
+            f"meshctl_relay_channel_bytes_total {s.channel_bytes_in}",
+            "# HELP meshctl_relay_channel_events_total Channels opened and closed, binds accepted, requests refused.",
+            "# TYPE meshctl_relay_channel_events_total counter",
+            f'meshctl_relay_channel_events_total{{event="opened"}} {self.core.channels.stats.opened}',
+            f'meshctl_relay_channel_events_total{{event="closed"}} {self.core.channels.stats.closed}',
+            f'meshctl_relay_channel_events_total{{event="bind"}} {self.core.channels.stats.binds}',
+            *(f'meshctl_relay_channel_events_total{{event="refused_{r}"}} {n}'
+              for r, n in sorted(self.core.channels.stats.refused.items())),
             "# HELP meshctl_relay_logins_total Login attempts, by result.",
             "# TYPE meshctl_relay_logins_total counter",
             f'meshctl_relay_logins_total{{result="ok"}} {s.auth_ok}',

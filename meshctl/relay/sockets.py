@@ -60,6 +60,19 @@ def udp_socket(host: str, port: int, buffers: int = BUFFER_BYTES, reuse_port: bo
     return sock
 
 
+def raise_fd_limit(wanted: int = 65_536) -> int:
+    """Lift the soft limit on open files towards `wanted` (at most the hard limit); the new limit."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            return target
+    return soft
+
+
 def split_host_port(text: str) -> tuple[str, int]:
     """'1.2.3.4:5', '[::1]:5' or 'name:5' -> (host, port); ValueError if malformed."""
     host, sep, port_text = text.rpartition(":")

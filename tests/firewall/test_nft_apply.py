@@ -156,3 +156,117 @@ def test_nft_refusal_is_a_firewall_error(nspair: NsPair) -> None:
     with pytest.raises(FirewallError, match="nft"):
         apply_filter(pf, "x" * 40, nspair.server)  # longer than IFNAMSIZ: nft refuses it
     assert read_table(nspair.server) is None
+
+
+# --- stateless: what belongs to allowed traffic, told apart without connection tracking -----------
+
+
+def _udp(nspair: NsPair, ns: str, addr: str, port: int) -> socket.socket:
+    sock = nspair.socket(ns, socket.SOCK_DGRAM)
+    sock.bind((addr, port))
+    sock.settimeout(1)
+    return sock
+
+
+def _received(sock: socket.socket) -> bytes | None:
+    try:
+        return sock.recv(65535)
+    except TimeoutError:
+        return None
+
+
+def test_udp_replies_to_what_the_node_sent_pass_and_nothing_else(nspair: NsPair) -> None:
+    apply_filter(sample_filter("prod"), nspair.mesh_if, nspair.server)
+    prod = _udp(nspair, nspair.server, "100.64.0.1", 5353)
+    dev = _udp(nspair, nspair.client, DEV, 7000)
+    prod.sendto(b"query", (DEV, 7000))  # outbound is not filtered, and records the flow
+    assert _received(dev) == b"query"
+    dev.sendto(b"answer", ("100.64.0.1", 5353))
+    assert _received(prod) == b"answer", "the reply to prod's datagram was dropped"
+
+    # The same peer on another port, or to another of prod's ports: new traffic, not allowed.
+    other = _udp(nspair, nspair.client, DEV, 7001)
+    other.sendto(b"unsolicited", ("100.64.0.1", 5353))
+    assert _received(prod) is None
+    prod2 = _udp(nspair, nspair.server, "100.64.0.1", 5354)
+    dev.sendto(b"unsolicited", ("100.64.0.1", 5354))
+    assert _received(prod2) is None
+    for sock in (prod, prod2, dev, other):
+        sock.close()
+
+
+def test_a_policy_change_keeps_the_recorded_udp_flows(nspair: NsPair) -> None:
+    apply_filter(sample_filter("prod"), nspair.mesh_if, nspair.server)
+    prod = _udp(nspair, nspair.server, "100.64.0.1", 5353)
+    dev = _udp(nspair, nspair.client, DEV, 7000)
+    prod.sendto(b"query", (DEV, 7000))
+    assert _received(dev) == b"query"
+    more = SAMPLE_POLICY.read_text().replace('"dst": ["tag:prod:443"]', '"dst": ["tag:prod:22,443"]')
+    assert apply_filter(sample_filter("prod", more), nspair.mesh_if, nspair.server) is True
+    assert read_table(nspair.server) == table_objects(sample_filter("prod", more), nspair.mesh_if)
+    dev.sendto(b"late answer", ("100.64.0.1", 5353))  # no new packet from prod in between
+    assert _received(prod) == b"late answer", "the policy change forgot prod's UDP flow"
+    prod.close()
+    dev.close()
+
+
+def test_connections_the_node_opens_work_and_stay_one_way(nspair: NsPair) -> None:
+    apply_filter(sample_filter("prod"), nspair.mesh_if, nspair.server)
+    listener = nspair.socket(nspair.client)
+    listener.bind((DEV, 8080))
+    listener.listen(1)
+    listener.settimeout(2)
+    out = nspair.socket(nspair.server)
+    out.settimeout(2)
+    out.connect((DEV, 8080))  # the SYN-ACK comes back through the filter
+    theirs, _ = listener.accept()
+    theirs.settimeout(2)
+    out.sendall(b"ping")
+    assert theirs.recv(10) == b"ping"
+    theirs.sendall(b"pong" * 10000)
+    got = b""
+    while len(got) < 40000:
+        got += out.recv(65536)
+    assert got == b"pong" * 10000
+    # dev still cannot open a connection of its own to the same port on prod
+    back = nspair.listen(8080)
+    assert nspair.connect(DEV, 8080) is None
+    assert _queued(back) == 0
+    for sock in (out, theirs, listener, back):
+        sock.close()
+
+
+def test_fragmented_datagrams_pass_only_to_allowed_ports(nspair: NsPair) -> None:
+    """Without conntrack nothing reassembles before the filter: later fragments carry no ports."""
+    apply_filter(sample_filter("prod"), nspair.mesh_if, nspair.server)
+    https = _udp(nspair, nspair.server, "100.64.0.1", 443)  # dev may reach :443 over UDP
+    closed = _udp(nspair, nspair.server, "100.64.0.1", 444)
+    dev = _udp(nspair, nspair.client, DEV, 0)
+    big = bytes(range(256)) * 16  # 4 KiB: three fragments on a 1500-byte link
+    dev.sendto(big, ("100.64.0.1", 443))
+    assert _received(https) == big
+    dev.sendto(big, ("100.64.0.1", 444))
+    assert _received(closed) is None
+    for sock in (https, closed, dev):
+        sock.close()
+
+
+def test_a_table_of_an_older_layout_is_replaced(nspair: NsPair) -> None:
+    """An older meshctl's table (stateful input chain, no reply sets) is rebuilt in one go."""
+    old = (
+        "table inet meshctl {\n"
+        "  chain input { type filter hook input priority filter; policy accept;\n"
+        f'    iifname "{nspair.mesh_if}" ct state established,related accept\n'
+        f'    iifname "{nspair.mesh_if}" drop\n'
+        "  }\n"
+        "}\n"
+    )
+    subprocess.run(["ip", "netns", "exec", nspair.server, "nft", "-f", "-"], input=old, text=True, check=True)
+    pf = sample_filter("prod")
+    assert apply_filter(pf, nspair.mesh_if, nspair.server) is True
+    assert read_table(nspair.server) == table_objects(pf, nspair.mesh_if)
+    https = nspair.listen(443)
+    conn = nspair.connect(DEV, 443)
+    assert conn is not None
+    conn.close()
+    assert _queued(https) == 1

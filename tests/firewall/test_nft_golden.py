@@ -6,7 +6,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from firewall_lab import sample_filter
+from firewall_lab import SAMPLE_POLICY, sample_filter
 
 from meshctl.firewall.apply import read_table
 from meshctl.firewall.nft import (
@@ -43,12 +43,51 @@ def test_replace_is_one_transaction_that_tolerates_a_missing_table() -> None:
     assert delete_document()["nftables"] == [commands[0], {"add": table}, {"delete": table}]
 
 
+def test_replace_keeps_the_reply_sets_when_the_layout_is_unchanged() -> None:
+    """Only the rules are swapped (flush table leaves set elements), so recorded UDP flows stay."""
+    before = table_objects(sample_filter("prod"), "mesh0")
+    after = sample_filter("prod", SAMPLE_POLICY.read_text().replace("tag:prod:443", "tag:prod:444"))
+    commands = replace_document(after, "mesh0", before)["nftables"]
+    assert isinstance(commands, list)
+    table = {"table": {"family": "inet", "name": "meshctl"}}
+    assert commands[1:3] == [{"add": table}, {"flush": table}]
+    added = [c["add"] for c in commands[3:] if isinstance(c, dict)]
+    assert added and all(list(a) == ["rule"] for a in added)  # no set, chain or table is re-created
+    assert [{"rule": a["rule"]} for a in added] == [o for o in table_objects(after, "mesh0") if "rule" in o]
+
+
+def test_replace_rebuilds_a_table_of_another_layout() -> None:
+    """An older meshctl's table (input and forward chains, no sets) is replaced whole."""
+    old_layout = [{"table": {"family": "inet", "name": "meshctl"}},
+                  {"chain": {"family": "inet", "table": "meshctl", "name": "input", "type": "filter",
+                             "hook": "input", "prio": 0, "policy": "accept"}}]
+    commands = replace_document(sample_filter("prod"), "mesh0", old_layout)["nftables"]
+    assert isinstance(commands, list)
+    assert {"delete": {"table": {"family": "inet", "name": "meshctl"}}} in commands
+    assert sum(1 for c in commands if isinstance(c, dict) and "set" in c.get("add", {})) == 2
+
+
+def test_the_filter_uses_no_connection_tracking() -> None:
+    """Any ct expression turns conntrack on for every packet of the host (10 % of throughput)."""
+    for node in ("prod", "dev-laptop", "ops-laptop", "monitor", "dana-phone"):
+        doc = json.dumps(replace_document(sample_filter(node), "mesh0"))
+        assert '"ct"' not in doc and "conntrack" not in doc
+        assert "ct state" not in render_text(sample_filter(node), "mesh0")
+
+
 def test_only_the_nodes_own_sources_appear() -> None:
     text = render_text(sample_filter("prod"), "mesh0")
     # monitor (.4) may reach prod on 9100-9101 only; nobody else's rules are on prod
     assert "100.64.0.4 ip daddr 100.64.0.1 tcp dport 9100-9101 accept" in text
     assert "100.64.50." not in text  # prod's own outbound DNS rule is enforced elsewhere
     assert text.rstrip().splitlines()[-3].strip() == 'drop comment "default deny"'
+    # Packets of a connection (to prod's own addresses) first; then what is not addressed to prod
+    # is dropped before anything but neighbour discovery is accepted.
+    chain = [line.strip() for line in text.split("chain mesh-in {")[1].splitlines()]
+    assert chain[1].startswith("ip daddr 100.64.0.1 tcp flags != syn / syn,ack accept")
+    assert chain[2].startswith("ip6 daddr fd7a:115c:a1e0::1 tcp flags != syn / syn,ack accept")
+    assert "neighbour discovery" in chain[3]
+    assert chain[4:6] == ["ip daddr != 100.64.0.1 drop", "ip6 daddr != fd7a:115c:a1e0::1 drop"]
 
 
 def _one_rule(sources: list[str], ports: tuple[PortRange, ...] = (PortRange(22, 22),)) -> PacketFilter:
@@ -81,14 +120,17 @@ def test_address_sets_are_written_as_nft_lists_them() -> None:
 
 def test_any_source_omits_the_saddr_match() -> None:
     text = render_text(_one_rule(["0.0.0.0/0", "::/0"]), "if0")
-    assert "ip daddr 100.64.0.1 meta l4proto { tcp, udp } th dport 22 accept" in text
-    assert "ip6 daddr fd7a::1 meta l4proto { tcp, udp } th dport 22 accept" in text
-    assert "saddr" not in text
+    acl_lines = [line.strip() for line in text.splitlines() if "acls[0]" in line]
+    assert acl_lines == [
+        'ip daddr 100.64.0.1 meta l4proto { tcp, udp } th dport 22 accept comment "acls[0] line 3"',
+        'ip6 daddr fd7a::1 meta l4proto { tcp, udp } th dport 22 accept comment "acls[0] line 3"',
+    ]
 
 
 def test_listed_objects_drops_handles_and_metainfo() -> None:
-    listing = {"nftables": [{"metainfo": {"version": "1"}}, {"table": {"family": "inet", "name": "t", "handle": 3}}]}
-    assert listed_objects(listing) == [{"table": {"family": "inet", "name": "t"}}]
+    listing = {"nftables": [{"metainfo": {"version": "1"}}, {"table": {"family": "inet", "name": "t", "handle": 3}},
+                            {"set": {"name": "s", "handle": 4, "elem": [{"elem": {"val": 1, "expires": 9}}]}}]}
+    assert listed_objects(listing) == [{"table": {"family": "inet", "name": "t"}}, {"set": {"name": "s"}}]
     with pytest.raises(ValueError):
         listed_objects({"nope": []})
 

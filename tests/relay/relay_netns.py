@@ -145,6 +145,13 @@ class RelayLab:
         assert isinstance(eps, dict)
         return str(eps[peer.keys.wireguard.public().b64()])
 
+    def channel(self, dev: Device, peer: Device) -> str | None:
+        """The READY channel endpoint the peer tool (started with --channels) reports, if any."""
+        channels = self.tool_state(dev).get("channels") or {}
+        assert isinstance(channels, dict)
+        found = channels.get(peer.keys.wireguard.public().b64())
+        return str(found) if found else None
+
     def wg_peer(self, dev: Device, peer: Device, endpoint: str, keepalive: int = 0) -> None:
         argv = ["wg", "set", dev.ifname, "peer", peer.keys.wireguard.public().b64(),
                 "allowed-ips", f"{peer.tunnel_ip}/32", "endpoint", endpoint]

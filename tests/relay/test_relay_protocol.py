@@ -13,6 +13,7 @@ from meshctl.keys import NodePublic, SigningKey, VerifyKey
 from meshctl.nat import stun
 from meshctl.nat.addr import addr_port
 from meshctl.relay import protocol as p
+from meshctl.relay.channels import ChannelState
 from meshctl.relay.protocol import (
     Challenge,
     ChallengeResponse,
@@ -56,6 +57,10 @@ ALL_FRAMES: list[p.Frame] = [
     Ping(TOKEN, b"12345678"),
     Pong(b"12345678"),
     p.Close(TOKEN),
+    p.ChannelRequest(TOKEN, N1),
+    p.ChannelInfo(N1, 40001, bytes(range(16)), ChannelState.OFFERED),
+    p.ChannelInfo(N1, 65535, bytes([5]) * 16, ChannelState.READY),
+    p.ChannelInfo(N1, 0, bytes(16), ChannelState.CLOSED),
 ]
 
 
@@ -68,6 +73,16 @@ def test_round_trip(frame: p.Frame) -> None:
     assert data[:4] == b"mcRL" and data[4] == 1
     assert struct.unpack("!H", data[6:8])[0] == len(data) - p.HEADER_LEN
     assert parse_frame(data) == frame
+
+
+def test_channel_frames_golden_bytes() -> None:
+    request = marshal_frame(p.ChannelRequest(TOKEN, N1))
+    assert request.hex() == "6d63524c010c0028" + TOKEN.hex() + "07" * 32
+    info = marshal_frame(p.ChannelInfo(N1, 0x9C41, bytes(range(16)), ChannelState.READY))
+    assert info.hex() == "6d63524c010d0033" + "07" * 32 + "9c41" + bytes(range(16)).hex() + "02"
+    # a CLOSED channel carries neither port nor token, whatever the caller passed
+    closed = marshal_frame(p.ChannelInfo(N1, 0, b"", ChannelState.CLOSED))
+    assert closed[-19:] == bytes(18) + b"\x00"
 
 
 def test_golden_bytes() -> None:
@@ -100,6 +115,10 @@ def test_magic_is_neither_stun_nor_wireguard() -> None:
     (b"mcRL\x01\x02\x00\x22" + bytes(32) + b"\x01\xff", p.MalformedFrameError),  # non-ASCII name
     (b"mcRL\x01\x06\x00\x10" + bytes(16), p.MalformedFrameError),  # send without a full key
     (b"mcRL\x01\x06" + b"\xff\xff" + bytes(65535), p.FrameTooLargeError),
+    (b"mcRL\x01\x0d\x00\x33" + bytes(32) + b"\x9c\x41" + bytes(16) + b"\x07", p.MalformedFrameError),  # state
+    (b"mcRL\x01\x0d\x00\x33" + bytes(32) + b"\x00\x00" + bytes(16) + b"\x02", p.MalformedFrameError),  # no port
+    (b"mcRL\x01\x0d\x00\x33" + bytes(32) + b"\x9c\x41" + bytes(16) + b"\x00", p.MalformedFrameError),  # closed
+    (b"mcRL\x01\x0c\x00\x20" + bytes(32), p.MalformedFrameError),  # channel request without a token
 ])
 def test_parse_errors(data: bytes, error: type[Exception]) -> None:
     with pytest.raises(error):
