@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -251,6 +252,12 @@ class RelayBox:
     def log(self) -> str:
         return self.lab.log_of(self.proc) if self.proc is not None else ""
 
+    def metrics(self) -> str:
+        """The relay's Prometheus text (its --metrics listens on loopback, port + 1)."""
+        url = f"http://127.0.0.1:{self.port + 1}/metrics"
+        return self.lab.run(self.node, [sys.executable, "-c", (
+            f"import urllib.request;print(urllib.request.urlopen({url!r},timeout=5).read().decode())")]).stdout
+
 
 def build_relay_mesh(lab: Lab, profile_a: str, profile_b: str, *, name: str = "relaymesh",
                      relay_name: str = "r1", relay_port: int = 3340, relay_sync_interval_s: float = 2.0,
@@ -269,7 +276,8 @@ def build_relay_mesh(lab: Lab, profile_a: str, profile_b: str, *, name: str = "r
     node = lab.public_host("relay")
     relay = RelayBox(lab, node, relay_name, relay_port, [
         "relay", "--listen", f"0.0.0.0:{relay_port}", "--repo", topo.git_url, "--root", mesh.fingerprint,
-        "--name", relay_name, "--sync-interval", str(relay_sync_interval_s)])
+        "--name", relay_name, "--sync-interval", str(relay_sync_interval_s),
+        "--metrics", f"127.0.0.1:{relay_port + 1}"])
     relay.start()
     mesh.admin("admin", "relay", "add", relay_name, relay.address, "--identity-key", relay.identity)
     mesh.git("push", "-q", str(mesh.repo_dir), "main")

@@ -91,13 +91,7 @@ class Batch:
 
     def recv(self, fd: int) -> int:
         """Datagrams read into the slots, without blocking (0: none queued, or a transient error)."""
-        n: int = self._recvmmsg(fd, self._rmsgs, self.slots, MSG_DONTWAIT, None)  # type: ignore[operator]
-        if n < 0:
-            err = ctypes.get_errno()
-            if err in TRANSIENT_ERRNOS:
-                return 0
-            raise OSError(err, f"recvmmsg: {errno.errorcode.get(err, err)}")
-        return n
+        return _count(self._recvmmsg(fd, self._rmsgs, self.slots, MSG_DONTWAIT, None), "recvmmsg")  # type: ignore[operator]
 
     def prepare_send(self, n: int) -> int:
         """Make the first `n` received datagrams the send vector; their total size in bytes."""
@@ -111,14 +105,18 @@ class Batch:
 
     def send(self, fd: int, n: int) -> int:
         """Send the first `n` prepared datagrams on a connected socket; how many left (the rest are lost)."""
-        sent: int = self._sendmmsg(fd, self._smsgs, n, MSG_DONTWAIT)  # type: ignore[operator]
-        if sent < 0:
-            err = ctypes.get_errno()
-            if err in TRANSIENT_ERRNOS:
-                return 0
-            raise OSError(err, f"sendmmsg: {errno.errorcode.get(err, err)}")
-        return sent
+        return _count(self._sendmmsg(fd, self._smsgs, n, MSG_DONTWAIT), "sendmmsg")  # type: ignore[operator]
 
     def payload(self, i: int) -> bytes:
         """A copy of received datagram `i` (for tests and the rare slow path)."""
         return ctypes.string_at(ctypes.addressof(self._buf) + i * self._slot_bytes, self._rmsgs[i].msg_len)
+
+
+def _count(result: int, call: str) -> int:
+    """A system call's datagram count; 0 for a transient error, OSError for any other."""
+    if result >= 0:
+        return result
+    err = ctypes.get_errno()
+    if err in TRANSIENT_ERRNOS:
+        return 0
+    raise OSError(err, f"{call}: {errno.errorcode.get(err, err)}")

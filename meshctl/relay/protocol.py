@@ -487,7 +487,7 @@ ConnId: TypeAlias = Hashable  # the shell's name for a client: a UDP (ip, port) 
 
 CHALLENGE_LIFETIME_S: Final = 10.0  # a nonce older than this is refused (bounds replays)
 SESSION_IDLE_TIMEOUT_S: Final = 45.0  # clients ping every PING_INTERVAL_S; three missed pings and more
-PING_INTERVAL_S: Final = 5.0  # below the 25 s NAT keepalive, and quick to notice a dead relay
+PING_INTERVAL_S: Final = 2.0  # below the 25 s NAT keepalive; a restarted relay is noticed within it
 DEFAULT_RATE_BYTES_PER_S: Final = 125_000_000  # 1 Gbit/s per client
 DEFAULT_BURST_BYTES: Final = 4 * 1024 * 1024  # a few ms of line rate; absorbs TCP bursts
 DEFAULT_MAX_SESSIONS: Final = 10_000

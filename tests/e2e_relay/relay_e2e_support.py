@@ -57,6 +57,17 @@ class RelayedMesh:
         p = self.peer_status(name)
         return p["path"] == "relay" and p["relay"] == RELAY_NAME and p["endpoint"] is None
 
+    def on_channel(self, name: str) -> bool:
+        """Relayed through a relay channel: WireGuard itself sends to the relay's channel port."""
+        endpoint = self.wg_endpoint(name)
+        p = self.peer_status(name)
+        return (self.is_relayed(name) and endpoint.startswith(f"{self.relay.node.ipv4}:")
+                and endpoint != self.relay.address and p.get("relay_channel") == endpoint)
+
+    def on_proxy(self, name: str) -> bool:
+        """Relayed through the agent's loopback proxy (frames over the relay session)."""
+        return self.is_relayed(name) and self.wg_endpoint(name).startswith("127.0.0.1:")
+
     def is_direct(self, name: str) -> bool:
         p = self.peer_status(name)
         return p["path"] == "direct" and str(p["endpoint"]).split(":")[0] == self.public_ip(other(name))
@@ -71,6 +82,9 @@ class RelayedMesh:
         out = self.lab.run(self.mesh.members[name].node,
                            ["wg", "show", env["MESHCTL_INTERFACE"], "endpoints"]).stdout
         return out.split()[1] if out.split() else ""
+
+    def relay_metrics(self) -> str:
+        return self.relay.metrics()
 
     def agent_log(self, name: str) -> str:
         path = Path(self.lab.meshctl_env(self.mesh.members[name].node)["MESHCTL_STATE_DIR"]) / "agent.log"

@@ -5,7 +5,8 @@
 
 "relayed" is checked three ways: `meshctl status --json` says path "relay" with the relay's
 name (and no endpoint), `meshctl ping` says `via relay r1`, and an ICMP echo over the mesh
-goes through while WireGuard's endpoint is the agent's loopback proxy.
+goes through while WireGuard's endpoint is the relay's channel port (relay_channel in the
+status), or the agent's loopback proxy where a channel cannot be bound (UDP blocked).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from meshctl.lab.core import wait_for
 pytestmark = pytest.mark.netns
 
 RELAYED_WITHIN_S = 15.0
+CHANNEL_WITHIN_S = 10.0  # after relayed: a request, a bind from each side, READY, one pass
 TRAFFIC_WITHIN_S = 10.0
 DIRECT_WITHIN_S = 20.0
 RESUME_AFTER_RESTART_S = 5.0  # issue 5
@@ -39,15 +41,20 @@ def assert_relayed(rm: RelayedMesh) -> None:
     took = wait_for(lambda: rm.is_relayed("a") and rm.is_relayed("b"), RELAYED_WITHIN_S)
     assert took is not None, (rm.peer_status("a"), rm.peer_status("b"), rm.logs())
     assert wait_for(lambda: rm.ping("a") and rm.ping("b"), TRAFFIC_WITHIN_S) is not None, rm.logs()
-    # WireGuard really sends to the agent's loopback proxy
-    assert rm.wg_endpoint("a").startswith("127.0.0.1:"), rm.wg_endpoint("a")
-    assert rm.wg_endpoint("b").startswith("127.0.0.1:"), rm.wg_endpoint("b")
+    # WireGuard really sends to the relay's channel ports: no meshctl process in the data path
+    took = wait_for(lambda: rm.on_channel("a") and rm.on_channel("b"), CHANNEL_WITHIN_S)
+    assert took is not None, (rm.wg_endpoint("a"), rm.peer_status("a"), rm.wg_endpoint("b"), rm.logs())
+    assert rm.wg_endpoint("a") != rm.wg_endpoint("b")  # a port each
+    assert wait_for(lambda: rm.ping("a") and rm.ping("b"), TRAFFIC_WITHIN_S) is not None, rm.logs()
+    metrics = rm.relay_metrics()
+    assert "meshctl_relay_channels 1\n" in metrics, metrics
+    assert 'meshctl_relay_channel_packets_total{direction="out"} 0\n' not in metrics, metrics
     out = rm.mesh.meshctl("a", "ping", "b").stdout.strip()
     b_ip = rm.mesh.members["b"].mesh_ipv4
     assert out.startswith(f"pong from b ({b_ip}) via relay {RELAY_NAME} in "), out
     assert out.endswith("ms"), out
     human = rm.mesh.meshctl("a", "status").stdout
-    assert f"relay {RELAY_NAME}" in human, human
+    assert f"relay {RELAY_NAME} (channel)" in human, human
     doc = rm.agent_status("a")
     assert doc["home_relay"] == RELAY_NAME
     assert [(r["name"], r["connected"]) for r in doc["relays"]] == [(RELAY_NAME, True)]
@@ -118,7 +125,8 @@ def test_direct_flow_moves_to_the_relay_and_back(lab: Lab) -> None:
     assert took is not None, rm.logs()
     moved = time.monotonic() - blocked_at
     assert moved <= TO_RELAY_AFTER_BLOCK_S, (moved, rm.logs())
-    assert rm.is_relayed("a") and rm.wg_endpoint("a").startswith("127.0.0.1:"), rm.peer_status("a")
+    # a's WireGuard port is blocked at its NAT, so no channel can be bound: the proxy carries it
+    assert rm.on_proxy("a"), (rm.wg_endpoint("a"), rm.peer_status("a"))
     assert wait_for(lambda: rm.is_relayed("b") and rm.ping("b"), TRAFFIC_WITHIN_S) is not None
     lab.unblock_udp(rm.topo.nat_a)
     took = wait_for(lambda: rm.is_direct("a") and rm.is_direct("b"), BACK_TO_DIRECT_S)
@@ -144,3 +152,5 @@ def test_tcp_fallback_when_a_node_blocks_all_udp(lab: Lab) -> None:
     assert wait_for(lambda: rm.is_relayed("a") and rm.is_relayed("b"), RELAYED_WITHIN_S) is not None, rm.logs()
     assert wait_for(lambda: rm.ping("a") and rm.ping("b"), TRAFFIC_WITHIN_S) is not None, rm.logs()
     assert rm.agent_status("b")["relays"][0]["transport"] == "udp"
+    # no UDP out of a's network: no channel either; both stay on the proxy, and it works
+    assert rm.on_proxy("a") and rm.on_proxy("b"), (rm.wg_endpoint("a"), rm.wg_endpoint("b"))

@@ -32,6 +32,7 @@ from meshctl.nat import disco, packet, stun
 from meshctl.nat.addr import AddrPort
 from meshctl.policy.hujson import HujsonError, parse_hujson
 from meshctl.policy.parse import parse_policy
+from meshctl.relay import channels
 from meshctl.relay import protocol as relay
 from meshctl.wg.uapi import UapiParseError, parse_get_reply, parse_set_reply
 
@@ -110,6 +111,10 @@ PARSERS = (
     Parser("relay-frame", relay.parse_frame, (relay.RelayParseError,),
            (relay.marshal_frame(relay.ClientHello(SIGNER.public(), NODE)),
             relay.marshal_frame(relay.SendPacket(bytes(8), NODE, b"wireguard bytes")))),
+    Parser("relay-channel-frame", relay.parse_frame, (relay.RelayParseError,),
+           (relay.marshal_frame(relay.ChannelRequest(bytes(8), NODE)),
+            relay.marshal_frame(relay.ChannelInfo(NODE, 40001, bytes(16), channels.ChannelState.READY)))),
+    Parser("relay-channel-bind", channels.parse_bind, (channels.BindParseError,), (channels.marshal_bind(bytes(16)),)),
     Parser("relay-stream", _relay_stream, (relay.RelayParseError,),
            (relay.marshal_frame(relay.Challenge(bytes(32), "r1")) + relay.marshal_frame(relay.Pong(bytes(8))),)),
     Parser("uapi-get", parse_get_reply, (UapiParseError,), (UAPI,)),

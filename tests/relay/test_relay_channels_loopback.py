@@ -35,6 +35,13 @@ async def _recv(sock: socket.socket, timeout: float = 2.0) -> tuple[bytes, tuple
         return None
 
 
+async def _close(socks: tuple[socket.socket, ...], clients: tuple[RelayClient, ...]) -> None:
+    for sock in socks:
+        sock.close()
+    for client in clients:
+        await client.stop()
+
+
 async def _ready_pair(server: object, mesh: RelayMesh) -> tuple[RelayClient, RelayClient, socket.socket,
                                                                  socket.socket, int, int]:
     alpha, bravo = mesh.devices["alpha"], mesh.devices["bravo"]
@@ -89,10 +96,7 @@ def test_wireguard_packets_cross_a_channel_both_ways(relay_mesh: RelayMesh, tmp_
             assert 'meshctl_relay_channel_packets_total{direction="out"} 201\n' in text
             assert 'meshctl_relay_channel_events_total{event="refused_bad_token"} 1\n' in text
             assert 'meshctl_relay_channel_events_total{event="refused_stray"} 1\n' in text
-            for sock in (wg_a, wg_b, stranger):
-                sock.close()
-            await ca.stop()
-            await cb.stop()
+            await _close((wg_a, wg_b, stranger), (ca, cb))
 
     asyncio.run(scenario())
 
@@ -111,10 +115,7 @@ def test_a_rebound_address_takes_the_channel_with_it(relay_mesh: RelayMesh, tmp_
             assert await _recv(wg_b) == (b"\x04found", ("127.0.0.1", port_b))
             wg_b.sendto(b"\x04back", ("127.0.0.1", port_b))
             assert await _recv(moved) == (b"\x04back", ("127.0.0.1", port_a))
-            for sock in (wg_a, wg_b, moved):
-                sock.close()
-            await ca.stop()
-            await cb.stop()
+            await _close((wg_a, wg_b, moved), (ca, cb))
 
     asyncio.run(scenario())
 
@@ -130,9 +131,7 @@ def test_leaving_closes_the_channel_and_its_ports(relay_mesh: RelayMesh, tmp_pat
             assert server.ports.open_ports == 0 and len(server.core.channels) == 0
             wg_b.sendto(b"\x04nobody", ("127.0.0.1", port_b))
             assert await _recv(wg_a, 0.5) is None
-            wg_a.close()
-            wg_b.close()
-            await cb.stop()
+            await _close((wg_a, wg_b), (cb,))
 
     asyncio.run(scenario())
 
@@ -152,10 +151,7 @@ def test_a_flooding_member_is_rate_limited_on_its_channel(relay_mesh: RelayMesh,
                 received += 1
             assert 10 <= received < 150, received
             assert server.core.stats.drops.get("channel_rate_limited", 0) > 0
-            for sock in (wg_a, wg_b):
-                sock.close()
-            await ca.stop()
-            await cb.stop()
+            await _close((wg_a, wg_b), (ca, cb))
 
     asyncio.run(scenario())
 
@@ -187,3 +183,74 @@ def test_batch_io_moves_datagrams_between_connected_sockets() -> None:
     assert batch.recv(mid_in.fileno()) == 0  # nothing queued: no error
     for s in (src, mid_in, mid_out, dst):
         s.close()
+
+
+def _flood_channel(port: int, token: bytes, seconds: float, result: object) -> None:
+    """Bind the channel port to this process's socket with the member's token, then flood it."""
+    import time
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.sendto(ch.marshal_bind(token), ("127.0.0.1", port))
+    time.sleep(0.2)
+    sock.setblocking(False)
+    payload, sent = b"\x04" + bytes(1399), 0
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        for _ in range(100):
+            try:
+                sock.sendto(payload, ("127.0.0.1", port))
+                sent += 1
+            except BlockingIOError:
+                pass
+    result.put(sent)  # type: ignore[attr-defined]
+
+
+def test_a_flood_on_one_channel_does_not_starve_another(relay_mesh: RelayMesh, tmp_path: Path) -> None:
+    """alpha floods its channel to bravo from another process; charlie's channel to bravo keeps
+    every packet: each channel port has its own socket and queue, and a wake-up reads a bounded
+    number of batches from each."""
+    import multiprocessing
+
+    async def scenario() -> None:
+        async with running(relay_config(relay_mesh, tmp_path)) as server:
+            ca, cb, wg_a, wg_b, port_a, _ = await _ready_pair(server, relay_mesh)
+            bravo, charlie = relay_mesh.devices["bravo"], relay_mesh.devices["charlie"]
+            cc = client_for(server, relay_mesh, charlie, Inbox())
+            await cc.start()
+            assert await cc.wait_connected(5)
+            assert cc.request_channel(bravo.wireguard.public())
+            assert await wait_for(lambda: bravo.wireguard.public().raw in cc.channels
+                                  and charlie.wireguard.public().raw in cb.channels, 5)
+            offer_c = cc.channels[bravo.wireguard.public().raw]
+            offer_bc = cb.channels[charlie.wireguard.public().raw]
+            wg_c, wg_bc = _wireguard_socket(), _wireguard_socket()
+            wg_c.sendto(ch.marshal_bind(offer_c.bind_token), ("127.0.0.1", offer_c.port))
+            wg_bc.sendto(ch.marshal_bind(offer_bc.bind_token), ("127.0.0.1", offer_bc.port))
+            assert await wait_for(lambda: cc.channel_endpoint(bravo.wireguard.public()) is not None, 5)
+
+            token_a = ca.channels[bravo.wireguard.public().raw].bind_token
+            ctx = multiprocessing.get_context("fork")
+            result = ctx.Queue()
+            flooder = ctx.Process(target=_flood_channel, args=(port_a, token_a, 3.0, result))
+            flooder.start()
+            try:
+                await asyncio.sleep(0.7)  # the flood is on
+                got = 0
+                for i in range(100):
+                    wg_c.sendto(b"\x04victim" + bytes([i]), ("127.0.0.1", offer_c.port))
+                    await asyncio.sleep(0.01)
+                    while (item := await _recv(wg_bc, 0.001)) is not None:
+                        got += item[0].startswith(b"\x04victim")
+                while (item := await _recv(wg_bc, 0.5)) is not None:
+                    got += item[0].startswith(b"\x04victim")
+            finally:
+                flooder.join(10)
+            sent = result.get(timeout=5)
+            flooded = server.core.stats.channel_packets_in
+            print(f"flood: {sent} sent, {flooded} read by the relay; victim: {got}/100 delivered")
+            assert sent > 10_000, "the flood did not happen"
+            assert got == 100, f"the flood starved the other channel: {got}/100"
+            await _close((wg_a, wg_b, wg_c, wg_bc), (ca, cb, cc))
+
+    asyncio.run(scenario())
