@@ -67,6 +67,10 @@ RELAY_PING_TIMEOUT_S: Final = 1.0
 RELAY_PING_ATTEMPTS: Final = 3
 RELAY_TRANSPORTS: Final = ("udp", "tcp")
 CHANNEL_RETRY_S: Final = 15.0  # ask again this long after a request (refused, or not answered)
+# While a channel is not confirmed for the current relayed spell: bind this often, ask this often
+# (the relay answers READY only if a bind arrived since the last ask; see relay/channels.py).
+CHANNEL_CONFIRM_BIND_S: Final = 1.0
+CHANNEL_CONFIRM_ASK_S: Final = 2.0
 
 T = TypeVar("T")
 _PROXY: Final = "relay-proxy"  # stands for the peer's proxy endpoint until it is needed
@@ -151,6 +155,8 @@ class Relaying:
         self._tasks: set[asyncio.Task[None]] = set()
         self._channel_asked: dict[str, float] = {}  # peer -> when a channel was last requested
         self._bound_at: dict[tuple[str, int, bytes], float] = {}  # (relay ip, port, token) -> last bind
+        self._relayed_since: dict[str, float] = {}  # peer -> when its current relayed spell began
+        self._ready_at: dict[bytes, float] = {}  # peer key -> when a relay last said its channel is READY
         self._channel_in_use: dict[str, str] = {}  # peer -> its READY channel's endpoint
 
     # --- Extension hooks -------------------------------------------------------------------
@@ -188,12 +194,12 @@ class Relaying:
         self._by_name = {p.name: p.wg_public_key for p in netmap.others()}
         self._by_key = {k.raw: n for n, k in self._by_name.items()}
         self._first_seen = {n: self._first_seen.get(n, now) for n in self._by_name}
-        for per_peer in (self._channel_asked, self._channel_in_use):
+        for per_peer in (self._channel_asked, self._channel_in_use, self._relayed_since):
             for name in [n for n in per_peer if n not in self._by_name]:
                 del per_peer[name]
-        for raw in list(self._heard):
-            if raw not in self._by_key:
-                del self._heard[raw]
+        for per_key in (self._heard, self._ready_at):
+            for raw in [k for k in per_key if k not in self._by_key]:
+                del per_key[raw]
         if self._proxy is not None:
             for key in list(self._proxy.peers()):
                 if key.raw not in self._by_key:
@@ -264,7 +270,7 @@ class Relaying:
                                        relay_key=r.identity_key, transports=RELAY_TRANSPORTS)
             client = RelayClient(config, self._keys.identity, self._keys.wireguard.public(),
                                  lambda src, data: None, on_state=self._on_relay_state,
-                                 on_channel=lambda _info: self._on_relay_state(True))
+                                 on_channel=self._on_channel)
             client.on_packet = self._receiver(client)
             self._clients[key] = client
             self._spawn(client.start())
@@ -349,15 +355,29 @@ class Relaying:
                 self._channel_asked[name] = now
                 client.request_channel(key)
             return None
+        # A channel counts once READY was heard in this relayed spell: one bound before a direct
+        # path died may be cut off by the same block. Until then bind often and ask again.
+        confirmed = self._ready_at.get(key.raw, -1.0) >= self._relayed_since.get(name, now)
+        interval = BIND_INTERVAL_S if confirmed else CHANNEL_CONFIRM_BIND_S
         bound = (client.relay_ip, info.port, info.bind_token)
-        if now - self._bound_at.get(bound, -BIND_INTERVAL_S) >= BIND_INTERVAL_S and ":" not in client.relay_ip:
+        if now - self._bound_at.get(bound, -interval) >= interval and ":" not in client.relay_ip:
             self._bound_at[bound] = now
             self.magic.send_from_wireguard_port(marshal_bind(info.bind_token),
                                                 parse_addr_port(f"{client.relay_ip}:{info.port}"))
+        if not confirmed and now - self._channel_asked.get(name, -CHANNEL_CONFIRM_ASK_S) >= CHANNEL_CONFIRM_ASK_S:
+            self._channel_asked[name] = now
+            client.request_channel(key)
         if len(self._bound_at) > 4 * max(1, len(self._by_name)):  # forget channels long gone
             self._bound_at = {b: t for b, t in self._bound_at.items() if now - t < 2 * BIND_INTERVAL_S}
-        endpoint: str | None = client.channel_endpoint(key)
+        endpoint: str | None = client.channel_endpoint(key) if confirmed else None
         return endpoint
+
+    def _on_channel(self, info: Any) -> None:
+        from meshctl.relay.channels import ChannelState
+
+        if info.state is ChannelState.READY and self._loop is not None:
+            self._ready_at[info.peer.raw] = self._loop.time()
+        self._on_relay_state(True)
 
     # --- the poll: paths -> relay availability and WireGuard endpoints ---------------------
 
@@ -398,6 +418,10 @@ class Relaying:
             relayed = offer_proxy(bool(clients) and self._proxy is not None, relay_up, key in proxied)
             want = decide_endpoint(direct, _PROXY if relayed else None, magic_default.get(name), initiator,
                                    now - self._first_seen.get(name, now), self.magic.static_fallback(name))
+            if want is _PROXY:
+                self._relayed_since.setdefault(name, now)
+            else:
+                self._relayed_since.pop(name, None)
             channel = self._use_channel(name, key, now) if want is _PROXY else None
             if channel is not None:
                 self._channel_in_use[name] = channel

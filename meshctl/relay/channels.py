@@ -25,6 +25,11 @@ moves the port to a new address (a NAT that rebinds). Members bind again every
 BIND_INTERVAL_S; a side heard from neither by bind nor by data for CHANNEL_IDLE_S closes the
 channel, and so does either member's session ending (leaving, revoked, replaced).
 
+A member that asks again for a channel it has is told READY only if one of its binds arrived
+since it last asked. That is how it checks, when it turns to the relay after a direct path
+died, that its WireGuard port still reaches the relay: a channel bound a minute ago proves
+nothing if the same block that killed the direct path now drops its packets too.
+
 The bind token (random, per side, given only over the member's own session) is what makes
 a port follow an address: an off-path sender cannot move it. The relay still never
 decrypts anything: a channel carries WireGuard packets as they are.
@@ -124,6 +129,9 @@ class _Side:
     token: bytes
     last_seen: float
     bound: Addr | None = None
+    # A bind (or anything) from the member arrived since it last asked: a repeated request answers
+    # READY only then, so READY proves its WireGuard port reaches the relay now, not only once.
+    bound_since_asked: bool = False
 
 
 @dataclass(slots=True)
@@ -180,7 +188,9 @@ class ChannelTable:
         channel = self._by_pair.get(frozenset((me.wg_key, peer.wg_key)))
         if channel is not None:
             mine = next(s for s in channel.sides if s.member.wg_key == me.wg_key)
-            return [self._notice(channel, mine)]
+            answer = self._notice(channel, mine, confirmed=mine.bound_since_asked)
+            mine.bound_since_asked = False
+            return [answer]
         if (len(self._by_pair) >= self.max_total or self._count.get(me.wg_key, 0) >= self.max_per_member
                 or self._count.get(peer.wg_key, 0) >= self.max_per_member):
             self.stats.refuse("limit")
@@ -215,6 +225,7 @@ class ChannelTable:
             return []
         self.stats.binds += 1
         side.last_seen = now
+        side.bound_since_asked = True
         if side.bound == addr:
             return []
         side.bound = addr
@@ -231,6 +242,7 @@ class ChannelTable:
         found = self._by_port.get(port)
         if found is not None:
             found[1].last_seen = now
+            found[1].bound_since_asked = True  # a bind from the bound address arrives as data
 
     def member_gone(self, wg_key: bytes) -> list[Notice]:
         """The member's session ended: close its channels, tell the peers that are still here."""
@@ -267,8 +279,8 @@ class ChannelTable:
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _notice(self, channel: Channel, side: _Side) -> Notice:
-        state = ChannelState.READY if channel.ready else ChannelState.OFFERED
+    def _notice(self, channel: Channel, side: _Side, confirmed: bool = True) -> Notice:
+        state = ChannelState.READY if channel.ready and confirmed else ChannelState.OFFERED
         return Notice(side.member.conn, channel.other(side).member.wg_key, side.port, side.token, state)
 
     @staticmethod
