@@ -7,7 +7,8 @@ client laptop (owner dana, group:dev) may reach the server (tag:prod) on iperf3'
 only. One long iperf3 TCP flow runs over the WireGuard tunnel (the nodes' mesh
 addresses) while the two set-ups take turns every BLOCK_S seconds:
 
-- filter:    table inet meshctl as the agent applied it (checked by reading it back);
+- filter:    table netdev meshctl as the agent applied it (hooked to the mesh interface; checked
+             by reading it back);
 - no filter: that table deleted on both nodes (the baseline).
 
 Why one flow with the set-up switched under it, not separate runs: on this shared 2-core
@@ -19,7 +20,11 @@ left out. The figure is the ratio of the two means over all blocks, with a boots
 
 The agents sync once an hour here, so they do not put the table back mid-run.
 
-    sudo .venv/bin/python bench/acl_throughput.py [--seconds 240] [--parallel 1]
+    sudo .venv/bin/python bench/acl_throughput.py [--seconds 240] [--parallel 1] [--variant V]
+
+--variant tells the parts of the cost apart: `hooks-only` runs the table's sets and base
+chains without a rule (what the hooks alone cost), `empty-table` an empty table (an A/A
+control: how far from 1.0 the method itself lands).
 
 Goal (issue 6): ratio filter / no filter at least 0.97.
 """
@@ -35,17 +40,18 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from meshctl.firewall.apply import read_table  # noqa: E402
 from meshctl.lab import Lab, LabError, Node, lab_unavailable, open_lab  # noqa: E402
 from meshctl.lab.scenario import MeshScenario, build_lan_mesh  # noqa: E402
 
 GOAL_RATIO = 0.97
 IPERF_PORT = 5201
+DENIED_PORT = 5202  # listening, but the policy does not allow it
 BLOCK_S = 3  # seconds per set-up before switching; the first is left out
 SYNC_INTERVAL_S = "3600"
 NAMES = ("laptop", "server")
@@ -57,7 +63,7 @@ POLICY = f"""// acl_throughput: the laptop may reach the server's iperf3 port, n
 		{{"action": "accept", "src": ["group:dev"], "dst": ["tag:prod:{IPERF_PORT}"]}},
 	],
 	"tests": [
-		{{"src": "dana@example.com", "accept": ["tag:prod:{IPERF_PORT}"], "deny": ["tag:prod:22"]}},
+		{{"src": "dana@example.com", "accept": ["tag:prod:{IPERF_PORT}"], "deny": ["tag:prod:{DENIED_PORT}"]}},
 	],
 }}
 """
@@ -69,26 +75,64 @@ class Block:
     mbit_per_s: float  # mean of the block's interval reports, its first one left out
 
 
-class FilterSwitch:
-    """Removes and restores meshctl's table on the nodes, byte-exact with what the agent applied."""
+def _hooks_only(listing: str) -> str:
+    """The table with its sets and base chains but no rules: what the hooks alone cost."""
+    kept, in_chain = [], False
+    for line in listing.splitlines():
+        if line.startswith("\tchain "):
+            in_chain = True
+        elif line.startswith("\t}"):
+            in_chain = False
+        elif in_chain and not line.lstrip().startswith("type filter hook"):
+            continue
+        kept.append(line)
+    return "\n".join(kept) + "\n"
 
-    def __init__(self, lab: Lab, nodes: list[Node]) -> None:
+
+# What the "filter" blocks run: meshctl's table, or controls that tell the parts apart.
+VARIANTS: dict[str, Callable[[str], str]] = {
+    "meshctl": lambda listing: listing,
+    "hooks-only": _hooks_only,
+    "empty-table": lambda listing: "table netdev meshctl {\n}\n",  # no hooks: an A/A control
+}
+
+
+class FilterSwitch:
+    """Removes and restores meshctl's table on the nodes, byte-exact with what the agent applied.
+
+    Both directions cost the same: one nft command per node, then one listing per node to
+    check it took. The switch falls in the block's first second, which is left out; its
+    duration is recorded so the table can show that it fits there.
+    """
+
+    def __init__(self, lab: Lab, nodes: list[Node], variant: str = "meshctl") -> None:
         self.lab = lab
         self.nodes = nodes
-        self.saved = {n.ns: lab.run(n, ["nft", "list", "table", "inet", "meshctl"]).stdout for n in nodes}
-        self.objects = {n.ns: read_table(n.ns) for n in nodes}
+        applied = {n.ns: self._listing(n) for n in nodes}
+        if None in applied.values():
+            raise LabError("the agents did not apply table netdev meshctl")
+        self.saved = {ns: VARIANTS[variant](text or "") for ns, text in applied.items()}
+        if variant != "meshctl":  # the "on" state is the variant, not the agent's table
+            for node in nodes:
+                self.lab.run(node, ["nft", "delete", "table", "netdev", "meshctl"])
+                self.lab.run(node, ["nft", "-f", "-"], input=self.saved[node.ns])
+        self.durations: dict[bool, list[float]] = {True: [], False: []}
+
+    def _listing(self, node: Node) -> str | None:
+        listed = self.lab.run(node, ["nft", "-t", "list", "table", "netdev", "meshctl"], check=False)  # no set elements
+        return listed.stdout if listed.returncode == 0 else None
 
     def set(self, enabled: bool) -> None:
+        started = time.perf_counter()
         for node in self.nodes:
             if enabled:
-                if read_table(node.ns) is None:
-                    self.lab.run(node, ["nft", "-f", "-"], input=self.saved[node.ns])
-                if read_table(node.ns) != self.objects[node.ns]:
-                    raise LabError(f"{node.name}: the restored table differs from meshctl's")
+                self.lab.run(node, ["nft", "-f", "-"], input=self.saved[node.ns])
             else:
-                self.lab.run(node, ["nft", "delete", "table", "inet", "meshctl"], check=False)
-                if read_table(node.ns) is not None:
-                    raise LabError(f"{node.name}: table inet meshctl is still there")
+                self.lab.run(node, ["nft", "delete", "table", "netdev", "meshctl"])
+        for node in self.nodes:
+            if self._listing(node) != (self.saved[node.ns] if enabled else None):
+                raise LabError(f"{node.name}: table netdev meshctl is not {'restored' if enabled else 'gone'}")
+        self.durations[enabled].append(time.perf_counter() - started)
 
 
 def build(lab: Lab) -> MeshScenario:
@@ -111,16 +155,16 @@ def _wait_for_server(lab: Lab, client: Node, server_ip: str) -> None:
         time.sleep(0.2)
 
 
-def measure(mesh: MeshScenario, seconds: int, parallel: int) -> list[Block]:
+def measure(mesh: MeshScenario, seconds: int, parallel: int, variant: str) -> list[Block]:
     """One iperf3 flow; the filter is switched at every BLOCK_S-th interval report."""
     lab = mesh.lab
     client, server = mesh.members["laptop"].node, mesh.members["server"].node
     server_ip = mesh.members["server"].mesh_ipv4
     lab.popen(server, ["iperf3", "-s", "-B", server_ip, "-p", str(IPERF_PORT)])
-    switch = FilterSwitch(lab, [client, server])
+    lab.popen(server, ["iperf3", "-s", "-B", server_ip, "-p", str(DENIED_PORT)])
+    switch = FilterSwitch(lab, [client, server], variant)
     _wait_for_server(lab, client, server_ip)
-    enabled = True
-    switch.set(enabled)
+    enabled = True  # as the agents left it (FilterSwitch checked)
     proc = lab.popen(client, ["iperf3", "-c", server_ip, "-p", str(IPERF_PORT), "-t", str(seconds), "-i", "1",
                               "-P", str(parallel), "--forceflush", "-f", "m"],
                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -144,12 +188,16 @@ def measure(mesh: MeshScenario, seconds: int, parallel: int) -> list[Block]:
             switch.set(enabled)
     if proc.wait() != 0:
         raise LabError(f"iperf3 failed (exit {proc.returncode})")
-    switch.set(True)
-    # Still enforcing: a port the policy does not allow gets no answer.
-    probe = lab.run(client, ["iperf3", "-c", server_ip, "-p", "22", "-t", "1", "--connect-timeout", "1000"],
-                    check=False)
-    if probe.returncode == 0:
-        raise LabError("the filter did not block port 22 after the run")
+    for state, took in switch.durations.items():
+        print(f"switch to {'filter' if state else 'no filter'}: mean {statistics.mean(took) * 1000:.0f} ms, "
+              f"max {max(took) * 1000:.0f} ms (inside the left-out first second)")
+    if not enabled:
+        switch.set(True)
+    # Still enforcing: a listening port the policy does not allow gets no answer.
+    probe = lab.run(client, ["iperf3", "-c", server_ip, "-p", str(DENIED_PORT), "-t", "1",
+                             "--connect-timeout", "1000"], check=False)
+    if variant == "meshctl" and probe.returncode == 0:
+        raise LabError(f"the filter did not block port {DENIED_PORT} after the run")
     return blocks
 
 
@@ -164,14 +212,14 @@ def bootstrap_interval(pairs: list[tuple[float, float]], rounds: int = 2000) -> 
     return ratios[int(0.05 * rounds)], ratios[int(0.95 * rounds) - 1]
 
 
-def print_table(blocks: list[Block], seconds: int, parallel: int) -> None:
+def print_table(blocks: list[Block], seconds: int, parallel: int, variant: str) -> None:
     on = [b.mbit_per_s for b in blocks if b.filtered]
     off = [b.mbit_per_s for b in blocks if not b.filtered]
     pairs = [(a.mbit_per_s, b.mbit_per_s) if a.filtered else (b.mbit_per_s, a.mbit_per_s)
              for a, b in zip(blocks[::2], blocks[1::2], strict=False)]
     print()
     print(f"iperf3 TCP over the WireGuard tunnel (wireguard-go), one {seconds} s flow, -P {parallel}, "
-          f"set-up switched every {BLOCK_S} s (first second of each block left out)")
+          f"set-up switched every {BLOCK_S} s (first second of each block left out); filter = {variant}")
     print(f"{'set-up':<10} {'blocks':>7} {'mean Mbit/s':>12} {'median':>8} {'min':>8} {'max':>8}")
     for mode, rates in (("no filter", off), ("filter", on)):
         print(f"{mode:<10} {len(rates):>7d} {statistics.mean(rates):>12.1f} {statistics.median(rates):>8.1f} "
@@ -189,6 +237,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=240, help=f"length of the flow (blocks of {BLOCK_S} s)")
     parser.add_argument("--parallel", type=int, default=1)
+    parser.add_argument("--variant", choices=sorted(VARIANTS), default="meshctl",
+                        help="what the filter blocks run: meshctl's table, its hooks without rules, "
+                             "or an empty table (controls)")
     args = parser.parse_args()
     reason = lab_unavailable()
     for tool in ("iperf3", "wireguard-go", "wg", "git"):
@@ -200,11 +251,11 @@ def main() -> int:
     with open_lab() as lab:
         mesh = build(lab)
         try:
-            blocks = measure(mesh, args.seconds, args.parallel)
+            blocks = measure(mesh, args.seconds, args.parallel, args.variant)
         finally:
             for name in NAMES:
                 mesh.meshctl(name, "down", check=False)
-    print_table(blocks, args.seconds, args.parallel)
+    print_table(blocks, args.seconds, args.parallel, args.variant)
     return 0
 
 

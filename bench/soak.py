@@ -15,7 +15,7 @@ and the longest-in one leaves. All churners are back before the end.
 The other hosts' agents run the whole time and are the ones judged for growth.
 
 Sampled every --sample seconds: each agent's RSS, open fds and threads (/proc), each node's rule
-count in `table inet meshctl`, the lab's wireguard-go processes. The first and last samples are
+count in `table netdev meshctl`, the lab's wireguard-go processes. The first and last samples are
 taken with every host joined and converged (same membership), each folded from 5 reads.
 
 Tolerances (exit 1 when one is exceeded, or a pair fails, or a `down` leaves something behind):

@@ -2,8 +2,9 @@
 
 Order, and why:
 1. WireGuard device exists and has its key before peers (the key is in the same update).
-2. The packet filter (nft table inet meshctl) before the link comes up, so the interface
-   never accepts a connection the policy forbids.
+2. The packet filter (nft table netdev meshctl, hooked to the interface) before the link
+   comes up, so the interface never accepts a connection the policy forbids; after the
+   device exists, since the filter's chains are bound to it.
 3. Addresses/routes last: routes need the link, and the link is brought up here, after
    the peers are configured.
 A failed subsystem does not hide the others' results: errors are collected.
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 class Plan:
     wg: DeviceUpdate
     router: RouterPlan
-    firewall: tuple[str, ...] = ()  # what changes in table inet meshctl, if anything
+    firewall: tuple[str, ...] = ()  # what changes in meshctl's nft table, if anything
 
     def is_empty(self) -> bool:
         return self.wg.is_empty() and self.router.is_empty() and not self.firewall
@@ -60,7 +61,7 @@ def plan_against(desired: Desired, wg_state: DeviceState, router_state: RouterSt
     firewall: tuple[str, ...] = ()
     if desired.packet_filter is not None and not firewall_current:
         pf = desired.packet_filter
-        firewall = (f"replace table inet meshctl: {len(pf.rules)} allow rules for {pf.node}, default deny",)
+        firewall = (f"replace table meshctl: {len(pf.rules)} allow rules for {pf.node}, default deny",)
     return Plan(plan_update(wg_state, desired.wg), plan_router(router_state, desired.router), firewall)
 
 
@@ -70,17 +71,16 @@ class Observed:
 
     wg: DeviceState
     router: RouterState
-    table: list[dict[str, Json]] | None  # table inet meshctl as listed; None when absent
+    table: list[dict[str, Json]] | None  # meshctl's nft tables as listed; None when absent
     table_error: MeshctlError | None = None  # nft could not list it (raised only if a filter is wanted)
 
 
 def firewall_current(desired: Desired, ifname: str) -> bool:
-    from meshctl.firewall import nft
-    from meshctl.firewall.apply import read_table
+    from meshctl.firewall.apply import is_current, read_table
 
     if desired.packet_filter is None:
         return True
-    return read_table() == nft.table_objects(desired.packet_filter, ifname)
+    return is_current(desired.packet_filter, ifname, read_table())
 
 
 class Reconciler:
@@ -125,13 +125,13 @@ class Reconciler:
 
     def plan_observed(self, desired: Desired, observed: Observed) -> Plan:
         from meshctl.agent.desired import keep_working_endpoints
-        from meshctl.firewall import nft
+        from meshctl.firewall.apply import is_current
 
         desired = keep_working_endpoints(desired, observed.wg, int(time.time()))
         pf = desired.packet_filter
         if pf is not None and observed.table_error is not None:
             raise observed.table_error
-        current = pf is None or observed.table == nft.table_objects(pf, self.ifname)
+        current = pf is None or is_current(pf, self.ifname, observed.table)
         return plan_against(desired, observed.wg, observed.router, current)
 
     def apply(self, desired: Desired) -> ApplyResult:

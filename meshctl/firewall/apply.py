@@ -2,17 +2,21 @@
 
 `nft -j -f -` loads the document from nft.replace_document() atomically: the
 kernel swaps the old rules for the new ones in a single commit, so there is no
-instant without rules. Before applying, the table is read back with
-`nft -j list table inet meshctl` and compared with what the document would create:
-equal means nothing to do (level-triggered: a manual edit or a missing table is
-repaired on the next pass). The listing also tells the document whether the reply
-sets can stay, with the UDP flows they hold.
+instant without rules. Before applying, meshctl's tables are read back
+(`nft -j list tables`, then each of ours) and compared with what the document would
+create: equal means nothing to do (level-triggered: a manual edit, a missing table or
+chains gone with a recreated interface are repaired on the next pass). The listing also
+tells the document whether the reply sets can stay, with the UDP flows they hold.
+
+The layout (nft.py) is DEVICE where the interface exists and the kernel and nft can bind a
+chain to its egress hook (asked once per process with `nft -c`), else HOOKS.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import subprocess
 from collections.abc import Sequence
@@ -56,17 +60,66 @@ def _first_line(text: str) -> str:
     return next((line for line in text.splitlines() if line.strip()), "no output")
 
 
-def read_table(netns: str | None = None) -> list[dict[str, nft.Json]] | None:
-    """The table as it is in the kernel (no handles), or None when it does not exist."""
-    result = _run(["-j", "list", "table", nft.FAMILY, nft.TABLE], netns)
+def _listing(args: Sequence[str], netns: str | None) -> list[dict[str, nft.Json]]:
+    result = _run(["-j", "list", *args], netns)
     if result.returncode != 0:
-        if "No such file or directory" in result.stderr:
-            return None
-        raise FirewallError(f"nft list table {nft.FAMILY} {nft.TABLE}: {_first_line(result.stderr)}")
+        raise FirewallError(f"nft list {' '.join(args)}: {_first_line(result.stderr)}")
     try:
         return nft.listed_objects(json.loads(result.stdout))
     except ValueError as exc:  # includes json.JSONDecodeError
         raise FirewallError(f"nft printed a listing meshctl cannot read: {exc}") from None
+
+
+def read_table(netns: str | None = None) -> list[dict[str, nft.Json]] | None:
+    """meshctl's tables as they are in the kernel (no handles), or None when there is none."""
+    tables = set()
+    for item in _listing(["tables"], netns):
+        body = item.get("table")
+        if isinstance(body, dict):
+            tables.add((body.get("family"), body.get("name")))
+    objects: list[dict[str, nft.Json]] = []
+    for family in nft.FAMILIES:
+        if (family, nft.TABLE) in tables:
+            objects += _listing(["table", family, nft.TABLE], netns)
+    return objects or None
+
+
+def _interface_exists(interface: str, netns: str | None) -> bool:
+    if netns is None:
+        return os.path.exists(f"/sys/class/net/{interface}")
+    probe = subprocess.run(["ip", "-n", netns, "link", "show", "dev", interface], capture_output=True,
+                           timeout=NFT_TIMEOUT_S, check=False)
+    return probe.returncode == 0
+
+
+# (netns, interface) -> whether a chain can be bound to the interface's egress hook.
+_DEVICE_HOOKS: dict[tuple[str | None, str], bool] = {}
+
+
+def layout_for(interface: str, netns: str | None = None) -> nft.Layout:
+    """DEVICE where the interface exists and its hooks can be used; HOOKS otherwise (by name)."""
+    if not _interface_exists(interface, netns):
+        return nft.Layout.HOOKS
+    key = (netns, interface)
+    if key not in _DEVICE_HOOKS:
+        check = _run(["-c", "-j", "-f", "-"], netns, stdin=json.dumps(nft.probe_document(interface)))
+        _DEVICE_HOOKS[key] = check.returncode == 0
+        if check.returncode != 0:
+            log.warning("nft cannot hook %s itself (%s; Linux 5.16 and nft 1.0.1 can): filtering with "
+                        "prerouting/postrouting hooks, which every packet of the host passes",
+                        interface, _first_line(check.stderr))
+    return nft.Layout.DEVICE if _DEVICE_HOOKS[key] else nft.Layout.HOOKS
+
+
+def is_current(pf: PacketFilter, interface: str, current: list[dict[str, nft.Json]] | None,
+               netns: str | None = None) -> bool:
+    """Whether `current` (read_table) already enforces `pf` on `interface`, in the layout due."""
+    if current is None:
+        return False
+    if current == nft.table_objects(pf, interface, nft.Layout.DEVICE):
+        return True  # the kernel took it, so no need to ask whether it can (a no-op sync stays cheap)
+    return (layout_for(interface, netns) is nft.Layout.HOOKS
+            and current == nft.table_objects(pf, interface, nft.Layout.HOOKS))
 
 
 def _load(document: nft.Json, netns: str | None) -> None:
@@ -76,18 +129,19 @@ def _load(document: nft.Json, netns: str | None) -> None:
 
 
 def apply_filter(pf: PacketFilter, interface: str, netns: str | None = None) -> bool:
-    """Make table inet meshctl enforce `pf` on `interface`; False when it already did."""
+    """Make meshctl's table enforce `pf` on `interface`; False when it already did."""
     current = read_table(netns)
-    if current == nft.table_objects(pf, interface):
+    if is_current(pf, interface, current, netns):
         log.debug("nft table %s already up to date", nft.TABLE)
         return False
-    _load(nft.replace_document(pf, interface, current), netns)
-    log.info("applied nft table %s: %d rules for %s", nft.TABLE, len(pf.rules), pf.node)
+    layout = layout_for(interface, netns)
+    _load(nft.replace_document(pf, interface, current, layout), netns)
+    log.info("applied nft table %s %s: %d rules for %s", layout.family, nft.TABLE, len(pf.rules), pf.node)
     return True
 
 
 def remove_table(netns: str | None = None) -> bool:
-    """Delete meshctl's table (`meshctl down`); False when there was none."""
+    """Delete meshctl's tables (`meshctl down`); False when there was none."""
     if read_table(netns) is None:
         return False
     _load(nft.delete_document(), netns)

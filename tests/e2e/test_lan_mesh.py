@@ -91,7 +91,7 @@ def restart_agent(mesh: MeshScenario, name: str) -> int:
 
 def nft_rules(mesh: MeshScenario, name: str) -> list[str]:
     """Every rule of meshctl's nft table, as (chain, expression) JSON text, in order."""
-    out = mesh.lab.run(node_of(mesh, name), ["nft", "-j", "list", "table", "inet", "meshctl"]).stdout
+    out = mesh.lab.run(node_of(mesh, name), ["nft", "-j", "list", "table", "netdev", "meshctl"]).stdout
     return [json.dumps([item["rule"]["chain"], item["rule"]["expr"]], sort_keys=True)
             for item in json.loads(out)["nftables"] if "rule" in item]
 

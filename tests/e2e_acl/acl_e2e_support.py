@@ -214,12 +214,13 @@ class EchoService:
 
 
 def install_syn_counter(ns: str, ifname: str, port: int) -> None:
-    """Count TCP SYNs to `port` arriving on `ifname`, before any filter (prerouting, raw priority)."""
-    script = f"""table inet {SYN_TABLE} {{
+    """Count TCP SYNs to `port` arriving on `ifname`, before any filter (its ingress hook, ahead of
+    meshctl's chain there)."""
+    script = f"""table netdev {SYN_TABLE} {{
 	counter syn{port} {{ }}
 	chain pre {{
-		type filter hook prerouting priority raw; policy accept;
-		iifname "{ifname}" tcp dport {port} tcp flags & (syn | ack) == syn counter name "syn{port}"
+		type filter hook ingress device "{ifname}" priority -500; policy accept;
+		tcp dport {port} tcp flags & (syn | ack) == syn counter name "syn{port}"
 	}}
 }}
 """
@@ -228,9 +229,9 @@ def install_syn_counter(ns: str, ifname: str, port: int) -> None:
 
 
 def syn_count(ns: str, port: int) -> int:
-    out = subprocess.run(["ip", "netns", "exec", ns, "nft", "-j", "list", "counter", "inet", SYN_TABLE, f"syn{port}"],
+    out = subprocess.run(["ip", "netns", "exec", ns, "nft", "-j", "list", "counter", "netdev", SYN_TABLE, f"syn{port}"],
                          text=True, check=True, capture_output=True).stdout
     for item in json.loads(out)["nftables"]:
         if "counter" in item:
             return int(item["counter"]["packets"])
-    raise AssertionError(f"no counter syn{port} in table inet {SYN_TABLE}")
+    raise AssertionError(f"no counter syn{port} in table netdev {SYN_TABLE}")

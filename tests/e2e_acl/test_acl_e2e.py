@@ -1,7 +1,7 @@
 """End-to-end: issue 6's zero-trust scenario through the real repository, agents and nftables.
 
 The policy is signed into the coordination repository by the admin and reaches the nodes
-through git; each node's agent (or `meshctl sync`) compiles it into table inet meshctl.
+through git; each node's agent (or `meshctl sync`) compiles it into table netdev meshctl.
 Tests run in file order on one mesh: V1 (dev -> prod:443, ops -> prod:*), then V2 (dev
 also gets :22) with a connection kept open across the change, then V3 (ops loses :22).
 """

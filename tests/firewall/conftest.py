@@ -49,12 +49,13 @@ def nspair() -> Iterator[NsPair]:
 
 @pytest.fixture
 def scratch_ns() -> Iterator[str]:
-    """An empty namespace, for loading rulesets without touching the host's."""
+    """A namespace with one interface, mesh0, for loading rulesets without touching the host's."""
     reason = missing_tools()
     if reason:
         pytest.skip(reason)
     name = f"fwx-{secrets.token_hex(3)}"
     _sh("ip", "netns", "add", name)
+    _sh("ip", "-n", name, "link", "add", "mesh0", "type", "veth", "peer", "name", "mesh0-peer")
     try:
         yield name
     finally:

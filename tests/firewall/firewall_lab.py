@@ -96,6 +96,18 @@ class NsPair:
             return None
         return cli
 
+    def recreate_mesh_interface(self) -> None:
+        """Delete the server's end of the veth pair and make it again (a new device, same name)."""
+        tag = self.mesh_if[4:]
+        _sh("ip", "-n", self.server, "link", "del", self.mesh_if)
+        _sh("ip", "link", "add", f"pc{tag}", "netns", self.client, "type", "veth", "peer", "name", self.mesh_if,
+            "netns", self.server)
+        _sh("ip", "-n", self.server, "addr", "add", "100.64.0.1/24", "dev", self.mesh_if)
+        for addr in CLIENT_ADDRS:
+            _sh("ip", "-n", self.client, "addr", "add", f"{addr}/24", "dev", f"pc{tag}")
+        _sh("ip", "-n", self.client, "link", "set", f"pc{tag}", "up")
+        _sh("ip", "-n", self.server, "link", "set", self.mesh_if, "up")
+
     def ping(self, src: str) -> bool:
         result = subprocess.run(
             ["ip", "netns", "exec", self.client, "ping", "-c", "1", "-W", "1", "-I", src, "100.64.0.1"],

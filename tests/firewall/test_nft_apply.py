@@ -4,14 +4,29 @@ from __future__ import annotations
 
 import socket
 import subprocess
+from collections.abc import Iterator
 
 import pytest
 from firewall_lab import SAMPLE_POLICY, NsPair, sample_filter
 
-from meshctl.firewall.apply import FirewallError, apply_filter, read_table, remove_table
-from meshctl.firewall.nft import table_objects
+from meshctl.firewall import apply
+from meshctl.firewall.apply import FirewallError, apply_filter, layout_for, read_table, remove_table
+from meshctl.firewall.nft import Layout, table_objects
 
 pytestmark = pytest.mark.netns
+
+
+@pytest.fixture(params=list(Layout), ids=lambda la: la.name)
+def layout(request: pytest.FixtureRequest, nspair: NsPair) -> Iterator[Layout]:
+    """Run a test in both layouts: HOOKS as on a kernel whose egress hook nft cannot use."""
+    key = (nspair.server, nspair.mesh_if)
+    if request.param is Layout.HOOKS:
+        apply._DEVICE_HOOKS[key] = False
+    try:
+        assert layout_for(nspair.mesh_if, nspair.server) is request.param
+        yield request.param
+    finally:
+        apply._DEVICE_HOOKS.pop(key, None)
 
 DEV, OPS, MONITOR, STRANGER = "100.64.0.2", "100.64.0.3", "100.64.0.4", "100.64.0.9"
 
@@ -42,14 +57,14 @@ def test_apply_is_skipped_when_the_kernel_already_has_it(nspair: NsPair) -> None
     assert apply_filter(pf, nspair.mesh_if, nspair.server) is False
     # A manual edit is noticed and repaired on the next pass.
     subprocess.run(
-        ["ip", "netns", "exec", nspair.server, "nft", "insert", "rule", "inet", "meshctl", "mesh-in", "accept"],
+        ["ip", "netns", "exec", nspair.server, "nft", "insert", "rule", "netdev", "meshctl", "ingress", "accept"],
         check=True,
     )
     assert apply_filter(pf, nspair.mesh_if, nspair.server) is True
     assert apply_filter(pf, nspair.mesh_if, nspair.server) is False
 
 
-def test_allowed_port_connects_and_denied_syn_never_reaches_the_socket(nspair: NsPair) -> None:
+def test_allowed_port_connects_and_denied_syn_never_reaches_the_socket(nspair: NsPair, layout: Layout) -> None:
     https, ssh = nspair.listen(443), nspair.listen(22)
     apply_filter(sample_filter("prod"), nspair.mesh_if, nspair.server)
 
@@ -79,7 +94,7 @@ def test_closed_allowed_port_is_refused_not_dropped(nspair: NsPair) -> None:
     cli.close()
 
 
-def test_ping_only_where_the_policy_allows(nspair: NsPair) -> None:
+def test_ping_only_where_the_policy_allows(nspair: NsPair, layout: Layout) -> None:
     apply_filter(sample_filter("prod"), nspair.mesh_if, nspair.server)
     assert nspair.ping(DEV), "dev may reach prod:443, so it may ping prod"
     assert nspair.ping(MONITOR), "monitor may reach prod:9100, so it may ping prod"
@@ -175,7 +190,7 @@ def _received(sock: socket.socket) -> bytes | None:
         return None
 
 
-def test_udp_replies_to_what_the_node_sent_pass_and_nothing_else(nspair: NsPair) -> None:
+def test_udp_replies_to_what_the_node_sent_pass_and_nothing_else(nspair: NsPair, layout: Layout) -> None:
     apply_filter(sample_filter("prod"), nspair.mesh_if, nspair.server)
     prod = _udp(nspair, nspair.server, "100.64.0.1", 5353)
     dev = _udp(nspair, nspair.client, DEV, 7000)
@@ -195,7 +210,7 @@ def test_udp_replies_to_what_the_node_sent_pass_and_nothing_else(nspair: NsPair)
         sock.close()
 
 
-def test_a_policy_change_keeps_the_recorded_udp_flows(nspair: NsPair) -> None:
+def test_a_policy_change_keeps_the_recorded_udp_flows(nspair: NsPair, layout: Layout) -> None:
     apply_filter(sample_filter("prod"), nspair.mesh_if, nspair.server)
     prod = _udp(nspair, nspair.server, "100.64.0.1", 5353)
     dev = _udp(nspair, nspair.client, DEV, 7000)
@@ -203,14 +218,14 @@ def test_a_policy_change_keeps_the_recorded_udp_flows(nspair: NsPair) -> None:
     assert _received(dev) == b"query"
     more = SAMPLE_POLICY.read_text().replace('"dst": ["tag:prod:443"]', '"dst": ["tag:prod:22,443"]')
     assert apply_filter(sample_filter("prod", more), nspair.mesh_if, nspair.server) is True
-    assert read_table(nspair.server) == table_objects(sample_filter("prod", more), nspair.mesh_if)
+    assert read_table(nspair.server) == table_objects(sample_filter("prod", more), nspair.mesh_if, layout)
     dev.sendto(b"late answer", ("100.64.0.1", 5353))  # no new packet from prod in between
     assert _received(prod) == b"late answer", "the policy change forgot prod's UDP flow"
     prod.close()
     dev.close()
 
 
-def test_connections_the_node_opens_work_and_stay_one_way(nspair: NsPair) -> None:
+def test_connections_the_node_opens_work_and_stay_one_way(nspair: NsPair, layout: Layout) -> None:
     apply_filter(sample_filter("prod"), nspair.mesh_if, nspair.server)
     listener = nspair.socket(nspair.client)
     listener.bind((DEV, 8080))
@@ -236,7 +251,7 @@ def test_connections_the_node_opens_work_and_stay_one_way(nspair: NsPair) -> Non
         sock.close()
 
 
-def test_fragmented_datagrams_pass_only_to_allowed_ports(nspair: NsPair) -> None:
+def test_fragmented_datagrams_pass_only_to_allowed_ports(nspair: NsPair, layout: Layout) -> None:
     """Without conntrack nothing reassembles before the filter: later fragments carry no ports."""
     apply_filter(sample_filter("prod"), nspair.mesh_if, nspair.server)
     https = _udp(nspair, nspair.server, "100.64.0.1", 443)  # dev may reach :443 over UDP
@@ -270,3 +285,33 @@ def test_a_table_of_an_older_layout_is_replaced(nspair: NsPair) -> None:
     assert conn is not None
     conn.close()
     assert _queued(https) == 1
+
+
+def test_a_recreated_interface_is_filtered_again(nspair: NsPair) -> None:
+    """A device-bound chain goes with its device (Linux 6.1 removes it): the next apply puts it back."""
+    https, ssh = nspair.listen(443), nspair.listen(22)
+    pf = sample_filter("prod")
+    assert apply_filter(pf, nspair.mesh_if, nspair.server) is True
+    assert layout_for(nspair.mesh_if, nspair.server) is Layout.DEVICE
+    nspair.recreate_mesh_interface()
+    apply_filter(pf, nspair.mesh_if, nspair.server)  # True where the kernel dropped the chains
+    assert read_table(nspair.server) == table_objects(pf, nspair.mesh_if)
+    assert nspair.connect(DEV, 22) is None and _queued(ssh) == 0
+    conn = nspair.connect(DEV, 443)
+    assert conn is not None
+    conn.close()
+    assert _queued(https) == 1
+
+
+def test_a_missing_interface_is_filtered_by_name_until_it_exists(nspair: NsPair) -> None:
+    """No device to bind to yet: the HOOKS layout holds the filter by name; once the interface
+    exists, the next apply moves to the device's own hooks."""
+    name = "later" + nspair.mesh_if[-6:]
+    assert layout_for(name, nspair.server) is Layout.HOOKS
+    pf = sample_filter("prod")
+    assert apply_filter(pf, name, nspair.server) is True
+    assert read_table(nspair.server) == table_objects(pf, name, Layout.HOOKS)
+    subprocess.run(["ip", "-n", nspair.server, "link", "add", name, "type", "veth", "peer", "name", name + "p"],
+                   check=True)
+    assert apply_filter(pf, name, nspair.server) is True
+    assert read_table(nspair.server) == table_objects(pf, name, Layout.DEVICE)  # the inet table is gone

@@ -10,6 +10,7 @@ from firewall_lab import SAMPLE_POLICY, sample_filter
 
 from meshctl.firewall.apply import read_table
 from meshctl.firewall.nft import (
+    Layout,
     delete_document,
     listed_objects,
     render_text,
@@ -26,6 +27,10 @@ def test_prod_text_matches_golden() -> None:
     assert render_text(sample_filter("prod"), "mesh0") == (GOLDEN / "prod.nft").read_text()
 
 
+def test_prod_text_in_the_hooks_layout_matches_golden() -> None:
+    assert render_text(sample_filter("prod"), "mesh0", Layout.HOOKS) == (GOLDEN / "prod-hooks.nft").read_text()
+
+
 def test_dev_laptop_text_matches_golden() -> None:
     assert render_text(sample_filter("dev-laptop"), "mesh0") == (GOLDEN / "dev-laptop.nft").read_text()
 
@@ -38,9 +43,11 @@ def test_prod_json_matches_golden() -> None:
 def test_replace_is_one_transaction_that_tolerates_a_missing_table() -> None:
     commands = replace_document(sample_filter("prod"), "mesh0")["nftables"]
     assert isinstance(commands, list)
-    table = {"table": {"family": "inet", "name": "meshctl"}}
-    assert commands[1:4] == [{"add": table}, {"delete": table}, {"add": table}]
-    assert delete_document()["nftables"] == [commands[0], {"add": table}, {"delete": table}]
+    netdev, inet = ({"table": {"family": f, "name": "meshctl"}} for f in ("netdev", "inet"))
+    # both of meshctl's tables go (an older meshctl's inet table too), then the new one is built
+    deletes = [{"add": netdev}, {"delete": netdev}, {"add": inet}, {"delete": inet}]
+    assert commands[1:6] == [*deletes, {"add": netdev}]
+    assert delete_document()["nftables"] == [commands[0], *deletes]
 
 
 def test_replace_keeps_the_reply_sets_when_the_layout_is_unchanged() -> None:
@@ -49,7 +56,7 @@ def test_replace_keeps_the_reply_sets_when_the_layout_is_unchanged() -> None:
     after = sample_filter("prod", SAMPLE_POLICY.read_text().replace("tag:prod:443", "tag:prod:444"))
     commands = replace_document(after, "mesh0", before)["nftables"]
     assert isinstance(commands, list)
-    table = {"table": {"family": "inet", "name": "meshctl"}}
+    table = {"table": {"family": "netdev", "name": "meshctl"}}
     assert commands[1:3] == [{"add": table}, {"flush": table}]
     added = [c["add"] for c in commands[3:] if isinstance(c, dict)]
     assert added and all(list(a) == ["rule"] for a in added)  # no set, chain or table is re-created
@@ -70,9 +77,20 @@ def test_replace_rebuilds_a_table_of_another_layout() -> None:
 def test_the_filter_uses_no_connection_tracking() -> None:
     """Any ct expression turns conntrack on for every packet of the host (10 % of throughput)."""
     for node in ("prod", "dev-laptop", "ops-laptop", "monitor", "dana-phone"):
-        doc = json.dumps(replace_document(sample_filter(node), "mesh0"))
-        assert '"ct"' not in doc and "conntrack" not in doc
-        assert "ct state" not in render_text(sample_filter(node), "mesh0")
+        for layout in Layout:
+            doc = json.dumps(replace_document(sample_filter(node), "mesh0", layout=layout))
+            assert '"ct"' not in doc and "conntrack" not in doc
+            assert "ct state" not in render_text(sample_filter(node), "mesh0", layout)
+
+
+def test_the_device_layout_hooks_only_the_mesh_interface() -> None:
+    """No chain of the DEVICE layout sees another interface's packets: both are bound to mesh0."""
+    doc = replace_document(sample_filter("prod"), "mesh0")
+    chains = [c["add"]["chain"] for c in doc["nftables"] if isinstance(c, dict)  # type: ignore[union-attr]
+              and "chain" in c.get("add", {})]
+    assert [(c["name"], c["hook"], c["dev"]) for c in chains] == [("ingress", "ingress", "mesh0"),
+                                                                  ("egress", "egress", "mesh0")]
+    assert "iifname" not in render_text(sample_filter("prod"), "mesh0")
 
 
 def test_only_the_nodes_own_sources_appear() -> None:
@@ -80,14 +98,16 @@ def test_only_the_nodes_own_sources_appear() -> None:
     # monitor (.4) may reach prod on 9100-9101 only; nobody else's rules are on prod
     assert "100.64.0.4 ip daddr 100.64.0.1 tcp dport 9100-9101 accept" in text
     assert "100.64.50." not in text  # prod's own outbound DNS rule is enforced elsewhere
-    assert text.rstrip().splitlines()[-3].strip() == 'drop comment "default deny"'
-    # Packets of a connection (to prod's own addresses) first; then what is not addressed to prod
-    # is dropped before anything but neighbour discovery is accepted.
-    chain = [line.strip() for line in text.split("chain mesh-in {")[1].splitlines()]
-    assert chain[1].startswith("ip daddr 100.64.0.1 tcp flags != syn / syn,ack accept")
-    assert chain[2].startswith("ip6 daddr fd7a:115c:a1e0::1 tcp flags != syn / syn,ack accept")
-    assert "neighbour discovery" in chain[3]
-    assert chain[4:6] == ["ip daddr != 100.64.0.1 drop", "ip6 daddr != fd7a:115c:a1e0::1 drop"]
+    chain = [line.strip() for line in text.split("chain ingress {")[1].split("chain egress {")[0].splitlines()]
+    assert chain[-3] == 'drop comment "default deny"'
+    # Packets of a connection (to prod's own addresses: nearly all traffic) first, then non-IP;
+    # then what is not addressed to prod is dropped before anything but neighbour discovery is
+    # accepted.
+    assert chain[2].startswith("ip daddr 100.64.0.1 tcp flags != syn / syn,ack accept")
+    assert chain[3].startswith("ip6 daddr fd7a:115c:a1e0::1 tcp flags != syn / syn,ack accept")
+    assert chain[4].startswith("meta protocol != { ip, ip6 } accept")
+    assert "neighbour discovery" in chain[5]
+    assert chain[6:8] == ["ip daddr != 100.64.0.1 drop", "ip6 daddr != fd7a:115c:a1e0::1 drop"]
 
 
 def _one_rule(sources: list[str], ports: tuple[PortRange, ...] = (PortRange(22, 22),)) -> PacketFilter:
@@ -99,7 +119,8 @@ def _one_rule(sources: list[str], ports: tuple[PortRange, ...] = (PortRange(22, 
 def test_slash_10_prefix_is_encoded_as_a_prefix() -> None:
     pf = _one_rule(["100.64.0.0/10"])
     rules = [o["rule"] for o in table_objects(pf, "mesh0") if "rule" in o]
-    saddr = rules[-2]["expr"][0]  # type: ignore[index]
+    acl = [r for r in rules if r.get("comment") == "acls[0] line 3"]  # type: ignore[union-attr]
+    saddr = acl[0]["expr"][0]  # type: ignore[index]
     assert saddr == {
         "match": {
             "op": "==",
@@ -137,12 +158,13 @@ def test_listed_objects_drops_handles_and_metainfo() -> None:
 
 @pytest.mark.netns
 def test_golden_text_and_json_load_in_nft(scratch_ns: str) -> None:
-    check = subprocess.run(
-        ["ip", "netns", "exec", scratch_ns, "nft", "-c", "-f", str(GOLDEN / "prod.nft")],
-        capture_output=True,
-        text=True,
-    )
-    assert check.returncode == 0, check.stderr
+    for golden in ("prod.nft", "prod-hooks.nft"):
+        check = subprocess.run(
+            ["ip", "netns", "exec", scratch_ns, "nft", "-c", "-f", str(GOLDEN / golden)],
+            capture_output=True,
+            text=True,
+        )
+        assert check.returncode == 0, check.stderr
     load = subprocess.run(
         ["ip", "netns", "exec", scratch_ns, "nft", "-j", "-f", str(GOLDEN / "prod.json")],
         capture_output=True,
@@ -150,7 +172,7 @@ def test_golden_text_and_json_load_in_nft(scratch_ns: str) -> None:
     )
     assert load.returncode == 0, load.stderr
     listed = subprocess.run(
-        ["ip", "netns", "exec", scratch_ns, "nft", "list", "table", "inet", "meshctl"],
+        ["ip", "netns", "exec", scratch_ns, "nft", "list", "table", "netdev", "meshctl"],
         capture_output=True,
         text=True,
         check=True,
@@ -159,13 +181,14 @@ def test_golden_text_and_json_load_in_nft(scratch_ns: str) -> None:
 
 
 @pytest.mark.netns
+@pytest.mark.parametrize("layout", list(Layout), ids=lambda la: la.name)
 @pytest.mark.parametrize("node", ["prod", "dev-laptop", "ops-laptop", "monitor", "dana-phone"])
-def test_nft_lists_back_exactly_what_we_wrote(scratch_ns: str, node: str) -> None:
+def test_nft_lists_back_exactly_what_we_wrote(scratch_ns: str, node: str, layout: Layout) -> None:
     """The read-back comparison works: nft's listing equals table_objects() for each node."""
     pf = sample_filter(node)
-    doc = json.dumps(replace_document(pf, "mesh0"))
+    doc = json.dumps(replace_document(pf, "mesh0", layout=layout))
     subprocess.run(["ip", "netns", "exec", scratch_ns, "nft", "-j", "-f", "-"], input=doc, text=True, check=True)
-    assert read_table(scratch_ns) == table_objects(pf, "mesh0")
+    assert read_table(scratch_ns) == table_objects(pf, "mesh0", layout)
 
 
 @pytest.mark.netns

@@ -9,7 +9,7 @@ Shared by tests/soak/ (short) and bench/soak.py (20 nodes, 15 minutes). Root, ne
   (new identity and WireGuard keys, a new name `nK-gG`), `meshctl join` (a pull-request branch),
   the admin's approve + merge + push, and `meshctl up`. Stable nodes never leave: their agents
   run for the whole soak and are the ones measured for growth;
-- `Soak.sample`: every running agent's RSS, fds and threads, each node's rule count in `table inet
+- `Soak.sample`: every running agent's RSS, fds and threads, each node's rule count in `table netdev
   meshctl` and the lab's wireguard-go processes;
 - `Soak.converged`, `Soak.ping_pairs`: at the end every remaining pair pings over its mesh IPv4.
 """
@@ -62,7 +62,7 @@ class Sample:
     t: float  # seconds since the churn started
     members: int  # members in the admin's current state
     agents: dict[str, AgentSample]  # slot -> its agent (slots whose agent runs)
-    nft_rules: dict[str, int]  # slot -> rules in table inet meshctl (-1: no table)
+    nft_rules: dict[str, int]  # slot -> rules in table netdev meshctl (-1: no table)
     wireguard_go: int  # wireguard-go processes serving this lab's interfaces
     nodes_up: int
     wg_go_stray: int = 0  # missing, duplicate or unowned wireguard-go (nodes mid-change excluded)
@@ -283,7 +283,7 @@ class Soak:
     # --- measuring ------------------------------------------------------------------------
 
     def nft_rules(self, slot: Slot) -> int:
-        proc = self.lab.run(slot.node, ["nft", "-j", "list", "table", "inet", "meshctl"], check=False)
+        proc = self.lab.run(slot.node, ["nft", "-j", "list", "table", "netdev", "meshctl"], check=False)
         if proc.returncode != 0:
             return -1
         return sum(1 for item in json.loads(proc.stdout)["nftables"] if "rule" in item)
@@ -421,7 +421,7 @@ def judge(samples: Sequence[Sample], stable: Sequence[str], *, rss_tolerance_kib
             growth[worst], f"<= {tol:+g} per node", growth[worst] <= tol, worst))
 
     per_node("agent fds, no git packs (mean)", lambda s, k: s.agents[k].fds, 0)
-    per_node("nft rules, table inet meshctl", lambda s, k: s.nft_rules[k], 0)
+    per_node("nft rules, table netdev meshctl", lambda s, k: s.nft_rules[k], 0)
     # asyncio's default executor (sync passes, getaddrinfo) starts its threads lazily, up to
     # min(32, CPUs + 4): reaching that cap later in the run is not a leak; going past it is.
     cap = 1 + min(32, (os.cpu_count() or 1) + 4)
