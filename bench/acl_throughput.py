@@ -23,8 +23,9 @@ The agents sync once an hour here, so they do not put the table back mid-run.
     sudo .venv/bin/python bench/acl_throughput.py [--seconds 240] [--parallel 1] [--variant V]
 
 --variant tells the parts of the cost apart: `hooks-only` runs the table's sets and base
-chains without a rule (what the hooks alone cost), `empty-table` an empty table (an A/A
-control: how far from 1.0 the method itself lands).
+chains without a rule (what the hooks alone cost), `first-rules` only the rules a TCP flow's
+packets stop at, `empty-table` an empty table (an A/A control: how far from 1.0 the method
+itself lands).
 
 Goal (issue 6): ratio filter / no filter at least 0.97.
 """
@@ -75,24 +76,35 @@ class Block:
     mbit_per_s: float  # mean of the block's interval reports, its first one left out
 
 
-def _hooks_only(listing: str) -> str:
-    """The table with its sets and base chains but no rules: what the hooks alone cost."""
+def _rules_kept(listing: str, keep: Callable[[str], bool]) -> str:
+    """The table with its sets and base chains, and only the rules `keep` picks."""
     kept, in_chain = [], False
     for line in listing.splitlines():
         if line.startswith("\tchain "):
             in_chain = True
         elif line.startswith("\t}"):
             in_chain = False
-        elif in_chain and not line.lstrip().startswith("type filter hook"):
+        elif in_chain and not line.lstrip().startswith("type filter hook") and not keep(line):
             continue
         kept.append(line)
     return "\n".join(kept) + "\n"
+
+
+def _hooks_only(listing: str) -> str:
+    """No rules at all: what the hooks alone cost."""
+    return _rules_kept(listing, lambda _line: False)
+
+
+def _first_rules(listing: str) -> str:
+    """Only the rules a TCP flow's packets stop at (the first of each chain): what they cost."""
+    return _rules_kept(listing, lambda line: "tcp flags != syn" in line or "meta l4proto != udp" in line)
 
 
 # What the "filter" blocks run: meshctl's table, or controls that tell the parts apart.
 VARIANTS: dict[str, Callable[[str], str]] = {
     "meshctl": lambda listing: listing,
     "hooks-only": _hooks_only,
+    "first-rules": _first_rules,
     "empty-table": lambda listing: "table netdev meshctl {\n}\n",  # no hooks: an A/A control
 }
 
@@ -238,8 +250,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=240, help=f"length of the flow (blocks of {BLOCK_S} s)")
     parser.add_argument("--parallel", type=int, default=1)
     parser.add_argument("--variant", choices=sorted(VARIANTS), default="meshctl",
-                        help="what the filter blocks run: meshctl's table, its hooks without rules, "
-                             "or an empty table (controls)")
+                        help="what the filter blocks run: meshctl's table, or a control (see above)")
     args = parser.parse_args()
     reason = lab_unavailable()
     for tool in ("iperf3", "wireguard-go", "wg", "git"):
