@@ -252,8 +252,20 @@ def _private_etc(ns: str) -> None:
     (etc / "resolv.conf").write_text("# meshctl lab: this namespace's own resolv.conf\nnameserver 127.0.0.1\n")
 
 
+def _interfaces(ns: str) -> list[str]:
+    listing = _host_cmd(["ip", "-n", ns, "-o", "link", "show"], check=False).stdout
+    return [line.split(":", 2)[1].strip().split("@", 1)[0] for line in listing.splitlines() if line.count(":") >= 2]
+
+
 def _delete_namespace(ns: str) -> None:
+    from meshctl.wg.userspace import SOCKET_DIR, remove_stale_socket
+
+    interfaces = _interfaces(ns)
     _kill_namespace_processes(ns)
+    # A killed wireguard-go leaves its UAPI socket in the directory every namespace shares.
+    # Only sockets nobody answers on go: the same name may be in use outside this namespace.
+    for name in interfaces:
+        remove_stale_socket(SOCKET_DIR / f"{name}.sock")
     _host_cmd(["ip", "netns", "del", ns], check=False)
     shutil.rmtree(NETNS_ETC / ns, ignore_errors=True)
 

@@ -100,6 +100,26 @@ def find_wireguard_go(ifname: str) -> int | None:
     return next((pid for name, pid in wireguard_go_processes() if name == ifname), None)
 
 
+def remove_stale_socket(path: Path) -> bool:
+    """Remove a UAPI socket nobody listens on (its wireguard-go died without removing it).
+    False when something accepts connections there."""
+    if not path.exists():
+        return True
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(PROBE_TIMEOUT_S)
+    try:
+        probe.connect(str(path))
+    except ConnectionRefusedError:
+        log.info("removing stale socket %s", path)
+        path.unlink(missing_ok=True)
+        return True
+    except (FileNotFoundError, TimeoutError):
+        return True
+    finally:
+        probe.close()
+    return False
+
+
 class UserspaceBackend:
     """wireguard-go behind /var/run/wireguard/<ifname>.sock."""
 
@@ -298,20 +318,8 @@ class UserspaceBackend:
             )
 
     def _remove_stale_socket(self) -> None:
-        if not self.socket_path.exists():
+        if remove_stale_socket(self.socket_path):
             return
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        probe.settimeout(PROBE_TIMEOUT_S)
-        try:
-            probe.connect(str(self.socket_path))
-        except ConnectionRefusedError:
-            log.info("%s: removing stale socket %s", self.ifname, self.socket_path)
-            self.socket_path.unlink(missing_ok=True)
-            return
-        except (FileNotFoundError, TimeoutError):
-            return
-        finally:
-            probe.close()
         raise MeshctlError(
             f"{self.socket_path} accepts connections but does not answer UAPI requests",
             hint=f"check the process serving it; stop it to let meshctl start {self.binary}",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 
 from meshctl.lab import Lab, LabError, cleanup_stale, poll
 from meshctl.lab.core import RUN_DIR
+from meshctl.wg.userspace import SOCKET_DIR
 
 pytestmark = pytest.mark.netns
 
@@ -47,6 +49,19 @@ def test_cleanup_after_exception(lab: Lab) -> None:
     assert not tmp.exists()
     assert not (RUN_DIR / f"{inner.prefix}-{inner.run_id}").exists()
     inner.close()  # idempotent
+
+
+@pytest.mark.skipif(shutil.which("wireguard-go") is None, reason="needs wireguard-go")
+def test_a_killed_wireguard_go_leaves_no_socket_behind(lab: Lab) -> None:
+    """wireguard-go, killed with its namespace, does not remove its socket in the directory all
+    namespaces share: the lab does."""
+    del lab  # only for the skip; this test owns its own Lab
+    with Lab() as inner:
+        ifname = f"{inner.run_id[:6]}wgt0"
+        socket_path = SOCKET_DIR / f"{ifname}.sock"
+        inner.run(inner.host("a"), ["wireguard-go", ifname])  # daemonizes: not one of the lab's processes
+        poll(socket_path.exists, str(socket_path), 5)
+    assert not socket_path.exists()
 
 
 CHILD = textwrap.dedent("""
