@@ -68,7 +68,7 @@ RELAY_PING_ATTEMPTS: Final = 3
 RELAY_TRANSPORTS: Final = ("udp", "tcp")
 CHANNEL_RETRY_S: Final = 15.0  # ask again this long after a request (refused, or not answered)
 # While a channel is not confirmed for the current relayed spell: bind this often, ask this often
-# (the relay answers READY only if a bind arrived since the last ask; see relay/channels.py).
+# (the relay answers READY only if a bind from us arrived in the last few seconds; relay/channels.py).
 CHANNEL_CONFIRM_BIND_S: Final = 1.0
 CHANNEL_CONFIRM_ASK_S: Final = 2.0
 

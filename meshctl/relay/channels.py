@@ -25,8 +25,8 @@ moves the port to a new address (a NAT that rebinds). Members bind again every
 BIND_INTERVAL_S; a side heard from neither by bind nor by data for CHANNEL_IDLE_S closes the
 channel, and so does either member's session ending (leaving, revoked, replaced).
 
-A member that asks again for a channel it has is told READY only if one of its binds arrived
-since it last asked. That is how it checks, when it turns to the relay after a direct path
+A member that asks again for a channel it has is told READY only if a bind (or data) from it
+arrived in the last CONFIRM_FRESH_S. That is how it checks, when it turns to the relay after a direct path
 died, that its WireGuard port still reaches the relay: a channel bound a minute ago proves
 nothing if the same block that killed the direct path now drops its packets too.
 
@@ -52,6 +52,7 @@ BIND_MAGIC: Final = b"mcRB"  # top bits 01 like a relay frame: never STUN, never
 BIND_VERSION: Final = 1
 BIND_TOKEN_LEN: Final = 16  # 128 random bits per side
 BIND_LEN: Final = len(BIND_MAGIC) + 1 + BIND_TOKEN_LEN
+CONFIRM_FRESH_S: Final = 3.0  # a member checking its channel binds every second, then asks
 BIND_INTERVAL_S: Final = 10.0  # clients bind again this often: a rebound NAT is found within it
 CHANNEL_IDLE_S: Final = 60.0  # a side silent this long (no bind, no data) closes the channel
 MAX_CHANNELS_PER_MEMBER: Final = 256
@@ -127,11 +128,8 @@ class _Side:
     member: Member
     port: int
     token: bytes
-    last_seen: float
+    last_seen: float  # the last bind or data from the member's WireGuard port
     bound: Addr | None = None
-    # A bind (or anything) from the member arrived since it last asked: a repeated request answers
-    # READY only then, so READY proves its WireGuard port reaches the relay now, not only once.
-    bound_since_asked: bool = False
 
 
 @dataclass(slots=True)
@@ -188,9 +186,7 @@ class ChannelTable:
         channel = self._by_pair.get(frozenset((me.wg_key, peer.wg_key)))
         if channel is not None:
             mine = next(s for s in channel.sides if s.member.wg_key == me.wg_key)
-            answer = self._notice(channel, mine, confirmed=mine.bound_since_asked)
-            mine.bound_since_asked = False
-            return [answer]
+            return [self._notice(channel, mine, confirmed=now - mine.last_seen <= CONFIRM_FRESH_S)]
         if (len(self._by_pair) >= self.max_total or self._count.get(me.wg_key, 0) >= self.max_per_member
                 or self._count.get(peer.wg_key, 0) >= self.max_per_member):
             self.stats.refuse("limit")
@@ -225,7 +221,6 @@ class ChannelTable:
             return []
         self.stats.binds += 1
         side.last_seen = now
-        side.bound_since_asked = True
         if side.bound == addr:
             return []
         side.bound = addr
@@ -241,8 +236,7 @@ class ChannelTable:
         """Data arrived on `port` from its bound address (the shell calls this once per batch)."""
         found = self._by_port.get(port)
         if found is not None:
-            found[1].last_seen = now
-            found[1].bound_since_asked = True  # a bind from the bound address arrives as data
+            found[1].last_seen = now  # a bind from the bound address arrives as data, and counts
 
     def member_gone(self, wg_key: bytes) -> list[Notice]:
         """The member's session ended: close its channels, tell the peers that are still here."""

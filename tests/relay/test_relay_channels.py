@@ -110,23 +110,26 @@ def test_both_binds_make_the_channel_ready_for_both() -> None:
     assert ports.log == ["open 40000 40001", "bind 40000 198.51.100.1:40000", "bind 40001 203.0.113.2:51820"]
 
 
-def test_asking_again_says_ready_only_after_a_bind_since_the_last_ask() -> None:
+def test_asking_again_says_ready_only_after_a_recent_bind() -> None:
     """How a member that fell back to the relay checks that its WireGuard port still reaches the
-    channel: a bind (or data, which is how a bind from the bound address arrives) since it last
-    asked; a channel bound long ago proves nothing."""
+    channel: a bind (or data, which is how a bind from the bound address arrives) in the last
+    CONFIRM_FRESH_S; a channel bound long ago proves nothing."""
     t, _ = table()
     to_a, to_b = offered(t)
     t.receive_bind(40000, ADDR_A, ch.marshal_bind(to_a.token), 1.0)
     t.receive_bind(40001, ADDR_B, ch.marshal_bind(to_b.token), 1.0)
-    [first] = t.request(member(A), B, member(B), now=30.0)
-    assert (first.port, first.token, first.state) == (40000, to_a.token, ChannelState.READY)  # bound since
-    [stale] = t.request(member(A), B, member(B), now=32.0)
-    assert stale.state is ChannelState.OFFERED  # nothing from A since it asked
+    [fresh] = t.request(member(A), B, member(B), now=1.0 + ch.CONFIRM_FRESH_S)
+    assert (fresh.port, fresh.token, fresh.state) == (40000, to_a.token, ChannelState.READY)
+    [stale] = t.request(member(A), B, member(B), now=30.0)
+    assert stale.state is ChannelState.OFFERED  # nothing from A for 29 s
     t.heard(40000, 33.0)
     [again] = t.request(member(A), B, member(B), now=34.0)
     assert again.state is ChannelState.READY
     [b_view] = t.request(member(B), A, member(A), now=34.0)
-    assert b_view.state is ChannelState.READY  # B's own flag, untouched by A's asking
+    assert b_view.state is ChannelState.OFFERED  # B's own port is judged by B's own binds
+    t.receive_bind(40001, ADDR_B, ch.marshal_bind(to_b.token), 40.0)  # same address: no news pushed
+    [b_again] = t.request(member(B), A, member(A), now=41.0)
+    assert b_again.state is ChannelState.READY
 
 
 def test_a_rebound_nat_moves_the_port_with_the_token() -> None:
