@@ -357,7 +357,8 @@ class Relaying:
             return None
         # A channel counts once READY was heard in this relayed spell: one bound before a direct
         # path died may be cut off by the same block. Until then bind often and ask again.
-        confirmed = self._ready_at.get(key.raw, -1.0) >= self._relayed_since.get(name, now)
+        endpoint: str | None = client.channel_endpoint(key)  # None unless the relay's last word was READY
+        confirmed = endpoint is not None and self._ready_at.get(key.raw, -1.0) >= self._relayed_since.get(name, now)
         interval = BIND_INTERVAL_S if confirmed else CHANNEL_CONFIRM_BIND_S
         bound = (client.relay_ip, info.port, info.bind_token)
         if now - self._bound_at.get(bound, -interval) >= interval and ":" not in client.relay_ip:
@@ -369,8 +370,7 @@ class Relaying:
             client.request_channel(key)
         if len(self._bound_at) > 4 * max(1, len(self._by_name)):  # forget channels long gone
             self._bound_at = {b: t for b, t in self._bound_at.items() if now - t < 2 * BIND_INTERVAL_S}
-        endpoint: str | None = client.channel_endpoint(key) if confirmed else None
-        return endpoint
+        return endpoint if confirmed else None
 
     def _on_channel(self, info: Any) -> None:
         from meshctl.relay.channels import ChannelState
