@@ -71,12 +71,37 @@ def remember_full_pass(state_dir: Path, ifname: str, inputs: str | None, device:
     if inputs is None or device is None:
         forget_applied(state_dir)
         return
-    # wireguard-go's reply is digested as sent (one read, no parse); the kernel's as a state.
-    digest = device_fingerprint(ifname, backend, now) if backend == "userspace" else device_digest(device, now)
+    # wireguard-go's reply is digested as sent; the kernel's as the state the pass predicted.
+    digest = applied_fingerprint(ifname, device, now) if backend == "userspace" else device_digest(device, now)
     if digest is None:
         forget_applied(state_dir)
         return
     save_applied(state_dir, Applied(inputs, digest, backend, now, resolves_names))
+
+
+def applied_fingerprint(ifname: str, applied: DeviceState, now: int) -> str | None:
+    """wireguard-go's digest, if it still holds what the pass applied; else None (no record).
+
+    The device can move on between the write and this read: WireGuard roams a peer's endpoint
+    to wherever its packets come from (a relayed peer's may still arrive through the loopback
+    proxy just after the pass moved it to a relay channel). Recording that state as "applied"
+    made every later pass a no-op, and the roam was never undone.
+    """
+    from meshctl.wg.kernel import link_present
+    from meshctl.wg.uapi import UapiParseError, parse_get_reply
+    from meshctl.wg.userspace import UserspaceBackend
+
+    if not link_present(ifname):
+        return None
+    try:
+        raw = UserspaceBackend(ifname).read_raw()
+        held = parse_get_reply(raw)
+    except (MeshctlError, OSError, UapiParseError) as exc:
+        log.debug("no-op record: %s", exc)
+        return None
+    if held.errno != 0 or device_digest(held.state, now) != device_digest(applied, now):
+        return None
+    return uapi_digest(raw, now)
 
 
 def device_fingerprint(ifname: str, backend: str, now: int) -> str | None:

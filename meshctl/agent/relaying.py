@@ -37,7 +37,12 @@ Magic's path state changes inside its own timer; a cheap poll (EVALUATE_INTERVAL
 turns it into WireGuard endpoints and tells Magic's per-peer cores whether a relay is
 up. A change of endpoints asks the agent for a pass, and again REASSERT_AFTER_S later:
 WireGuard roams to wherever the peer's packets come from, so while the two sides switch
-one after the other it may roam back to the path being left.
+one after the other it may roam back to the path being left. For a channel that is seen
+for certain: a packet from the peer arrives through the proxy while WireGuard should be on
+the channel. Then the poll asks for a pass (at most every ROAM_REASSERT_S): it reads the
+device, finds the roamed endpoint and writes the channel back. Without it WireGuard stayed
+on the proxy until the peer's next packet came in by the channel, with an idle tunnel up
+to a keepalive (25 s) later.
 """
 
 from __future__ import annotations
@@ -61,6 +66,7 @@ log = logging.getLogger(__name__)
 
 EVALUATE_INTERVAL_S: Final = 0.25  # path changes reach WireGuard within this
 REASSERT_AFTER_S: Final = 3.0  # a second pass after an endpoint change (module docstring)
+ROAM_REASSERT_S: Final = 1.0  # at most this often, a pass that undoes a roam away from a channel
 RELAY_NON_INITIATOR_DELAY_S: Final = 1.0
 HEARD_FRESH_S: Final = 15.0  # a relay the peer used this recently is where it listens
 RELAY_PING_TIMEOUT_S: Final = 1.0
@@ -158,6 +164,8 @@ class Relaying:
         self._relayed_since: dict[str, float] = {}  # peer -> when its current relayed spell began
         self._ready_at: dict[bytes, float] = {}  # peer key -> when a relay last said its channel is READY
         self._channel_in_use: dict[str, str] = {}  # peer -> its READY channel's endpoint
+        self._roamed_off_channel = False  # a peer's packet came through the proxy while on a channel
+        self._roam_reasserted_at = float("-inf")
 
     # --- Extension hooks -------------------------------------------------------------------
 
@@ -299,6 +307,9 @@ class Relaying:
                 self.magic.receive_relayed_disco(src, payload)
             elif self._proxy is not None:
                 self._proxy.deliver(src, payload)
+                name = by_key().get(src.raw)
+                if name is not None and name in self._channel_in_use:
+                    self._roamed_off_channel = True  # WireGuard now sends to the proxy (docstring)
 
         return on_packet
 
@@ -437,3 +448,8 @@ class Relaying:
             if self._reassert is not None:
                 self._reassert.cancel()
             self._reassert = self._loop.call_later(REASSERT_AFTER_S, self._request_pass)
+            self._roamed_off_channel = False
+        elif self._roamed_off_channel and now - self._roam_reasserted_at >= ROAM_REASSERT_S:
+            self._roamed_off_channel = False
+            self._roam_reasserted_at = now
+            self._request_pass()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -68,6 +69,36 @@ def test_a_manual_wg_set_is_healed_by_the_next_sync(cron_mesh: MeshScenario) -> 
     assert other in cron_mesh.meshctl("node1", "sync").stdout
     assert other in wg_dump(lab, node).peers
     assert cron_mesh.ping("node1", node2.mesh_ipv4)
+
+
+# Runs in the node's namespace: what a full pass does last, with the device moved on meanwhile.
+RECORD_AFTER_A_ROAM = """
+import sys, time
+from pathlib import Path
+from meshctl.agent import noop_pass
+from meshctl.wg.userspace import UserspaceBackend
+
+ifname, state_dir, other = sys.argv[1:4]
+applied = UserspaceBackend(ifname).read()  # what the pass wrote
+import subprocess
+subprocess.run(["wg", "set", ifname, "peer", other, "endpoint", "192.0.2.7:9"], check=True)  # a roam
+noop_pass.remember_full_pass(Path(state_dir), ifname, "inputs", applied, "userspace", int(time.time()), False)
+print((Path(state_dir) / noop_pass.APPLIED_FILE).exists())
+"""
+
+
+def test_a_roam_between_the_write_and_the_record_is_not_recorded_as_applied(cron_mesh: MeshScenario) -> None:
+    """WireGuard may roam a peer's endpoint while a pass runs; recording the roamed device as
+    "applied" made every later pass a no-op that never put the endpoint back."""
+    lab, node = cron_mesh.lab, cron_mesh.members["node1"].node
+    ifname, other = interface(lab, node), peer_key(cron_mesh, "node2")
+    cron_mesh.meshctl("node1", "sync")
+    wanted = wg_dump(lab, node).peers[other].endpoint
+    out = lab.run(node, [sys.executable, "-c", RECORD_AFTER_A_ROAM, ifname, str(state_dir(lab, node)), other])
+    assert out.stdout.strip() == "False", out.stdout + out.stderr  # no record: the next pass is a full one
+    proc = cron_mesh.meshctl("node1", "sync")
+    assert other in proc.stdout, proc.stdout
+    assert wg_dump(lab, node).peers[other].endpoint == wanted
 
 
 def test_a_dead_wireguard_go_is_restarted(cron_mesh: MeshScenario) -> None:

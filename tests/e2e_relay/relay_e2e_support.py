@@ -64,6 +64,15 @@ class RelayedMesh:
         return (self.is_relayed(name) and endpoint.startswith(f"{self.relay.node.ipv4}:")
                 and endpoint != self.relay.address and p.get("relay_channel") == endpoint)
 
+    def paths_report(self) -> str:
+        """Both sides' view in full, for a failure message (pytest shortens a tuple's repr)."""
+        lines = []
+        for name in ("a", "b"):
+            p = self.peer_status(name)
+            lines.append(f"{name}: wg endpoint {self.wg_endpoint(name)}; path {p.get('path')} relay {p.get('relay')} "
+                         f"endpoint {p.get('endpoint')} relay_channel {p.get('relay_channel')}")
+        return "\n".join(lines) + "\n" + self.logs()
+
     def on_proxy(self, name: str) -> bool:
         """Relayed through the agent's loopback proxy (frames over the relay session)."""
         return self.is_relayed(name) and self.wg_endpoint(name).startswith("127.0.0.1:")

@@ -39,11 +39,11 @@ WG_PORT = 51820
 
 def assert_relayed(rm: RelayedMesh) -> None:
     took = wait_for(lambda: rm.is_relayed("a") and rm.is_relayed("b"), RELAYED_WITHIN_S)
-    assert took is not None, (rm.peer_status("a"), rm.peer_status("b"), rm.logs())
+    assert took is not None, rm.paths_report()
     assert wait_for(lambda: rm.ping("a") and rm.ping("b"), TRAFFIC_WITHIN_S) is not None, rm.logs()
     # WireGuard really sends to the relay's channel ports: no meshctl process in the data path
     took = wait_for(lambda: rm.on_channel("a") and rm.on_channel("b"), CHANNEL_WITHIN_S)
-    assert took is not None, (rm.wg_endpoint("a"), rm.peer_status("a"), rm.wg_endpoint("b"), rm.logs())
+    assert took is not None, rm.paths_report()
     assert rm.wg_endpoint("a") != rm.wg_endpoint("b")  # a port each
     assert wait_for(lambda: rm.ping("a") and rm.ping("b"), TRAFFIC_WITHIN_S) is not None, rm.logs()
     metrics = rm.relay_metrics()
@@ -114,7 +114,7 @@ def test_direct_flow_moves_to_the_relay_and_back(lab: Lab) -> None:
     rm = build(lab, PORT_RESTRICTED, FULL_CONE)
     rm.up_both()
     took = wait_for(lambda: rm.is_direct("a") and rm.is_direct("b"), DIRECT_WITHIN_S)
-    assert took is not None, (rm.peer_status("a"), rm.peer_status("b"), rm.logs())
+    assert took is not None, rm.paths_report()
     assert wait_for(lambda: rm.ping("a") and rm.ping("b"), TRAFFIC_WITHIN_S) is not None
     # status turns direct once the agent has told WireGuard; the pass that writes it may still run
     assert wait_for(lambda: not rm.wg_endpoint("a").startswith("127.0.0.1:"), TRAFFIC_WITHIN_S) is not None, \
@@ -129,11 +129,11 @@ def test_direct_flow_moves_to_the_relay_and_back(lab: Lab) -> None:
     # seen the path die (WireGuard may follow b's packets to the proxy before that), the proxy
     # carries it, and keeps carrying it.
     assert wait_for(lambda: rm.is_relayed("a"), TO_RELAY_AFTER_BLOCK_S) is not None, rm.peer_status("a")
-    assert rm.ping("a", 3, 1) and rm.on_proxy("a"), (rm.wg_endpoint("a"), rm.peer_status("a"))
+    assert rm.ping("a", 3, 1) and rm.on_proxy("a"), rm.paths_report()
     assert wait_for(lambda: rm.is_relayed("b") and rm.ping("b"), TRAFFIC_WITHIN_S) is not None
     lab.unblock_udp(rm.topo.nat_a)
     took = wait_for(lambda: rm.is_direct("a") and rm.is_direct("b"), BACK_TO_DIRECT_S)
-    assert took is not None, (rm.peer_status("a"), rm.peer_status("b"), rm.logs())
+    assert took is not None, rm.paths_report()
     assert wait_for(lambda: not rm.wg_endpoint("a").startswith("127.0.0.1:") and rm.ping("a"),
                     TRAFFIC_WITHIN_S) is not None, rm.logs()
     print(f"direct -> relay in {moved:.1f} s; relay -> direct in {took:.1f} s after unblocking")
