@@ -20,12 +20,13 @@ left out. The figure is the ratio of the two means over all blocks, with a boots
 
 The agents sync once an hour here, so they do not put the table back mid-run.
 
-    sudo .venv/bin/python bench/acl_throughput.py [--seconds 240] [--parallel 1] [--variant V]
+    sudo .venv/bin/python bench/acl_throughput.py [--seconds 240] [--parallel 1] [--variant V[,V...]]
 
 --variant tells the parts of the cost apart: `hooks-only` runs the table's sets and base
 chains without a rule (what the hooks alone cost), `first-rules` only the rules a TCP flow's
 packets stop at, `empty-table` an empty table (an A/A control: how far from 1.0 the method
-itself lands).
+itself lands). Several variants take turns in one run (no filter, V1, no filter, V2, ...),
+each compared with the no-filter blocks next to it: controls measured under the same load.
 
 Goal (issue 6): ratio filter / no filter at least 0.97.
 """
@@ -44,6 +45,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -70,9 +72,12 @@ POLICY = f"""// acl_throughput: the laptop may reach the server's iperf3 port, n
 """
 
 
+NO_FILTER: Final = "no filter"
+
+
 @dataclass(frozen=True, slots=True)
 class Block:
-    filtered: bool
+    setup: str  # NO_FILTER or a variant
     mbit_per_s: float  # mean of the block's interval reports, its first one left out
 
 
@@ -110,41 +115,46 @@ VARIANTS: dict[str, Callable[[str], str]] = {
 
 
 class FilterSwitch:
-    """Removes and restores meshctl's table on the nodes, byte-exact with what the agent applied.
+    """Removes meshctl's table on the nodes and puts a variant of it back, byte-exact.
 
     Both directions cost the same: one nft command per node, then one listing per node to
     check it took. The switch falls in the block's first second, which is left out; its
     duration is recorded so the table can show that it fits there.
     """
 
-    def __init__(self, lab: Lab, nodes: list[Node], variant: str = "meshctl") -> None:
+    def __init__(self, lab: Lab, nodes: list[Node], variants: list[str]) -> None:
         self.lab = lab
         self.nodes = nodes
         applied = {n.ns: self._listing(n) for n in nodes}
         if None in applied.values():
             raise LabError("the agents did not apply table netdev meshctl")
-        self.saved = {ns: VARIANTS[variant](text or "") for ns, text in applied.items()}
-        if variant != "meshctl":  # the "on" state is the variant, not the agent's table
-            for node in nodes:
-                self.lab.run(node, ["nft", "delete", "table", "netdev", "meshctl"])
-                self.lab.run(node, ["nft", "-f", "-"], input=self.saved[node.ns])
-        self.durations: dict[bool, list[float]] = {True: [], False: []}
+        self.saved = {v: {ns: VARIANTS[v](text or "") for ns, text in applied.items()} for v in variants}
+        self.current = "meshctl"  # as the agents left it (checked above)
+        self.durations: dict[str, list[float]] = {}
 
     def _listing(self, node: Node) -> str | None:
         listed = self.lab.run(node, ["nft", "-t", "list", "table", "netdev", "meshctl"], check=False)  # no set elements
         return listed.stdout if listed.returncode == 0 else None
 
-    def set(self, enabled: bool) -> None:
+    def set(self, setup: str) -> None:
+        if setup == self.current:
+            return
         started = time.perf_counter()
         for node in self.nodes:
-            if enabled:
-                self.lab.run(node, ["nft", "-f", "-"], input=self.saved[node.ns])
-            else:
+            if self.current != NO_FILTER:
                 self.lab.run(node, ["nft", "delete", "table", "netdev", "meshctl"])
+            if setup != NO_FILTER:
+                self.lab.run(node, ["nft", "-f", "-"], input=self.saved[setup][node.ns])
         for node in self.nodes:
-            if self._listing(node) != (self.saved[node.ns] if enabled else None):
-                raise LabError(f"{node.name}: table netdev meshctl is not {'restored' if enabled else 'gone'}")
-        self.durations[enabled].append(time.perf_counter() - started)
+            if self._listing(node) != (None if setup == NO_FILTER else self.saved[setup][node.ns]):
+                raise LabError(f"{node.name}: table netdev meshctl is not {setup}")
+        self.current = setup
+        self.durations.setdefault(setup, []).append(time.perf_counter() - started)
+
+
+def schedule(variants: list[str], blocks: int) -> list[str]:
+    """The set-up of each block: no filter, V1, no filter, V2, ... (every other block is the baseline)."""
+    return [NO_FILTER if i % 2 else variants[(i // 2) % len(variants)] for i in range(blocks)]
 
 
 def build(lab: Lab) -> MeshScenario:
@@ -167,16 +177,17 @@ def _wait_for_server(lab: Lab, client: Node, server_ip: str) -> None:
         time.sleep(0.2)
 
 
-def measure(mesh: MeshScenario, seconds: int, parallel: int, variant: str) -> list[Block]:
-    """One iperf3 flow; the filter is switched at every BLOCK_S-th interval report."""
+def measure(mesh: MeshScenario, seconds: int, parallel: int, variants: list[str]) -> list[Block]:
+    """One iperf3 flow; the set-up is switched at every BLOCK_S-th interval report."""
     lab = mesh.lab
     client, server = mesh.members["laptop"].node, mesh.members["server"].node
     server_ip = mesh.members["server"].mesh_ipv4
     lab.popen(server, ["iperf3", "-s", "-B", server_ip, "-p", str(IPERF_PORT)])
     lab.popen(server, ["iperf3", "-s", "-B", server_ip, "-p", str(DENIED_PORT)])
-    switch = FilterSwitch(lab, [client, server], variant)
+    switch = FilterSwitch(lab, [client, server], variants)
+    plan = schedule(variants, seconds // BLOCK_S + 2)
+    switch.set(plan[0])
     _wait_for_server(lab, client, server_ip)
-    enabled = True  # as the agents left it (FilterSwitch checked)
     proc = lab.popen(client, ["iperf3", "-c", server_ip, "-p", str(IPERF_PORT), "-t", str(seconds), "-i", "1",
                               "-P", str(parallel), "--forceflush", "-f", "m"],
                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -193,24 +204,36 @@ def measure(mesh: MeshScenario, seconds: int, parallel: int, variant: str) -> li
             rates.append(float(match.group(1)))
         seen += 1
         if seen % BLOCK_S == 0:
-            blocks.append(Block(enabled, statistics.mean(rates)))
-            print(f"  {'filter' if enabled else 'no filter':9s} {blocks[-1].mbit_per_s:7.1f} Mbit/s", flush=True)
+            blocks.append(Block(plan[len(blocks)], statistics.mean(rates)))
+            print(f"  {blocks[-1].setup:12s} {blocks[-1].mbit_per_s:7.1f} Mbit/s", flush=True)
             rates = []
-            enabled = not enabled
-            switch.set(enabled)
+            switch.set(plan[len(blocks)])
     if proc.wait() != 0:
         raise LabError(f"iperf3 failed (exit {proc.returncode})")
-    for state, took in switch.durations.items():
-        print(f"switch to {'filter' if state else 'no filter'}: mean {statistics.mean(took) * 1000:.0f} ms, "
+    for setup, took in switch.durations.items():
+        print(f"switch to {setup}: mean {statistics.mean(took) * 1000:.0f} ms, "
               f"max {max(took) * 1000:.0f} ms (inside the left-out first second)")
-    if not enabled:
-        switch.set(True)
-    # Still enforcing: a listening port the policy does not allow gets no answer.
-    probe = lab.run(client, ["iperf3", "-c", server_ip, "-p", str(DENIED_PORT), "-t", "1",
-                             "--connect-timeout", "1000"], check=False)
-    if variant == "meshctl" and probe.returncode == 0:
-        raise LabError(f"the filter did not block port {DENIED_PORT} after the run")
+    if "meshctl" in variants:
+        # Still enforcing: a listening port the policy does not allow gets no answer.
+        switch.set("meshctl")
+        probe = lab.run(client, ["iperf3", "-c", server_ip, "-p", str(DENIED_PORT), "-t", "1",
+                                 "--connect-timeout", "1000"], check=False)
+        if probe.returncode == 0:
+            raise LabError(f"the filter did not block port {DENIED_PORT} after the run")
     return blocks
+
+
+def adjacent_pairs(blocks: list[Block], variant: str) -> list[tuple[float, float]]:
+    """(variant, no filter) for each block of `variant` and the baseline block just before it
+    (or after it, for the first block of the run)."""
+    pairs = []
+    for i, block in enumerate(blocks):
+        if block.setup != variant:
+            continue
+        near = [blocks[j] for j in (i - 1, i + 1) if 0 <= j < len(blocks) and blocks[j].setup == NO_FILTER]
+        if near:
+            pairs.append((block.mbit_per_s, near[0].mbit_per_s))
+    return pairs
 
 
 def ratio_of_means(pairs: list[tuple[float, float]]) -> float:
@@ -224,23 +247,23 @@ def bootstrap_interval(pairs: list[tuple[float, float]], rounds: int = 2000) -> 
     return ratios[int(0.05 * rounds)], ratios[int(0.95 * rounds) - 1]
 
 
-def print_table(blocks: list[Block], seconds: int, parallel: int, variant: str) -> None:
-    on = [b.mbit_per_s for b in blocks if b.filtered]
-    off = [b.mbit_per_s for b in blocks if not b.filtered]
-    pairs = [(a.mbit_per_s, b.mbit_per_s) if a.filtered else (b.mbit_per_s, a.mbit_per_s)
-             for a, b in zip(blocks[::2], blocks[1::2], strict=False)]
+def print_table(blocks: list[Block], seconds: int, parallel: int, variants: list[str]) -> None:
     print()
     print(f"iperf3 TCP over the WireGuard tunnel (wireguard-go), one {seconds} s flow, -P {parallel}, "
-          f"set-up switched every {BLOCK_S} s (first second of each block left out); filter = {variant}")
-    print(f"{'set-up':<10} {'blocks':>7} {'mean Mbit/s':>12} {'median':>8} {'min':>8} {'max':>8}")
-    for mode, rates in (("no filter", off), ("filter", on)):
-        print(f"{mode:<10} {len(rates):>7d} {statistics.mean(rates):>12.1f} {statistics.median(rates):>8.1f} "
+          f"set-up switched every {BLOCK_S} s (first second of each block left out)")
+    print(f"{'set-up':<12} {'blocks':>7} {'mean Mbit/s':>12} {'median':>8} {'min':>8} {'max':>8}")
+    for setup in (NO_FILTER, *variants):
+        rates = [b.mbit_per_s for b in blocks if b.setup == setup]
+        print(f"{setup:<12} {len(rates):>7d} {statistics.mean(rates):>12.1f} {statistics.median(rates):>8.1f} "
               f"{min(rates):>8.1f} {max(rates):>8.1f}")
-    ratio = ratio_of_means(pairs)
-    low, high = bootstrap_interval(pairs)
-    adjacent = statistics.median(f / n for f, n in pairs)
-    print(f"ratio filter / no filter: {ratio:.3f} (90 % interval {low:.3f}-{high:.3f}); median of adjacent "
-          f"pairs {adjacent:.3f} (goal >= {GOAL_RATIO}: {'met' if ratio >= GOAL_RATIO else 'NOT met'})")
+    for variant in variants:
+        pairs = adjacent_pairs(blocks, variant)
+        ratio = ratio_of_means(pairs)
+        low, high = bootstrap_interval(pairs)
+        adjacent = statistics.median(f / n for f, n in pairs)
+        goal = f" (goal >= {GOAL_RATIO}: {'met' if ratio >= GOAL_RATIO else 'NOT met'})" if variant == "meshctl" else ""
+        print(f"ratio {variant} / no filter: {ratio:.3f} (90 % interval {low:.3f}-{high:.3f}); "
+              f"median of adjacent pairs {adjacent:.3f}{goal}")
     load1, load5, _ = os.getloadavg()
     print(f"machine: {os.cpu_count()} CPUs, load average {load1:.1f} (1 min) {load5:.1f} (5 min)")
 
@@ -249,9 +272,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=240, help=f"length of the flow (blocks of {BLOCK_S} s)")
     parser.add_argument("--parallel", type=int, default=1)
-    parser.add_argument("--variant", choices=sorted(VARIANTS), default="meshctl",
-                        help="what the filter blocks run: meshctl's table, or a control (see above)")
+    parser.add_argument("--variant", default="meshctl",
+                        help="what the filter blocks run, comma separated: meshctl's table, or controls "
+                             f"(see above): {', '.join(sorted(VARIANTS))}")
     args = parser.parse_args()
+    variants = args.variant.split(",")
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown or len(set(variants)) != len(variants):
+        parser.error(f"--variant: unknown or repeated: {args.variant}")
     reason = lab_unavailable()
     for tool in ("iperf3", "wireguard-go", "wg", "git"):
         if reason is None and shutil.which(tool) is None:
@@ -262,11 +290,11 @@ def main() -> int:
     with open_lab() as lab:
         mesh = build(lab)
         try:
-            blocks = measure(mesh, args.seconds, args.parallel, args.variant)
+            blocks = measure(mesh, args.seconds, args.parallel, variants)
         finally:
             for name in NAMES:
                 mesh.meshctl(name, "down", check=False)
-    print_table(blocks, args.seconds, args.parallel, args.variant)
+    print_table(blocks, args.seconds, args.parallel, variants)
     return 0
 
 
