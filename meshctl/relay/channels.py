@@ -25,10 +25,13 @@ moves the port to a new address (a NAT that rebinds). Members bind again every
 BIND_INTERVAL_S; a side heard from neither by bind nor by data for CHANNEL_IDLE_S closes the
 channel, and so does either member's session ending (leaving, revoked, replaced).
 
-A member that asks again for a channel it has is told READY only if a bind (or data) from it
-arrived in the last CONFIRM_FRESH_S. That is how it checks, when it turns to the relay after a direct path
-died, that its WireGuard port still reaches the relay: a channel bound a minute ago proves
-nothing if the same block that killed the direct path now drops its packets too.
+A member that asks again for a channel it has is told READY only if a bind (or data) from it,
+and one from its peer, arrived in the last CONFIRM_FRESH_S. That is how it checks, when it turns
+to the relay after a direct path died, that both WireGuard ports still reach the relay: a
+channel bound a minute ago proves nothing if the same block that killed the direct path now
+drops its packets too, on either side (the peer's side of a channel it left for the direct
+path would swallow what the relay forwards to it). A peer that is on the channel and idle
+binds every BIND_INTERVAL_S, so the one asking waits at most that long, on the proxy.
 
 The bind token (random, per side, given only over the member's own session) is what makes
 a port follow an address: an off-path sender cannot move it. The relay still never
@@ -186,7 +189,8 @@ class ChannelTable:
         channel = self._by_pair.get(frozenset((me.wg_key, peer.wg_key)))
         if channel is not None:
             mine = next(s for s in channel.sides if s.member.wg_key == me.wg_key)
-            return [self._notice(channel, mine, confirmed=now - mine.last_seen <= CONFIRM_FRESH_S)]
+            fresh = all(now - s.last_seen <= CONFIRM_FRESH_S for s in channel.sides)  # docstring
+            return [self._notice(channel, mine, confirmed=fresh)]
         if (len(self._by_pair) >= self.max_total or self._count.get(me.wg_key, 0) >= self.max_per_member
                 or self._count.get(peer.wg_key, 0) >= self.max_per_member):
             self.stats.refuse("limit")

@@ -110,10 +110,10 @@ def test_both_binds_make_the_channel_ready_for_both() -> None:
     assert ports.log == ["open 40000 40001", "bind 40000 198.51.100.1:40000", "bind 40001 203.0.113.2:51820"]
 
 
-def test_asking_again_says_ready_only_after_a_recent_bind() -> None:
-    """How a member that fell back to the relay checks that its WireGuard port still reaches the
-    channel: a bind (or data, which is how a bind from the bound address arrives) in the last
-    CONFIRM_FRESH_S; a channel bound long ago proves nothing."""
+def test_asking_again_says_ready_only_after_recent_binds_from_both_sides() -> None:
+    """How a member that fell back to the relay checks that its WireGuard port, and its peer's,
+    still reach the channel: a bind (or data, which is how a bind from the bound address
+    arrives) from each in the last CONFIRM_FRESH_S; a channel bound long ago proves nothing."""
     t, _ = table()
     to_a, to_b = offered(t)
     t.receive_bind(40000, ADDR_A, ch.marshal_bind(to_a.token), 1.0)
@@ -123,13 +123,15 @@ def test_asking_again_says_ready_only_after_a_recent_bind() -> None:
     [stale] = t.request(member(A), B, member(B), now=30.0)
     assert stale.state is ChannelState.OFFERED  # nothing from A for 29 s
     t.heard(40000, 33.0)
-    [again] = t.request(member(A), B, member(B), now=34.0)
+    [half] = t.request(member(A), B, member(B), now=34.0)
+    assert half.state is ChannelState.OFFERED  # A is back, but B's side may be cut off: nothing since 1.0
+    assert t.receive_bind(40001, ADDR_B, ch.marshal_bind(to_b.token), 35.0) == []  # same address: no news pushed
+    [again] = t.request(member(A), B, member(B), now=36.0)
     assert again.state is ChannelState.READY
-    [b_view] = t.request(member(B), A, member(A), now=34.0)
-    assert b_view.state is ChannelState.OFFERED  # B's own port is judged by B's own binds
-    t.receive_bind(40001, ADDR_B, ch.marshal_bind(to_b.token), 40.0)  # same address: no news pushed
-    [b_again] = t.request(member(B), A, member(A), now=41.0)
-    assert b_again.state is ChannelState.READY
+    [b_view] = t.request(member(B), A, member(A), now=36.0)
+    assert (b_view.port, b_view.state) == (40001, ChannelState.READY)
+    [b_later] = t.request(member(B), A, member(A), now=36.5 + ch.CONFIRM_FRESH_S)
+    assert b_later.state is ChannelState.OFFERED  # A silent since 33.0
 
 
 def test_a_rebound_nat_moves_the_port_with_the_token() -> None:
