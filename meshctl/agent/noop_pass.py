@@ -87,17 +87,14 @@ def applied_fingerprint(ifname: str, applied: DeviceState, now: int) -> str | No
     proxy just after the pass moved it to a relay channel). Recording that state as "applied"
     made every later pass a no-op, and the roam was never undone.
     """
-    from meshctl.wg.kernel import link_present
-    from meshctl.wg.uapi import UapiParseError, parse_get_reply
-    from meshctl.wg.userspace import UserspaceBackend
+    from meshctl.wg.uapi import parse_get_reply
 
-    if not link_present(ifname):
+    raw = _device_read(ifname, "userspace")
+    if not isinstance(raw, bytes):
         return None
     try:
-        raw = UserspaceBackend(ifname).read_raw()
         held = parse_get_reply(raw)
-    except (MeshctlError, OSError, UapiParseError) as exc:
-        log.debug("no-op record: %s", exc)
+    except MeshctlError:
         return None
     if held.errno != 0 or device_digest(held.state, now) != device_digest(applied, now):
         return None
@@ -106,6 +103,15 @@ def applied_fingerprint(ifname: str, applied: DeviceState, now: int) -> str | No
 
 def device_fingerprint(ifname: str, backend: str, now: int) -> str | None:
     """The device's digest from one read; None when it is not here or does not answer."""
+    read = _device_read(ifname, backend)
+    if read is None:
+        return None
+    return uapi_digest(read, now) if isinstance(read, bytes) else device_digest(read, now)
+
+
+def _device_read(ifname: str, backend: str) -> bytes | DeviceState | None:
+    """wireguard-go's raw `get=1` reply, or the kernel device's state; None when it is not
+    here or does not answer."""
     from meshctl.wg.kernel import link_present
 
     # The UAPI socket directory is shared by every namespace: the link must be in ours.
@@ -115,12 +121,12 @@ def device_fingerprint(ifname: str, backend: str, now: int) -> str | None:
         if backend == "userspace":
             from meshctl.wg.userspace import UserspaceBackend
 
-            return uapi_digest(UserspaceBackend(ifname).read_raw(), now)
+            return UserspaceBackend(ifname).read_raw()
         from meshctl.wg.kernel import KernelBackend
 
-        return device_digest(KernelBackend(ifname).read(), now)
+        return KernelBackend(ifname).read()
     except (MeshctlError, OSError) as exc:
-        log.debug("no-op check: %s", exc)
+        log.debug("device read: %s", exc)
         return None
 
 

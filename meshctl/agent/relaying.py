@@ -307,8 +307,7 @@ class Relaying:
                 self.magic.receive_relayed_disco(src, payload)
             elif self._proxy is not None:
                 self._proxy.deliver(src, payload)
-                name = by_key().get(src.raw)
-                if name is not None and name in self._channel_in_use:
+                if self._channel_in_use and by_key().get(src.raw) in self._channel_in_use:
                     self._roamed_off_channel = True  # WireGuard now sends to the proxy (docstring)
 
         return on_packet
