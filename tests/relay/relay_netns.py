@@ -16,10 +16,10 @@ from typing import Final
 
 from relay_support import RelayMesh
 
+from lab import Lab, Node
+from lab.core import lab_unavailable, meshctl_argv, poll
 from meshctl.identity import DeviceKeys
 from meshctl.keys import write_private_key
-from meshctl.lab import Lab, Node
-from meshctl.lab.core import lab_unavailable, meshctl_argv, poll
 
 RELAY_PORT: Final = 3340
 WG_PORT: Final = 51820
