@@ -49,8 +49,10 @@ def relay(
     import signal
 
     from meshctl.errors import UsageError
-    from meshctl.relay import protocol, sockets
+    from meshctl.relay import wire
     from meshctl.relay.server import RelayConfig, RelayServer, load_or_create_identity, run_relay
+    from meshctl.relay.server_core import Limits
+    from meshctl.udp import sockets
 
     for opt, value in (("--listen", listen), ("--metrics", metrics)):
         if value is not None:
@@ -60,8 +62,8 @@ def relay(
                 raise UsageError(f"{opt} {value!r}: expected ADDR:PORT such as 0.0.0.0:3340") from None
     if not root.startswith("sha256:"):
         raise UsageError(f"--root {root!r}: expected sha256:<fingerprint> from `meshctl admin invite`")
-    if len(name.encode()) > protocol.MAX_RELAY_NAME_LEN or not name.isascii():
-        raise UsageError(f"--name {name!r}: at most {protocol.MAX_RELAY_NAME_LEN} ASCII characters")
+    if len(name.encode()) > wire.MAX_RELAY_NAME_LEN or not name.isascii():
+        raise UsageError(f"--name {name!r}: at most {wire.MAX_RELAY_NAME_LEN} ASCII characters")
     port_range = None
     if channel_ports is not None:
         port_range = parse_port_range(channel_ports)
@@ -73,7 +75,7 @@ def relay(
         listen=listen, repo_url=repo, root_fingerprint=root,
         state_dir=state_dir or settings_of(ctx).state_dir / "relay", name=name,
         tls_cert=tls_cert, tls_key=tls_key, metrics=metrics, sync_interval_s=sync_interval,
-        limits=protocol.Limits(rate_bytes_per_s=rate, burst_bytes=max(rate / 20, 256 * 1024),
+        limits=Limits(rate_bytes_per_s=rate, burst_bytes=max(rate / 20, 256 * 1024),
                                max_sessions=max_clients),
         channels=channels, channel_ports=port_range,
     )
