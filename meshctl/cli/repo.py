@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from meshctl.cli.app import command
+from meshctl.cli.common import command
 from meshctl.errors import EXIT_REFUSED
 
 if TYPE_CHECKING:

@@ -81,3 +81,34 @@ def test_version_loads_no_heavy_library() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=PACKAGE.parent).stdout.strip()
     assert out == "", f"registering the commands imported: {out}"
+
+
+def _meshctl_imports(path: Path) -> set[str]:
+    """The meshctl modules `path` imports (anywhere in it), as dotted names."""
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names if a.name.startswith("meshctl"))
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("meshctl"):
+            out.add(node.module)
+            out.update(f"{node.module}.{a.name}" for a in node.names)
+    return out
+
+
+def test_only_the_entry_points_import_the_root_group() -> None:
+    """No cycle in cli/: the root group (app.py) imports the command table, which imports the
+    command modules; they import cli/common.py, never app.py."""
+    for path in sorted((PACKAGE / "cli").glob("*.py")):
+        if path.name != "app.py":
+            assert "meshctl.cli.app" not in _meshctl_imports(path), f"cli/{path.name} imports cli/app.py"
+
+
+def test_every_command_module_is_imported_literally() -> None:
+    """cli/commands.py names its modules in import statements (PyInstaller and readers see them)."""
+    tree = ast.parse((PACKAGE / "cli" / "commands.py").read_text())
+    assert "importlib" not in imported_modules(PACKAGE / "cli" / "commands.py")
+    literal = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    commands = {p.stem for p in (PACKAGE / "cli").glob("*.py")} - {
+        "__init__", "app", "commands", "common", "admin_common", "admin_relay", "preflight", "render"}
+    assert {f"meshctl.cli.{name}" for name in commands} <= literal
+
