@@ -112,3 +112,25 @@ def test_every_command_module_is_imported_literally() -> None:
         "__init__", "app", "commands", "common", "admin_common", "admin_relay", "preflight", "render"}
     assert {f"meshctl.cli.{name}" for name in commands} <= literal
 
+
+def test_no_import_error_is_swallowed_around_our_own_modules() -> None:
+    """A broken import of ours must fail loudly, not silently turn a feature off."""
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if not isinstance(node, ast.Try):
+                continue
+            caught = {ast.unparse(h.type) for h in node.handlers if h.type is not None}
+            if not caught & {"ImportError", "ModuleNotFoundError"}:
+                continue
+            inner = set().union(*(_meshctl_imports_of(stmt) for stmt in node.body))
+            assert not inner, f"{path.relative_to(PACKAGE)}: `except ImportError` around {sorted(inner)}"
+
+
+def _meshctl_imports_of(node: ast.AST) -> set[str]:
+    out: set[str] = set()
+    for sub in ast.walk(node):
+        if isinstance(sub, ast.ImportFrom) and sub.module and sub.module.startswith("meshctl"):
+            out.add(sub.module)
+        elif isinstance(sub, ast.Import):
+            out.update(a.name for a in sub.names if a.name.startswith("meshctl"))
+    return out
