@@ -30,13 +30,15 @@ def build_status(
         hs = ps.last_handshake if ps else None
         fresh = hs is not None and now - hs < HANDSHAKE_FRESH_S
         info = paths.get(p.name, {})
-        path = info.get("path") or ("direct" if fresh else "none")
+        path = info.get("path") or "none"
+        if path == "none" and fresh:  # a live tunnel has a path, whatever the agent knows (or if none runs)
+            path = "relay" if ps is not None and _through_proxy(ps.endpoint) else "direct"
         peers.append({
             "name": p.name,
             "mesh_ips": [str(a) for a in p.addresses],
             "wg_public_key": p.wg_public_key.b64(),
             "path": path,
-            "endpoint": info.get("endpoint", ps.endpoint if ps else None) if path != "relay" else None,
+            "endpoint": (info.get("endpoint") or (ps.endpoint if ps else None)) if path != "relay" else None,
             "relay": info.get("relay"),
             "relay_channel": info.get("relay_channel") if path == "relay" else None,
             "latest_handshake": hs,
@@ -67,6 +69,11 @@ def build_status(
         },
         "peers": peers,
     }
+
+
+def _through_proxy(endpoint: str | None) -> bool:
+    """WireGuard sends to a loopback address only through the agent's relay proxy."""
+    return endpoint is not None and endpoint.startswith("127.")
 
 
 def _age(now: int, then: int | None) -> str:

@@ -1,22 +1,26 @@
-"""One pass: coordination update, desired state, reconcile. Shared by `sync` and the agent.
+"""One pass: coordination, inputs, desired state, plan, apply. Shared by `sync` and the agent.
 
-A pass whose inputs and device match the record of the last full pass is a no-op
-(agent.noop_pass): it builds no NetMap and plans nothing. Every other pass is a full one.
+    coordination (fetch + verify, or the accepted state) -> load_inputs -> desired (pure)
+        -> Reconciler: read every subsystem -> plan (pure) -> apply
+
+There is one pass and no shortcut around it: a pass that changes nothing reads every
+subsystem and plans nothing, which is how drift is healed by the very next pass.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from functools import cached_property
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from meshctl.agent import noop_pass
-from meshctl.coord.node_state import NodeState
+from meshctl.agent.desired import Desired, desired
+from meshctl.agent.inputs import Addresses, Inputs, load_inputs
+from meshctl.agent.plan import Plan
+from meshctl.agent.reconcile import Reconciler
+from meshctl.coord.node_state import NodeConfig, NodeState
 from meshctl.coord.trust import TrustMemory
 from meshctl.coord.update import fetch_and_verify
 from meshctl.errors import GitError, MeshctlError, VerificationError
@@ -24,32 +28,26 @@ from meshctl.fsutil import atomic_write
 from meshctl.settings import Settings
 
 if TYPE_CHECKING:
-    from meshctl.agent.desired import Desired
-    from meshctl.agent.reconcile import Plan, Reconciler
     from meshctl.coord.netmap import NetMap
+    from meshctl.dns.resolvconf import Endpoint
 
 log = logging.getLogger(__name__)
 
-Addresses = tuple[ipaddress.IPv4Interface | ipaddress.IPv6Interface, ...]
+LAST_SYNC_FILE = "last-sync.json"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PassResult:
-    serial: int
+    netmap: NetMap  # the map in force
     plan: Plan
     accepted_new_state: bool
     coordination_error: MeshctlError | None  # fetch/verify failed: the last good map was used
     apply_errors: tuple[MeshctlError, ...] = ()
-    load_netmap: Callable[[], NetMap] = field(default=lambda: _no_netmap(), repr=False, compare=False)
+    dns_upstreams: tuple[Endpoint, ...] | None = None
 
-    @cached_property
-    def netmap(self) -> NetMap:
-        """The map in force; a no-op pass loads it only when someone asks."""
-        return self.load_netmap()
-
-
-def _no_netmap() -> NetMap:
-    raise MeshctlError("no accepted coordination state yet", "run `meshctl sync` first")
+    @property
+    def serial(self) -> int:
+        return self.netmap.serial
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,12 +58,12 @@ class Coordination:
     error: MeshctlError | None
 
 
-def update_coordination(settings: Settings, now: int, fetch: bool = True) -> Coordination:
+def update_coordination(settings: Settings, cfg: NodeConfig, now: int, fetch: bool = True) -> Coordination:
     """The newest acceptable state: freshly verified, else the last accepted one (with the reason)."""
     node = NodeState(settings.state_dir)
     if fetch:
         try:
-            result = fetch_and_verify(settings.state_dir, settings.repo_dir, now)
+            result = fetch_and_verify(settings.state_dir, settings.repo_dir, now, cfg=cfg)
             return Coordination(result.memory, result.netmap, result.changed, None)
         except (GitError, VerificationError) as exc:
             memory = node.load_memory()
@@ -79,16 +77,21 @@ def update_coordination(settings: Settings, now: int, fetch: bool = True) -> Coo
     return Coordination(memory, None, False, None)
 
 
-def accepted_netmap(settings: Settings, memory: TrustMemory, now: int) -> NetMap:
-    """The cached map of the accepted state, re-verified from the repository if the cache is
-    damaged or out of step with trust.json (a crash between the two writes)."""
-    node = NodeState(settings.state_dir)
-    cfg = node.load_config()
-    cached = node.load_netmap()
+def netmap_in_force(settings: Settings, cfg: NodeConfig, coord: Coordination, now: int,
+                    known: NetMap | None = None) -> NetMap:
+    """The map of the accepted state: just verified, the caller's (`known`, the agent's last),
+    or netmap.json, re-verified from the repository if that is damaged or out of step with
+    trust.json (a crash between the two writes)."""
+    if coord.netmap is not None:
+        return coord.netmap
+    memory = coord.memory
+    if known is not None and known.state_sha256 == memory.state_sha256:
+        return known
+    cached = NodeState(settings.state_dir).load_netmap()
     if cached is not None and cached.state_sha256 == memory.state_sha256:
         return cached.with_self(cfg.name)
     try:
-        rebuilt = fetch_and_verify(settings.state_dir, settings.repo_dir, now, force=True).netmap
+        rebuilt = fetch_and_verify(settings.state_dir, settings.repo_dir, now, force=True, cfg=cfg).netmap
     except (GitError, VerificationError):
         if cached is None:
             raise
@@ -97,117 +100,74 @@ def accepted_netmap(settings: Settings, memory: TrustMemory, now: int) -> NetMap
     return rebuilt
 
 
-def desired_for(settings: Settings, netmap: NetMap, endpoint_overrides: Mapping[str, str | None],
-                extra_addresses: Addresses = ()) -> Desired:
-    from meshctl.agent.desired import compute_desired
-    from meshctl.agent.endpoints import static_endpoints
-    from meshctl.coord.update import require_member
-    from meshctl.identity import load_device_keys
-
+def peek_netmap(settings: Settings, now: int) -> NetMap:
+    """The newest map in force (fetched and verified), without touching the host: what the
+    agent shows its path engine and DNS before its first pass."""
     cfg = NodeState(settings.state_dir).load_config()
-    require_member(netmap, cfg)
-    keys = load_device_keys(settings.keys_dir)
-    endpoints: dict[str, str | None] = dict(static_endpoints(netmap))
-    endpoints.update(endpoint_overrides)
-    return compute_desired(netmap, keys.wireguard, settings.listen_port, endpoints, extra_addresses)
+    return netmap_in_force(settings, cfg, update_coordination(settings, cfg, now), now)
 
 
-def _resolves_names(netmap: NetMap) -> bool:
-    """Static endpoints given as host names: DNS, not the state, decides what they mean."""
-    for peer in netmap.others():
-        for text in peer.endpoints:
-            try:
-                ipaddress.ip_address(text.rpartition(":")[0].strip("[]"))
-            except ValueError:
-                return True
-    return False
+class DesiredMemo:
+    """desired() is pure: the agent keeps the last result and reuses it while the inputs are equal
+    (a pass that changes nothing then only reads and plans)."""
+
+    def __init__(self) -> None:
+        self._last: tuple[Inputs, Desired] | None = None
+
+    def __call__(self, inputs: Inputs) -> Desired:
+        if self._last is not None and self._last[0] == inputs:
+            return self._last[1]
+        wanted = desired(inputs)
+        self._last = (inputs, wanted)
+        return wanted
 
 
 def run_pass(settings: Settings, now: int, *, dry_run: bool = False, fetch: bool = True,
-             reconciler: Reconciler | None = None,
-             endpoint_overrides: Mapping[str, str | None] | None = None,
-             extra_addresses: Addresses = (),
-             before_apply: Callable[[], None] | None = None,
-             known_netmap: NetMap | None = None) -> PassResult:
-    """`before_apply` runs only when the pass will touch the host (e.g. the CLI's preflight);
-    `known_netmap`, the agent's map from its previous pass, is reused while still in force."""
-    coord = update_coordination(settings, now, fetch)
-    overrides = endpoint_overrides or {}
+             reconciler: Reconciler | None = None, endpoints: Mapping[str, str | None] | None = None,
+             extra_addresses: Addresses = (), serve_dns: bool = False,
+             before_apply: Callable[[], None] | None = None, known_netmap: NetMap | None = None,
+             desired_of: Callable[[Inputs], Desired] = desired) -> PassResult:
+    """`endpoints` None: a pass without an agent (static endpoints of the records);
+    `before_apply` runs before the host is touched (the CLI's preflight); `known_netmap`: the
+    agent's map from its previous pass, reused while still in force."""
     cfg = NodeState(settings.state_dir).load_config()
-    inputs = noop_pass.pass_inputs(settings, cfg.name, coord.memory, overrides, extra_addresses)
-    memory = coord.memory
-
-    def load() -> NetMap:
-        if coord.netmap is not None:
-            return coord.netmap
-        if known_netmap is not None and known_netmap.state_sha256 == memory.state_sha256:
-            return known_netmap
-        return accepted_netmap(settings, memory, now)
-
-    if not dry_run and noop_pass.nothing_to_do(settings.state_dir, settings.interface, inputs, now):
-        from meshctl.agent.reconcile import EMPTY_PLAN
-
-        record_pass(settings.state_dir, now, memory.serial, coord.error, [], fetch)
-        return PassResult(memory.serial, EMPTY_PLAN, coord.accepted, coord.error, load_netmap=load)
-    from meshctl.agent.reconcile import Reconciler
-
-    netmap = load()
-    desired = desired_for(settings, netmap, overrides, extra_addresses)
+    coord = update_coordination(settings, cfg, now, fetch)
+    netmap = netmap_in_force(settings, cfg, coord, now, known_netmap)
+    inputs = load_inputs(settings.keys_dir, cfg, netmap, settings.listen_port, endpoints=endpoints,
+                         extra_addresses=extra_addresses, serve_dns=serve_dns,
+                         was_member=was_member(settings.state_dir, known_netmap))
+    wanted = desired_of(inputs)
     reconciler = reconciler or Reconciler(settings.interface, settings.wg_backend, settings.state_dir)
     if dry_run:
-        return PassResult(netmap.serial, reconciler.dry_run(desired), coord.accepted, coord.error,
-                          load_netmap=lambda: netmap)
+        return PassResult(netmap, reconciler.dry_run(wanted, now), coord.accepted, coord.error)
     if before_apply is not None:
         before_apply()
-    result = reconciler.apply(desired)
+    result = reconciler.apply(wanted, now)
     record_pass(settings.state_dir, now, netmap.serial, coord.error, result.errors, fetch)
-    # The record is only as good as its inputs: they must describe the map just applied.
-    clean = not result.errors and netmap.state_sha256 == memory.state_sha256
-    noop_pass.remember_full_pass(settings.state_dir, settings.interface, inputs if clean else None,
-                                 result.device, reconciler.backend.name, now, _resolves_names(netmap))
-    return PassResult(netmap.serial, result.plan, coord.accepted, coord.error, tuple(result.errors),
-                      load_netmap=lambda: netmap)
+    return PassResult(netmap, result.plan, coord.accepted, coord.error, tuple(result.errors),
+                      result.dns_upstreams)
 
 
-def dry_run_report(settings: Settings, now: int, render: Callable[[NetMap, Plan], str]) -> PassReport:
-    """`sync --dry-run`: the map and the plan, rendered. The report is a pure function of the
-    pass inputs and of what is read from the host, so when both match the last dry run's, its
-    text is reused instead of rebuilding the map, the desired state and the plan."""
-    from meshctl import __version__
-    from meshctl.agent.applied import report_digest
-    from meshctl.agent.reconcile import Reconciler
-
-    coord = update_coordination(settings, now)
-    cfg = NodeState(settings.state_dir).load_config()
-    inputs = noop_pass.pass_inputs(settings, cfg.name, coord.memory, {}, ())
-    reconciler = Reconciler(settings.interface, settings.wg_backend, settings.state_dir)
-    observed = reconciler.observe()
-    key = (report_digest(inputs, __version__, observed.wg, observed.router, observed.table, now)
-           if inputs is not None and observed.table_error is None else None)
-    text = noop_pass.load_report(settings.state_dir, key) if key else None
-    if text is None:
-        netmap = coord.netmap or accepted_netmap(settings, coord.memory, now)
-        desired = desired_for(settings, netmap, {})
-        text = render(netmap, reconciler.plan_observed(desired, observed))
-        if key and not _resolves_names(netmap):  # DNS, not the key, decides such endpoints
-            noop_pass.save_report(settings.state_dir, key, text)
-    return PassReport(text, coord.error)
-
-
-@dataclass(frozen=True, slots=True)
-class PassReport:
-    text: str
-    coordination_error: MeshctlError | None
+def was_member(state_dir: Path, known: NetMap | None) -> bool:
+    """Whether this node was in the mesh before: in the agent's last map, or at the last pass
+    that applied (last-sync.json), so a revocation is told as such."""
+    if known is not None and known.self_peer is not None:
+        return True
+    try:
+        return json.loads((state_dir / LAST_SYNC_FILE).read_text()).get("member") is True
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def record_pass(state_dir: Path, now: int, serial: int, coord_error: MeshctlError | None,
                 apply_errors: list[MeshctlError], fetched: bool = True) -> None:
     """last-sync.json: what `status` reports about freshness and failures.
 
-    A pass that did not fetch (the agent re-applying its map after a path change) knows
-    nothing new about the git host: it keeps the last fetch's verdict, so an unreachable
-    host stays reported until a fetch succeeds."""
-    path = state_dir / "last-sync.json"
+    A pass that did not fetch (the agent re-applying its map) knows nothing new about the git
+    host: it keeps the last fetch's verdict, so an unreachable host stays reported until a
+    fetch succeeds. A pass that applied was a member's: a later map without this node is a
+    removal, not a request still waiting."""
+    path = state_dir / LAST_SYNC_FILE
     previous: dict[str, object] = {}
     try:
         previous = json.loads(path.read_text())
@@ -226,5 +186,6 @@ def record_pass(state_dir: Path, now: int, serial: int, coord_error: MeshctlErro
         "serial": serial,
         **coordination,
         "apply_errors": [e.message for e in apply_errors],
+        "member": True,
     }
     atomic_write(path, (json.dumps(doc, indent=2) + "\n").encode())

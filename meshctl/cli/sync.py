@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import random
 import time
 from pathlib import Path
@@ -13,7 +12,7 @@ import typer
 from meshctl.cli.common import command, settings_of
 
 if TYPE_CHECKING:
-    from meshctl.agent.reconcile import Plan
+    from meshctl.agent.plan import Plan
     from meshctl.coord.netmap import NetMap
 
 
@@ -26,7 +25,7 @@ def sync(
 ) -> None:
     """Fetch the coordination repository, verify it and apply it to this node. Quiet when nothing changed."""
     from meshctl.agent.lock import state_lock
-    from meshctl.agent.sync_pass import dry_run_report, run_pass
+    from meshctl.agent.sync_pass import run_pass
     from meshctl.cli import preflight
     from meshctl.errors import VerificationError
 
@@ -43,24 +42,18 @@ def sync(
         return
     with state_lock(settings.state_dir, wait):
         try:
-            # The preflight checks run only when the pass will touch the network: a no-op
-            # pass found meshctl's own device answering with the configuration it applied.
-            if dry_run:
-                report = dry_run_report(settings, now, functools.partial(_render_dry_run, settings.interface))
-            else:
-                result = run_pass(settings, now, before_apply=lambda: preflight.network_preflight(
-                    settings.interface, settings.listen_port))
+            result = run_pass(settings, now, dry_run=dry_run, before_apply=lambda: preflight.network_preflight(
+                settings.interface, settings.listen_port))
         except VerificationError as exc:
             raise VerificationError(exc.message, clock or exc.hint) from None
     if dry_run:
-        typer.echo(report.text)
-        error = report.coordination_error
+        typer.echo(_render_dry_run(settings.interface, result.netmap, result.plan))
     else:
         if result.accepted_new_state:
             typer.echo(f"accepted serial {result.serial}")
         for line in result.plan.describe(settings.interface):
             typer.echo(line)
-        error = result.coordination_error
+    error = result.coordination_error
     if clock is not None and isinstance(error, VerificationError):
         raise VerificationError(error.message, clock)  # a wrong clock explains the refusal
     if clock is not None:

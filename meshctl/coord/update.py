@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING
 from meshctl.coord import repo as gitrepo
 from meshctl.coord.node_state import NodeConfig, NodeState
 from meshctl.coord.trust import TrustMemory
-from meshctl.errors import MeshctlError
 
 if TYPE_CHECKING:
     from meshctl.coord.netmap import NetMap
@@ -23,20 +22,17 @@ class UpdateResult:
     netmap: NetMap | None  # the map just verified; None when the tip was already accepted
 
 
-class NotAMember(MeshctlError):
-    """This device is not (yet) in the verified state."""
-
-
-def fetch_and_verify(state_dir: Path, repo_dir: Path, now: int, *, force: bool = False) -> UpdateResult:
+def fetch_and_verify(state_dir: Path, repo_dir: Path, now: int, *, force: bool = False,
+                     cfg: NodeConfig | None = None) -> UpdateResult:
     """Fetch the coordination repo and accept its tip if it verifies.
 
     When the tip is the commit accepted last, nothing is parsed or rebuilt: the trust memory
     alone says the state still holds (and whether it has expired). `force` re-verifies anyway,
     e.g. when the cached map turns out damaged. On any failure nothing is written: the last
-    accepted state stays in force.
+    accepted state stays in force. `cfg`: node.json, when the caller has read it already.
     """
     node = NodeState(state_dir)
-    cfg = node.load_config()
+    cfg = cfg or node.load_config()
     memory = node.load_memory()
     with gitrepo.opened(repo_dir, cfg.repo_url) as repo:
         tip = gitrepo.fetch(repo, cfg.branch)
@@ -68,11 +64,3 @@ def fetch_and_verify(state_dir: Path, repo_dir: Path, now: int, *, force: bool =
         node.save_record_cache(cfg.network_id, record_cache, used)
         return UpdateResult(accepted, changed, memory.serial if memory else None, netmap)
 
-
-def require_member(netmap: NetMap, cfg: NodeConfig) -> None:
-    if netmap.self_peer is None:
-        raise NotAMember(
-            f"{cfg.name} is not a member of mesh {netmap.network.name} yet "
-            f"(serial {netmap.serial})",
-            f"the join request on branch join/{cfg.name} must be approved and merged by an admin",
-        )

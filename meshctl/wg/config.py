@@ -166,6 +166,7 @@ class PeerUpdate:
     public_key: NodePublic
     remove: bool = False
     new: bool = False  # the peer does not exist yet (for describe() only)
+    update_only: bool = False  # change the peer only if the device has it (never creates one)
     endpoint: str | None = None
     allowed_ips: tuple[Prefix, ...] | None = None  # replace the whole set when not None
     persistent_keepalive: int | None = None  # written last by every encoder
@@ -265,6 +266,8 @@ def apply_update(state: DeviceState, update: DeviceUpdate) -> DeviceState:
         if u.remove:
             peers.pop(u.public_key, None)
             continue
+        if u.update_only and u.public_key not in peers:
+            continue
         old = peers.get(u.public_key) or PeerState(public_key=u.public_key)
         peers[u.public_key] = PeerState(
             public_key=u.public_key,
@@ -282,7 +285,7 @@ def apply_update(state: DeviceState, update: DeviceUpdate) -> DeviceState:
     # An allowed IP belongs to one peer at a time: a later owner steals it (WireGuard does this).
     owner: dict[Prefix, NodePublic] = {}
     for u in update.peers:
-        if not u.remove and u.allowed_ips is not None:
+        if not u.remove and u.allowed_ips is not None and u.public_key in peers:
             for ip in u.allowed_ips:
                 owner[ip] = u.public_key
     final = []

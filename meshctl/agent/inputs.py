@@ -1,0 +1,64 @@
+"""The inputs of one pass, loaded once into a value: desired.desired() is a pure function of it.
+
+Loading is the shell: node.json and the WireGuard key are read once here, the map comes from
+the coordination step (verified now, or the last accepted one), and a cron pass resolves the
+static endpoints of peer records (DNS). The agent passes its path engine's endpoints instead.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeAlias
+
+from meshctl.coord.netmap import NetMap
+from meshctl.coord.node_state import NodeConfig
+from meshctl.errors import MeshctlError
+from meshctl.identity import WIREGUARD_FILE
+from meshctl.keys import NodePrivate, load_node_private
+
+Addresses: TypeAlias = tuple[ipaddress.IPv4Interface | ipaddress.IPv6Interface, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Inputs:
+    """Everything a pass's desired state depends on (and nothing it reads from the host)."""
+
+    netmap: NetMap  # the verified map in force, seen from this node
+    private_key: NodePrivate
+    listen_port: int
+    endpoints: Mapping[str, str | None]  # peer name -> WireGuard endpoint; missing or None: roam
+    extra_addresses: Addresses = ()  # on the interface besides the mesh addresses (MagicDNS's)
+    serve_dns: bool = False  # MagicDNS answers on this node (the agent's server is up)
+
+
+class NotAMember(MeshctlError):
+    """This device is not in the verified state: not approved yet, or removed."""
+
+
+def require_member(netmap: NetMap, cfg: NodeConfig, was_member: bool) -> None:
+    """A map without this node: not approved yet, or removed (said so, once it had been in)."""
+    if netmap.self_peer is not None:
+        return
+    if was_member:
+        raise NotAMember(f"{cfg.name} was removed from mesh {netmap.network.name} at serial {netmap.serial}",
+                         "an admin revoked this device; `meshctl down` removes its interface")
+    raise NotAMember(
+        f"{cfg.name} is not a member of mesh {netmap.network.name} yet (serial {netmap.serial})",
+        f"the join request on branch join/{cfg.name} must be approved and merged by an admin",
+    )
+
+
+def load_inputs(keys_dir: Path, cfg: NodeConfig, netmap: NetMap, listen_port: int, *,
+                endpoints: Mapping[str, str | None] | None = None, extra_addresses: Addresses = (),
+                serve_dns: bool = False, was_member: bool = False) -> Inputs:
+    """`endpoints` None: a pass without an agent, which uses the peers' static endpoints."""
+    require_member(netmap, cfg, was_member)
+    if endpoints is None:
+        from meshctl.agent.endpoints import static_endpoints
+
+        endpoints = static_endpoints(netmap)
+    return Inputs(netmap, load_node_private(keys_dir / WIREGUARD_FILE), listen_port, dict(endpoints),
+                  extra_addresses, serve_dns)

@@ -1,0 +1,558 @@
+"""The path engine: which way each peer's WireGuard packets go, decided per peer on events (shell).
+
+Like Tailscale's magicsock, but meshctl is never in the data path of a direct connection: it
+finds a path to each peer and hands it to WireGuard as the peer's endpoint.
+
+What it owns (all driven by the agent's asyncio loop; one timer, no polling):
+- one `rawsock.SharedPortSocket` on WireGuard's listen port: STUN, disco, TTL-2 punches and
+  relay channel binds leave from that port, so they learn and open WireGuard's own mapping.
+  `receive()` is the one entry point for what arrives on it (STUN answers, disco);
+- `OwnEndpoints` (own.py): STUN refresh and local addresses, our candidates;
+- `RelayLinks` (relays.py): relay clients, the loopback proxy, disco over relays;
+- one `PeerRecord` (record.py) per peer of the map, holding its sans-IO `paths.PeerPaths`
+  (direct paths), its relay and channel state and what WireGuard was told.
+
+Events: a datagram (a pong, a ping, call-me-maybe, a STUN answer), a relayed disco packet, a
+relay client's state or a channel's READY, a new map, a static endpoint resolved, and the
+single timer, armed at the earliest deadline any part asked for (probes, heartbeats, STUN
+refresh, channel binds, and the moments a choice may change by itself: `Choice.recheck_at`).
+After each, the affected records are served: their outputs sent, their events logged, and
+`choose_endpoint` (choose.py, pure) run. A changed endpoint goes to WireGuard at once as a
+WireGuard-only update (`apply_endpoints`), and again REASSERT_AFTER_S later: WireGuard roams
+to wherever the peer's packets come from, so while the two sides switch one after the
+other it may roam back to the path being left. A peer on a relay channel whose packet comes
+through the proxy has roamed off the channel for certain: its endpoint is written again at
+once (at most every ROAM_REASSERT_S). The agent's full pass, for a new map, uses `endpoints()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from typing import Any, Final
+
+from meshctl.agent.desired import KEEPALIVE_S
+from meshctl.agent.paths.choose import Via, choose_endpoint
+from meshctl.agent.paths.own import OwnEndpoints, nat_status
+from meshctl.agent.paths.record import PeerRecord, on_link
+from meshctl.agent.paths.relays import RelayLinks
+from meshctl.coord.netmap import NetMap
+from meshctl.identity import DeviceKeys, load_device_keys
+from meshctl.keys import DiscoPublic, NodePublic
+from meshctl.nat import disco, stun
+from meshctl.nat.addr import AddrPort, parse_addr_port
+from meshctl.nat.paths import NoDirectPath, PathChanged, PathKind, PeerPaths, SendDisco, SendPunch
+from meshctl.relay.channels import BIND_INTERVAL_S, marshal_bind
+from meshctl.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# The first pings to a peer's candidates follow our TTL-2 punches by this much, so a peer
+# starting at about the same time has punched its own NAT before our pings reach it.
+PUNCH_LEAD_S: Final = 0.3
+# Peers get their direct-path cores only after the first netcheck, or this long after start
+# without one: its STUN packets must leave our port before any packet towards a peer (on a
+# plain Linux masquerade NAT a new flow reuses the mapping of the newest live flow).
+STUN_FIRST_MAX_WAIT_S: Final = 3.0
+REASSERT_AFTER_S: Final = 3.0  # an endpoint change is written again this much later
+ROAM_REASSERT_S: Final = 1.0  # at most this often, a write that undoes a roam away from a channel
+CHANNEL_RETRY_S: Final = 15.0  # ask for a channel again this long after a request (refused, unanswered)
+# While a channel is not confirmed for the current relayed spell: bind this often, ask this often
+# (the relay answers READY only if a bind from us arrived in the last few seconds; relay/channels.py).
+CHANNEL_CONFIRM_BIND_S: Final = 1.0
+CHANNEL_CONFIRM_ASK_S: Final = 2.0
+PING_TIMEOUT_S: Final = 1.0  # `meshctl ping`: one attempt
+PING_ATTEMPTS: Final = 3
+MAX_RECV_PER_WAKEUP: Final = 256  # yield to the loop after this many packets
+DROP_LOG_EVERY: Final = 100  # log dropped packets once per this many (never per packet)
+
+EndpointWrites = dict[bytes, tuple[str, int]]  # peer key -> (endpoint, keepalive)
+RELAYED_SEEN_AS: Final = AddrPort(ipaddress.IPv4Address("127.3.3.40"), 0)  # a pong's "seen as" over a relay
+
+
+def path_status(rec: PeerRecord, relay: str | None) -> dict[str, Any]:
+    """The per-peer part of the status document: where WireGuard's packets go."""
+    path = rec.paths.path if rec.paths is not None else None
+    via = rec.choice.via
+    relayed = via in (Via.RELAY, Via.CHANNEL)
+    return {
+        "path": via.path,
+        "endpoint": rec.choice.endpoint if not relayed else None,
+        "relay": relay if relayed else None,
+        "relay_channel": rec.choice.endpoint if via is Via.CHANNEL else None,
+        "latency_ms": round(path.latency_s * 1000, 3) if path is not None and path.latency_s is not None
+        and via is Via.DIRECT else None,
+    }
+
+
+def describe_ping(reply: Mapping[str, Any]) -> str:
+    """The `meshctl ping` line, like `tailscale ping`: which path answered, and how fast."""
+    who = f"{reply.get('peer')} ({reply.get('ip')})" if reply.get("ip") else str(reply.get("peer"))
+    if reply.get("path") == "relay":
+        via = f"relay {reply.get('relay')}"
+    else:
+        via = f"direct {reply.get('endpoint')}"
+    return f"pong from {who} via {via} in {float(reply.get('latency_ms') or 0):.1f}ms"
+
+
+class PathEngine:
+    """The agent extension (daemon.Extension) for NAT traversal, relays and endpoints."""
+
+    def __init__(self, settings: Settings, apply_endpoints: Callable[[EndpointWrites], None],
+                 device_endpoint: Callable[[NodePublic], str | None] = lambda key: None) -> None:
+        """`apply_endpoints`: write endpoints to WireGuard (alone); `device_endpoint`: the endpoint
+        WireGuard uses for a peer now (blocking: called in a thread), for a ping when the engine
+        knows no path yet but WireGuard found one by itself."""
+        self.settings = settings
+        self._apply_endpoints = apply_endpoints
+        self._device_endpoint = device_endpoint
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._keys: DeviceKeys | None = None
+        self._our_key: NodePublic | None = None
+        self._sock: Any = None  # rawsock.SharedPortSocket, opened in start()
+        self._box: disco.DiscoBox | None = None
+        self._own: OwnEndpoints | None = None
+        self._relays: RelayLinks | None = None
+        self._netmap: NetMap | None = None
+        self._records: dict[str, PeerRecord] = {}
+        self._by_key: dict[bytes, PeerRecord] = {}
+        self._by_disco: dict[DiscoPublic, PeerRecord] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._started_at = 0.0
+        self._relay_up = False
+        self._on_channel: set[str] = set()  # peers whose choice is a channel (the proxy's hot path checks it)
+        self._pings: dict[bytes, asyncio.Future[float]] = {}
+        self._pending: EndpointWrites = {}
+        self._dropped = 0
+        self._endpoints: dict[str, str | None] = {}
+
+    # --- lifecycle (daemon.Extension) ----------------------------------------------------
+
+    async def start(self) -> None:
+        from meshctl.nat.rawsock import SharedPortSocket
+
+        self._keys = load_device_keys(self.settings.keys_dir)
+        self._our_key = self._keys.wireguard.public()
+        self._box = disco.DiscoBox(self._keys.disco, os.urandom)
+        self._sock = SharedPortSocket(self.settings.listen_port)
+        self._loop = asyncio.get_running_loop()
+        self._started_at = self._loop.time()
+        self._loop.add_reader(self._sock.fileno(), self._on_readable)
+        self._own = OwnEndpoints(self.settings.interface, self.settings.listen_port, self._send_raw, self._poke)
+        await self._own.refresh_local()
+        self._relays = RelayLinks(self._keys, self.settings.listen_port, on_disco=self._on_relayed_disco,
+                                  on_proxied=self._on_proxied, on_ready=self._channel_ready, on_change=self._poke)
+        log.info("path engine on port %d (disco %s)", self.settings.listen_port, self._box.public.short())
+
+    async def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._relays is not None:
+            await self._relays.stop()
+        if self._sock is not None and self._loop is not None:
+            self._loop.remove_reader(self._sock.fileno())
+            self._sock.close()
+            self._sock = None
+        for fut in self._pings.values():
+            fut.cancel()
+
+    def update_netmap(self, netmap: NetMap) -> None:
+        """A new map (or the same one again): records for its peers, clients for its relays."""
+        if self._loop is None or self._own is None or self._relays is None:
+            return
+        self._netmap = netmap
+        now = self._loop.time()
+        wanted = {p.name: p for p in netmap.others()}
+        for name in list(self._records):
+            p = wanted.get(name)
+            if p is None or not self._records[name].same_peer(p):
+                del self._records[name]
+                self._endpoints.pop(name, None)
+                self._on_channel.discard(name)
+                log.info("%s: forgotten (left the map or changed keys)", name)
+        for name, p in wanted.items():
+            rec = self._records.get(name)
+            if rec is None:
+                rec = self._records[name] = PeerRecord.of(p, now)
+                if p.endpoints:
+                    self._resolve_static(rec, p.endpoints)
+            elif rec.paths is not None:
+                rec.paths.add_static_endpoints(rec.literal_statics, now)
+            rec.on_link_static = next((str(e) for e in rec.literal_statics if on_link(e, self._own.local)), None)
+        self._by_key = {r.wg_key.raw: r for r in self._records.values()}
+        self._by_disco = {r.disco_key: r for r in self._records.values()}
+        self._relays.update(netmap, self._by_key)
+        self._own.set_servers(tuple(netmap.stun_servers))
+        self._service(set(self._records))
+
+    def endpoints(self) -> dict[str, str | None]:
+        """Every peer's endpoint as chosen now (None: leave WireGuard alone), for a full pass."""
+        return dict(self._endpoints)
+
+    # --- the one receive entry point for the WireGuard port --------------------------------
+
+    def _on_readable(self) -> None:
+        assert self._loop is not None
+        for _ in range(MAX_RECV_PER_WAKEUP):
+            got = self._sock.recv() if self._sock is not None else None
+            if got is None:
+                break
+            self.receive(got.payload, got.src, self._loop.time())
+        self._service(set())
+
+    def receive(self, payload: bytes, src: AddrPort, now: float) -> PeerRecord | None:
+        """A STUN or disco datagram that arrived on WireGuard's port; the record it moved."""
+        if stun.is_stun(payload):
+            if self._own is not None:
+                self._own.receive_stun(payload, src, now)
+            return None
+        if disco.looks_like_disco(payload):
+            return self._on_disco(payload, src, now)
+        return None
+
+    def _open(self, data: bytes, src: object) -> tuple[PeerRecord, disco.DiscoMessage] | None:
+        assert self._box is not None
+        try:
+            sender, msg = self._box.open(data, self._by_disco)
+        except disco.DiscoError as exc:
+            self._dropped += 1
+            if self._dropped % DROP_LOG_EVERY == 1:
+                log.debug("dropped disco packet from %s: %s (%d dropped)", src, exc, self._dropped)
+            return None
+        rec = self._by_disco.get(sender)
+        return (rec, msg) if rec is not None else None
+
+    def _on_disco(self, data: bytes, src: AddrPort, now: float) -> PeerRecord | None:
+        opened = self._open(data, src)
+        if opened is None:
+            return None
+        rec, msg = opened
+        if isinstance(msg, disco.Pong):
+            fut = self._pings.get(msg.txid)
+            if fut is not None and not fut.done():
+                fut.set_result(now)
+                return None
+        rec.heard = True
+        if rec.paths is not None:
+            rec.paths.receive_disco(msg, src, now)
+        return rec
+
+    def _on_relayed_disco(self, src: NodePublic, data: bytes) -> None:
+        """A sealed disco packet a relay brought from WireGuard key `src` (relay-attested)."""
+        if self._loop is None:
+            return
+        opened = self._open(data, "relay")
+        if opened is None or opened[0].wg_key != src:
+            return  # the disco key must belong to the member the relay logged in
+        rec, msg = opened
+        now = self._loop.time()
+        if isinstance(msg, disco.Ping):
+            # `meshctl ping` over the relay: answered there; it proves no direct path
+            if msg.node_key == rec.wg_key:
+                self._send_disco(rec, disco.Pong(msg.txid, RELAYED_SEEN_AS), None)
+            return
+        if isinstance(msg, disco.Pong):
+            fut = self._pings.get(msg.txid)
+            if fut is not None and not fut.done():
+                fut.set_result(now)
+            return  # a pong over the relay proves nothing about a direct path
+        rec.heard = True
+        if rec.paths is not None:
+            rec.paths.receive_disco(msg, None, now)
+        self._service({rec.name})
+
+    def _on_proxied(self, src: NodePublic) -> None:
+        """A WireGuard packet of `src` came through its proxy: off its channel, if it was on one."""
+        if not self._on_channel or self._loop is None:
+            return
+        rec = self._by_key.get(src.raw)
+        now = self._loop.time()
+        if rec is not None and rec.choice.via is Via.CHANNEL and now - rec.reasserted_at >= ROAM_REASSERT_S:
+            rec.reasserted_at = now
+            rec.written = None  # WireGuard roamed: write the channel again
+            self._service({rec.name})
+
+    def _poke(self) -> None:
+        """Something every peer's choice may depend on changed (a relay, our candidates)."""
+        if self._loop is not None:
+            self._loop.call_soon(self._service, set(self._records))
+
+    # --- sending -------------------------------------------------------------------------
+
+    def _send_raw(self, payload: bytes, dst: AddrPort) -> bool:
+        return self._sock is not None and bool(self._sock.send(payload, dst))
+
+    def _send_disco(self, rec: PeerRecord, msg: disco.DiscoMessage, dst: AddrPort | None) -> None:
+        assert self._box is not None
+        data = self._box.seal(msg, rec.disco_key)
+        if dst is not None:
+            self._send_raw(data, dst)
+        elif self._relays is not None:
+            self._relays.send(rec.wg_key, data)
+
+    # --- serving records: outputs, events, choices, the timer -----------------------------
+
+    def _service(self, dirty: set[str]) -> None:
+        if self._loop is None or self._own is None or self._relays is None or self._sock is None:
+            return
+        now = self._loop.time()
+        own = self._own
+        deadlines = [d for d in (own.step(now),) if d is not None]
+        if not own.settled:
+            if now >= self._started_at + STUN_FIRST_MAX_WAIT_S:
+                log.info("no netcheck result after %.0f s: setting up peers anyway", STUN_FIRST_MAX_WAIT_S)
+                own.settled = True
+            else:
+                deadlines.append(self._started_at + STUN_FIRST_MAX_WAIT_S)
+        relay_up = self._relays.up
+        if relay_up != self._relay_up:
+            self._relay_up = relay_up
+            dirty = set(self._records)
+        for rec in self._records.values():
+            deadlines += self._serve(rec, now, rec.name in dirty, relay_up)
+        self._flush()
+        self._arm(min(deadlines, default=now + 60.0))
+
+    def _serve(self, rec: PeerRecord, now: float, dirty: bool, relay_up: bool) -> list[float]:
+        """One record: its core's outputs and events, then its choice if anything moved."""
+        own = self._own
+        assert own is not None and self._our_key is not None
+        deadlines: list[float] = []
+        paths = rec.paths
+        if paths is None and own.settled:
+            paths = rec.paths = PeerPaths(self._our_key, rec.wg_key, now, os.urandom,
+                                          static_endpoints=rec.literal_statics, relay_available=relay_up,
+                                          our_nat_hard=own.hard, first_probe_delay_s=PUNCH_LEAD_S,
+                                          wall_clock_offset_s=time.time() - now)
+            rec.paths_since = now
+            dirty = True
+        if paths is not None:
+            paths.set_our_nat_hard(own.hard)
+            if rec.told != own.candidates:
+                # call-me-maybe is a real packet: like the pings, it waits for our punches
+                lead = rec.paths_since + PUNCH_LEAD_S
+                if now >= lead:
+                    rec.told = own.candidates
+                    paths.set_local_endpoints(own.candidates, now)
+                else:
+                    deadlines.append(lead)
+            for _ in range(2):  # again when the relay flag made the core say something
+                for out in paths.datagrams_to_send(now):
+                    if isinstance(out, SendPunch):
+                        self._sock.punch(out.dst, out.ttl)
+                    elif isinstance(out, SendDisco):
+                        self._send_disco(rec, out.msg, out.dst)
+                while (event := paths.next_event()) is not None:
+                    dirty = self._on_path_event(rec, event, now) or dirty
+                # Without a direct path the core's path is the relay exactly while one is up.
+                kind = paths.path.kind
+                if not ((kind is PathKind.NONE and relay_up) or (kind is PathKind.RELAY and not relay_up)):
+                    break
+                paths.set_relay_available(relay_up, now)
+            deadlines.append(paths.next_deadline())
+        due = [d for d in (rec.choice.recheck_at, rec.reassert_at) if d is not None]
+        if dirty or any(d <= now for d in due) or rec.relayed_since is not None:
+            deadlines += self._decide(rec, now, relay_up)
+        else:
+            deadlines += due
+        return deadlines
+
+    def _on_path_event(self, rec: PeerRecord, event: PathChanged | NoDirectPath, now: float) -> bool:
+        match event:
+            case PathChanged(path, initiator):
+                if path.kind is PathKind.DIRECT:
+                    log.info("%s: path -> direct %s (%.1f ms%s)", rec.name, path.endpoint,
+                             (path.latency_s or 0) * 1000, ", we initiate" if initiator else "")
+                    rec.direct_since = now
+                    rec.no_direct_reported = False
+                else:
+                    log.info("%s: path -> %s", rec.name, path.kind.value)
+                    rec.direct_since = None
+                return True
+            case NoDirectPath(candidates, probing_for_s):
+                if not rec.no_direct_reported:
+                    rec.no_direct_reported = True
+                    log.info("%s: no direct path after %.0f s (%d candidates)", rec.name, probing_for_s, candidates)
+                return False
+        return False
+
+    def _decide(self, rec: PeerRecord, now: float, relay_up: bool) -> list[float]:
+        """Run choose_endpoint for `rec` and hand a changed endpoint to WireGuard."""
+        assert self._own is not None and self._our_key is not None and self._relays is not None
+        facts = rec.facts(self._our_key, self._own.hard, self._relays.listed, relay_up)
+        choice = choose_endpoint(facts, now)
+        deadlines: list[float] = []
+        if choice.via in (Via.RELAY, Via.CHANNEL):
+            if rec.relayed_since is None:
+                rec.relayed_since = now
+            channel, deadlines = self._keep_channel(rec, now)
+            if channel != rec.channel:
+                rec.channel = channel
+                choice = choose_endpoint(replace(facts, channel=channel), now)
+        else:
+            rec.relayed_since, rec.channel = None, None
+        rec.choice = choice
+        if choice.via is Via.CHANNEL:
+            self._on_channel.add(rec.name)
+        else:
+            self._on_channel.discard(rec.name)
+        endpoint = choice.endpoint
+        if choice.via is Via.RELAY:
+            endpoint = self._relays.proxy.endpoint_for(rec.wg_key)  # opened only for a relayed peer
+            rec.proxied = True
+        elif choice.via is Via.DIRECT:
+            rec.last_direct = endpoint
+        self._endpoints[rec.name] = endpoint
+        if endpoint is not None and (rec.written is None or rec.written[0] != endpoint):
+            log.info("endpoints: %s -> %s (%s)", rec.name, endpoint, choice.via.value)
+            self._write(rec, endpoint)
+            rec.reassert_at = now + REASSERT_AFTER_S
+        elif rec.reassert_at is not None and now >= rec.reassert_at:
+            rec.reassert_at = None
+            if endpoint is not None:
+                self._write(rec, endpoint)
+        deadlines += [d for d in (choice.recheck_at, rec.reassert_at) if d is not None]
+        return deadlines
+
+    def _write(self, rec: PeerRecord, endpoint: str) -> None:
+        rec.written = (endpoint, KEEPALIVE_S)
+        self._pending[rec.wg_key.raw] = rec.written
+
+    def _flush(self) -> None:
+        if self._pending:
+            writes, self._pending = self._pending, {}
+            self._apply_endpoints(writes)
+
+    def _keep_channel(self, rec: PeerRecord, now: float) -> tuple[str | None, list[float]]:
+        """Ask for, bind and keep a channel to a relayed peer: its endpoint once READY in this
+        relayed spell (one bound before a direct path died may be cut off by the same block:
+        until READY is heard again, bind often and ask again)."""
+        assert self._relays is not None
+        client = self._relays.channel_client(rec.wg_key)
+        if client is None or client.relay_ip is None:
+            return None, []
+        info = client.channels.get(rec.wg_key.raw)
+        if info is None:
+            if now - rec.channel_asked_at >= CHANNEL_RETRY_S:
+                rec.channel_asked_at = now
+                client.request_channel(rec.wg_key)
+            return None, [rec.channel_asked_at + CHANNEL_RETRY_S]
+        endpoint = client.channel_endpoint(rec.wg_key)  # None unless the relay's last word was READY
+        confirmed = endpoint is not None and rec.relayed_since is not None and rec.ready_at >= rec.relayed_since
+        interval = BIND_INTERVAL_S if confirmed else CHANNEL_CONFIRM_BIND_S
+        target = (client.relay_ip, info.port, info.bind_token)
+        last_bind = rec.bound[3] if rec.bound is not None and rec.bound[:3] == target else float("-inf")
+        if now - last_bind >= interval and ":" not in client.relay_ip:
+            self._send_raw(marshal_bind(info.bind_token), parse_addr_port(f"{client.relay_ip}:{info.port}"))
+            last_bind = now
+            rec.bound = (*target, now)
+        deadlines = [last_bind + interval]
+        if not confirmed:
+            if now - rec.channel_asked_at >= CHANNEL_CONFIRM_ASK_S:
+                rec.channel_asked_at = now
+                client.request_channel(rec.wg_key)
+            deadlines.append(rec.channel_asked_at + CHANNEL_CONFIRM_ASK_S)
+        return (endpoint if confirmed else None), deadlines
+
+    def _channel_ready(self, peer: NodePublic) -> None:
+        """A relay said `peer`'s channel is READY."""
+        rec = self._by_key.get(peer.raw)
+        if rec is not None and self._loop is not None:
+            rec.ready_at = self._loop.time()
+            log.info("%s: relay channel READY", rec.name)
+
+    def _arm(self, deadline: float) -> None:
+        assert self._loop is not None
+        if self._timer is not None:
+            if abs(self._timer.when() - deadline) < 1e-3:
+                return
+            self._timer.cancel()
+        self._timer = self._loop.call_at(max(deadline, self._loop.time()), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._service(set())
+
+    # --- static endpoints (peers without an agent) -------------------------------------------
+
+    def _resolve_static(self, rec: PeerRecord, texts: tuple[str, ...]) -> None:
+        from meshctl.agent.endpoints import resolve_endpoint
+
+        async def resolve() -> None:
+            for text in texts:
+                resolved = await asyncio.to_thread(resolve_endpoint, text)
+                if resolved and self._records.get(rec.name) is rec:
+                    rec.static = resolved
+                    self._service({rec.name})
+                    return
+
+        asyncio.get_running_loop().create_task(resolve())
+
+    # --- status and ping ------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        own, relays = self._own, self._relays
+        doc: dict[str, Any] = {
+            "paths": {name: path_status(rec, relays.relay_of(rec.wg_key) if relays else None)
+                      for name, rec in self._records.items()},
+            "endpoints": [str(c) for c in own.candidates] if own else [],
+            "nat": nat_status(own.report if own else None),
+        }
+        if relays is not None:
+            doc.update(relays.status())
+        return doc
+
+    async def handle(self, request: dict[str, Any]) -> dict[str, Any] | None:
+        if request.get("cmd") != "ping":
+            return None
+        return await self.ping(str(request.get("peer", "")))
+
+    async def ping(self, target: str) -> dict[str, Any]:
+        """One disco round trip on the path WireGuard uses now; the reply names that path."""
+        rec = next((r for r in self._records.values() if target in (r.name, r.mesh_ip)), None)
+        if rec is None:
+            return {"ok": False, "error": f"unknown peer {target[:64]!r}", "hint": "`meshctl status` lists the peers"}
+        assert self._loop is not None and self._our_key is not None and self._relays is not None
+        base = {"peer": rec.name, "ip": rec.mesh_ip}
+        last_path = "none"
+        for _ in range(PING_ATTEMPTS):
+            where = path_status(rec, self._relays.relay_of(rec.wg_key))
+            if where["path"] == "none":  # no path known here: WireGuard may have found one (the peer's handshake)
+                roamed = await asyncio.to_thread(self._device_endpoint, rec.wg_key)
+                if roamed is None or roamed.startswith("127."):
+                    return {**base, "ok": False, "path": "none", **self._no_path(rec)}
+                where = {**where, "path": "direct", "endpoint": roamed}
+            last_path = where["path"]
+            dst = parse_addr_port(where["endpoint"]) if where["path"] == "direct" else None
+            txid = os.urandom(disco.TXID_LEN)
+            fut: asyncio.Future[float] = self._loop.create_future()
+            self._pings[txid] = fut
+            sent_at = self._loop.time()
+            self._send_disco(rec, disco.Ping(txid, self._our_key), dst)
+            try:
+                got = await asyncio.wait_for(fut, PING_TIMEOUT_S)
+            except TimeoutError:
+                continue
+            finally:
+                self._pings.pop(txid, None)
+            return {**base, "ok": True, **where, "latency_ms": round((got - sent_at) * 1000, 3)}
+        return {**base, "ok": False, "path": last_path,
+                "error": f"no pong from {rec.name} after {PING_ATTEMPTS} pings over its {last_path} path"}
+
+    def _no_path(self, rec: PeerRecord) -> dict[str, str]:
+        assert self._relays is not None
+        probed = len(rec.paths.candidates()) if rec.paths is not None else 0
+        if not self._relays.listed:
+            return {"error": f"no path to {rec.name}: no direct path found ({probed} candidates probed) "
+                             "and no relay is listed",
+                    "hint": "both NATs may be hard (symmetric): list a relay with `meshctl admin relay add`"}
+        return {"error": f"no path to {rec.name}: no direct path found ({probed} candidates probed) "
+                         "and no relay connected",
+                "hint": "is `meshctl relay` running on the relay host, and reachable from here?"}
+
