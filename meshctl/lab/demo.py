@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 import time
 
-from meshctl.lab import lab_unavailable, open_lab
+from meshctl.lab import LabInterrupted, lab_unavailable, open_lab
 from meshctl.lab.scenario import build_lan_mesh
 
 
@@ -57,5 +57,16 @@ def main() -> int:
     return 0 if ok else 1
 
 
+def run() -> int:
+    """main(), with Ctrl-C (or SIGTERM) ending the demo in one line: the lab's own cleanup has
+    already removed every namespace and process by the time the interrupt arrives here."""
+    try:
+        return main()
+    except KeyboardInterrupt as exc:  # LabInterrupted too: SIGTERM, SIGHUP
+        what = str(exc) if isinstance(exc, LabInterrupted) else "Ctrl-C"
+        print(f"\ndemo interrupted ({what}); the lab is removed", file=sys.stderr, flush=True)
+        return 130
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())
