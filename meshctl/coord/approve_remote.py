@@ -61,7 +61,7 @@ def approve_from_origin(path: Path, name: str, approve: ApproveFn, *, commit: bo
                          f"pending requests here: {', '.join(pending) or 'none'}")
     dirty = workdir.changed_files(co)
     if dirty:
-        raise UsageError(f"{path}: uncommitted changes in {', '.join(dirty[:5])}",
+        raise UsageError(f"uncommitted changes in {', '.join(dirty[:5])}",
                          "commit or stash them first: the approval is committed and pushed")
     creds = gitrepo.Credentials()
     heads = workdir.remote_heads(co, creds)
