@@ -45,15 +45,15 @@ class LocalUser:
     uid: int
     home: Path
 
-    def run(self, argv: list[str], env: dict[str, str] | None = None, *, check: bool = True,
-            timeout: float = 120, netns: str | None = None) -> subprocess.CompletedProcess[str]:
+    def run(self, argv: list[str], env: dict[str, str] | None = None, *, check: bool = True, timeout: float = 120,
+            netns: str | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
         """`argv` as this user (runuser: no password, a clean login-like environment), in `netns`."""
         base = {"HOME": str(self.home), "USER": self.name, "LOGNAME": self.name, "PATH": "/usr/bin:/bin",
                 "LANG": "C.UTF-8", **(env or {})}
         cmd = [_tool("runuser"), "-u", self.name, "--", "env", "-i", *(f"{k}={v}" for k, v in base.items()), *argv]
         if netns is not None:
             cmd = ["ip", "netns", "exec", netns, *cmd]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False, cwd="/")
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False, cwd=cwd or "/")
         if check and proc.returncode != 0:
             raise RuntimeError(f"{self.name}: {' '.join(argv)} exited {proc.returncode}: {proc.stderr.strip()}")
         return proc

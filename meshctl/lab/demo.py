@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 import time
 
-from meshctl.lab import LabInterrupted, lab_unavailable, open_lab
+from meshctl.lab import LabError, LabInterrupted, lab_unavailable, open_lab
 from meshctl.lab.scenario import build_lan_mesh
 
 
@@ -26,7 +26,8 @@ def main() -> int:
     started = time.monotonic()
     with open_lab("mdemo") as lab:
         say("building the lab: 3 devices and a git server on one LAN (network namespaces)")
-        say("admin: meshctl init; devices: meshctl join (pull-request branches); admin: approve + merge")
+        say("admin: meshctl init --remote; devices: meshctl join (pull-request branches); "
+            "admin: meshctl admin approve NAME")
         mesh = build_lan_mesh(lab, 3, name="demo")
         print(f"mesh 'demo' served at {mesh.git_url}, root {mesh.fingerprint[:23]}…")
         print(mesh.git("log", "--oneline", "main"))
@@ -63,9 +64,12 @@ def run() -> int:
     try:
         return main()
     except KeyboardInterrupt as exc:  # LabInterrupted too: SIGTERM, SIGHUP
-        what = str(exc) if isinstance(exc, LabInterrupted) else "Ctrl-C"
+        what = str(exc) if isinstance(exc, LabInterrupted) and "SIGINT" not in str(exc) else "Ctrl-C"
         print(f"\ndemo interrupted ({what}); the lab is removed", file=sys.stderr, flush=True)
         return 130
+    except LabError as exc:
+        print(f"\ndemo failed: {exc}; the lab is removed", file=sys.stderr, flush=True)
+        return 1
 
 
 if __name__ == "__main__":

@@ -34,9 +34,8 @@ class Served:
     def device(self, name: str) -> dict[str, str]:
         return {"MESHCTL_STATE_DIR": str(self.tmp / f"state-{name}")}
 
-    def join(self, name: str, *extra: str, url: str | None = None, state: str | None = None) -> subprocess.CompletedProcess[str]:
-        return meshctl("join", url or self.url, "--name", name, "--root", self.fp, *extra,
-                       env=self.device(state or name))
+    def join(self, name: str, *extra: str, state: str | None = None) -> subprocess.CompletedProcess[str]:
+        return meshctl("join", self.url, "--name", name, "--root", self.fp, *extra, env=self.device(state or name))
 
     def approve(self, name: str, *extra: str) -> subprocess.CompletedProcess[str]:
         return meshctl("admin", "approve", name, *extra, env=self.admin, cwd=self.checkout)
