@@ -92,6 +92,9 @@ def init(
 
     try:
         gitrepo.publish_checkout(directory, remote)
+    except gitrepo.PushRefused as exc:
+        raise GitError(exc.message, f"the mesh is created in {directory}; --remote must name an empty repository "
+                                    f"(then: git -C {directory} push -u origin main)") from None
     except GitError as exc:
         raise GitError(exc.message, f"the mesh is created in {directory} with origin {remote}; push it when "
                                     f"the git host answers: git -C {directory} push -u origin main") from None

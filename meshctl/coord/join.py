@@ -162,11 +162,11 @@ def join(state_dir: Path, repo_dir: Path, keys_dir: Path, url: str, name: str | 
                         ssh_key=ssh_key, ssh_agent=agent)
     if withdraw is not None:
         result = replace(result, withdrawn=withdraw)
-        _withdraw(repo, heads, withdraw, keys, creds)
+        _withdraw(repo, heads, withdraw, keys, verified.root.network_id, creds)
     if member is not None:
         return replace(result, push_error="already a member")
     on_host = _request_on_host(repo, heads, name, creds)
-    if on_host is not None and _same_request(on_host, data):
+    if on_host is not None and _same_request(on_host[0], data) and _signed_by(keys, verified.root.network_id, on_host):
         return replace(result, pushed=True, already_pushed=True, pr_url=pull_request_url(url, join_branch))
     commit = gitrepo.commit_tree_changes(
         repo, tip, {f"requests/{name}.json": data, f"requests/{name}.json.sig": sig}, f"Join request: {name}")
@@ -185,15 +185,18 @@ def _previous_config(node: NodeState) -> NodeConfig | None:
 
 
 def _request_on_host(repo: pygit2.Repository, heads: Mapping[str, str], name: str,
-                     creds: gitrepo.Credentials) -> bytes | None:
-    """requests/NAME.json on the host's join/NAME branch, if there is one."""
+                     creds: gitrepo.Credentials) -> tuple[bytes, bytes] | None:
+    """requests/NAME.json and its .sig on the host's join/NAME branch, if there are both."""
     ref = f"refs/heads/join/{name}"
     if ref not in heads:
         return None
     gitrepo.fetch_refs(repo, [f"+{ref}:{REQUEST_REF}"], creds)
     snap = gitrepo.GitSnapshot(repo, str(repo.references[REQUEST_REF].target))
+    path = f"requests/{name}.json"
     try:
-        return snap.read(f"requests/{name}.json") if f"requests/{name}.json" in snap.files() else None
+        if path not in snap.files() or f"{path}.sig" not in snap.files():
+            return None
+        return snap.read(path), snap.read(f"{path}.sig")
     except MeshctlError:
         return None
 
@@ -207,20 +210,25 @@ def _same_request(on_host: bytes, ours: bytes) -> bool:
     return replace(theirs, created=0) == replace(mine, created=0)
 
 
-def _withdraw(repo: pygit2.Repository, heads: Mapping[str, str], old: str, keys: DeviceKeys,
+def _signed_by(keys: DeviceKeys, network_id: str, request: tuple[bytes, bytes]) -> bool:
+    """The request on the host carries this device's own signature."""
+    data, sig = request
+    try:
+        sigs = signing.parse_signatures(sig, name="request")
+    except MeshctlError:
+        return False
+    return bool(signing.valid_signers(sigs, [keys.identity.public()], "peer", network_id, data))
+
+
+def _withdraw(repo: pygit2.Repository, heads: Mapping[str, str], old: str, keys: DeviceKeys, network_id: str,
               creds: gitrepo.Credentials) -> None:
-    """Delete join/OLD on the host when it holds this device's request (best effort: without
-    push rights the admin is told by the new request's name)."""
+    """Delete join/OLD on the host when it holds this device's own signed request (best effort:
+    without push rights the admin sees the new request's name)."""
     gitrepo.delete_ref(repo, f"refs/heads/join/{old}")
     on_host = _request_on_host(repo, heads, old, creds)
-    if on_host is None:
+    if on_host is None or not _signed_by(keys, network_id, on_host):
         return
     try:
-        ours = records.parse_peer(on_host, "host").identity_key == keys.identity.public()
-    except MeshctlError:
-        return
-    if ours:
-        try:
-            gitrepo.push(repo, f":refs/heads/join/{old}", creds)
-        except GitError:
-            pass
+        gitrepo.push(repo, f":refs/heads/join/{old}", creds)
+    except GitError:
+        pass

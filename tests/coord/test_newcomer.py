@@ -154,13 +154,18 @@ def test_join_under_a_new_name_is_refused_without_rename(served: Served) -> None
 
 
 def test_rename_never_withdraws_another_devices_request(served: Served) -> None:
+    """b asked as laptop first; a's request has since replaced it on join/laptop. When b renames
+    itself, join/laptop is a's: it stays."""
+    assert served.join("laptop", state="b").returncode == 0
     assert served.join("laptop", state="a").returncode == 0
-    assert served.join("tablet", state="b").returncode == 0
-    # b's own earlier name is "tablet"; it cannot reach a's branch by renaming.
+    a_request = git("rev-parse", "join/laptop", cwd=served.bare)
     r = served.join("desk", "--rename", state="b")
     assert r.returncode == 0, r.stderr
     assert {"join/laptop", "join/desk"} <= set(served.host_branches())
-    assert "join/tablet" not in served.host_branches()
+    assert git("rev-parse", "join/laptop", cwd=served.bare) == a_request
+    assert served.join("tablet", state="c").returncode == 0
+    assert served.join("phone", "--rename", state="c").returncode == 0
+    assert "join/tablet" not in served.host_branches()  # c's own earlier request is withdrawn
 
 
 def test_a_member_cannot_rename_itself(served: Served) -> None:
@@ -323,3 +328,30 @@ def test_init_with_remote_pushes_and_prints_the_invite(tmp_path: Path, admin_env
         r = meshctl("join", url, "--name", "laptop", "--root", invite.split()[-1],
                     env={"MESHCTL_STATE_DIR": str(tmp_path / "st")})
         assert r.returncode == 0, r.stderr
+
+
+def test_admin_approve_with_a_threshold_of_two_waits_on_the_request_branch(tmp_path: Path,
+                                                                          admin_env: dict[str, str]) -> None:
+    """One admin's signature is not enough: the approval goes to join/NAME for the second one,
+    never to main, where nodes would refuse it."""
+    keys = [tmp_path / "a1.key", tmp_path / "a2.key"]
+    r = meshctl("init", str(tmp_path / "coord"), "--name", "acme", "--admin-key", str(keys[0]), "--admin-key",
+                str(keys[1]), "--admin-threshold", "2", env=admin_env)
+    assert r.returncode == 0, r.stderr
+    coord, fp = tmp_path / "coord", r.stdout.strip().split()[-1]
+    base = tmp_path / "served"
+    base.mkdir()
+    bare = bare_copy(coord, base / "acme.git")
+    with git_daemon(base) as base_url:
+        url = f"{base_url}/acme.git"
+        git("remote", "add", "origin", url, cwd=coord)
+        r = meshctl("join", url, "--name", "laptop", "--root", fp, env={"MESHCTL_STATE_DIR": str(tmp_path / "s")})
+        assert r.returncode == 0, r.stderr
+        main_before = git("rev-parse", "main", cwd=bare)
+        r = meshctl("admin", "approve", "laptop", env={**admin_env, "MESHCTL_ADMIN_KEY": str(keys[0])}, cwd=coord)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.splitlines()[1:3] == [
+            "main not pushed (state.json has 1 of 2 admin signatures); the approval is on branch join/laptop",
+            "another admin must add a signature on join/laptop: meshctl admin sign --cosign"]
+        assert git("rev-parse", "main", cwd=bare) == main_before
+        assert git("log", "--format=%s", "-1", "join/laptop", cwd=bare).strip() == "Approve laptop (serial 2)"
