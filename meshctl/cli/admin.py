@@ -8,48 +8,17 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from meshctl.cli.app import command
+from meshctl.cli.admin_common import KeyOpt, NoCommitOpt, RepoOpt, admin_keys, commit, print_signature_status
+from meshctl.cli.admin_relay import relay_admin_app
+from meshctl.cli.common import command
 
 if TYPE_CHECKING:
     from meshctl.coord.approve_remote import Approval
     from meshctl.coord.records import StateDoc
-    from meshctl.keys import SigningKey
 
 admin_app = typer.Typer(help="Admin commands, run in a checkout of the coordination repository.",
                         no_args_is_help=True)
-
-RepoOpt = Annotated[Path, typer.Option("--repo", help="The checkout (default: current directory).")]
-KeyOpt = Annotated[
-    list[Path] | None,
-    typer.Option("--admin-key", envvar="MESHCTL_ADMIN_KEY",
-                 help="Admin private key file (repeat for several; default ~/.config/meshctl/admin.key)."),
-]
-NoCommitOpt = Annotated[bool, typer.Option("--no-commit", help="Write files but do not git commit.")]
-
-
-def _keys(paths: list[Path] | None) -> list[SigningKey]:
-    from meshctl.coord.admin import default_admin_key_path, load_admin_keys
-
-    return load_admin_keys(paths or [default_admin_key_path()])
-
-
-def _commit(repo: Path, changed: list[str], removed: list[str], message: str, no_commit: bool) -> None:
-    if no_commit:
-        return
-    from meshctl.coord import repo as gitrepo
-
-    if gitrepo.commit_workdir(repo, changed, removed, message):
-        typer.echo(f"committed: {message}")
-
-
-def _state_line(serial: int, co_path: Path) -> None:
-    from meshctl.coord.admin import open_checkout, signature_status
-
-    good, threshold = signature_status(open_checkout(co_path))
-    typer.echo(f"state.json serial {serial}: {good} of {threshold} admin signatures")
-    if good < threshold:
-        typer.echo(f"another admin must add a signature: meshctl admin sign --cosign --repo {co_path}")
-
+admin_app.add_typer(relay_admin_app, name="relay")
 
 @command
 def init(
@@ -135,7 +104,7 @@ def approve(
     from meshctl.coord import admin
     from meshctl.coord.approve_remote import approve_from_origin, request_files
 
-    keys = _keys(admin_key)
+    keys = admin_keys(admin_key)
     now = int(time.time())
 
     def approve_in(co: admin.Checkout) -> tuple[StateDoc, list[str], list[str]]:
@@ -144,8 +113,8 @@ def approve(
     if (repo / request_files(name)[0]).exists():  # in the checkout already (offline, or the branch checked out)
         state, changed, removed = approve_in(admin.open_checkout(repo))
         _say_approved(name, state)
-        _commit(repo, changed, removed, f"Approve {name} (serial {state.serial})", no_commit)
-        _state_line(state.serial, repo)
+        commit(repo, changed, removed, f"Approve {name} (serial {state.serial})", no_commit)
+        print_signature_status(state.serial, repo)
         return
     admin.open_checkout(repo)  # "not a coordination repository" before anything is fetched
     result = approve_from_origin(repo, name, approve_in, commit=not no_commit)
@@ -189,10 +158,10 @@ def revoke(
     from meshctl.coord import admin
 
     co = admin.open_checkout(repo)
-    state, changed, removed = admin.revoke(co, name, _keys(admin_key), int(time.time()))
+    state, changed, removed = admin.revoke(co, name, admin_keys(admin_key), int(time.time()))
     typer.echo(f"revoked {name}")
-    _commit(repo, changed, removed, f"Revoke {name} (serial {state.serial})", no_commit)
-    _state_line(state.serial, repo)
+    commit(repo, changed, removed, f"Revoke {name} (serial {state.serial})", no_commit)
+    print_signature_status(state.serial, repo)
 
 
 @admin_app.command("renew")
@@ -203,10 +172,10 @@ def renew(repo: RepoOpt = Path("."), admin_key: KeyOpt = None, no_commit: NoComm
     from meshctl.coord.records import format_time
 
     co = admin.open_checkout(repo)
-    state = admin.renew(co, _keys(admin_key), int(time.time()))
+    state = admin.renew(co, admin_keys(admin_key), int(time.time()))
     typer.echo(f"renewed: expires {format_time(state.expires)}")
-    _commit(repo, ["state.json", "state.json.sig"], [], f"Renew (serial {state.serial})", no_commit)
-    _state_line(state.serial, repo)
+    commit(repo, ["state.json", "state.json.sig"], [], f"Renew (serial {state.serial})", no_commit)
+    print_signature_status(state.serial, repo)
 
 
 @admin_app.command("sign")
@@ -221,14 +190,14 @@ def sign(
     from meshctl.coord import admin
 
     co = admin.open_checkout(repo)
-    keys = _keys(admin_key)
+    keys = admin_keys(admin_key)
     if cosign:
         good, threshold = admin.cosign(co, keys)
         typer.echo(f"state.json serial {co.state.serial}: {good} of {threshold} admin signatures")
-        _commit(repo, ["state.json.sig"], [], f"Co-sign serial {co.state.serial}", no_commit)
+        commit(repo, ["state.json.sig"], [], f"Co-sign serial {co.state.serial}", no_commit)
         return
     state = admin.renew(co, keys, int(time.time()))
     typer.echo(f"signed state serial {state.serial}")
-    _commit(repo, ["state.json", "state.json.sig", "policy.hujson"], [], f"Sign (serial {state.serial})",
+    commit(repo, ["state.json", "state.json.sig", "policy.hujson"], [], f"Sign (serial {state.serial})",
             no_commit)
-    _state_line(state.serial, repo)
+    print_signature_status(state.serial, repo)

@@ -17,7 +17,7 @@ from git_servers import bare_copy, free_port
 from ssh_git_host import GitShellHost, LocalUser, missing_tool, ssh_agent, sshd_argv, sshd_config, throwaway_user
 from test_cli_flow import admin_env, init_mesh, meshctl
 
-from meshctl.lab import meshctl_argv
+from lab import meshctl_argv
 
 __all__ = ["admin_env"]
 

@@ -14,9 +14,9 @@ from typing import Final
 
 import pytest
 
-from meshctl.lab import Lab
-from meshctl.lab.core import NETNS_ETC
-from meshctl.lab.scenario import MeshScenario
+from lab import Lab
+from lab.core import NETNS_ETC
+from lab.scenario import MeshScenario
 
 pytestmark = pytest.mark.netns
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from lab_support import need_lab
 
-from meshctl.lab.core import RUN_DIR
+from lab.core import RUN_DIR
 
 pytestmark = pytest.mark.netns
 
@@ -36,7 +36,7 @@ def _run_id_of(pid: int) -> str | None:
 @pytest.mark.parametrize("seconds_in", [3.0, 12.0])
 def test_ctrl_c_during_the_demo_ends_in_one_line(seconds_in: float) -> None:
     need_lab("git")
-    child = subprocess.Popen([sys.executable, "-m", "meshctl.lab.demo"], cwd=ROOT, text=True,
+    child = subprocess.Popen([sys.executable, "-m", "lab.demo"], cwd=ROOT, text=True,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
                              env={**os.environ, "PYTHONPATH": str(ROOT)})
     deadline = time.monotonic() + 30
