@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pygit2
 
@@ -73,10 +74,30 @@ def contains(co: Checkout, commit: str, ancestor: str) -> bool:
     return commit == ancestor or bool(co.repo.descendant_of(pygit2.Oid(hex=commit), pygit2.Oid(hex=ancestor)))
 
 
+class _Conflicts(pygit2.CheckoutCallbacks):
+    """The files a checkout refuses to overwrite (libgit2 reports only how many)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.paths: list[str] = []
+
+    def checkout_notify_flags(self) -> pygit2.enums.CheckoutNotify:
+        return pygit2.enums.CheckoutNotify.CONFLICT
+
+    def checkout_notify(self, why: Any, path: str, baseline: Any, target: Any, workdir: Any) -> None:
+        self.paths.append(path)
+
+
 def switch_to(co: Checkout, branch: str, commit: str) -> None:
     """Leave the checkout on `branch` at `commit`: the working tree follows (from what HEAD
     holds now, so files the change does not touch stay as they are), then the ref and HEAD."""
-    co.repo.checkout_tree(co.repo[pygit2.Oid(hex=commit)])  # type: ignore[no-untyped-call]
+    conflicts = _Conflicts()
+    try:
+        co.repo.checkout_tree(co.repo[pygit2.Oid(hex=commit)], callbacks=conflicts)  # type: ignore[no-untyped-call]
+    except pygit2.GitError as exc:  # e.g. an untracked file where the new commit has one
+        what = ", ".join(conflicts.paths) or str(exc)
+        raise UsageError(f"cannot bring the checkout to {branch} ({commit[:12]}): it would overwrite {what}",
+                         "move those files out of the way, then run this again") from None
     gitrepo.set_ref(co.repo, f"refs/heads/{branch}", commit)
     co.repo.set_head(f"refs/heads/{branch}")
 

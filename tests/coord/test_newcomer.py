@@ -355,3 +355,22 @@ def test_admin_approve_with_a_threshold_of_two_waits_on_the_request_branch(tmp_p
             "another admin must add a signature on join/laptop: meshctl admin sign --cosign"]
         assert git("rev-parse", "main", cwd=bare) == main_before
         assert git("log", "--format=%s", "-1", "join/laptop", cwd=bare).strip() == "Approve laptop (serial 2)"
+
+
+def test_admin_approve_never_overwrites_an_untracked_file(served: Served) -> None:
+    """main moved on the host and brings a file the admin has, untracked, in the checkout."""
+    other = served.tmp / "other-admin"
+    git("clone", "-q", served.url, str(other), cwd=served.tmp)
+    assert served.join("laptop").returncode == 0
+    assert meshctl("admin", "approve", "laptop", env=served.admin, cwd=other).returncode == 0
+    mine = served.checkout / "peers" / "laptop.json"
+    mine.parent.mkdir(exist_ok=True)
+    mine.write_text("the admin's own notes\n")
+    assert served.join("server").returncode == 0
+    r = served.approve("server")
+    no_traceback(r)
+    assert r.returncode == 2
+    assert re.fullmatch(r"meshctl: cannot bring the checkout to main \([0-9a-f]{12}\): it would overwrite "
+                        r"peers/laptop.json", r.stderr.splitlines()[0]), r.stderr
+    assert mine.read_text() == "the admin's own notes\n"
+    assert "join/server" in served.host_branches()

@@ -21,6 +21,7 @@ from lab.scenario import MeshScenario
 pytestmark = pytest.mark.netns
 
 BLACKHOLE: Final = "198.51.100.99"
+BLACKHOLE6: Final = "2001:db8:100::99"
 SILENT_DNS: Final = "198.51.100.53"
 GIVE_UP_S: Final = 20.0
 PATIENCE_S: Final = 60.0  # the old code's hang ends in a TimeoutExpired, not a wait of minutes
@@ -28,7 +29,7 @@ PATIENCE_S: Final = 60.0  # the old code's hang ends in a TimeoutExpired, not a 
 
 def _ruleset(extra: str = "") -> str:
     return ("table inet mblackhole {\n chain pre {\n  type filter hook prerouting priority -300; policy accept;\n"
-            f"  ip daddr {{ {BLACKHOLE}, {SILENT_DNS} }} drop\n{extra} }}\n}}\n")
+            f"  ip daddr {{ {BLACKHOLE}, {SILENT_DNS} }} drop\n  ip6 daddr {BLACKHOLE6} drop\n{extra} }}\n}}\n")
 
 
 def test_join_and_sync_give_up_on_a_silent_git_host_within_20_s(lab: Lab) -> None:
@@ -40,11 +41,15 @@ def test_join_and_sync_give_up_on_a_silent_git_host_within_20_s(lab: Lab) -> Non
     mesh.init()
     lab.run(inet, ["nft", "-f", "-"], input=_ruleset())
     (NETNS_ETC / dev.ns / "resolv.conf").write_text(f"nameserver {SILENT_DNS}\n")
+    # A name with two addresses, both dropped: each gets its own connection attempt.
+    (NETNS_ETC / dev.ns / "hosts").write_text(f"127.0.0.1 localhost\n{BLACKHOLE} git.dual.example\n"
+                                              f"{BLACKHOLE6} git.dual.example\n")
     cases = {
         "git:// to an address that drops": f"git://{BLACKHOLE}/acme.git",
         "ssh:// to an address that drops": f"ssh://git@{BLACKHOLE}/acme.git",
         "https:// to an address that drops": f"https://{BLACKHOLE}/acme.git",
         "a name whose DNS server is silent": "git@git.unreachable.example:acme/acme.git",
+        "a name with two addresses that drop": "ssh://git@git.dual.example/acme.git",
     }
     took = {}
     for what, bad_url in cases.items():
@@ -57,6 +62,7 @@ def test_join_and_sync_give_up_on_a_silent_git_host_within_20_s(lab: Lab) -> Non
         assert len(r.stderr.splitlines()) == 2 and "Traceback" not in r.stderr
     # sync: a member whose git host stops answering.
     (NETNS_ETC / dev.ns / "resolv.conf").write_text("nameserver 127.0.0.1\n")
+    (NETNS_ETC / dev.ns / "hosts").write_text("127.0.0.1 localhost\n")
     mesh.join(dev, "dev")
     mesh.approve("dev")
     assert lab.meshctl(dev, ["sync", "--dry-run"]).returncode == 0
