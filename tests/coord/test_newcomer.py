@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,11 +51,11 @@ class Served:
         hook.chmod(0o755)
 
 
-@pytest.fixture
-def served(tmp_path: Path, admin_env: dict[str, str]) -> Iterator[Served]:
+@contextmanager
+def serve(tmp_path: Path, coord: Path, fp: str, admin_env: dict[str, str]) -> Iterator[Served]:
+    """The admin's new mesh in `coord`, pushed to a git daemon that is its `origin`."""
     if shutil.which("git") is None:
         pytest.skip("needs git (Debian package git)")
-    coord, fp = init_mesh(tmp_path, admin_env)
     base = tmp_path / "served"
     base.mkdir()
     bare = bare_copy(coord, base / "acme.git")
@@ -64,6 +65,13 @@ def served(tmp_path: Path, admin_env: dict[str, str]) -> Iterator[Served]:
         git("fetch", "-q", "origin", cwd=coord)
         git("branch", "-q", "-u", "origin/main", "main", cwd=coord)
         yield Served(tmp_path, coord, bare, url, fp, admin_env)
+
+
+@pytest.fixture
+def served(tmp_path: Path, admin_env: dict[str, str]) -> Iterator[Served]:
+    coord, fp = init_mesh(tmp_path, admin_env)
+    with serve(tmp_path, coord, fp, admin_env) as it:
+        yield it
 
 
 def no_traceback(r: subprocess.CompletedProcess[str]) -> None:
@@ -338,23 +346,17 @@ def test_admin_approve_with_a_threshold_of_two_waits_on_the_request_branch(tmp_p
     r = meshctl("init", str(tmp_path / "coord"), "--name", "acme", "--admin-key", str(keys[0]), "--admin-key",
                 str(keys[1]), "--admin-threshold", "2", env=admin_env)
     assert r.returncode == 0, r.stderr
-    coord, fp = tmp_path / "coord", r.stdout.strip().split()[-1]
-    base = tmp_path / "served"
-    base.mkdir()
-    bare = bare_copy(coord, base / "acme.git")
-    with git_daemon(base) as base_url:
-        url = f"{base_url}/acme.git"
-        git("remote", "add", "origin", url, cwd=coord)
-        r = meshctl("join", url, "--name", "laptop", "--root", fp, env={"MESHCTL_STATE_DIR": str(tmp_path / "s")})
-        assert r.returncode == 0, r.stderr
-        main_before = git("rev-parse", "main", cwd=bare)
-        r = meshctl("admin", "approve", "laptop", env={**admin_env, "MESHCTL_ADMIN_KEY": str(keys[0])}, cwd=coord)
+    with serve(tmp_path, tmp_path / "coord", r.stdout.strip().split()[-1], admin_env) as served:
+        assert served.join("laptop").returncode == 0
+        main_before = git("rev-parse", "main", cwd=served.bare)
+        r = meshctl("admin", "approve", "laptop", env={**admin_env, "MESHCTL_ADMIN_KEY": str(keys[0])},
+                    cwd=served.checkout)
         assert r.returncode == 0, r.stderr
         assert r.stdout.splitlines()[1:3] == [
             "main not pushed (state.json has 1 of 2 admin signatures); the approval is on branch join/laptop",
             "another admin must add a signature on join/laptop: meshctl admin sign --cosign"]
-        assert git("rev-parse", "main", cwd=bare) == main_before
-        assert git("log", "--format=%s", "-1", "join/laptop", cwd=bare).strip() == "Approve laptop (serial 2)"
+        assert git("rev-parse", "main", cwd=served.bare) == main_before
+        assert git("log", "--format=%s", "-1", "join/laptop", cwd=served.bare).strip() == "Approve laptop (serial 2)"
 
 
 def test_admin_approve_never_overwrites_an_untracked_file(served: Served) -> None:
