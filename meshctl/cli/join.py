@@ -25,9 +25,10 @@ def _default_name() -> str:
 @command
 def join(
     ctx: typer.Context,
-    repo_url: Annotated[str, typer.Argument(help="The coordination repository (path, git://, https://, ssh://).")],
+    repo_url: Annotated[str, typer.Argument(help="The coordination repository (path, git://, https://, ssh://, git@host:path).")],
     name: Annotated[str | None, typer.Option(
-        "--name", help="This device's name in the mesh (default: the hostname); also its MagicDNS name.")] = None,
+        "--name", help="This device's name in the mesh, also its MagicDNS name (default: the name it asked for "
+                       "before, else the hostname).")] = None,
     root: Annotated[str | None, typer.Option(
         "--root", help="The root fingerprint `meshctl admin invite` printed (sha256:...): the mesh you trust.")] = None,
     trust_on_first_use: Annotated[bool, typer.Option("--trust-on-first-use",
