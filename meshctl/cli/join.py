@@ -25,7 +25,8 @@ def _default_name() -> str:
 @command
 def join(
     ctx: typer.Context,
-    repo_url: Annotated[str, typer.Argument(help="The coordination repository (path, git://, https://, ssh://, git@host:path).")],
+    repo_url: Annotated[str, typer.Argument(
+        help="The coordination repository (path, git://, https://, ssh://, git@host:path).")],
     name: Annotated[str | None, typer.Option(
         "--name", help="This device's name in the mesh, also its MagicDNS name (default: the name it asked for "
                        "before, else the hostname).")] = None,
