@@ -1,4 +1,6 @@
-"""The only module that runs git (via pygit2): clone, fetch, read trees, commit, push.
+"""git through pygit2: clone, fetch, read trees, commit, push; every network operation bounded
+in time and offered the right SSH credentials (coord/ssh_auth.py). The admin's checkout has a
+few more operations of its own in coord/workdir.py, built on these.
 
 meshctl keeps its own bare clone in the state directory. The fetched tip lands
 in `refs/meshctl/fetched`; only after verification does it move
