@@ -484,7 +484,7 @@ class _PolicyParser:
         try:
             return parse_ip_capability(text)
         except ValueError as exc:
-            raise self.r.error(offset, f"{what} ip: {exc}") from None
+            raise self.r.error(offset, f"{what} ip {text!r}: {exc}") from None
 
     # -- autoApprovers --------------------------------------------------------------------
 
