@@ -44,17 +44,19 @@ def of(items: Iterable[Prefix | IPAddress]) -> AddrSet:
 
 
 def subtract(spans: AddrSet, removed: AddrSet) -> AddrSet:
-    """Addresses of `spans` not in `removed` (both merged)."""
+    """Addresses of `spans` not in `removed` (both merged); linear in both."""
     out: list[Span] = []
+    j = 0
     for version, lo, hi in spans:
-        for rv, rlo, rhi in removed:
-            if rv != version or rhi < lo or rlo > hi:
-                continue
+        while j < len(removed) and (removed[j][0], removed[j][2]) < (version, lo):
+            j += 1  # removed blocks wholly before this span are done with
+        k = j
+        while lo <= hi and k < len(removed) and removed[k][0] == version and removed[k][1] <= hi:
+            _rv, rlo, rhi = removed[k]
             if rlo > lo:
                 out.append((version, lo, rlo - 1))
-            lo = rhi + 1
-            if lo > hi:
-                break
+            lo = max(lo, rhi + 1)
+            k += 1
         if lo <= hi:
             out.append((version, lo, hi))
     return tuple(out)

@@ -14,21 +14,11 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 from meshctl.policy import addrset
 from meshctl.policy.addrset import Prefix
-from meshctl.policy.compile import identity_match, peer_identities
+from meshctl.policy.compile import Identity, identity_match, peer_identities
 from meshctl.policy.model import Alias, Policy
-
-
-class Advertiser(Protocol):
-    """What approval reads of a device: who it is (netmap.Peer or a join request's assignment)."""
-
-    @property
-    def tags(self) -> tuple[str, ...]: ...
-    @property
-    def owner(self) -> str: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +32,7 @@ def is_default_route(route: Prefix) -> bool:
 
 
 def auto_approved(
-    policy: Policy, device: Advertiser, advertised_routes: Sequence[Prefix | str], exit_node: bool
+    policy: Policy, device: Identity, advertised_routes: Sequence[Prefix | str], exit_node: bool
 ) -> AutoApproval:
     """The advertised routes (and exit-node use) `policy.auto_approvers` approves for `device`.
 

@@ -47,17 +47,22 @@ ICMP_PROTOS: Final = frozenset({PROTO_ICMP, PROTO_ICMPV6})
 DEFAULT_ROUTES: Final = (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
 
 
-class Device(Protocol):
+class Identity(Protocol):
+    """Who a device is to the policy: its tags, else its owner."""
+
+    @property
+    def tags(self) -> tuple[str, ...]: ...
+    @property
+    def owner(self) -> str: ...
+
+
+class Device(Identity, Protocol):
     """What the compiler reads of a member (netmap.Peer, or a test's stand-in device)."""
 
     @property
     def name(self) -> str: ...
     @property
     def addresses(self) -> tuple[IPAddress, ...]: ...
-    @property
-    def tags(self) -> tuple[str, ...]: ...
-    @property
-    def owner(self) -> str: ...
     @property
     def approved_routes(self) -> tuple[Prefix, ...]: ...
     @property
@@ -160,7 +165,7 @@ class RuleSet:
     mesh: AddrSet  # the mesh's own prefixes: never forwarded to a route
 
 
-def peer_identities(policy: Policy, device: Device) -> frozenset[str]:
+def peer_identities(policy: Policy, device: Identity) -> frozenset[str]:
     """The names a device answers to in a policy."""
     if device.tags:
         return frozenset((*device.tags, TAGGED))

@@ -316,9 +316,15 @@ class _PolicyParser:
             raise self.r.error(offset, f"IP sets refer to each other in a circle: {cycle}")
         self.resolving.append(name)
         spans: AddrSet = ()
+        added: list[tuple[int, int, int]] = []  # adds since the last remove, merged in one go
         for op, target, entry_offset in self.ipset_entries[name]:
             got = self.alias(target, entry_offset, IPSET).spans
-            spans = addrset.merge((*spans, *got)) if op == "add" else addrset.subtract(spans, got)
+            if op == "add":
+                added += got
+            else:
+                spans = addrset.subtract(addrset.merge((*spans, *added)), got)
+                added = []
+        spans = addrset.merge((*spans, *added))
         self.resolving.pop()
         self.ipsets[name] = spans
         return spans
@@ -398,13 +404,13 @@ class _PolicyParser:
         if text in self.hosts:
             if role == APPROVER:
                 raise r.error(offset, f"{_ROLE_NAMES[role]} names users, groups or tags, not host {text!r}")
-            prefix = self.hosts[text]
-            return Alias(AliasKind.HOST, text, prefix=prefix, spans=addrset.of([prefix]))
-        prefix = _parse_prefix(text)
-        if prefix is not None:
+            host = self.hosts[text]
+            return Alias(AliasKind.HOST, text, prefix=host, spans=addrset.of([host]))
+        written = _parse_prefix(text)
+        if written is not None:
             if role == APPROVER:
                 raise r.error(offset, f"{_ROLE_NAMES[role]} names users, groups or tags, not {text!r}")
-            return Alias(AliasKind.PREFIX, text, prefix=prefix, spans=addrset.of([prefix]))
+            return Alias(AliasKind.PREFIX, text, prefix=written, spans=addrset.of([written]))
         if "@" in text and not any(c.isspace() or c == ":" for c in text):
             if role == IPSET:
                 raise r.error(offset, f"{text!r}: an IP set holds addresses, not groups, tags or users")

@@ -99,7 +99,8 @@ def test_a_policy_that_does_not_parse_is_bad_input(checkout: Mesh, tmp_path: Pat
 
 def test_the_policy_file_names_its_checkout(checkout: Mesh, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    code, out, err = _run(tmp_path / "no-state", "laptop", "server:443", "--policy", str(checkout.path / "policy.hujson"))
+    policy = str(checkout.path / "policy.hujson")
+    code, _, err = _run(tmp_path / "no-state", "laptop", "server:443", "--policy", policy)
     assert code == 0, err
 
 
