@@ -10,6 +10,7 @@ from meshctl.coord.netmap import NetMap, NetworkSettings, Peer
 from meshctl.keys import DiscoPublic, NodePublic, VerifyKey
 
 SAMPLE_POLICY = Path(__file__).with_name("sample_policy.hujson")
+TEMPLATE_POLICY = Path(__file__).resolve().parents[2] / "coord-repo-template" / "policy.hujson"
 
 # name, last address byte, tags, owner
 SAMPLE_PEERS: tuple[tuple[str, int, tuple[str, ...], str], ...] = (
@@ -54,3 +55,9 @@ def make_netmap(peers: Sequence[Peer], policy_text: str = "", self_name: str | N
         policy_text=policy_text,
         self_name=self_name,
     )
+
+
+def uncomment_examples(text: str) -> str:
+    """The template's policy with every commented-out example line made live."""
+    return "\n".join(line.replace("// ", "", 1) if line.strip().startswith(('// "', '// {"')) else line
+                      for line in text.splitlines())

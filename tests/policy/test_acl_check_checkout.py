@@ -7,6 +7,7 @@ with `--repo .` "the sha256 differs", the coordination README's example
 
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from typer.testing import CliRunner
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "coord"))
 
 from mesh_builder import Mesh, make_mesh  # noqa: E402
+from policy_samples import uncomment_examples  # noqa: E402
 
 from meshctl.cli.app import build_app  # noqa: E402
 
@@ -115,3 +117,24 @@ def test_help_documents_the_exit_codes() -> None:
     result = CliRunner().invoke(build_app(), ["acl", "check", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
     assert "0 allowed, 4 denied" in " ".join(result.stdout.split())
+
+
+def test_the_coordination_readme_example_works(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """coord-repo-template/README.md's `acl check` line, verbatim, after editing the template's policy."""
+    readme = (Path(__file__).resolve().parents[2] / "coord-repo-template" / "README.md").read_text()
+    line = next(x for x in readme.splitlines() if "meshctl acl check" in x)
+    argv = shlex.split(line.split("&&", 1)[1])
+    assert argv[:3] == ["meshctl", "acl", "check"]
+    mesh = make_mesh(tmp_path / "coord")
+    mesh.add("laptop", owner="alice@example.com")
+    mesh.add("server", tags=["tag:prod"])
+    policy = mesh.path / "policy.hujson"
+    policy.write_text(uncomment_examples(policy.read_text()).replace(
+        '{"action": "accept", "src": ["*"], "dst": ["*:*"]},', ""))  # the zero-trust edit
+    monkeypatch.chdir(mesh.path)
+    code, out, err = _run(tmp_path / "no-state", *argv[3:])
+    assert code == 4, err
+    assert out == "deny: alice@example.com -> tag:prod:22 (tcp): denied: no rule accepts it (default deny)\n"
+    code, out, err = _run(tmp_path / "no-state", "alice@example.com", "tag:prod:443", "--policy", "policy.hujson")
+    assert code == 0, err
+    assert out.startswith("allow: alice@example.com -> tag:prod:443 (tcp): allowed: acls[0] (line ")

@@ -2,12 +2,11 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from policy_samples import make_netmap, make_peer
+from policy_samples import TEMPLATE_POLICY, make_netmap, make_peer, uncomment_examples
 
 from meshctl.coord.netmap import NetMap
 from meshctl.errors import UsageError
@@ -273,7 +272,7 @@ def test_compiled_filter_agrees_with_policy_tests(
 
 
 def test_default_template_policy_lets_all_members_reach_each_other() -> None:
-    text = (Path(__file__).with_name("default_policy.hujson")).read_text()
+    text = TEMPLATE_POLICY.read_text()
     netmap = make_netmap([make_peer("a", 1), make_peer("b", 2, ("tag:x",)), make_peer("c", 3, (), "c@x.com")])
     policy = parse_policy(text)
     assert run_policy_tests(policy, netmap) == []
@@ -281,17 +280,15 @@ def test_default_template_policy_lets_all_members_reach_each_other() -> None:
         for dst in ("a", "b", "c"):
             assert evaluate(policy, netmap, src, dst, 22).allowed
             assert evaluate(policy, netmap, src, dst, 5353, "udp").allowed
-    # Uncommenting the examples yields a valid policy whose own test passes.
-    uncommented = "\n".join(
-        line.replace("// ", "", 1)
-        if line.strip().startswith(('// "group:', '// "tag:prod"', '// "backup-net"', '// {"'))
-        else line
-        for line in text.splitlines()
-    )
-    # With the allow-all rule still there, the example test catches that dev reaches :22 ...
-    problems = run_policy_tests(parse_policy(uncommented), netmap)
+    # Uncommenting the examples (grants, IP sets, autoApprovers too) yields a valid policy ...
+    uncommented = uncomment_examples(text)
+    live = parse_policy(uncommented)
+    assert (len(live.acls), len(live.grants), len(live.ipsets), len(live.auto_approvers.routes)) == (5, 1, 1, 1)
+    # ... with the allow-all rule still there, the example test catches that dev reaches :22 ...
+    problems = run_policy_tests(live, netmap)
+    line = next(i for i, t in enumerate(text.splitlines(), 1) if '"dst": ["*:*"]' in t)
     assert [p.split(": ", 2)[2] for p in problems] == [
-        "alice@example.com -> tag:prod:22 (tcp) should be denied, but acls[0] (line 27) accepts it"
+        f"alice@example.com -> tag:prod:22 (tcp) should be denied, but acls[0] (line {line}) accepts it"
     ]
     # ... and without it the examples form a zero-trust policy that passes its tests.
     zero_trust = uncommented.replace('{"action": "accept", "src": ["*"], "dst": ["*:*"]},', "")
