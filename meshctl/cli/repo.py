@@ -48,6 +48,10 @@ def verify_cmd(
     pending = sum(1 for p in FsSnapshot(directory).files() if p.startswith("requests/") and p.endswith(".json"))
     typer.echo(f"ok: mesh {v.root.name}, root v{v.root.version}, serial {v.state.serial}, "
                f"{len(v.records)} members, {pending} pending requests")
+    from meshctl.policy.check import policy_warnings
+
+    for warning in policy_warnings(v.policy_text):  # e.g. `ssh`: loaded, not enforced
+        typer.echo(f"warning: {warning}", err=True)
 
 
 def _policy_tests() -> Callable[[Verified], list[str]] | None:

@@ -22,6 +22,24 @@ SAMPLE_PEERS: tuple[tuple[str, int, tuple[str, ...], str], ...] = (
 )
 
 
+# name, last address byte, tags, owner: users with two devices, tagged devices (one owned, which
+# tags override), owner-less untagged devices
+MIXED_PEERS: tuple[tuple[str, int, tuple[str, ...], str], ...] = (
+    ("a", 1, (), "a@x.com"),
+    ("b", 2, (), "b@x.com"),
+    ("a2", 3, (), "a@x.com"),
+    ("s", 4, ("tag:s",), "a@x.com"),
+    ("t", 5, ("tag:t", "tag:s"), ""),
+    ("k", 6, (), ""),
+    ("k2", 7, (), ""),
+)
+
+
+def quoted(items: Sequence[str]) -> str:
+    """Items as the inside of a JSON list of strings."""
+    return ", ".join(f'"{i}"' for i in items)
+
+
 def make_peer(name: str, n: int, tags: Sequence[str] = (), owner: str = "") -> Peer:
     raw = n.to_bytes(2, "big") * 16
     return Peer(

@@ -138,3 +138,17 @@ def test_the_coordination_readme_example_works(tmp_path: Path, monkeypatch: pyte
     code, out, err = _run(tmp_path / "no-state", "alice@example.com", "tag:prod:443", "--policy", "policy.hujson")
     assert code == 0, err
     assert out.startswith("allow: alice@example.com -> tag:prod:443 (tcp): allowed: acls[0] (line ")
+
+
+def test_repo_verify_warns_about_ssh_and_passes(checkout: Mesh, tmp_path: Path) -> None:
+    """A signed policy with `ssh` passes the pull-request check, with the one-line warning."""
+    from mesh_builder import NOW
+
+    from meshctl.coord import admin
+
+    co = checkout.checkout
+    admin.write_state(co, co.state, checkout.admin_keys, NOW)
+    result = CliRunner().invoke(build_app(), ["repo", "verify", str(checkout.path)])
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr == ("warning: policy.hujson:7:3: 'ssh' is ignored: meshctl does not run Tailscale SSH "
+                             "(the section grants no network access)\n")

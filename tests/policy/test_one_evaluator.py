@@ -8,10 +8,11 @@ the identity-based test evaluator said otherwise. An owner-less device is its ow
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import replace
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from policy_samples import make_netmap, make_peer
+from policy_samples import MIXED_PEERS, make_netmap, make_peer, quoted
 
 from meshctl.coord.netmap import NetMap, Peer
 from meshctl.policy import addrset
@@ -85,15 +86,6 @@ def test_self_by_identity_in_tests() -> None:
 
 # -- property: a node's filter and the mesh's RuleSet decide every packet alike -----------------
 
-PEERS = [
-    ("a", 1, (), "a@x.com"),
-    ("b", 2, (), "b@x.com"),
-    ("a2", 3, (), "a@x.com"),
-    ("s", 4, ("tag:s",), "a@x.com"),
-    ("t", 5, ("tag:t", "tag:s"), ""),
-    ("k", 6, (), ""),
-    ("k2", 7, (), ""),
-]
 NAMES = ["*", "a@x.com", "b@x.com", "group:g", "tag:s", "tag:t", "autogroup:member", "autogroup:tagged",
          "100.64.0.0/30", "fd7a:115c:a1e0::5", "h", "ipset:lan", "192.168.1.0/24"]
 DSTS = NAMES + ["autogroup:self", "autogroup:internet"]
@@ -102,14 +94,8 @@ BASE = ('"groups": {"group:g": ["b@x.com"]}, "tagOwners": {"tag:s": [], "tag:t":
         '"ipsets": {"ipset:lan": ["add 192.168.0.0/16", "remove 192.168.1.128/25"]}')
 
 
-def _quoted(items: list[str]) -> str:
-    return ", ".join(f'"{i}"' for i in items)
-
-
 def _routed_peers() -> list[Peer]:
-    peers = [make_peer(*p) for p in PEERS]
-    from dataclasses import replace
-
+    peers = [make_peer(*p) for p in MIXED_PEERS]
     peers[3] = replace(peers[3], approved_routes=_net("192.168.1.0/24"))  # s routes a LAN
     peers[1] = replace(peers[1], exit_node=True)  # b is an exit node
     return peers
@@ -124,7 +110,7 @@ def _routed_peers() -> list[Peer]:
 )
 def test_node_filters_decide_as_the_rule_set(grants: list[tuple[list[str], list[str], list[str]]],
                                              packet: tuple[int, int | None]) -> None:
-    rules = ", ".join(f'{{"src": [{_quoted(s)}], "dst": [{_quoted(d)}], "ip": [{_quoted(i)}]}}' for s, d, i in grants)
+    rules = ", ".join(f'{{"src": [{quoted(s)}], "dst": [{quoted(d)}], "ip": [{quoted(i)}]}}' for s, d, i in grants)
     policy = parse_policy(f"{{{BASE}, \"grants\": [{rules}]}}")
     peers = _routed_peers()
     netmap = make_netmap(peers)

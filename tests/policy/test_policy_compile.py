@@ -1,12 +1,11 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from policy_samples import TEMPLATE_POLICY, make_netmap, make_peer, uncomment_examples
+from policy_samples import MIXED_PEERS, TEMPLATE_POLICY, make_netmap, make_peer, quoted, uncomment_examples
 
 from meshctl.coord.netmap import NetMap
 from meshctl.errors import UsageError
@@ -205,17 +204,6 @@ def test_no_acls_means_deny_all() -> None:
 # -- the node's compiled filter and the identity-based test evaluator agree -----------
 
 
-def _quoted(items: Iterable[str]) -> str:
-    return ", ".join(f'"{i}"' for i in items)
-
-
-PEERS = [
-    ("a", 1, (), "a@x.com"),
-    ("b", 2, (), "b@x.com"),
-    ("a2", 3, (), "a@x.com"),
-    ("s", 4, ("tag:s",), "a@x.com"),
-    ("t", 5, ("tag:t", "tag:s"), ""),
-]
 SRC = [
     "*",
     "a@x.com",
@@ -251,7 +239,7 @@ def test_compiled_filter_agrees_with_policy_tests(
     acls: list[tuple[list[str], list[tuple[str, str]], str]], port: int, proto: str
 ) -> None:
     rules = ",".join(
-        f'{{"action": "accept", "src": [{_quoted(src)}], "dst": [{_quoted(f"{d}:{p}" for d, p in dst)}],'
+        f'{{"action": "accept", "src": [{quoted(src)}], "dst": [{quoted(f"{d}:{p}" for d, p in dst)}],'
         f' "proto": {pr}}}'
         for src, dst, pr in acls
     )
@@ -259,7 +247,7 @@ def test_compiled_filter_agrees_with_policy_tests(
         '{"groups": {"group:g": ["b@x.com"]}, "tagOwners": {"tag:s": [], "tag:t": []},'
         f' "hosts": {{"h": "100.64.0.2"}}, "acls": [{rules}]'
     )
-    netmap = make_netmap([make_peer(*p) for p in PEERS])
+    netmap = make_netmap([make_peer(*p) for p in MIXED_PEERS])
     policy = parse_policy(base + "}")
     for src in netmap.peers:
         for dst in netmap.peers:
