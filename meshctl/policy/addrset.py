@@ -91,10 +91,10 @@ def contains_address(spans: AddrSet, addr: IPAddress) -> bool:
     return contains(spans, span_of(addr))
 
 
-def prefixes(spans: Iterable[Span]) -> tuple[Prefix, ...]:
-    """A set -> the fewest CIDR prefixes covering exactly it; IPv4 first."""
+def prefixes(spans: AddrSet) -> tuple[Prefix, ...]:
+    """A (merged) set -> the fewest CIDR prefixes covering exactly it; IPv4 first."""
     out: list[Prefix] = []
-    for version, lo, hi in merge(spans):
+    for version, lo, hi in spans:
         bits = BITS[version]
         make = ipaddress.IPv4Network if version == 4 else ipaddress.IPv6Network
         while lo <= hi:

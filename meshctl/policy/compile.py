@@ -247,7 +247,9 @@ class _Resolver:
             self._sets[alias.text] = cached
         return cached
 
-    def union(self, aliases: Iterable[Alias]) -> AddrSet:
+    def union(self, aliases: Sequence[Alias]) -> AddrSet:
+        if len(aliases) == 1:
+            return self.addresses(aliases[0])  # already merged
         return addrset.merge(s for a in aliases for s in self.addresses(a))
 
 
@@ -306,7 +308,8 @@ def node_filter(ruleset: RuleSet, device: Device) -> PacketFilter:
             rules.append(_filter_rule(rule, covered))
             for addr in covered:
                 echo_sources[addr].extend(s for s in rule.source_set if s[0] == addr.version)
-    echo = tuple(EchoRule(a, addrset.prefixes(echo_sources[a])) for a in device.addresses if echo_sources[a])
+    echo = tuple(EchoRule(a, addrset.prefixes(addrset.merge(echo_sources[a])))
+                 for a in device.addresses if echo_sources[a])
     carried = routes_carried(device, ruleset.mesh)
     forward: list[FilterRule] = []
     if carried:
