@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import time
 from pathlib import Path
@@ -24,11 +25,21 @@ def _split_dst(text: str, proto: str) -> tuple[str, int | None]:
     host, sep, port = text.rpartition(":")
     if text.startswith("[") and "]" in text:  # [fd7a::1]:22
         host, sep, port = text[1:].partition("]:")
-    if proto.lower() in ("icmp", "icmpv4", "icmpv6", "ipv6-icmp") and (not sep or not port.isdigit()):
-        return text.strip("[]"), None  # ping needs no port
+    if proto.lower() in ("icmp", "icmpv4", "icmpv6", "ipv6-icmp", "1", "58"):  # ping needs no port
+        bare = text.strip("[]")
+        if not sep or not port.isdigit() or _is_address(bare):
+            return bare, None
     if not sep or not host or not port.isdigit() or int(port) > 65535:
         raise UsageError(f"Unable to parse destination: `{text}`", hint="write DST:PORT, e.g. prod:443 or tag:prod:22")
     return host, int(port)
+
+
+def _is_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 @acl_app.command("check")

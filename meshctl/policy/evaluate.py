@@ -34,7 +34,9 @@ from meshctl.policy.compile import (
     RuleSet,
     compile_rules,
     first_match,
+    identity_match,
     mesh_prefixes,
+    peer_identities,
     routes_carried,
     rule_order,
 )
@@ -92,7 +94,7 @@ class Evaluator:
     def endpoint(self, alias: Alias) -> Endpoint:
         if alias.names_addresses:
             return Endpoint(alias.text, alias.spans, principal=False)
-        members = [d for d in self.netmap.peers if _covers(alias, d)]
+        members = [d for d in self.netmap.peers if identity_match(alias, peer_identities(self.policy, d))]
         stand_in = self.stand_ins.get(alias.text)
         own = tuple(addrset.span_of(a) for a in (stand_in.addresses if stand_in else ()))
         ranges = tuple(addrset.span_of(a) for d in members for a in d.addresses) + own
@@ -105,17 +107,15 @@ class Evaluator:
         return Endpoint(name, tuple(addrset.span_of(a) for a in peer.addresses))
 
     def decide(self, src: Endpoint, dst: Endpoint, proto: int, port: int | None) -> Decision:
-        best: tuple[Match, Span, Span] | None = None
+        """Accepted if any address pair is; the first rule in policy order (a direct match
+        before an ICMP echo one) is named."""
+        found: list[tuple[tuple[int, int], bool, Match, Span, Span]] = []
         for d in dst.ranges:
             for s in src.ranges:
-                if s[0] != d[0]:
-                    continue
-                match = first_match(self.ruleset.rules, s, d, proto, port)
-                if match and (best is None or (rule_order(match.rule), match.echo) < (rule_order(best[0].rule),
-                                                                                     best[0].echo)):
-                    best = (match, s, d)
-        if best is not None:
-            match, s, d = best
+                if s[0] == d[0] and (match := first_match(self.ruleset.rules, s, d, proto, port)):
+                    found.append((rule_order(match.rule), match.echo, match, s, d))
+        if found:
+            _order, _echo, match, s, d = min(found, key=lambda f: (f[0], f[1]))
             rule = self.rules_by_key[(match.rule.section, match.rule.rule_index)]
             what = "ICMP echo, allowed because " if match.echo else ""
             return Decision(True, rule.index, rule.line, _shown(s, src), _shown(d, dst),
@@ -133,12 +133,6 @@ class Evaluator:
         taken = addrset.merge([*_addresses_of(self.netmap.peers),
                                *(s for p in self.netmap.peers for s in routes_carried(p, self.ruleset.mesh))])
         return all(addrset.contains(taken, r) for r in dst.ranges)
-
-
-def _covers(alias: Alias, device: Device) -> bool:
-    if device.tags:
-        return alias.kind is AliasKind.TAG and alias.text in device.tags
-    return bool(device.owner) and device.owner in alias.users
 
 
 def _addresses_of(devices: Iterable[Device]) -> AddrSet:

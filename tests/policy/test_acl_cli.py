@@ -85,3 +85,10 @@ def test_check_policy_for_repo_verify(sample_text: str, sample_netmap: NetMap) -
         "policy.hujson:28:68: tests[0]: dana@example.com -> tag:prod:22 (tcp) should be denied, "
         "but acls[0] (line 17) accepts it"
     ]
+
+
+@pytest.mark.parametrize("dst", ["fd7a:115c:a1e0::1", "[fd7a:115c:a1e0::1]", "100.64.0.1", "prod", "tag:prod"])
+def test_ping_takes_a_destination_without_port(state_dir: Path, dst: str) -> None:
+    code, out, err = _run(state_dir, "monitor", dst, "--proto", "icmp")
+    assert code == 0, err
+    assert "ICMP echo, allowed because acls[2]" in out
