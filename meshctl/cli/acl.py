@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from meshctl.cli.app import command, settings_of
+from meshctl.cli.common import command, settings_of
 from meshctl.errors import EXIT_DENIED, UsageError
 
 if TYPE_CHECKING:
