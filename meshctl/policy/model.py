@@ -104,7 +104,7 @@ class Grant:
     col: int
     sources: tuple[Alias, ...]
     destinations: tuple[Alias, ...]
-    ip: tuple[Capability, ...]
+    ip: tuple[Capability, ...]  # one per protocol set, ports merged (see merge_capabilities)
     ip_text: tuple[str, ...]  # as written, for messages
 
     @property

@@ -49,6 +49,7 @@ from meshctl.policy.protocols import (
     PROTO_TCP,
     Capability,
     check_ports_fit,
+    merge_capabilities,
     parse_ip_capability,
     parse_ports,
     parse_proto,
@@ -473,7 +474,7 @@ class _PolicyParser:
                 raise r.error(f[key].value.offset, f"{what}: {key} is empty")
         sources = tuple(self.alias(text, offset, SRC) for text, offset in lists["src"])
         destinations = tuple(self.grant_destination(text, offset) for text, offset in lists["dst"])
-        ip = tuple(self.capability(text, offset, what) for text, offset in lists["ip"])
+        ip = merge_capabilities(self.capability(text, offset, what) for text, offset in lists["ip"])
         return Grant(index, line, col, sources, destinations, ip, tuple(text for text, _ in lists["ip"]))
 
     def grant_destination(self, text: str, offset: int) -> Alias:

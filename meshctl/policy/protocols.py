@@ -9,8 +9,9 @@ the reason; the policy parser adds the file position.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Final
 
 MAX_PORT: Final = 65535
@@ -120,6 +121,7 @@ def parse_port_range(text: str, allow_zero: bool = True) -> PortRange:
     return PortRange(lo, hi)
 
 
+@lru_cache(maxsize=4096)  # policies repeat the same few port lists; the result is immutable
 def parse_ports(text: str) -> tuple[PortRange, ...]:
     """An ACL destination's ports: "*", "22", "80,443" or "1000-2000,3000"."""
     if text == "*":
@@ -136,6 +138,7 @@ def check_ports_fit(protos: tuple[int, ...], ports: tuple[PortRange, ...]) -> No
         raise ValueError("ports need proto tcp, udp or sctp (other protocols take '*')")
 
 
+@lru_cache(maxsize=4096)
 def parse_ip_capability(text: str) -> Capability:
     """One entry of a grant's `ip`, as Tailscale writes them: "*" (TCP, UDP and ICMP), "443" or
     "8000-8100" (the same protocols on those ports), "tcp:443", "udp:53", "tcp:*", "icmp:*",
@@ -159,3 +162,22 @@ def parse_ip_capability(text: str) -> Capability:
         raise ValueError(f"{exc}: write '*', 443, 'tcp:443', 'udp:53' or 'tcp:8000-8100'") from None
     check_ports_fit(protos, ports)
     return Capability(protos, ports)
+
+
+def merge_capabilities(caps: Iterable[Capability]) -> tuple[Capability, ...]:
+    """Capabilities with the same protocols joined into one (their ports merged), in the order
+    each protocol set first appears: ["tcp:80", "udp:53", "tcp:443"] -> tcp 80,443; udp 53."""
+    ports: dict[tuple[int, ...], list[PortRange]] = {}
+    for cap in caps:
+        ports.setdefault(cap.protos, []).extend(cap.ports)
+    return tuple(Capability(protos, _merge_ports(ranges)) for protos, ranges in ports.items())
+
+
+def _merge_ports(ranges: list[PortRange]) -> tuple[PortRange, ...]:
+    merged: list[PortRange] = []
+    for r in sorted(ranges, key=lambda r: (r.first, r.last)):
+        if merged and r.first <= merged[-1].last + 1:
+            merged[-1] = PortRange(merged[-1].first, max(merged[-1].last, r.last))
+        else:
+            merged.append(r)
+    return tuple(merged)

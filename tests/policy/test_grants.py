@@ -315,4 +315,17 @@ def test_generated_grants_parse_or_raise_parse_error(src: list[str], dst: list[s
         policy = parse_policy(text)
     except ParseError:
         return
-    assert len(policy.rules) == 1 and len(policy.rules[0].targets) == len(ip)
+    assert len(policy.rules) == 1 and 1 <= len(policy.rules[0].targets) <= len(ip)  # one per protocol set
+
+
+def test_ip_entries_with_one_protocol_set_become_one_rule() -> None:
+    """["tcp:80", "udp:53", "tcp:443"]: one nft rule for TCP 80 and 443, one for UDP 53."""
+    text = '{"grants": [{"src": ["*"], "dst": ["*"], "ip": ["tcp:80", "udp:53", "tcp:443", "tcp:81", "tcp:80"]}]}'
+    grant = parse_policy(text).grants[0]
+    assert grant.ip == (Capability((6,), (PortRange(80, 81), PortRange(443, 443))),
+                        Capability((17,), (PortRange(53, 53),)))
+    pf = compile_filter(parse_policy(text), make_netmap([make_peer("a", 1)], text), "a")
+    text_rules = [r for r in render_text(pf, "mesh0").splitlines() if "grants[0]" in r]
+    assert [r.split("accept")[0].strip() for r in text_rules] == [
+        "ip daddr 100.64.0.1 tcp dport { 80-81, 443 }", "ip6 daddr fd7a:115c:a1e0::1 tcp dport { 80-81, 443 }",
+        "ip daddr 100.64.0.1 udp dport 53", "ip6 daddr fd7a:115c:a1e0::1 udp dport 53"]
