@@ -350,12 +350,11 @@ def test_revoked_member_is_dropped_and_cut_off(lan_mesh: MeshScenario, keys: dic
     assert reaches(lan_mesh, "node2", members["node1"].mesh_ipv6)
     # node3 is told what happened, once: not "not a member yet" at every retry.
     log = state_dir(lan_mesh.lab, node_of(lan_mesh, "node3")) / "agent.log"
-    offset = log.stat().st_size
     proc = lan_mesh.meshctl("node3", "sync", check=False)
     assert proc.returncode == 1
     assert "node3 was removed from mesh" in proc.stderr and "at serial" in proc.stderr, proc.stderr
     lan_mesh.meshctl("node3", "sync", check=False)
-    told = log.read_text()[offset:]
+    told = log.read_text()  # its own timer may have told it first: still once
     assert told.count("was removed from mesh") == 1, told
     assert "not a member of mesh" not in told, told
 
