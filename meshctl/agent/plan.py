@@ -61,15 +61,13 @@ def keep_working_endpoints(wanted: DeviceConfig, state: DeviceState, now: int) -
     WireGuard may have roamed there, and after an agent restart the path engine knows no
     paths yet: overwriting a working tunnel would cost a write now and another one later.
     """
-    current = {p.public_key: p for p in state.peers}
-    peers = []
-    for want in wanted.peers:
-        have = current.get(want.public_key)
-        if (want.endpoint is None and have is not None and have.endpoint and have.last_handshake
-                and now - have.last_handshake < HANDSHAKE_FRESH_S):
-            want = replace(want, endpoint=have.endpoint, persistent_keepalive=KEEPALIVE_S)
-        peers.append(want)
-    return replace(wanted, peers=tuple(peers))
+    working = {p.public_key: p.endpoint for p in state.peers
+               if p.endpoint and p.last_handshake and now - p.last_handshake < HANDSHAKE_FRESH_S}
+    if not working:
+        return wanted
+    peers = tuple(replace(want, endpoint=working[want.public_key], persistent_keepalive=KEEPALIVE_S)
+                  if want.endpoint is None and want.public_key in working else want for want in wanted.peers)
+    return replace(wanted, peers=peers)
 
 
 def plan(observed: Observed, desired: Desired, interface: str, now: int) -> Plan:

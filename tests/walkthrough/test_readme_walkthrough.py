@@ -52,7 +52,7 @@ GITHOST_NAME: Final = "githost.example.com"
 REPO_PATH: Final = "acme/acme-mesh.git"
 PASSPHRASE: Final = "correct horse battery staple"
 # A server that only syncs from cron answers no disco: the laptop's agent falls back to its
-# published endpoint after STATIC_FALLBACK_AFTER_S (agent/magic.py), so allow for that.
+# published endpoint after STATIC_FALLBACK_AFTER_S (agent/paths/choose.py), so allow for that.
 PING_TIMEOUT_S: Final = 30.0 + 150.0
 # The goals of issue 21 (the counts: after install; the admin's grows by one per device that
 # joins with a request).

@@ -199,12 +199,15 @@ class PathEngine:
 
     def _on_readable(self) -> None:
         assert self._loop is not None
+        moved: set[str] = set()
         for _ in range(MAX_RECV_PER_WAKEUP):
             got = self._sock.recv() if self._sock is not None else None
             if got is None:
                 break
-            self.receive(got.payload, got.src, self._loop.time())
-        self._service(set())
+            rec = self.receive(got.payload, got.src, self._loop.time())
+            if rec is not None:
+                moved.add(rec.name)
+        self._service(moved)
 
     def receive(self, payload: bytes, src: AddrPort, now: float) -> PeerRecord | None:
         """A STUN or disco datagram that arrived on WireGuard's port; the record it moved."""
@@ -308,6 +311,7 @@ class PathEngine:
             if now >= self._started_at + STUN_FIRST_MAX_WAIT_S:
                 log.info("no netcheck result after %.0f s: setting up peers anyway", STUN_FIRST_MAX_WAIT_S)
                 own.settled = True
+                dirty = set(self._records)
             else:
                 deadlines.append(self._started_at + STUN_FIRST_MAX_WAIT_S)
         relay_up = self._relays.up
@@ -315,7 +319,11 @@ class PathEngine:
             self._relay_up = relay_up
             dirty = set(self._records)
         for rec in self._records.values():
-            deadlines += self._serve(rec, now, rec.name in dirty, relay_up)
+            # Only records something happened to, or whose time has come: a packet for one peer
+            # costs one record's work, not every peer's.
+            if rec.name in dirty or rec.next_due <= now:
+                rec.next_due = min(self._serve(rec, now, rec.name in dirty, relay_up), default=float("inf"))
+            deadlines.append(rec.next_due)
         self._flush()
         self._arm(min(deadlines, default=now + 60.0))
 

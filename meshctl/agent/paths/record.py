@@ -64,6 +64,7 @@ class PeerRecord:
     written: tuple[str, int] | None = None  # (endpoint, keepalive) last handed to WireGuard
     reassert_at: float | None = None  # write it again then (WireGuard may roam back meanwhile)
     reasserted_at: float = float("-inf")
+    next_due: float = 0.0  # when the engine must serve this record again without any event
 
     @classmethod
     def of(cls, peer: Peer, now: float) -> PeerRecord:
