@@ -78,6 +78,8 @@ class PacketFilter:
     addresses: tuple[IPAddress, ...]
     rules: tuple[FilterRule, ...]
     echo: tuple[EchoRule, ...]
+    # The mesh's own prefixes: a source in them is a member, believed only on the mesh interface.
+    mesh_prefixes: tuple[Prefix, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,7 +262,8 @@ def compile_filter(policy: Policy, netmap: NetMap, node: str | None = None) -> P
             )
         )
     )
-    return PacketFilter(me.name, me.addresses, tuple(rules), echo)
+    network = netmap.network
+    return PacketFilter(me.name, me.addresses, tuple(rules), echo, (network.ipv4_cidr, network.ipv6_prefix))
 
 
 # -- acl check -------------------------------------------------------------------------

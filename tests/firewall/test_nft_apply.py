@@ -157,13 +157,27 @@ def test_down_removes_only_our_table(nspair: NsPair) -> None:
 
 
 def test_other_interfaces_are_not_filtered(nspair: NsPair) -> None:
-    """The rules name the mesh interface: a filter for another interface changes nothing here."""
+    """The mesh filter names the mesh interface: on another interface the policy decides
+    nothing, and only the mesh's own addresses are kept out (the strong host model)."""
+    tag = nspair.mesh_if[4:]
+    subprocess.run(["ip", "-n", nspair.server, "addr", "add", "10.9.0.1/24", "dev", nspair.mesh_if], check=True)
+    subprocess.run(["ip", "-n", nspair.client, "addr", "add", "10.9.0.2/24", "dev", f"pc{tag}"], check=True)
     ssh = nspair.listen(22)
+    lan_ssh = nspair.socket(nspair.server)
+    lan_ssh.bind(("10.9.0.1", 22))
+    lan_ssh.listen(1)
+    lan_ssh.setblocking(False)
     apply_filter(sample_filter("prod"), "not-" + nspair.mesh_if[:10], nspair.server)
-    conn = nspair.connect(STRANGER, 22)
-    assert conn is not None
-    conn.close()
-    assert _queued(ssh) == 1
+    cli = nspair.socket(nspair.client)
+    cli.bind(("10.9.0.2", 0))
+    cli.settimeout(2)
+    cli.connect(("10.9.0.1", 22))  # a port the policy denies to everyone but ops: not its business here
+    cli.close()
+    assert _queued(lan_ssh) == 1
+    assert nspair.connect(STRANGER, 22) is None, "a mesh address reached from outside the mesh interface"
+    assert _queued(ssh) == 0
+    ssh.close()
+    lan_ssh.close()
 
 
 def test_nft_refusal_is_a_firewall_error(nspair: NsPair) -> None:
