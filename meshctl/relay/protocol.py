@@ -47,6 +47,7 @@ from meshctl.errors import ParseError
 from meshctl.keys import KEY_LEN, SIG_LEN, NodePublic, SigningKey, VerifyKey
 from meshctl.nat import stun
 from meshctl.nat.addr import AddrPort
+from meshctl.ratelimit import TokenBucket as TokenBucket  # re-exported: the relay's per-member limit
 from meshctl.relay.channels import (
     BIND_TOKEN_LEN,
     ChannelState,
@@ -453,32 +454,6 @@ def welcome_message(network_id: str, relay_name: str, nonce: bytes, identity: Ve
     """What a relay with an identity key signs, so a client knows it reached the listed relay."""
     return (WELCOME_DOMAIN + network_id.encode() + b"\x00" + relay_name.encode() + b"\x00" + nonce
             + identity.raw + wg_key.raw + token)
-
-
-# --- token bucket ------------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class TokenBucket:
-    """Bytes allowed per second with a burst; `now` passed in."""
-
-    rate: float
-    burst: float
-    tokens: float
-    stamp: float
-
-    @classmethod
-    def full(cls, rate: float, burst: float, now: float) -> TokenBucket:
-        return cls(rate, burst, burst, now)
-
-    def take(self, n: float, now: float) -> bool:
-        if now > self.stamp:
-            self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-            self.stamp = now
-        if self.tokens >= n:
-            self.tokens -= n
-            return True
-        return False
 
 
 # --- server side -------------------------------------------------------------------------------

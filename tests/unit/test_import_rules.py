@@ -18,7 +18,7 @@ PURE_MODULES = [
     "coord/netmap_json.py", "coord/pr_check.py", "coord/trust.py",
     "policy/hujson.py", "policy/parse.py", "policy/compile.py", "firewall/nft.py",
     "nat/stun.py", "nat/disco.py", "nat/packet.py", "nat/paths.py", "nat/addr.py",
-    "relay/protocol.py", "relay/channels.py",
+    "relay/protocol.py", "relay/channels.py", "ratelimit.py",
     "dns/zone.py", "dns/resolver.py", "dns/resolvconf.py",
     "wg/config.py", "wg/uapi.py", "wg/chunks.py", "router/config.py",
     "agent/desired.py", "agent/status.py", "agent/applied.py", "errors.py", "keys.py",
