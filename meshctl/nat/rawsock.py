@@ -10,7 +10,8 @@ therefore:
   IP TTL (TTL 2 for the pre-punch that opens our NAT without reaching the peer's);
 - receive with a raw IPPROTO_UDP socket, which gets a copy of every incoming UDP
   packet, and a classic BPF program (SO_ATTACH_FILTER) that keeps only STUN/disco
-  to the WireGuard port, so the agent stays idle under WireGuard load.
+  to the WireGuard port, so the agent stays idle under WireGuard load; `set_filter`
+  narrows it to the map's disco keys and the STUN servers asked (packet.shared_port_filter).
 
 WireGuard also receives these packets and drops them silently (they are not
 WireGuard messages). This works the same for both WireGuard backends.
@@ -26,6 +27,7 @@ import select
 import socket
 import struct
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -144,21 +146,36 @@ class SharedPortSocket:
         """A low-TTL packet that opens our NAT's mapping towards `dst` and dies before it."""
         return self.send(PUNCH_PAYLOAD, dst, ttl=ttl)
 
+    def set_filter(self, disco_senders: Sequence[bytes] | None, stun_sources: Sequence[AddrPort] | None) -> None:
+        """Replace the BPF program (atomically: no packet passes unfiltered meanwhile)."""
+        attach_filter(self._rx, packet.shared_port_filter(self.port, disco_senders=disco_senders,
+                                                          stun_sources=stun_sources))
+
+    def recv_raw(self) -> bytes | None:
+        """The next packet the filter let through, IPv4 header and all; None if none is queued."""
+        try:
+            return self._rx.recv(MAX_PACKET)
+        except BlockingIOError:
+            return None
+
+    def parse(self, data: bytes) -> Received | None:
+        """A raw packet as a Received, or None for one that is not whole UDP to our port."""
+        try:
+            pkt = packet.parse_ipv4_udp(data)
+        except packet.PacketError as exc:
+            log.debug("dropped raw packet: %s", exc)
+            return None
+        if pkt.dst.port != self.port:  # the filter already checks; belt and braces
+            return None
+        return Received(pkt.payload, pkt.src, pkt.dst, pkt.ttl)
+
     def recv(self) -> Received | None:
         """The next STUN/disco packet for our port, or None if none is queued."""
-        while True:
-            try:
-                data = self._rx.recv(MAX_PACKET)
-            except BlockingIOError:
-                return None
-            try:
-                pkt = packet.parse_ipv4_udp(data)
-            except packet.PacketError as exc:
-                log.debug("dropped raw packet: %s", exc)
-                continue
-            if pkt.dst.port != self.port:  # the filter already checks; belt and braces
-                continue
-            return Received(pkt.payload, pkt.src, pkt.dst, pkt.ttl)
+        while (data := self.recv_raw()) is not None:
+            got = self.parse(data)
+            if got is not None:
+                return got
+        return None
 
     def recv_wait(self, timeout: float) -> Received | None:
         """Block up to `timeout` seconds for the next packet (for the standalone tools)."""

@@ -17,7 +17,7 @@ PURE_MODULES = [
     "coord/records.py", "coord/signing.py", "coord/strictjson.py", "coord/verify.py", "coord/netmap.py",
     "coord/netmap_json.py", "coord/pr_check.py", "coord/trust.py",
     "policy/hujson.py", "policy/parse.py", "policy/compile.py", "firewall/nft.py",
-    "nat/stun.py", "nat/disco.py", "nat/packet.py", "nat/paths.py", "nat/addr.py",
+    "nat/stun.py", "nat/disco.py", "nat/packet.py", "nat/paths.py", "nat/addr.py", "nat/admission.py",
     "relay/protocol.py", "relay/channels.py", "ratelimit.py",
     "dns/zone.py", "dns/resolver.py", "dns/resolvconf.py",
     "wg/config.py", "wg/uapi.py", "wg/chunks.py", "router/config.py",
