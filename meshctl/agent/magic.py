@@ -451,18 +451,14 @@ class Magic:
         """The one way in for disco and STUN on WireGuard's port: admitted by source first."""
         assert self._loop is not None
         now = self._loop.time()
-        admitted = refused = 0
-        for _ in range(MAX_RECV_PER_WAKEUP):
-            raw = self._sock.recv_raw() if self._sock is not None else None
-            if raw is None:
-                break
-            if not self._admission.admit(admission.source_key(raw), now):
-                refused += 1
-                continue
+        if self._sock is None:
+            return
+        admitted, refused = self._sock.recv_admitted(
+            lambda raw: self._admission.admit(admission.source_key(raw), now), MAX_RECV_PER_WAKEUP)
+        for raw in admitted:
             got = self._sock.parse(raw)
             if got is None:
                 continue
-            admitted += 1
             if stun.is_stun(got.payload):
                 if self._netcheck is not None:
                     self._netcheck.receive_stun(got.payload, got.src, now)

@@ -49,14 +49,15 @@ def key_of(addr: AddrPort) -> SourceKey:
     return addr.ip.packed + addr.port.to_bytes(2, "big")
 
 
-def source_key(packet: bytes) -> SourceKey | None:
-    """The source of a raw IPv4/UDP packet (what a raw socket delivers), without parsing it."""
+def source_key(packet: bytes | memoryview) -> SourceKey | None:
+    """The source of a raw IPv4/UDP packet (what a raw socket delivers), without parsing it
+    (from a view into a receive buffer too: nothing of a refused packet is ever copied)."""
     if len(packet) < IPV4_HEADER_MIN:
         return None
     ihl = (packet[0] & 0x0F) * 4
     if ihl < IPV4_HEADER_MIN or len(packet) < ihl + UDP_HEADER_LEN:
         return None
-    return packet[12:16] + packet[ihl : ihl + 2]
+    return bytes(packet[12:16]) + bytes(packet[ihl : ihl + 2])
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,11 +104,16 @@ class Admission:
     def admit(self, key: SourceKey | None, now: float) -> bool:
         if key is None:
             return False
-        if not self._sources.take(key, now):
-            self.counts.refused_source += 1
-            return False
-        if not self.is_expected(key, now) and not self._strangers.take(1.0, now):
+        stranger = not self.is_expected(key, now)
+        # The strangers' bucket first: under a flood from ever new (forged) sources it is empty,
+        # and the packet goes without a new entry in the table for each.
+        if stranger and not self._strangers.take(1.0, now):
             self.counts.refused_stranger += 1
+            return False
+        if not self._sources.take(key, now):
+            if stranger:
+                self._strangers.tokens += 1.0  # one source's flood must not use up the strangers' share
+            self.counts.refused_source += 1
             return False
         self.counts.admitted += 1
         return True
