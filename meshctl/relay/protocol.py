@@ -47,6 +47,7 @@ from meshctl.errors import ParseError
 from meshctl.keys import KEY_LEN, SIG_LEN, NodePublic, SigningKey, VerifyKey
 from meshctl.nat import stun
 from meshctl.nat.addr import AddrPort
+from meshctl.ratelimit import BucketTable
 from meshctl.ratelimit import TokenBucket as TokenBucket  # re-exported: the relay's per-member limit
 from meshctl.relay.channels import (
     BIND_TOKEN_LEN,
@@ -468,6 +469,14 @@ DEFAULT_BURST_BYTES: Final = 4 * 1024 * 1024  # a few ms of line rate; absorbs T
 DEFAULT_MAX_SESSIONS: Final = 10_000
 # Replies to frames of unknown sessions are capped so a relay cannot be turned into a reflector.
 NO_SESSION_REPLIES_PER_S: Final = 200.0
+# A login's signature check costs the relay about 100-300 us: a forged ChallengeResponse (a
+# member's public keys, a nonce the sender got for its own address, any signature) is one
+# packet each. Per address a login or a retry a second; all together enough for a few hundred
+# members logging in each second (a relay restart) and at most a few percent of a core.
+AUTH_CHECKS_PER_SOURCE_PER_S: Final = 1.0
+AUTH_CHECKS_PER_SOURCE_BURST: Final = 4.0
+AUTH_CHECKS_PER_S: Final = 300.0
+MAX_AUTH_SOURCES: Final = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -568,6 +577,9 @@ class RelayCore:
         self.closed: list[ConnId] = []
         self.stats = RelayStats()
         self._no_session = TokenBucket.full(NO_SESSION_REPLIES_PER_S, NO_SESSION_REPLIES_PER_S, 0.0)
+        self._auth_sources: BucketTable[ConnId] = BucketTable(AUTH_CHECKS_PER_SOURCE_PER_S,
+                                                              AUTH_CHECKS_PER_SOURCE_BURST, MAX_AUTH_SOURCES)
+        self._auth_checks = TokenBucket.full(AUTH_CHECKS_PER_S, AUTH_CHECKS_PER_S, 0.0)
         self.channels = ChannelTable(ports or _NoPorts(), randbytes)
         self.outbox: list[Output] = []
 
@@ -695,6 +707,9 @@ class RelayCore:
             return self._deny(conn, DenyReason.STALE_CHALLENGE)
         if self._members.get(resp.identity) != resp.wg_key:
             return self._deny(conn, DenyReason.AUTH_FAILED)
+        if not self._auth_sources.take(conn, now) or not self._auth_checks.take(1.0, now):
+            self.stats.drop("auth_rate_limited")  # silently: the client's handshake retries
+            return []
         msg = auth_message(self.network_id, self.relay_name, resp.nonce, resp.identity, resp.wg_key)
         if not resp.identity.verify(resp.signature, msg):
             return self._deny(conn, DenyReason.AUTH_FAILED)
