@@ -40,9 +40,9 @@ from typing import Final
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import meshctl.lab.core as lab_core  # noqa: E402
-from meshctl.lab import Lab, lab_unavailable, open_lab  # noqa: E402
-from meshctl.lab.scenario import MeshScenario, build_lan_mesh  # noqa: E402
+import lab.core as lab_core  # noqa: E402
+from lab import Lab, lab_unavailable, open_lab  # noqa: E402
+from lab.scenario import MeshScenario, build_lan_mesh  # noqa: E402
 
 ROOT: Final = Path(__file__).resolve().parents[1]
 KINDS: Final = ("idle", "member-key", "unknown-key", "stun", "member-key-spoofed")

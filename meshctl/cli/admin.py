@@ -4,50 +4,17 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
-from meshctl.cli.app import command
-
-if TYPE_CHECKING:
-    from meshctl.keys import SigningKey
+from meshctl.cli.admin_common import KeyOpt, NoCommitOpt, RepoOpt, admin_keys, commit, print_signature_status
+from meshctl.cli.admin_relay import relay_admin_app
+from meshctl.cli.common import command
 
 admin_app = typer.Typer(help="Admin commands, run in a checkout of the coordination repository.",
                         no_args_is_help=True)
-
-RepoOpt = Annotated[Path, typer.Option("--repo", help="The checkout (default: current directory).")]
-KeyOpt = Annotated[
-    list[Path] | None,
-    typer.Option("--admin-key", envvar="MESHCTL_ADMIN_KEY",
-                 help="Admin private key file (repeat for several; default ~/.config/meshctl/admin.key)."),
-]
-NoCommitOpt = Annotated[bool, typer.Option("--no-commit", help="Write files but do not git commit.")]
-
-
-def _keys(paths: list[Path] | None) -> list[SigningKey]:
-    from meshctl.coord.admin import default_admin_key_path, load_admin_keys
-
-    return load_admin_keys(paths or [default_admin_key_path()])
-
-
-def _commit(repo: Path, changed: list[str], removed: list[str], message: str, no_commit: bool) -> None:
-    if no_commit:
-        return
-    from meshctl.coord import repo as gitrepo
-
-    if gitrepo.commit_workdir(repo, changed, removed, message):
-        typer.echo(f"committed: {message}")
-
-
-def _state_line(serial: int, co_path: Path) -> None:
-    from meshctl.coord.admin import open_checkout, signature_status
-
-    good, threshold = signature_status(open_checkout(co_path))
-    typer.echo(f"state.json serial {serial}: {good} of {threshold} admin signatures")
-    if good < threshold:
-        typer.echo(f"another admin must add a signature: meshctl admin sign --cosign --repo {co_path}")
-
+admin_app.add_typer(relay_admin_app, name="relay")
 
 @command
 def init(
@@ -110,12 +77,12 @@ def approve(
     from meshctl.coord import admin
 
     co = admin.open_checkout(repo)
-    state, changed, removed = admin.approve(co, name, _keys(admin_key), int(time.time()), ip,
+    state, changed, removed = admin.approve(co, name, admin_keys(admin_key), int(time.time()), ip,
                                             tag or [], owner)
     addrs = " ".join(str(a) for a in state.peers[name].addresses)
     typer.echo(f"approved {name}: {addrs}")
-    _commit(repo, changed, removed, f"Approve {name} (serial {state.serial})", no_commit)
-    _state_line(state.serial, repo)
+    commit(repo, changed, removed, f"Approve {name} (serial {state.serial})", no_commit)
+    print_signature_status(state.serial, repo)
 
 
 @admin_app.command("revoke")
@@ -130,10 +97,10 @@ def revoke(
     from meshctl.coord import admin
 
     co = admin.open_checkout(repo)
-    state, changed, removed = admin.revoke(co, name, _keys(admin_key), int(time.time()))
+    state, changed, removed = admin.revoke(co, name, admin_keys(admin_key), int(time.time()))
     typer.echo(f"revoked {name}")
-    _commit(repo, changed, removed, f"Revoke {name} (serial {state.serial})", no_commit)
-    _state_line(state.serial, repo)
+    commit(repo, changed, removed, f"Revoke {name} (serial {state.serial})", no_commit)
+    print_signature_status(state.serial, repo)
 
 
 @admin_app.command("renew")
@@ -144,10 +111,10 @@ def renew(repo: RepoOpt = Path("."), admin_key: KeyOpt = None, no_commit: NoComm
     from meshctl.coord.records import format_time
 
     co = admin.open_checkout(repo)
-    state = admin.renew(co, _keys(admin_key), int(time.time()))
+    state = admin.renew(co, admin_keys(admin_key), int(time.time()))
     typer.echo(f"renewed: expires {format_time(state.expires)}")
-    _commit(repo, ["state.json", "state.json.sig"], [], f"Renew (serial {state.serial})", no_commit)
-    _state_line(state.serial, repo)
+    commit(repo, ["state.json", "state.json.sig"], [], f"Renew (serial {state.serial})", no_commit)
+    print_signature_status(state.serial, repo)
 
 
 @admin_app.command("sign")
@@ -162,14 +129,14 @@ def sign(
     from meshctl.coord import admin
 
     co = admin.open_checkout(repo)
-    keys = _keys(admin_key)
+    keys = admin_keys(admin_key)
     if cosign:
         good, threshold = admin.cosign(co, keys)
         typer.echo(f"state.json serial {co.state.serial}: {good} of {threshold} admin signatures")
-        _commit(repo, ["state.json.sig"], [], f"Co-sign serial {co.state.serial}", no_commit)
+        commit(repo, ["state.json.sig"], [], f"Co-sign serial {co.state.serial}", no_commit)
         return
     state = admin.renew(co, keys, int(time.time()))
     typer.echo(f"signed state serial {state.serial}")
-    _commit(repo, ["state.json", "state.json.sig", "policy.hujson"], [], f"Sign (serial {state.serial})",
+    commit(repo, ["state.json", "state.json.sig", "policy.hujson"], [], f"Sign (serial {state.serial})",
             no_commit)
-    _state_line(state.serial, repo)
+    print_signature_status(state.serial, repo)

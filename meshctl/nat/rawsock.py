@@ -34,7 +34,7 @@ from typing import Final
 from meshctl.errors import MeshctlError
 from meshctl.nat import packet
 from meshctl.nat.addr import AddrPort
-from meshctl.relay import mmsg
+from meshctl.udp import mmsg
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from meshctl.lab import Lab
-from meshctl.lab.scenario import MeshScenario
+from lab import Lab
+from lab.scenario import MeshScenario
 
 WG_PORT: Final = 51820
 FLOODER: Final = Path(__file__).with_name("flooder.py")

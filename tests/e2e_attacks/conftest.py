@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import pytest
 from attack_support import AttackMesh, wait_until
 
-from meshctl.lab import lab_unavailable, open_lab
-from meshctl.lab.scenario import build_lan_mesh
+from lab import lab_unavailable, open_lab
+from lab.scenario import build_lan_mesh
 
 TOOLS = ("wireguard-go", "wg", "git", "ping", "nft")
 
