@@ -4,29 +4,15 @@ from __future__ import annotations
 
 import socket
 import subprocess
-from collections.abc import Iterator
 
 import pytest
 from firewall_lab import SAMPLE_POLICY, NsPair, sample_filter
 
-from meshctl.firewall import apply
 from meshctl.firewall.apply import FirewallError, apply_filter, layout_for, read_table, remove_table
 from meshctl.firewall.nft import Layout, table_objects
 
 pytestmark = pytest.mark.netns
 
-
-@pytest.fixture(params=list(Layout), ids=lambda la: la.name)
-def layout(request: pytest.FixtureRequest, nspair: NsPair) -> Iterator[Layout]:
-    """Run a test in both layouts: HOOKS as on a kernel whose egress hook nft cannot use."""
-    key = (nspair.server, nspair.mesh_if)
-    if request.param is Layout.HOOKS:
-        apply._DEVICE_HOOKS[key] = False
-    try:
-        assert layout_for(nspair.mesh_if, nspair.server) is request.param
-        yield request.param
-    finally:
-        apply._DEVICE_HOOKS.pop(key, None)
 
 DEV, OPS, MONITOR, STRANGER = "100.64.0.2", "100.64.0.3", "100.64.0.4", "100.64.0.9"
 

@@ -26,8 +26,7 @@ from dataclasses import dataclass
 import pytest
 from firewall_lab import NsPair, _sh, sample_filter
 
-from meshctl.firewall import apply
-from meshctl.firewall.apply import apply_filter, layout_for, remove_table
+from meshctl.firewall.apply import apply_filter, remove_table
 from meshctl.firewall.nft import Layout
 from meshctl.firewall.ruleset import strong_host_rules
 
@@ -50,22 +49,21 @@ class Trio:
     def mesh_if(self) -> str:
         return self.pair.mesh_if
 
-    def socket(self, ns: str, kind: int, family: int) -> socket.socket:
-        return self.pair.socket(ns, kind, family)
+    def bound(self, ns: str, kind: int, addr: str, port: int) -> socket.socket:
+        """A socket in `ns` bound to [addr]:port, of addr's family."""
+        sock = self.pair.socket(ns, kind, socket.AF_INET6 if ":" in addr else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((addr, port))
+        return sock
 
     def listen(self, ns: str, addr: str, port: int) -> socket.socket:
-        family = socket.AF_INET6 if ":" in addr else socket.AF_INET
-        srv = self.socket(ns, socket.SOCK_STREAM, family)
-        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        srv.bind((addr, port))
+        srv = self.bound(ns, socket.SOCK_STREAM, addr, port)
         srv.listen(8)
         srv.setblocking(False)
         return srv
 
     def connects(self, ns: str, src: str, dst: str, port: int) -> bool:
-        family = socket.AF_INET6 if ":" in dst else socket.AF_INET
-        cli = self.socket(ns, socket.SOCK_STREAM, family)
-        cli.bind((src, 0))
+        cli = self.bound(ns, socket.SOCK_STREAM, src, 0)
         cli.settimeout(1.0)
         try:
             cli.connect((dst, port))
@@ -76,10 +74,7 @@ class Trio:
         return True
 
     def udp(self, ns: str, addr: str, port: int) -> socket.socket:
-        family = socket.AF_INET6 if ":" in addr else socket.AF_INET
-        sock = self.socket(ns, socket.SOCK_DGRAM, family)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((addr, port))
+        sock = self.bound(ns, socket.SOCK_DGRAM, addr, port)
         sock.settimeout(1.0)
         return sock
 
@@ -118,18 +113,6 @@ def trio(nspair: NsPair) -> Iterator[Trio]:
         yield Trio(nspair, neighbour)
     finally:
         subprocess.run(["ip", "netns", "del", neighbour], capture_output=True)
-
-
-@pytest.fixture(params=list(Layout), ids=lambda la: la.name)
-def layout(request: pytest.FixtureRequest, trio: Trio) -> Iterator[Layout]:
-    key = (trio.server, trio.mesh_if)
-    if request.param is Layout.HOOKS:
-        apply._DEVICE_HOOKS[key] = False
-    try:
-        assert layout_for(trio.mesh_if, trio.server) is request.param
-        yield request.param
-    finally:
-        apply._DEVICE_HOOKS.pop(key, None)
 
 
 def _accepted(listener: socket.socket) -> int:
