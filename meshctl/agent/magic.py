@@ -74,11 +74,11 @@ PING_TIMEOUT_S: Final = 1.0  # `meshctl ping`: one attempt
 # other NAT would poison its conntrack again. 150 s is past the rounds' worst case (143 s).
 STATIC_FALLBACK_AFTER_S: Final = 150.0
 PING_ATTEMPTS: Final = 3
-MAX_RECV_PER_WAKEUP: Final = 256  # yield to the loop after this many packets
-# After a wakeup that refused a packet, reading waits this long: at most 200 wakeups a second
-# under a flood, each draining what queued (20,000 packets/s: 100 per wakeup, well inside the
+MAX_RECV_PER_WAKEUP: Final = 512  # yield to the loop after this many packets
+# After a wakeup that refused a packet, reading waits this long: at most 100 wakeups a second
+# under a flood, each draining what queued (20,000 packets/s: 200 per wakeup, well inside the
 # socket's 1 MiB buffer); what is admitted waits at most this long.
-FLOOD_PAUSE_S: Final = 0.005
+FLOOD_PAUSE_S: Final = 0.01
 DROP_LOG_EVERY: Final = 100  # log dropped packets once per this many (never per packet)
 
 RelaySend = Callable[[str, bytes], bool]

@@ -87,6 +87,9 @@ class Admission:
                                                             limits.max_sources)
         self._strangers = TokenBucket.full(limits.stranger_rate, limits.stranger_burst, 0.0)
         self._expected: OrderedDict[SourceKey, float] = OrderedDict()  # key -> until
+        # The source refused last, and until when: a flood from one address is refused in one
+        # comparison a packet (its bucket has no token before then anyway, or a fraction of one).
+        self._hot: tuple[SourceKey, float] = (b"", 0.0)
         self.counts = Counts()
 
     def expect(self, dst: AddrPort, now: float) -> None:
@@ -104,6 +107,10 @@ class Admission:
     def admit(self, key: SourceKey | None, now: float) -> bool:
         if key is None:
             return False
+        hot_key, hot_until = self._hot
+        if key == hot_key and now < hot_until:
+            self.counts.refused_source += 1
+            return False
         stranger = not self.is_expected(key, now)
         # The strangers' bucket first: under a flood from ever new (forged) sources it is empty,
         # and the packet goes without a new entry in the table for each.
@@ -113,6 +120,7 @@ class Admission:
         if not self._sources.take(key, now):
             if stranger:
                 self._strangers.tokens += 1.0  # one source's flood must not use up the strangers' share
+            self._hot = (key, now + 1.0 / self.limits.per_source_rate)
             self.counts.refused_source += 1
             return False
         self.counts.admitted += 1

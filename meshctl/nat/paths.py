@@ -551,10 +551,12 @@ class PeerPaths:
 
     def _add_reflexive(self, src: AddrPort, now: float) -> None:
         """Where a ping came from, not yet proven: one ping of ours to verify it, if the budget allows."""
+        if not self._may_send_unverified(now):
+            return
         unverified = [a for a, c in self._candidates.items() if c.unverified_reflexive]
         if len(unverified) >= MAX_UNVERIFIED_REFLEXIVE:
             del self._candidates[unverified[0]]
-        if self._may_send_unverified(now) and self._add([src], CandidateSource.REFLEXIVE):
+        if self._add([src], CandidateSource.REFLEXIVE):
             self._ping(src, now)
 
     def _on_pong(self, txid: bytes, src: AddrPort | None, now: float) -> None:

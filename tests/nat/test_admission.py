@@ -46,6 +46,8 @@ def test_one_source_is_cut_to_its_rate_at_once() -> None:
     took = sum(adm.admit(key_of(PEER), i / 20_000) for i in range(20_000))  # 20,000 packets in 1 s
     assert took <= admission.PER_SOURCE_BURST + admission.PER_SOURCE_RATE * 1.0
     assert adm.counts.refused_source == 20_000 - took
+    # and it is not shut out: its bucket refills at its rate once it slows down
+    assert adm.admit(key_of(PEER), 1.0 + 1.5 / admission.PER_SOURCE_RATE)
 
 
 def test_a_flood_from_one_source_leaves_every_other_source_its_budget() -> None:
