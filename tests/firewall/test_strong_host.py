@@ -206,7 +206,11 @@ def test_a_mesh_source_arriving_from_the_lan_is_dropped(trio: Trio, layout: Layo
     _sh("ip", "-n", trio.neighbour, "addr", "add", f"{DEV6}/128", "dev", f"nb{trio.mesh_if[4:]}", "nodad")
     service4, service6 = trio.udp(trio.server, "0.0.0.0", 5000), trio.udp(trio.server, "::", 5001)
     spoof4, spoof6 = trio.udp(trio.neighbour, DEV4, 0), trio.udp(trio.neighbour, DEV6, 0)
-    honest = trio.udp(trio.neighbour, LAN_NB4, 0)
+    honest, honest6 = trio.udp(trio.neighbour, LAN_NB4, 0), trio.udp(trio.neighbour, LAN_NB6, 0)
+    # Neighbour discovery first, from an honest address: resolving prod's address from the mesh
+    # source would have prod answer into its mesh interface (where it routes that source).
+    honest6.sendto(b"hello", (LAN_PROD6, 5001))
+    assert _got(service6) == b"hello"
     spoof4.sendto(b"spoofed", (LAN_PROD4, 5000))
     spoof6.sendto(b"spoofed", (LAN_PROD6, 5001))
     assert _got(service4) == b"spoofed" and _got(service6) == b"spoofed"  # control
@@ -216,7 +220,7 @@ def test_a_mesh_source_arriving_from_the_lan_is_dropped(trio: Trio, layout: Layo
     assert _got(service4) is None and _got(service6) is None
     honest.sendto(b"lan", (LAN_PROD4, 5000))
     assert _got(service4) == b"lan", "LAN traffic that claims no mesh address must pass"
-    for sock in (service4, service6, spoof4, spoof6, honest):
+    for sock in (service4, service6, spoof4, spoof6, honest, honest6):
         sock.close()
 
 
