@@ -116,6 +116,18 @@ class NsPair:
         return result.returncode == 0
 
 
+def queued(listener: socket.socket) -> int:
+    """How many connections reached the listening socket (accepting them all)."""
+    count = 0
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except BlockingIOError:
+            return count
+        conn.close()
+        count += 1
+
+
 def missing_tools() -> str | None:
     if os.geteuid() != 0:
         return "needs root (network namespaces and nftables)"

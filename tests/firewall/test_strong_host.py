@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from firewall_lab import NsPair, _sh, sample_filter
+from firewall_lab import NsPair, _sh, queued, sample_filter
 
 from meshctl.firewall.apply import apply_filter, remove_table
 from meshctl.firewall.nft import Layout
@@ -115,17 +115,6 @@ def trio(nspair: NsPair) -> Iterator[Trio]:
         subprocess.run(["ip", "netns", "del", neighbour], capture_output=True)
 
 
-def _accepted(listener: socket.socket) -> int:
-    count = 0
-    while True:
-        try:
-            conn, _ = listener.accept()
-        except BlockingIOError:
-            return count
-        conn.close()
-        count += 1
-
-
 def _got(sock: socket.socket) -> bytes | None:
     try:
         return sock.recv(100)
@@ -165,17 +154,17 @@ def test_a_lan_neighbour_reaches_no_service_on_the_mesh_addresses(trio: Trio, la
     listeners = {(addr, port): trio.listen(trio.server, addr, port) for addr in (PROD4, PROD6) for port in (22, 443)}
     for (addr, port), listener in listeners.items():  # the weak host model, without meshctl's tables
         assert trio.connects(trio.neighbour, LAN_NB6 if ":" in addr else LAN_NB4, addr, port), (addr, port)
-        assert _accepted(listener) == 1
+        assert queued(listener) == 1
     apply_filter(sample_filter("prod"), trio.mesh_if, trio.server)
     for (addr, port), listener in listeners.items():
         assert not trio.connects(trio.neighbour, LAN_NB6 if ":" in addr else LAN_NB4, addr, port), (addr, port)
-        assert _accepted(listener) == 0, f"a SYN from the LAN reached [{addr}]:{port}"
+        assert queued(listener) == 0, f"a SYN from the LAN reached [{addr}]:{port}"
     # Members, through the mesh interface: what the policy says, on both families.
     assert trio.connects(trio.pair.client, DEV4, PROD4, 443) and trio.connects(trio.pair.client, DEV6, PROD6, 443)
     assert not trio.connects(trio.pair.client, DEV4, PROD4, 22)
     assert trio.connects(trio.pair.client, OPS4, PROD4, 22)
-    assert _accepted(listeners[(PROD4, 443)]) == 1 and _accepted(listeners[(PROD6, 443)]) == 1
-    assert _accepted(listeners[(PROD4, 22)]) == 1
+    assert queued(listeners[(PROD4, 443)]) == 1 and queued(listeners[(PROD6, 443)]) == 1
+    assert queued(listeners[(PROD4, 22)]) == 1
     # The node itself still reaches its own mesh addresses (over loopback).
     assert trio.connects(trio.server, PROD4, PROD4, 22) and trio.connects(trio.server, PROD6, PROD6, 22)
     for listener in listeners.values():
@@ -236,7 +225,7 @@ def test_routed_traffic_between_the_lan_and_members_is_not_the_strong_hosts(trio
     assert _got(member) == b"routed"
     web = trio.listen(trio.neighbour, LAN_NB4, 8080)
     assert trio.connects(trio.server, LAN_PROD4, LAN_NB4, 8080)
-    assert _accepted(web) == 1
+    assert queued(web) == 1
     for sock in (member, lan, web):
         sock.close()
 
