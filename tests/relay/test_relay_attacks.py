@@ -14,6 +14,7 @@ import socket
 import time
 from pathlib import Path
 
+import pytest
 from relay_support import (
     NETWORK_ID,
     Inbox,
@@ -185,6 +186,39 @@ def test_a_frame_flood_from_a_stranger_leaves_members_traffic_alone(relay_mesh: 
             assert drops.get("auth_rate_limited", 0) > 100 and server.core.sessions == 2
             await cb.stop()
             await cc.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_members_token_from_another_members_address_opens_nothing(relay_mesh: RelayMesh, tmp_path: Path) -> None:
+    """On the real server: charlie sends a channel request to bravo carrying charlie's own valid
+    token from alice's address (a raw socket forges the source): dropped, no channel for anyone,
+    alice hears of nothing."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (a raw socket forges the source address)")
+    from meshctl.nat.addr import parse_addr_port
+    from meshctl.nat.packet import UdpPacket, build_ipv4_udp
+
+    async def scenario() -> None:
+        async with running(relay_config(relay_mesh, tmp_path)) as server:
+            alpha, bravo, charlie = (relay_mesh.devices[n] for n in ("alpha", "bravo", "charlie"))
+            clients = [client_for(server, relay_mesh, keys) for keys in (alpha, bravo, charlie)]
+            for c in clients:
+                await c.start()
+                assert await c.wait_connected(5)
+            ca, _, cc = clients
+            assert ca._link is not None and cc._link is not None and server.udp_addr is not None
+            alice_addr = ca._link.sock.getsockname()  # type: ignore[attr-defined]
+            request = marshal_frame(ChannelRequest(cc._link.session._token, bravo.wireguard.public()))
+            forged = build_ipv4_udp(UdpPacket(parse_addr_port(f"127.0.0.1:{alice_addr[1]}"),
+                                              parse_addr_port(f"127.0.0.1:{server.udp_addr[1]}"), request))
+            with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW) as raw:
+                for _ in range(5):
+                    raw.sendto(forged, ("127.0.0.1", 0))
+            assert await wait_for(lambda: server.core.stats.drops.get("bad_token", 0) >= 5, 5)
+            assert len(server.core.channels) == 0 and ca.channels == {} and cc.channels == {}
+            for c in clients:
+                await c.stop()
 
     asyncio.run(scenario())
 
