@@ -1,4 +1,9 @@
-"""`meshctl init` and `meshctl admin ...`: run by an admin in a checkout of the coordination repo."""
+"""`meshctl init` and `meshctl admin ...`: run by an admin in a checkout of the coordination repo.
+
+Every command that signs verifies the checkout first, the way a node does, from this admin's own
+trust memory, signs only its own change, and shows what the new signed state changes
+(cli/admin_signing.py); each has --dry-run.
+"""
 
 from __future__ import annotations
 
@@ -8,45 +13,14 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from meshctl.cli.admin_signing import DryRunOpt, KeyOpt, NoCommitOpt, RepoOpt, key_paths, run_signing, trust_of
 from meshctl.cli.app import command
 
 if TYPE_CHECKING:
-    from meshctl.keys import SigningKey
+    from meshctl.coord.signed_change import Plan
 
 admin_app = typer.Typer(help="Admin commands, run in a checkout of the coordination repository.",
                         no_args_is_help=True)
-
-RepoOpt = Annotated[Path, typer.Option("--repo", help="The checkout (default: current directory).")]
-KeyOpt = Annotated[
-    list[Path] | None,
-    typer.Option("--admin-key", envvar="MESHCTL_ADMIN_KEY",
-                 help="Admin private key file (repeat for several; default ~/.config/meshctl/admin.key)."),
-]
-NoCommitOpt = Annotated[bool, typer.Option("--no-commit", help="Write files but do not git commit.")]
-
-
-def _keys(paths: list[Path] | None) -> list[SigningKey]:
-    from meshctl.coord.admin import default_admin_key_path, load_admin_keys
-
-    return load_admin_keys(paths or [default_admin_key_path()])
-
-
-def _commit(repo: Path, changed: list[str], removed: list[str], message: str, no_commit: bool) -> None:
-    if no_commit:
-        return
-    from meshctl.coord import repo as gitrepo
-
-    if gitrepo.commit_workdir(repo, changed, removed, message):
-        typer.echo(f"committed: {message}")
-
-
-def _state_line(serial: int, co_path: Path) -> None:
-    from meshctl.coord.admin import open_checkout, signature_status
-
-    good, threshold = signature_status(open_checkout(co_path))
-    typer.echo(f"state.json serial {serial}: {good} of {threshold} admin signatures")
-    if good < threshold:
-        typer.echo(f"another admin must add a signature: meshctl admin sign --cosign --repo {co_path}")
 
 
 @command
@@ -61,22 +35,17 @@ def init(
 ) -> None:
     """Create a new mesh: the coordination repository, root of trust and first signed state."""
     from meshctl.coord import admin
-    from meshctl.coord import repo as gitrepo
 
-    paths = admin_key or [admin.default_admin_key_path()]
+    paths = key_paths(admin_key)
     keys = []
     for p in paths:
         key, created = admin.load_or_create_admin_key(p)
         typer.echo(f"{'created' if created else 'using'} admin key {p} ({key.public().short()})")
         keys.append(key)
-    co = admin.init_repo(directory, name, cidr, domain, keys, root_threshold, admin_threshold,
-                         int(time.time()))
-    import pygit2
-
-    pygit2.init_repository(str(directory), initial_head="main")
-    changed = sorted(str(p.relative_to(directory)) for p in directory.rglob("*")
-                     if p.is_file() and ".git" not in p.relative_to(directory).parts)
-    gitrepo.commit_workdir(directory, changed, [], f"meshctl init {name}")
+    now = int(time.time())
+    co = admin.init_repo(directory, name, cidr, domain, keys, root_threshold, admin_threshold, now)
+    admin.commit_new_checkout(directory, f"meshctl init {name}")
+    admin.remember(admin.open_session(directory, now, keys, trust_of(admin_key)), now)
     typer.echo(f"created mesh {name!r} in {directory} (network {co.root.network_id[:8]}…, "
                f"{co.state.ipv4_cidr}, {co.state.ipv6_prefix}, domain {co.state.domain})")
     typer.echo("next: push it to a git host, then give devices the invite:")
@@ -85,37 +54,65 @@ def init(
 
 @admin_app.command("invite")
 @command
-def invite(repo: RepoOpt = Path(".")) -> None:
-    """Print the command a device runs to join (it pins the root fingerprint)."""
+def invite(repo: RepoOpt = Path("."), admin_key: KeyOpt = None) -> None:
+    """Print the command a device runs to join (it pins the root fingerprint this admin trusts)."""
     from meshctl.coord import admin
     from meshctl.coord import repo as gitrepo
 
-    co = admin.open_checkout(repo)
-    typer.echo(admin.invite_text(co, gitrepo.origin_url(repo)))
+    now = int(time.time())
+    session = admin.open_session(repo, now, trust=trust_of(admin_key))
+    admin.remember(session, now)
+    typer.echo(admin.invite_text(admin.open_checkout(repo), gitrepo.origin_url(repo)))
+
+
+@admin_app.command("pending")
+@command
+def pending(
+    repo: RepoOpt = Path("."),
+    admin_key: KeyOpt = None,
+    fetch: Annotated[bool, typer.Option("--fetch/--no-fetch",
+                                        help="Also list join/* branches of the remote `origin`.")] = True,
+) -> None:
+    """List pending join requests (in the checkout and on the remote's join/* branches) with their key
+    fingerprints, to compare with the one `meshctl join` printed on the device."""
+    from meshctl.coord import pending as pending_mod
+
+    found, errors = pending_mod.list_pending(repo, int(time.time()), trust_of(admin_key), fetch=fetch)
+    for error in errors:
+        typer.echo(f"warning: {error}", err=True)
+    if not found:
+        typer.echo("no pending join requests")
+        return
+    width = max(len(p.name) for p in found)
+    for p in found:
+        note = f"  ({p.note})" if p.note else ""
+        typer.echo(f"{p.name:<{width}}  key {p.fingerprint or '-':<16}  {p.where}{note}")
 
 
 @admin_app.command("approve")
 @command
 def approve(
     name: Annotated[str, typer.Argument(help="The device name of the join request.")],
-    ip: Annotated[str | None, typer.Option("--ip", help="Mesh IPv4 (default: next free).")] = None,
+    ip: Annotated[str | None, typer.Option("--ip", help="Mesh IPv4 (default: the next free one; a revoked "
+                                                        "device's address only when named here).")] = None,
     tag: Annotated[list[str] | None,
                    typer.Option("--tag", help="A tag for access rules, e.g. tag:server (repeatable).")] = None,
     owner: Annotated[str, typer.Option("--owner", help="Owner, e.g. alice@example.com.")] = "",
+    expect_key: Annotated[str | None, typer.Option(
+        "--expect-key", help="The key fingerprint `meshctl join` printed on the device: refuse any other.")] = None,
+    allow_revoked_key: Annotated[bool, typer.Option(
+        "--allow-revoked-key", help="Approve a request whose keys belonged to a revoked device.")] = False,
     repo: RepoOpt = Path("."),
     admin_key: KeyOpt = None,
     no_commit: NoCommitOpt = False,
+    dry_run: DryRunOpt = False,
 ) -> None:
     """Approve a join request: move it to peers/, assign addresses, sign the new state."""
-    from meshctl.coord import admin
+    from meshctl.coord import changes
 
-    co = admin.open_checkout(repo)
-    state, changed, removed = admin.approve(co, name, _keys(admin_key), int(time.time()), ip,
-                                            tag or [], owner)
-    addrs = " ".join(str(a) for a in state.peers[name].addresses)
-    typer.echo(f"approved {name}: {addrs}")
-    _commit(repo, changed, removed, f"Approve {name} (serial {state.serial})", no_commit)
-    _state_line(state.serial, repo)
+    run_signing(repo, admin_key, lambda s: changes.approve(
+        s.baseline, name, s.now, ip, tag or [], owner, expect_key, allow_revoked_key),
+        dry_run=dry_run, no_commit=no_commit)
 
 
 @admin_app.command("revoke")
@@ -125,29 +122,28 @@ def revoke(
     repo: RepoOpt = Path("."),
     admin_key: KeyOpt = None,
     no_commit: NoCommitOpt = False,
+    dry_run: DryRunOpt = False,
 ) -> None:
-    """Remove a member; nodes drop it on their next sync."""
-    from meshctl.coord import admin
+    """Remove a member; nodes drop it on their next sync. Its keys stay revoked, its addresses rest 30 days."""
+    from meshctl.coord import changes
 
-    co = admin.open_checkout(repo)
-    state, changed, removed = admin.revoke(co, name, _keys(admin_key), int(time.time()))
-    typer.echo(f"revoked {name}")
-    _commit(repo, changed, removed, f"Revoke {name} (serial {state.serial})", no_commit)
-    _state_line(state.serial, repo)
+    run_signing(repo, admin_key, lambda s: changes.revoke(s.baseline, name, s.now),
+                dry_run=dry_run, no_commit=no_commit)
 
 
 @admin_app.command("renew")
 @command
-def renew(repo: RepoOpt = Path("."), admin_key: KeyOpt = None, no_commit: NoCommitOpt = False) -> None:
+def renew(repo: RepoOpt = Path("."), admin_key: KeyOpt = None, no_commit: NoCommitOpt = False,
+          dry_run: DryRunOpt = False) -> None:
     """Extend the state's expiry (bumps the serial)."""
-    from meshctl.coord import admin
+    from meshctl.coord import changes
     from meshctl.coord.records import format_time
 
-    co = admin.open_checkout(repo)
-    state = admin.renew(co, _keys(admin_key), int(time.time()))
-    typer.echo(f"renewed: expires {format_time(state.expires)}")
-    _commit(repo, ["state.json", "state.json.sig"], [], f"Renew (serial {state.serial})", no_commit)
-    _state_line(state.serial, repo)
+    def lines(result: Plan) -> list[str]:
+        return [f"renewed: expires {format_time(result.state.expires)}"]
+
+    run_signing(repo, admin_key, lambda s: changes.renew(s.baseline), dry_run=dry_run, no_commit=no_commit,
+                lines=lines)
 
 
 @admin_app.command("sign")
@@ -156,20 +152,27 @@ def sign(
     repo: RepoOpt = Path("."),
     admin_key: KeyOpt = None,
     cosign: Annotated[bool, typer.Option("--cosign", help="Add a signature without a new serial.")] = False,
+    update_pins: Annotated[bool, typer.Option(
+        "--update-pins", help="Also sign the current README.md and CI files (after editing them).")] = False,
     no_commit: NoCommitOpt = False,
+    dry_run: DryRunOpt = False,
 ) -> None:
-    """Re-sign state.json after a policy edit (bumps the serial), or co-sign it."""
-    from meshctl.coord import admin
+    """Sign state.json after a policy edit (bumps the serial; the policy must parse and pass its tests),
+    or co-sign the state another admin signed."""
+    from meshctl.coord import admin, changes
 
-    co = admin.open_checkout(repo)
-    keys = _keys(admin_key)
     if cosign:
-        good, threshold = admin.cosign(co, keys)
-        typer.echo(f"state.json serial {co.state.serial}: {good} of {threshold} admin signatures")
-        _commit(repo, ["state.json.sig"], [], f"Co-sign serial {co.state.serial}", no_commit)
+        def cosigned(result: Plan) -> list[str]:
+            return [f"co-signing state.json serial {result.state.serial}"]
+
+        run_signing(repo, admin_key, lambda s: changes.cosign(s.baseline, admin.remembered_view(s)),
+                    dry_run=dry_run, no_commit=no_commit, cosign=True, lines=cosigned)
         return
-    state = admin.renew(co, keys, int(time.time()))
-    typer.echo(f"signed state serial {state.serial}")
-    _commit(repo, ["state.json", "state.json.sig", "policy.hujson"], [], f"Sign (serial {state.serial})",
-            no_commit)
-    _state_line(state.serial, repo)
+    from meshctl.policy.check import check_policy
+
+    def signed(result: Plan) -> list[str]:
+        return [f"signed state serial {result.state.serial}"]
+
+    run_signing(repo, admin_key, lambda s: changes.sign_policy(s.baseline, update_pins),
+                inputs=lambda paths: changes.sign_inputs(update_pins, paths), policy_check=check_policy,
+                dry_run=dry_run, no_commit=no_commit, lines=signed)

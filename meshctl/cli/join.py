@@ -60,6 +60,8 @@ def join(
     if result.push_error == "already a member":
         typer.echo(f"{result.name} is already a member of {result.mesh}; run `meshctl up` or `meshctl sync`")
         return
+    typer.echo(f"key fingerprint {result.fingerprint}: give it to your admin, who approves with "
+               f"`meshctl admin approve {result.name} --expect-key {result.fingerprint}`")
     if result.pushed:
         typer.echo(f"join request for {result.name} pushed to branch {result.branch}")
         if result.pr_url:

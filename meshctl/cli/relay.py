@@ -8,17 +8,10 @@ from typing import Annotated
 
 import typer
 
+from meshctl.cli.admin_signing import DryRunOpt, KeyOpt, NoCommitOpt, RepoOpt
 from meshctl.cli.app import command, settings_of
 
 relay_admin_app = typer.Typer(help="The relays listed in state.json.", no_args_is_help=True)
-
-RepoOpt = Annotated[Path, typer.Option("--repo", help="The checkout (default: current directory).")]
-KeyOpt = Annotated[
-    list[Path] | None,
-    typer.Option("--admin-key", envvar="MESHCTL_ADMIN_KEY",
-                 help="Admin private key file (repeat for several; default ~/.config/meshctl/admin.key)."),
-]
-NoCommitOpt = Annotated[bool, typer.Option("--no-commit", help="Write files but do not git commit.")]
 
 
 @command
@@ -115,21 +108,21 @@ def parse_port_range(text: str) -> tuple[int, int] | None:
 def add(
     name: Annotated[str, typer.Argument(help="Relay name (a DNS label).")],
     address: Annotated[str, typer.Argument(help="HOST:PORT clients dial (UDP, TCP fallback on the same port).")],
-    identity_key: Annotated[str | None, typer.Option("--identity-key",
-                                                     help="ed25519:... printed by `meshctl relay` at start.")] = None,
+    identity_key: Annotated[str | None, typer.Option(
+        "--identity-key", help="ed25519:... printed by `meshctl relay` at start (required: clients accept "
+                               "only the relay that proves it).")] = None,
     repo: RepoOpt = Path("."),
     admin_key: KeyOpt = None,
     no_commit: NoCommitOpt = False,
+    dry_run: DryRunOpt = False,
 ) -> None:
     """List a relay in state.json (re-signs the state)."""
-    from meshctl.cli.admin import _commit, _keys, _state_line
-    from meshctl.coord import admin, relays_admin
+    from meshctl.cli.admin_signing import run_signing
+    from meshctl.coord import relays_admin
 
-    co = admin.open_checkout(repo)
-    state, changed = relays_admin.add_relay(co, name, address, identity_key, _keys(admin_key), int(time.time()))
-    typer.echo(f"added relay {name} at {address}")
-    _commit(repo, changed, [], f"Add relay {name} (serial {state.serial})", no_commit)
-    _state_line(state.serial, repo)
+    entry = relays_admin.parse_relay(name, address, identity_key)
+    run_signing(repo, admin_key, lambda s: relays_admin.add_change(s.baseline, entry), dry_run=dry_run,
+                no_commit=no_commit)
 
 
 @relay_admin_app.command("remove")
@@ -139,16 +132,14 @@ def remove(
     repo: RepoOpt = Path("."),
     admin_key: KeyOpt = None,
     no_commit: NoCommitOpt = False,
+    dry_run: DryRunOpt = False,
 ) -> None:
     """Remove a relay from state.json (re-signs the state)."""
-    from meshctl.cli.admin import _commit, _keys, _state_line
-    from meshctl.coord import admin, relays_admin
+    from meshctl.cli.admin_signing import run_signing
+    from meshctl.coord import relays_admin
 
-    co = admin.open_checkout(repo)
-    state, changed = relays_admin.remove_relay(co, name, _keys(admin_key), int(time.time()))
-    typer.echo(f"removed relay {name}")
-    _commit(repo, changed, [], f"Remove relay {name} (serial {state.serial})", no_commit)
-    _state_line(state.serial, repo)
+    run_signing(repo, admin_key, lambda s: relays_admin.remove_change(s.baseline, name), dry_run=dry_run,
+                no_commit=no_commit)
 
 
 @relay_admin_app.command("list")

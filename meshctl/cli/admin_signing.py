@@ -1,0 +1,93 @@
+"""What every signing command does on the command line: one call into the signing path
+(coord/admin.run_change's parts), then the same rendering: the command's own lines, warnings, the
+changes the new signed state makes, and either "dry run" or what was written and committed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Collection
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+if TYPE_CHECKING:
+    from meshctl.coord.admin import PolicyCheck, Session
+    from meshctl.coord.admin_trust import AdminTrust
+    from meshctl.coord.signed_change import Change, Plan
+    from meshctl.keys import SigningKey
+
+RepoOpt = Annotated[Path, typer.Option("--repo", help="The checkout (default: current directory).")]
+KeyOpt = Annotated[
+    list[Path] | None,
+    typer.Option("--admin-key", envvar="MESHCTL_ADMIN_KEY",
+                 help="Admin private key file (repeat for several; default ~/.config/meshctl/admin.key). "
+                      "This admin's trust memory of each mesh is kept beside it, in trust/."),
+]
+NoCommitOpt = Annotated[bool, typer.Option("--no-commit", help="Write files but do not git commit.")]
+DryRunOpt = Annotated[bool, typer.Option(
+    "--dry-run", help="Verify and show what the new signed state changes; write and commit nothing.")]
+
+
+def key_paths(paths: list[Path] | None) -> list[Path]:
+    from meshctl.coord.admin import default_admin_key_path
+
+    return paths or [default_admin_key_path()]
+
+
+def load_keys(paths: list[Path] | None) -> list[SigningKey]:
+    from meshctl.coord.admin import load_admin_keys
+
+    return load_admin_keys(key_paths(paths))
+
+
+def trust_of(paths: list[Path] | None) -> AdminTrust:
+    from meshctl.coord.admin_trust import AdminTrust
+
+    return AdminTrust.beside(key_paths(paths)[0])
+
+
+def run_signing(
+    repo: Path,
+    admin_key: list[Path] | None,
+    build: Callable[[Session], Change],
+    *,
+    dry_run: bool,
+    no_commit: bool,
+    cosign: bool = False,
+    inputs: Callable[[Collection[str]], Collection[str]] | None = None,
+    policy_check: PolicyCheck | None = None,
+    lines: Callable[[Plan], list[str]] | None = None,
+) -> Plan:
+    """Verify the checkout, build and sign the change, show it; write and commit unless a dry run."""
+    from meshctl.coord import admin
+
+    keys = load_keys(admin_key)
+    trust = trust_of(admin_key)
+    now = int(time.time())
+    session = admin.open_session(repo, now, keys, trust, cosign=cosign, inputs=inputs)
+    result = admin.plan_change(session, build(session), keys, now, policy_check)
+    if dry_run:
+        typer.echo("dry run: nothing is written or committed")
+    for line in (lines(result) if lines is not None else list(result.change.summary)):
+        typer.echo(line)
+    if session.first_use:
+        typer.echo(f"note: first use of mesh {result.after.root.name} with this admin key: root "
+                   f"{session.baseline.pinned_root} is pinned from now on ({trust.dir(result.after.root.network_id)})",
+                   err=True)
+    for warning in result.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+    typer.echo("changes:" if result.diff[1:] else f"changes: none ({result.diff[0]})")
+    for line in result.diff if result.diff[1:] else ():
+        typer.echo(f"  {line}")
+    if dry_run:
+        return result
+    commit = admin.apply_plan(session, result, now, commit=not no_commit)
+    if commit:
+        typer.echo(f"committed: {result.commit_message}")
+    typer.echo(f"state.json serial {result.state.serial}: {result.signatures} of {result.threshold} "
+               "admin signatures")
+    if result.signatures < result.threshold:
+        typer.echo(f"another admin must add a signature: meshctl admin sign --cosign --repo {repo}")
+    return result
