@@ -8,8 +8,8 @@ signing command builds its new state from that alone. The differences from a nod
 - a state signed under an older root (before a rotation) is the base of the state re-signed under
   the newest one;
 - an expired state is a base (`admin renew` exists for it), with a note;
-- a state below the admin threshold is a base only once this admin signed it, or for a co-signature
-  (`admin sign --cosign`, which needs one admin's valid signature to add to);
+- a state below the admin threshold is a base only when it carries this admin's own valid signature,
+  or for a co-signature (`admin sign --cosign`, which needs one admin's valid signature to add to);
 - files the command itself supplies (`inputs`: the edited policy for `admin sign`) are not compared
   with their signed hashes, since they are the change being signed and shown;
 - files nodes never read (README, CI configuration) must match the hashes state.json pins.
@@ -88,7 +88,7 @@ def verify_baseline(
     state_sha = verify.sha256_hex(data)
     complete = len(signers) >= signing_root.admin_threshold
     if not complete:
-        own = bool(signers & set(own_keys)) or (memory is not None and memory.state_sha256 == state_sha)
+        own = bool(signers & set(own_keys))  # this admin signed it already (a threshold above 1)
         if not own and not (cosign and signers):
             raise _unsigned(newest, signers, any_entries, data, remembered_state)
     state = verify.parse_signed_state(data, newest)
@@ -129,16 +129,16 @@ def _state_signers(snap: Snapshot, roots: list[RootDoc]) -> tuple[bytes, set[Ver
 
 def _unsigned(root: RootDoc, signers: set[VerifyKey], any_entries: bool, data: bytes,
               remembered: bytes | None) -> VerificationError:
-    err = verify.unsigned_state_error(root, len(signers), any_entries)
+    message = verify.unsigned_state_error(root, len(signers), any_entries).message
     changed = differing_fields(data, remembered) if remembered is not None else []
     if changed:
         more = len(changed) > MAX_NAMED_FIELDS
-        fields = ", ".join(changed[:MAX_NAMED_FIELDS]) + (", ..." if more else "")
-        err = VerificationError(f"{err.message}; unsigned change to {fields}", err.hint)
+        message += "; unsigned change to " + ", ".join(changed[:MAX_NAMED_FIELDS]) + (", ..." if more else "")
     if signers:
-        return VerificationError(err.message, "another admin signed it: review and add your signature with "
+        return VerificationError(message, "another admin signed it: review and add your signature with "
                                  "`meshctl admin sign --cosign` (it shows what changes) before the next change")
-    return err
+    return VerificationError(message, "nothing was signed: restore the last signed state.json "
+                             "(git log -p -- state.json) and find who changed it")
 
 
 def _check_memory(state: StateDoc, state_sha: str, memory: TrustMemory | None) -> None:
