@@ -26,12 +26,6 @@ def git(*args: str, cwd: Path) -> str:
     return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout
 
 
-@pytest.fixture
-def admin_env(tmp_path: Path) -> dict[str, str]:
-    return {"MESHCTL_ADMIN_KEY": str(tmp_path / "admin.key"), "GIT_AUTHOR_NAME": "a",
-            "GIT_AUTHOR_EMAIL": "a@example.com", "GIT_COMMITTER_NAME": "a", "GIT_COMMITTER_EMAIL": "a@e.com"}
-
-
 def init_mesh(tmp_path: Path, env: dict[str, str]) -> tuple[Path, str]:
     r = meshctl("init", str(tmp_path / "coord"), "--name", "acme", env=env)
     assert r.returncode == 0, r.stderr
