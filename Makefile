@@ -35,7 +35,7 @@ test: deps venv dist/meshctl
 	MESHCTL_BIN=$(CURDIR)/dist/meshctl $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 lint: venv
-	$(BIN)/ruff check meshctl tests bench
+	$(BIN)/ruff check meshctl lab tests bench
 	$(BIN)/mypy
 
 SOURCES := $(shell find meshctl coord-repo-template packaging -type f -not -name '*.pyc') pyproject.toml
@@ -47,7 +47,7 @@ dist/meshctl: $(VENV)/.installed $(SOURCES)
 binary: deps dist/meshctl
 
 demo: deps venv
-	$(BIN)/python -m meshctl.lab.demo
+	$(BIN)/python -m lab.demo
 
 # Kernel WireGuard in a VM booting Debian 12's kernel; the nft filter tests run there too, so the
 # ruleset is proven on the kernel most servers run, not only on this machine's.

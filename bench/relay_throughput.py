@@ -38,8 +38,8 @@ sys.path.insert(0, str(ROOT / "tests" / "relay"))
 from relay_netns import WG_PORT, RelayLab, netns_missing  # noqa: E402
 from relay_support import make_relay_mesh  # noqa: E402
 
-from meshctl.lab import Lab  # noqa: E402
-from meshctl.lab.core import poll  # noqa: E402
+from lab import Lab  # noqa: E402
+from lab.core import poll  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 

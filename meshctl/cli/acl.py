@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from meshctl.cli.app import command, settings_of
+from meshctl.cli.common import command, settings_of
 from meshctl.errors import UsageError
 
 if TYPE_CHECKING:

@@ -13,14 +13,16 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from meshctl.cli.admin_signing import DryRunOpt, KeyOpt, NoCommitOpt, RepoOpt, key_paths, run_signing, trust_of
-from meshctl.cli.app import command
+from meshctl.cli.admin_common import DryRunOpt, KeyOpt, NoCommitOpt, RepoOpt, key_paths, run_signing, trust_of
+from meshctl.cli.admin_relay import relay_admin_app
+from meshctl.cli.common import command
 
 if TYPE_CHECKING:
     from meshctl.coord.signed_change import Plan
 
 admin_app = typer.Typer(help="Admin commands, run in a checkout of the coordination repository.",
                         no_args_is_help=True)
+admin_app.add_typer(relay_admin_app, name="relay")
 
 
 @command
@@ -160,6 +162,7 @@ def sign(
     """Sign state.json after a policy edit (bumps the serial; the policy must parse and pass its tests),
     or co-sign the state another admin signed."""
     from meshctl.coord import admin, changes
+    from meshctl.policy.check import check_policy
 
     if cosign:
         def cosigned(result: Plan) -> list[str]:
@@ -168,7 +171,6 @@ def sign(
         run_signing(repo, admin_key, lambda s: changes.cosign(s.baseline, admin.remembered_view(s)),
                     dry_run=dry_run, no_commit=no_commit, cosign=True, lines=cosigned)
         return
-    from meshctl.policy.check import check_policy
 
     def signed(result: Plan) -> list[str]:
         return [f"signed state serial {result.state.serial}"]

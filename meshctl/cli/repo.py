@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
-from meshctl.cli.app import command
+from meshctl.cli.common import command
 from meshctl.errors import EXIT_REFUSED
-
-if TYPE_CHECKING:
-    from meshctl.coord.verify import Verified
 
 repo_app = typer.Typer(help="Checks on the coordination repository.", no_args_is_help=True)
 
@@ -33,6 +29,7 @@ def verify_cmd(
     from meshctl.coord.fs_snapshot import FsSnapshot
     from meshctl.coord.verify import Snapshot
     from meshctl.errors import UsageError
+    from meshctl.policy.check import policy_problems
 
     if not directory.is_dir():
         raise UsageError(f"{directory}: not a directory")
@@ -44,7 +41,7 @@ def verify_cmd(
         if head is None:
             raise UsageError(f"{directory}: --base needs a git checkout with a commit to compare")
     what = f"commit {head.commit[:12]}" if isinstance(head, gitrepo.GitSnapshot) else f"files in {directory}"
-    report = pr_check.check_change(head or FsSnapshot(directory), base_snap, int(time.time()), _policy_tests())
+    report = pr_check.check_change(head or FsSnapshot(directory), base_snap, int(time.time()), policy_problems)
     if not report.ok:
         for problem in report.problems:
             typer.echo(f"error: {problem}", err=True)
@@ -62,11 +59,3 @@ def verify_cmd(
         if unstaged:
             listed = ", ".join(unstaged[:5]) + (", ..." if len(unstaged) > 5 else "")
             typer.echo(f"note: uncommitted changes were not verified: {listed}", err=True)
-
-
-def _policy_tests() -> Callable[[Verified], list[str]] | None:
-    try:
-        from meshctl.policy.check import policy_problems  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        return None
-    return policy_problems  # type: ignore[no-any-return,unused-ignore]

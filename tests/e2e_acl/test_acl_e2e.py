@@ -22,8 +22,8 @@ from acl_e2e_support import (
     syn_count,
 )
 
-from meshctl.lab import meshctl_argv
-from meshctl.lab.scenario import MeshScenario
+from lab import meshctl_argv
+from lab.scenario import MeshScenario
 
 pytestmark = pytest.mark.netns
 

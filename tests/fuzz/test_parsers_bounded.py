@@ -33,7 +33,7 @@ from meshctl.nat.addr import AddrPort
 from meshctl.policy.hujson import HujsonError, parse_hujson
 from meshctl.policy.parse import parse_policy
 from meshctl.relay import channels
-from meshctl.relay import protocol as relay
+from meshctl.relay import wire as relay
 from meshctl.wg.uapi import UapiParseError, parse_get_reply, parse_set_reply
 
 PER_EXAMPLE_S = 1.0  # generous: a real parse of these sizes takes well under 10 ms

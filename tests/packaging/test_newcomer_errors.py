@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from packaging_support import prepare_node, run
 
+from lab import Lab, Node, lab_unavailable, meshctl_argv
 from meshctl.cli import preflight
-from meshctl.lab import Lab, Node, lab_unavailable, meshctl_argv
 
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 

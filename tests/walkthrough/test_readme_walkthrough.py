@@ -28,9 +28,9 @@ from typing import Any, Final
 
 import pytest
 
-from meshctl.lab import Lab, Node, lab_unavailable, meshctl_argv
-from meshctl.lab import rules as lab_rules
-from meshctl.lab.core import NETNS_ETC, poll
+from lab import Lab, Node, lab_unavailable, meshctl_argv
+from lab import rules as lab_rules
+from lab.core import NETNS_ETC, poll
 
 ROOT: Final = Path(__file__).resolve().parents[2]
 README: Final = ROOT / "README.md"

@@ -1,6 +1,7 @@
-"""What every signing command does on the command line: one call into the signing path
-(coord/admin.run_change's parts), then the same rendering: the command's own lines, warnings, the
-changes the new signed state makes, and either "dry run" or what was written and committed.
+"""What the admin commands share (`meshctl admin ...`, `meshctl admin relay ...`): their common
+options, loading the admin keys and this admin's trust memory, and the one signing path every
+signing command takes on the command line: verify the checkout, build and sign the change, show
+what the new signed state changes, then write and commit it unless it is a dry run.
 """
 
 from __future__ import annotations
@@ -31,18 +32,21 @@ DryRunOpt = Annotated[bool, typer.Option(
 
 
 def key_paths(paths: list[Path] | None) -> list[Path]:
+    """The --admin-key files, or the default key file."""
     from meshctl.coord.admin import default_admin_key_path
 
     return paths or [default_admin_key_path()]
 
 
-def load_keys(paths: list[Path] | None) -> list[SigningKey]:
+def admin_keys(paths: list[Path] | None) -> list[SigningKey]:
+    """The admin keys of --admin-key, or the default key file."""
     from meshctl.coord.admin import load_admin_keys
 
     return load_admin_keys(key_paths(paths))
 
 
 def trust_of(paths: list[Path] | None) -> AdminTrust:
+    """This admin's trust memory: beside the (first) admin key."""
     from meshctl.coord.admin_trust import AdminTrust
 
     return AdminTrust.beside(key_paths(paths)[0])
@@ -63,7 +67,7 @@ def run_signing(
     """Verify the checkout, build and sign the change, show it; write and commit unless a dry run."""
     from meshctl.coord import admin
 
-    keys = load_keys(admin_key)
+    keys = admin_keys(admin_key)
     trust = trust_of(admin_key)
     now = int(time.time())
     session = admin.open_session(repo, now, keys, trust, cosign=cosign, inputs=inputs)

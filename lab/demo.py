@@ -10,8 +10,8 @@ from __future__ import annotations
 import sys
 import time
 
-from meshctl.lab import lab_unavailable, open_lab
-from meshctl.lab.scenario import build_lan_mesh
+from lab import lab_unavailable, open_lab
+from lab.scenario import build_lan_mesh
 
 
 def say(text: str) -> None:
