@@ -148,6 +148,22 @@ def renew(repo: RepoOpt = Path("."), admin_key: KeyOpt = None, no_commit: NoComm
                 lines=lines)
 
 
+@admin_app.command("stun")
+@command
+def stun(
+    servers: Annotated[list[str], typer.Argument(help="HOST:PORT of each STUN server, in order.")],
+    repo: RepoOpt = Path("."),
+    admin_key: KeyOpt = None,
+    no_commit: NoCommitOpt = False,
+    dry_run: DryRunOpt = False,
+) -> None:
+    """Set the STUN servers nodes ask for their public address (re-signs the state)."""
+    from meshctl.coord import changes
+
+    run_signing(repo, admin_key, lambda s: changes.set_stun(s.baseline, servers), dry_run=dry_run,
+                no_commit=no_commit)
+
+
 @admin_app.command("sign")
 @command
 def sign(

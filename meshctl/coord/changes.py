@@ -17,6 +17,7 @@ from meshctl.coord.records import Assignment, PeerRecord, Revoked, StateDoc
 from meshctl.coord.signed_change import Change, pinnable_hashes
 from meshctl.coord.state_diff import StateView, fingerprint
 from meshctl.errors import MeshctlError, ParseError, UsageError, VerificationError
+from meshctl.keys import VerifyKey
 
 MAGICDNS_IP: Final = ipaddress.IPv4Address("100.100.100.100")
 # A revoked device's addresses rest this long before `approve` hands them out again: access rules
@@ -72,8 +73,6 @@ def normalize_fingerprint(text: str) -> str:
     """`--expect-key`: the fingerprint `join` printed (16 hex digits; case, ':' and '-' ignored), or
     the whole `ed25519:...` identity key."""
     if text.startswith("ed25519:"):
-        from meshctl.keys import VerifyKey
-
         try:
             return VerifyKey.from_text(text).key_id()
         except ParseError as exc:
@@ -176,6 +175,17 @@ def sign_inputs(update_pins: bool, paths: Mapping[str, object]) -> set[str]:
     if update_pins:
         inputs |= {p for p in paths if records.PINNABLE_RE.match(p)}
     return inputs
+
+
+def set_stun(base: Baseline, servers: Sequence[str]) -> Change:
+    """The STUN servers nodes ask for their public address (HOST:PORT each)."""
+    for server in servers:
+        if not records.HOSTPORT_RE.match(server) or not 1 <= int(server.rsplit(":", 1)[1]) <= 65535:
+            raise UsageError(f"STUN server {server[:80]!r}: expected HOST:PORT such as stun.example.org:3478")
+    if not servers or len(servers) > records.MAX_STUN or len(set(servers)) != len(servers):
+        raise UsageError(f"give 1 to {records.MAX_STUN} distinct STUN servers")
+    return Change(dataclasses.replace(base.state, stun=tuple(servers)), message="Set STUN servers",
+                  summary=(f"STUN servers: {', '.join(servers)}",))
 
 
 def cosign(base: Baseline, remembered: StateView | None) -> Change:
