@@ -61,10 +61,8 @@ def invite(repo: RepoOpt = Path("."), admin_key: KeyOpt = None) -> None:
     from meshctl.coord import admin
     from meshctl.coord import repo as gitrepo
 
-    now = int(time.time())
-    session = admin.open_session(repo, now, trust=trust_of(admin_key))
-    admin.remember(session, now)
-    typer.echo(admin.invite_text(admin.open_checkout(repo), gitrepo.origin_url(repo)))
+    fingerprint = admin.trusted_root(repo, trust_of(admin_key), int(time.time()))
+    typer.echo(f"meshctl join {gitrepo.origin_url(repo) or '<REPO_URL>'} --root {fingerprint}")
 
 
 @admin_app.command("pending")

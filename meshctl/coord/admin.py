@@ -31,7 +31,7 @@ from meshctl.coord.records import RootDoc, StateDoc
 from meshctl.coord.signed_change import Change, Plan, admin_signers, pinnable_hashes, plan
 from meshctl.coord.state_diff import StateView
 from meshctl.coord.trust import STATE_LIFETIME_S as STATE_LIFETIME_S  # re-exported: tests, bench
-from meshctl.errors import MeshctlError, ParseError, UsageError, VerificationError
+from meshctl.errors import ParseError, UsageError, VerificationError
 from meshctl.keys import SigningKey, VerifyKey, load_signing_key, write_private_key
 
 ROOT_LIFETIME_S: Final = 5 * 365 * 86400
@@ -270,7 +270,7 @@ def commit_new_checkout(path: Path, message: str) -> str | None:
 
 
 def remember(session: Session, now: int) -> None:
-    """Record a checkout verified without signing (invite, pending): what it accepted only moves forward."""
+    """Record a checkout verified without signing (a new mesh): what it accepted only moves forward."""
     base = session.baseline
     if session.trust is not None and base.complete:
         session.trust.save(base.root.network_id, base.memory(), base.state_bytes,
@@ -377,15 +377,6 @@ def write_state(co: Checkout, state: StateDoc, keys: Sequence[SigningKey], now: 
     return new
 
 
-def signature_status(co: Checkout) -> tuple[int, int]:
-    """(valid admin signatures on state.json, threshold)."""
-    data = (co.path / "state.json").read_bytes()
-    sig_path = co.path / "state.json.sig"
-    sigs = signing.parse_signatures(sig_path.read_bytes(), name=str(sig_path)) if sig_path.exists() else ()
-    good = signing.valid_signers(sigs, co.root.admin_keys, "state", co.root.network_id, data)
-    return len(good), co.root.admin_threshold
-
-
 def rotate_root(co: Checkout, old_keys: Sequence[SigningKey], new_root_keys: Sequence[VerifyKey],
                 new_admin_keys: Sequence[VerifyKey], root_threshold: int, admin_threshold: int,
                 signers: Sequence[SigningKey], now: int) -> RootDoc:
@@ -396,6 +387,17 @@ def rotate_root(co: Checkout, old_keys: Sequence[SigningKey], new_root_keys: Seq
     path.write_bytes(records.marshal_root(new))
     _sign_file(path, "root", co.root.network_id, list(old_keys) + list(signers))
     return new
+
+
+def trusted_root(path: Path, trust: AdminTrust | None, now: int) -> str:
+    """The root fingerprint devices should pin: the one this admin's memory holds (the checkout's
+    roots must match it), or, on first use, the checkout's own after its roots verify."""
+    network_id = _network_id(path)
+    remembered = trust.load(network_id) if trust is not None else None
+    root1 = (path / "root" / "1.root.json").read_bytes()
+    pinned = "sha256:" + remembered.memory.root_hashes[0] if remembered else verify.fingerprint(root1)
+    verify.verify_roots(FsSnapshot(path), pinned, remembered.memory.root_hashes if remembered else (), now)
+    return pinned
 
 
 def invite_text(co: Checkout, url: str | None) -> str:

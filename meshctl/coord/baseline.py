@@ -145,8 +145,9 @@ def _check_memory(state: StateDoc, state_sha: str, memory: TrustMemory | None) -
     try:
         verify.check_memory(state, state_sha, memory)
     except VerificationError as exc:
-        raise VerificationError(exc.message, "the git host may be serving an older or another state; if you "
-                                "signed a newer one on a branch that was never merged, merge it or sign on it") from None
+        raise VerificationError(exc.message, "the git host may be serving an older or another state; if "
+                                "you signed a newer one on a branch that was never merged, merge it or sign on "
+                                "it") from None
 
 
 def _policy(snap: Snapshot, state: StateDoc, inputs: Collection[str], signed_texts: Mapping[str, bytes],

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Sequence
 from typing import Final
 
 from meshctl.coord import records, signing, verify
@@ -169,7 +169,7 @@ def sign_policy(base: Baseline, update_pins: bool = False) -> Change:
     return Change(dataclasses.replace(base.state, pinned=pinned), files, message="Sign")
 
 
-def sign_inputs(update_pins: bool, paths: Mapping[str, object]) -> set[str]:
+def sign_inputs(update_pins: bool, paths: Collection[str]) -> set[str]:
     """The files `admin sign` supplies itself: the policy, and with --update-pins the pinned files."""
     inputs = {"policy.hujson"}
     if update_pins:

@@ -65,8 +65,7 @@ def _request_files(read: object, name: str) -> dict[str, bytes]:
 
 def list_pending(path: Path, now: int, trust: AdminTrust | None, fetch: bool = True) -> tuple[list[Pending], list[str]]:
     """Pending requests (checkout first, then the remote's join/ branches) and warnings."""
-    session = admin.open_session(path, now, trust=trust)
-    admin.remember(session, now)
+    session = admin.open_session(path, now, trust=trust)  # verified from this admin's memory; nothing written
     base = session.baseline
     state, members = base.state, base.verified.records
     snap = base.snapshot

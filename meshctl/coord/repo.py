@@ -122,15 +122,21 @@ def opened(repo_dir: Path, url: str) -> Iterator[pygit2.Repository]:
         repo.free()
 
 
-def default_branch(repo: pygit2.Repository) -> str:
-    """The branch the remote's HEAD points to."""
+def _list_heads(repo: pygit2.Repository) -> list[Any]:
+    """What the remote `origin` advertises (its refs and HEAD)."""
     remote = repo.remotes["origin"]
     try:
-        heads = remote.list_heads(callbacks=Credentials())
+        return list(remote.list_heads(callbacks=Credentials()))
     except GitError:
         raise
     except (pygit2.GitError, OSError, ValueError) as exc:
         raise _git_error(str(remote.url), exc) from None
+
+
+def default_branch(repo: pygit2.Repository) -> str:
+    """The branch the remote's HEAD points to."""
+    remote = repo.remotes["origin"]
+    heads = _list_heads(repo)
     for head in heads:
         if head.name == "HEAD" and head.symref_target:
             return str(head.symref_target).removeprefix("refs/heads/")
@@ -180,15 +186,8 @@ def require_commit(repo: pygit2.Repository, oid: str, what: str) -> None:
 
 def remote_branches(repo: pygit2.Repository, prefix: str) -> dict[str, str]:
     """The remote's branches whose name starts with `prefix` (e.g. "join/"): name -> advertised tip."""
-    remote = repo.remotes["origin"]
-    try:
-        heads = remote.list_heads(callbacks=Credentials())
-    except GitError:
-        raise
-    except (pygit2.GitError, OSError, ValueError) as exc:
-        raise _git_error(str(remote.url), exc) from None
     out = {}
-    for head in heads:
+    for head in _list_heads(repo):
         name = str(head.name)
         if name.startswith("refs/heads/" + prefix) and head.oid is not None:
             out[name.removeprefix("refs/heads/")] = str(head.oid)
@@ -500,27 +499,6 @@ def commit_files(workdir: Path, files: Mapping[str, bytes], keep_under: str, dro
     repo.index.read_tree(repo[new_tree])
     repo.index.write()
     return str(commit)
-
-
-def commit_workdir(workdir: Path, changed: list[str], removed: list[str], message: str) -> str | None:
-    """Stage exactly these paths in a checkout and commit; None when `workdir` is not a git repo."""
-    repo = checkout_repo(workdir)
-    if repo is None:
-        return None
-    index = repo.index
-    for path in removed:
-        if index.__contains__(path):
-            index.remove(path)
-    for path in changed:
-        index.add(path)
-    index.write()
-    tree = index.write_tree()
-    try:
-        author = repo.default_signature
-    except (KeyError, pygit2.GitError):
-        author = pygit2.Signature(*COMMITTER)
-    parents = [] if repo.head_is_unborn else [repo.head.target]
-    return str(repo.create_commit("HEAD", author, author, message, tree, parents))
 
 
 def read_revision(workdir: Path, rev: str) -> tuple[pygit2.Repository, str]:

@@ -153,7 +153,8 @@ def _policy(old: StateView, new: StateView) -> list[str]:
         "policy.hujson (new)", n=0, lineterm="")]
     shown = diff[2:][:MAX_POLICY_LINES]  # the two file header lines say nothing new
     more = len(diff) - 2 - len(shown)
-    return ["~ policy.hujson:", *(f"    {line}" for line in shown)] + ([f"    ... {more} more lines"] if more > 0 else [])
+    tail = [f"    ... {more} more lines"] if more > 0 else []
+    return ["~ policy.hujson:", *(f"    {line}" for line in shown), *tail]
 
 
 def _value(value: Any) -> str:

@@ -281,7 +281,8 @@ def test_join_and_sync_refuse_a_branch_tip_that_is_not_a_commit(flow: Flow, kind
     env = {"MESHCTL_STATE_DIR": str(flow.tmp / "state-late")}
     r = meshctl("join", flow.url, "--name", "late", "--root", flow.fp, env=env)
     assert r.returncode == 3, r.stderr
-    assert r.stderr.splitlines()[0] == f"meshctl: {flow.url}: branch 'main' points to a {kind} ({oid[:12]}), not a commit"
+    assert r.stderr.splitlines()[0] == (f"meshctl: {flow.url}: branch 'main' points to a {kind} ({oid[:12]}), "
+                                        "not a commit")
     assert "Traceback" not in r.stderr
     state = flow.tmp / "state-late"
     assert not (state / "trust.json").exists() and not (state / "node.json").exists()  # no trust anchor left

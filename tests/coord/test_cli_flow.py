@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from git_servers import bare_copy, git_daemon, https_git_server, ssh_server
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -24,9 +24,9 @@ from acl_e2e_support import (
 )
 
 from lab import meshctl_argv
+from lab.scenario import MeshScenario
 from meshctl.coord import admin
 from meshctl.keys import load_signing_key
-from lab.scenario import MeshScenario
 
 pytestmark = pytest.mark.netns
 
