@@ -107,11 +107,14 @@ def verify_baseline(
         problems.append(exc.message)
     policy_text, policy_known = _policy(snap, state, inputs, signed_texts or {}, problems)
     problems += verify.pin_problems(snap, state, kinds, skip=inputs)
+    verified = Verified(newest, root_hashes, state, state_sha, recs, policy_text,
+                        verify.build_netmap(newest, state, state_sha, recs, policy_text))
+    if not problems:
+        signed = sorted(p for p, kind in kinds.items() if kind == "sig" and not p.startswith("requests/"))
+        problems += verify.signature_entry_problems(snap, verified, signed)
     if problems:
         raise VerificationError("\n".join(problems), "these files differ from what valid signatures cover; "
                                 "restore them from the last signed commit (git log -- state.json)")
-    verified = Verified(newest, root_hashes, state, state_sha, recs, policy_text,
-                        verify.build_netmap(newest, state, state_sha, recs, policy_text))
     return Baseline(snap, verified, data, tuple(roots), frozenset(signers), complete, policy_known, tuple(notes))
 
 

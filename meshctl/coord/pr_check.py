@@ -22,12 +22,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from meshctl.coord import records, signing, verify
+from meshctl.coord import records, verify
 from meshctl.coord.records import StateDoc
 from meshctl.coord.state_diff import fingerprint
 from meshctl.coord.verify import Snapshot, TrustMemory, Verified
 from meshctl.errors import MeshctlError
-from meshctl.keys import VerifyKey
 
 JOIN_RULE = "a join request may only add its own requests/NAME.json"
 
@@ -103,45 +102,6 @@ def _changed_paths(head: Snapshot, base: Snapshot) -> list[str]:
 def _request_name(path: str) -> str | None:
     m = verify.REQUEST_RE.match(path.removesuffix(".sig"))
     return m.group(1) if m else None
-
-
-def _signing_keys(head: Snapshot, verified: Verified, path: str) -> tuple[str, Sequence[VerifyKey]]:
-    """The file type and the keys that may sign the file `path` (a .sig's subject) in the head."""
-    if path == "state.json":
-        return "state", verified.root.admin_keys
-    if m := verify.ROOT_RE.match(path):
-        roots, _ = verify.walk_roots(head, "sha256:" + verified.root_hashes[0])
-        version = int(m.group(1))
-        keys = list(roots[version - 1].root_keys) + (list(roots[version - 2].root_keys) if version > 1 else [])
-        return "root", keys
-    try:
-        rec = records.parse_peer(verify.read_bounded(head, path, records.MAX_PEER_BYTES), path)
-    except MeshctlError:
-        return "peer", ()  # an unreadable record is reported by the record checks
-    return "peer", (rec.identity_key,)
-
-
-def _signature_entry_problems(head: Snapshot, verified: Verified, changed: Sequence[str]) -> list[str]:
-    """Every entry of a changed .sig file is a valid signature: nothing unsigned hides in one."""
-    problems = []
-    files = head.files()
-    for sig_path in (p for p in changed if p.endswith(".sig") and p in files):
-        path = sig_path.removesuffix(".sig")
-        if path not in files:
-            continue  # the verifier names a signature without its file
-        try:
-            sigs = signing.parse_signatures(verify.read_bounded(head, sig_path, signing.MAX_SIG_FILE_BYTES),
-                                            name=sig_path)
-        except MeshctlError as exc:
-            problems.append(exc.message)
-            continue
-        file_type, keys = _signing_keys(head, verified, path)
-        data = head.read(path)
-        for sig in sigs:
-            if not signing.valid_signers([sig], keys, file_type, verified.root.network_id, data):
-                problems.append(f"{sig_path}: entry {sig.keyid[:16]!r} is not a valid signature by a key that "
-                                f"may sign {path}")
-    return problems
 
 
 def _change_problems(head: Snapshot, base: _Base, verified: Verified, changed: Sequence[str]) -> list[str]:
@@ -239,7 +199,7 @@ def check_change(head: Snapshot, base: Snapshot | None, now: int,
     problems = verify.pin_problems(head, verified.state, kinds)
     if anchor is not None:
         changed = _changed_paths(head, anchor.snap)
-        problems += _signature_entry_problems(head, verified, changed)
+        problems += verify.signature_entry_problems(head, verified, [p for p in changed if p.endswith(".sig")])
         problems += _change_problems(head, anchor, verified, changed)
     problems += check_requests(head, verified)
     if policy_tests is not None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Collection, Mapping, MutableMapping
+from collections.abc import Collection, Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
 
@@ -473,6 +473,52 @@ def pin_problems(snap: Snapshot, state: StateDoc, kinds: Mapping[str, str],
     for path in sorted(p for p, kind in kinds.items() if kind == "pinnable"):
         if path not in state.pinned and path not in skip:
             problems.append(f"{path}: not pinned in state.json (no signature covers it)")
+    return problems
+
+
+def _entitled_keys(snap: Snapshot, verified: Verified, path: str) -> tuple[str, Sequence[VerifyKey]]:
+    """The file type and the keys that may sign `path` (the subject of a .sig file)."""
+    if path == "state.json":
+        roots, _ = walk_roots(snap, "sha256:" + verified.root_hashes[0])
+        return "state", [k for r in roots for k in r.admin_keys]  # one signed before a rotation too
+    if m := ROOT_RE.match(path):
+        roots, _ = walk_roots(snap, "sha256:" + verified.root_hashes[0])
+        version = int(m.group(1))
+        return "root", list(roots[version - 1].root_keys) + (list(roots[version - 2].root_keys) if version > 1 else [])
+    name = path.rsplit("/", 1)[1][: -len(".json")]
+    if path.startswith("peers/") and name in verified.records:
+        return "peer", (verified.records[name].identity_key,)
+    try:
+        return "peer", (records.parse_peer(read_bounded(snap, path, records.MAX_PEER_BYTES), path).identity_key,)
+    except ParseError:
+        return "peer", ()  # an unreadable record is reported by the record checks
+
+
+def signature_entry_problems(snap: Snapshot, verified: Verified, sig_paths: Iterable[str]) -> list[str]:
+    """Every entry of these .sig files is a valid signature by a key that may sign its file: a node
+    needs only enough valid entries, but nothing unsigned may hide in the others either."""
+    problems = []
+    files = snap.files()
+    for sig_path in sig_paths:
+        path = sig_path.removesuffix(".sig")
+        if sig_path not in files or path not in files:
+            continue  # a signature without its file (or the reverse) is the verifier's to name
+        try:
+            sigs = signing.parse_signatures(read_bounded(snap, sig_path, signing.MAX_SIG_FILE_BYTES), name=sig_path)
+        except ParseError as exc:
+            problems.append(exc.message)
+            continue
+        file_type, keys = _entitled_keys(snap, verified, path)
+        if file_type == "peer" and len(sigs) == 1 and keys and sigs[0].keyid == keys[0].key_id():
+            continue  # the one entry: the record checks verified it (no second Ed25519 check per member)
+        data = snap.read(path)
+        ids = [s.keyid for s in sigs]
+        for sig in sigs:
+            if ids.count(sig.keyid) > 1 or not signing.valid_signers([sig], keys, file_type,
+                                                                      verified.root.network_id, data):
+                problems.append(f"{sig_path}: entry {sig.keyid[:16]!r} is not a valid signature by a key that "
+                                f"may sign {path}")
+                break
     return problems
 
 

@@ -335,7 +335,7 @@ class RelayServer:
             if looks_like_frame(data):
                 core.receive((addr[0], addr[1]), data, now)
             elif stun.is_stun(data):
-                core.receive_stun((addr[0], addr[1]), data)
+                core.receive_stun((addr[0], addr[1]), data, now)
             else:
                 core.stats.drop("not_relay")
         self.flush()

@@ -99,6 +99,7 @@ UNAUTH_REPLIES_PER_SOURCE_PER_S: Final = 20.0  # a login takes one challenge; me
 UNAUTH_SOURCE_BURST: Final = 40.0
 MAX_UNAUTH_SOURCES: Final = 4096  # per-source budgets kept at most (the oldest go first)
 NO_SESSION_REPLIES_PER_S: Final = 200.0  # of those, "no such session" (every stale client asks at once)
+STUN_REPLIES_PER_S: Final = 2000.0  # STUN answers, apart: every node asks every 25 s
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,7 +177,7 @@ class RelayCore:
     """Admission and forwarding for every client of one relay (sans-IO).
 
     Inputs: `receive(conn, data, now)` (one datagram or one whole stream frame),
-    `receive_stun(addr, data)`, `receive_bind(port, addr, data, now)` (a channel port),
+    `receive_stun(addr, data, now)`, `receive_bind(port, addr, data, now)` (a channel port),
     `connection_lost(conn)`, `set_members(...)`, `handle_timer(now)`.
     Output: one queue, `take_output()`, of frames to send and session events, in the order
     they arose (a Denied frame comes before the event that hangs its stream up); `stats`.
@@ -201,6 +202,7 @@ class RelayCore:
         self.stats = RelayStats()
         self._no_session = TokenBucket.full(NO_SESSION_REPLIES_PER_S, NO_SESSION_REPLIES_PER_S, 0.0)
         self._unauth = TokenBucket.full(UNAUTH_REPLIES_PER_S, UNAUTH_REPLIES_PER_S, 0.0)
+        self._stun = TokenBucket.full(STUN_REPLIES_PER_S, STUN_REPLIES_PER_S, 0.0)
         self._unauth_by_source: dict[Hashable, TokenBucket] = {}
         self._admit_until: float | None = None  # the accepted state's expiry, on the monotonic clock
         self.channels = ChannelTable(ports or _NoPorts(), randbytes)
@@ -243,15 +245,17 @@ class RelayCore:
 
     # -- input ---------------------------------------------------------------------------
 
-    def receive_stun(self, conn: tuple[str, int], data: bytes) -> None:
-        """Answer a STUN binding request from UDP address `conn` with that address."""
+    def receive_stun(self, conn: tuple[str, int], data: bytes, now: float) -> None:
+        """Answer a STUN binding request from UDP address `conn` with that address (rate-limited
+        like every answer to a sender no session vouches for)."""
         try:
             txid = stun.parse_binding_request(data)
         except stun.StunError:
             self.stats.drop("bad_stun")
             return
         self.stats.stun += 1
-        self._out.append((conn, stun.marshal_binding_response(txid, addr_port(conn[0], conn[1]))))
+        self._reply_unauthenticated(conn, stun.marshal_binding_response(txid, addr_port(conn[0], conn[1])), now,
+                                    self._stun)
 
     def receive(self, conn: ConnId, data: bytes, now: float) -> None:
         """One frame from `conn`. Garbage is counted and dropped; it never raises."""
@@ -329,7 +333,8 @@ class RelayCore:
         self.stats.auth_failed += 1
         self._reply_unauthenticated(conn, marshal_frame(Denied(reason)), now)
 
-    def _reply_unauthenticated(self, conn: ConnId, frame: bytes, now: float) -> None:
+    def _reply_unauthenticated(self, conn: ConnId, frame: bytes, now: float,
+                               overall: TokenBucket | None = None) -> None:
         """Send a reply to a frame no session vouches for, within the budgets of its source and of all."""
         source = conn[0] if isinstance(conn, tuple) else conn  # UDP: the address, whatever the port
         bucket = self._unauth_by_source.get(source)
@@ -338,7 +343,7 @@ class RelayCore:
                 del self._unauth_by_source[next(iter(self._unauth_by_source))]
             bucket = self._unauth_by_source[source] = TokenBucket.full(
                 UNAUTH_REPLIES_PER_SOURCE_PER_S, UNAUTH_SOURCE_BURST, now)
-        if bucket.take(1, now) and self._unauth.take(1, now):
+        if bucket.take(1, now) and (overall or self._unauth).take(1, now):
             self._out.append((conn, frame))
         else:
             self.stats.drop("unauthenticated_reply_limited")

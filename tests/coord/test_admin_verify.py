@@ -105,6 +105,15 @@ def attacker_record(path: Path) -> None:
         "record_sha256", hashlib.sha256(data).hexdigest()))
 
 
+def junk_entry(path: Path) -> None:
+    """An extra entry in a member's signature file: a node still accepts the record (its own key's
+    entry is valid), but nothing signs the extra bytes."""
+    sig = path / "peers/laptop.json.sig"
+    doc = json.loads(sig.read_text())
+    doc["signatures"].append({"keyid": "0" * 16, "sig": "A" * 86 + "=="})
+    sig.write_text(json.dumps(doc))
+
+
 def record_only(path: Path) -> None:
     network_id = json.loads((path / "state.json").read_text())["network_id"]
     data, sig = make_request(new_device(), network_id, "laptop", (), NOW)
@@ -116,6 +125,7 @@ TAMPERING: dict[str, tuple[Callable[[Path], None], str]] = {
     "unsigned tag in state.json": (tag_ops, "state.json.sig: no valid signature"),
     "replaced peer record with updated record_sha256": (attacker_record, "state.json.sig: no valid signature"),
     "replaced peer record": (record_only, "peers/laptop.json: sha256 "),
+    "junk signature entry": (junk_entry, "peers/laptop.json.sig: entry '0000000000000000' is not a valid"),
     "policy edit": (lambda p: (p / "policy.hujson").write_text('{"acls": []}\n'), "policy.hujson: sha256 differs"),
     "README edit": (lambda p: (p / "README.md").write_text("evil\n"), "README.md: sha256 differs"),
     "workflow edit": (lambda p: (p / ".github/workflows/meshctl-verify.yml").write_text("on: push\n"),
@@ -364,9 +374,13 @@ def test_junk_signature_entries_are_not_signed_along(tmp_path: Path) -> None:
     mesh.request("laptop")
     admin.approve(mesh.checkout, "laptop", mesh.admin_keys[:1], NOW)
     sig = mesh.path / "state.json.sig"
-    doc = json.loads(sig.read_text())
+    clean = sig.read_bytes()
+    doc = json.loads(clean)
     doc["signatures"].append({"keyid": "f" * 16, "sig": "A" * 86 + "=="})
     sig.write_text(json.dumps(doc))
+    with pytest.raises(VerificationError, match="^state.json.sig: entry 'ffffffffffffffff' is not a valid signature"):
+        admin.cosign(mesh.checkout, mesh.admin_keys[1:], NOW)
+    sig.write_bytes(clean)
     admin.cosign(mesh.checkout, mesh.admin_keys[1:], NOW)
     assert {s.keyid for s in signing.parse_signatures(sig.read_bytes(), name="x")} == {
         k.public().key_id() for k in mesh.admin_keys}

@@ -456,12 +456,23 @@ def test_relay_full() -> None:
 def test_stun_is_answered_with_the_source_address() -> None:
     core = make_core([])
     txid = stun.new_txid(lambda n: bytes(range(n)))
-    core.receive_stun(("192.0.2.5", 40000), stun.marshal_binding_request(txid))
+    core.receive_stun(("192.0.2.5", 40000), stun.marshal_binding_request(txid), 1.0)
     [(dst, reply)] = drain(core)[0]
     assert dst == ("192.0.2.5", 40000)
     assert stun.parse_binding_response(reply) == (txid, addr_port("192.0.2.5", 40000))
-    core.receive_stun(("192.0.2.5", 1), b"\x00\x01junk")
+    core.receive_stun(("192.0.2.5", 1), b"\x00\x01junk", 1.0)
     assert drain(core) == ([], []) and core.stats.drops["bad_stun"] == 1
+
+
+def test_stun_answers_are_rate_limited_per_source() -> None:
+    """The relay answers STUN by design, but it is no reflector toward a spoofed address either."""
+    core = make_core([])
+    request = stun.marshal_binding_request(stun.new_txid(lambda n: bytes(range(n))))
+    for i in range(1000):
+        core.receive_stun(("192.0.2.5", 1000 + i), request, 1.0)
+    assert 1 <= len(drain(core)[0]) <= server_core.UNAUTH_SOURCE_BURST
+    core.receive_stun(("192.0.2.6", 1), request, 1.0)  # another address is answered
+    assert len(drain(core)[0]) == 1
 
 
 def test_relay_identity_is_checked_by_the_client() -> None:
