@@ -190,5 +190,5 @@ def sign(
         return [f"signed state serial {result.state.serial}"]
 
     run_signing(repo, admin_key, lambda s: changes.sign_policy(s.baseline, update_pins),
-                inputs=lambda paths: changes.sign_inputs(update_pins, paths), policy_check=check_policy,
+                inputs=changes.sign_inputs(update_pins), policy_check=check_policy,
                 dry_run=dry_run, no_commit=no_commit, lines=signed)

@@ -60,7 +60,7 @@ def run_signing(
     dry_run: bool,
     no_commit: bool,
     cosign: bool = False,
-    inputs: Callable[[Collection[str]], Collection[str]] | None = None,
+    inputs: Collection[str] = (),
     policy_check: PolicyCheck | None = None,
     lines: Callable[[Plan], list[str]] | None = None,
 ) -> Plan:

@@ -197,9 +197,9 @@ def _check_head(path: Path) -> gitrepo.GitSnapshot | None:
 
 
 def open_session(path: Path, now: int, keys: Sequence[SigningKey] = (), trust: AdminTrust | None = None, *,
-                 cosign: bool = False, inputs: Callable[[Collection[str]], Collection[str]] | None = None) -> Session:
-    """Verify the checkout at `path` for signing (see coord/baseline.py); `inputs` picks, from the
-    checkout's paths, the files the command supplies itself."""
+                 cosign: bool = False, inputs: Collection[str] = ()) -> Session:
+    """Verify the checkout at `path` for signing (see coord/baseline.py); `inputs` are the files the
+    command supplies itself."""
     network_id = _network_id(path)
     remembered = trust.load(network_id) if trust is not None else None
     memory = remembered.memory if remembered is not None else None
@@ -213,7 +213,7 @@ def open_session(path: Path, now: int, keys: Sequence[SigningKey] = (), trust: A
             signed_texts[verify.sha256_hex(text)] = text
     baseline = verify_baseline(
         snap, pinned, now, memory, own_keys=[k.public() for k in keys], cosign=cosign,
-        inputs=inputs(snap.files()) if inputs is not None else (), signed_texts=signed_texts,
+        inputs=inputs, signed_texts=signed_texts,
         remembered_state=remembered.state if remembered else None)
     return Session(path, now, baseline, trust, remembered)
 
@@ -256,7 +256,7 @@ def apply_plan(session: Session, result: Plan, now: int, commit: bool) -> str | 
         session.trust.save(after.root.network_id, after.memory(), after.state_bytes, policy, now)
     if not commit:
         return None
-    snap = FsSnapshot(path)
+    snap = after.snapshot  # the checkout with the change laid over it, as verified
     verified = {p: snap.read(p) for p in sorted(snap.files()) if not p.startswith(REQUESTS_DIR + "/")}
     dropped = [p for p, data in result.files.items() if data is None]
     return gitrepo.commit_files(path, verified, REQUESTS_DIR, dropped, result.commit_message)
@@ -299,7 +299,7 @@ def remembered_view(session: Session) -> StateView | None:
 
 def run_change(path: Path, keys: Sequence[SigningKey], now: int, build: Callable[[Session], Change], *,
                trust: AdminTrust | None = None, cosign: bool = False,
-               inputs: Callable[[Collection[str]], Collection[str]] | None = None,
+               inputs: Collection[str] = (),
                policy_check: PolicyCheck | None = None, write: bool = True, commit: bool = False,
                ) -> tuple[Plan, str | None]:
     """The whole signing path for one command: verify, build, plan; then (unless `write` is False,
@@ -342,7 +342,7 @@ def sign(co: Checkout, keys: Sequence[SigningKey], now: int, update_pins: bool =
          policy_check: PolicyCheck | None = None) -> StateDoc:
     """Sign the checkout's policy.hujson (refused if `policy_check` finds a problem)."""
     result, _ = run_change(co.path, keys, now, lambda s: changes.sign_policy(s.baseline, update_pins),
-                           inputs=lambda paths: changes.sign_inputs(update_pins, paths), policy_check=policy_check)
+                           inputs=changes.sign_inputs(update_pins), policy_check=policy_check)
     return result.state
 
 

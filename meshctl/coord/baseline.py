@@ -10,8 +10,9 @@ signing command builds its new state from that alone. The differences from a nod
 - an expired state is a base (`admin renew` exists for it), with a note;
 - a state below the admin threshold is a base only when it carries this admin's own valid signature,
   or for a co-signature (`admin sign --cosign`, which needs one admin's valid signature to add to);
-- files the command itself supplies (`inputs`: the edited policy for `admin sign`) are not compared
-  with their signed hashes, since they are the change being signed and shown;
+- files the command itself supplies (`inputs`: the edited policy for `admin sign`, and with
+  `--update-pins` every pinned file, ALL_PINNED) are not compared with their signed hashes,
+  since they are the change being signed and shown;
 - files nodes never read (README, CI configuration) must match the hashes state.json pins.
 
 Problems in different files are all named, one line each.
@@ -31,6 +32,7 @@ from meshctl.errors import MeshctlError, VerificationError
 from meshctl.keys import VerifyKey
 
 MAX_NAMED_FIELDS: Final = 6  # an unsigned edit is named by at most this many fields
+ALL_PINNED: Final = "(pinned files)"  # in `inputs`: the README and CI files are the command's to sign
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +108,8 @@ def verify_baseline(
     except MeshctlError as exc:
         problems.append(exc.message)
     policy_text, policy_known = _policy(snap, state, inputs, signed_texts or {}, problems)
-    problems += verify.pin_problems(snap, state, kinds, skip=inputs)
+    if ALL_PINNED not in inputs:
+        problems += verify.pin_problems(snap, state, kinds)
     verified = Verified(newest, root_hashes, state, state_sha, recs, policy_text,
                         verify.build_netmap(newest, state, state_sha, recs, policy_text))
     if not problems:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from typing import Final
 
 from meshctl.coord import records, signing, verify
-from meshctl.coord.baseline import Baseline
+from meshctl.coord.baseline import ALL_PINNED, Baseline
 from meshctl.coord.records import Assignment, PeerRecord, Revoked, StateDoc
 from meshctl.coord.signed_change import Change, pinnable_hashes
 from meshctl.coord.state_diff import StateView, fingerprint
@@ -169,12 +169,9 @@ def sign_policy(base: Baseline, update_pins: bool = False) -> Change:
     return Change(dataclasses.replace(base.state, pinned=pinned), files, message="Sign")
 
 
-def sign_inputs(update_pins: bool, paths: Collection[str]) -> set[str]:
+def sign_inputs(update_pins: bool) -> frozenset[str]:
     """The files `admin sign` supplies itself: the policy, and with --update-pins the pinned files."""
-    inputs = {"policy.hujson"}
-    if update_pins:
-        inputs |= {p for p in paths if records.PINNABLE_RE.match(p)}
-    return inputs
+    return frozenset({"policy.hujson", ALL_PINNED} if update_pins else {"policy.hujson"})
 
 
 def set_stun(base: Baseline, servers: Sequence[str]) -> Change:

@@ -111,6 +111,8 @@ def _remote(path: Path, state: StateDoc, members: Mapping[str, PeerRecord], in_c
             return gitrepo.read_file_at(repo, tip, p, limit)
 
         item = judge(name, _request_files(read_branch, name), where, state, members)
+        if name in members and item.fingerprint == fingerprint(members[name]):
+            continue  # approved already: the branch was merged (or is being)
         if name in in_checkout and in_checkout[name] != item.fingerprint:
             item = Pending(item.name, item.fingerprint, item.where,
                            "; ".join(x for x in (item.note, "another key than the checkout's request") if x))

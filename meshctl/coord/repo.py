@@ -407,7 +407,9 @@ def commit_tree_changes(
     sig = pygit2.Signature(*COMMITTER)
     parents = [pygit2.Oid(hex=parent)] if parent else []
     parents += [pygit2.Oid(hex=p) for p in extra_parents]
-    oid = repo.create_commit(ref, sig, sig, message, tree, parents)
+    oid = repo.create_commit(None, sig, sig, message, tree, parents)
+    if ref is not None:  # this clone's own branch: whatever it held before is replaced
+        repo.references.create(ref, oid, force=True)
     return str(oid)
 
 
@@ -469,7 +471,8 @@ def uncommitted(workdir: Path) -> list[str]:
 def commit_files(workdir: Path, files: Mapping[str, bytes], keep_under: str, drop: Collection[str],
                  message: str) -> str | None:
     """Commit on HEAD a tree of exactly `files` (mode 100644) plus HEAD's entries under `keep_under`
-    other than `drop`; the index follows the new commit. None when `workdir` is not a git checkout.
+    other than `drop`; the index follows the new commit. None when `workdir` is not a git checkout,
+    or when the tree is HEAD's already.
 
     An admin's change commits what was verified (the checkout as files, with the change), not
     whatever else HEAD or the index hold: a gitlink, a symlink or an unverified edit in HEAD does
@@ -490,6 +493,8 @@ def commit_files(workdir: Path, files: Mapping[str, bytes], keep_under: str, dro
     for path, data in files.items():
         index.add(pygit2.IndexEntry(path, repo.create_blob(data), pygit2.enums.FileMode.BLOB))
     new_tree = index.write_tree(repo)
+    if not repo.head_is_unborn and repo.head.peel(pygit2.Tree).id == new_tree:
+        return None  # nothing changed (a signature added twice)
     try:
         author = repo.default_signature
     except (KeyError, pygit2.GitError):

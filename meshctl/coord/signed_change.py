@@ -12,7 +12,7 @@ shell's part (coord/admin.py), done only after all of this passed, and not at al
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -38,7 +38,6 @@ class Change:
     message: str = ""  # commit message, before " (serial N)"
     warnings: tuple[str, ...] = ()
     resign: bool = True  # False: add signatures to the state as it is (co-signing)
-    inputs: Collection[str] = ()  # files the command supplies, checked only once laid over the checkout
     shown_from: StateView | None = None  # what the diff starts from when not the baseline (co-signing)
 
 

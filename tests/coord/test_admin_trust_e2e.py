@@ -217,6 +217,11 @@ def _pr(flow: Flow, branch: str, edit: Callable[[Path], None]) -> subprocess.Com
 
 
 def test_a_foreign_request_cannot_be_replaced_removed_or_overwritten(flow: Flow) -> None:
+    r = flow.admin("admin", "pending")
+    assert r.stdout == f"newbie  key {flow.fingerprints['newbie']}  branch join/newbie (origin)\n", r.stdout
+    # The device itself may ask again: its own branch moves on (a fast-forward, nothing replaced).
+    r = flow.node("newbie", "join", flow.url, "--name", "newbie", "--root", flow.fp)
+    assert r.returncode == 0 and "pushed to branch join/newbie" in r.stdout, r.stderr
     git("fetch", "-q", "origin", "join/newbie:refs/real/newbie", cwd=flow.coord)
     # Another device asks for the same name: join refuses to touch newbie's branch.
     flow.nodes["thief"] = {"MESHCTL_STATE_DIR": str(flow.tmp / "state-thief")}

@@ -70,9 +70,9 @@ COMMANDS: dict[str, tuple[Callable[[admin.Session], Change], dict[str, object]]]
     "approve": (lambda s: changes.approve(s.baseline, "newbie", s.now), {}),
     "revoke": (lambda s: changes.revoke(s.baseline, "desk", s.now), {}),
     "renew": (lambda s: changes.renew(s.baseline), {}),
-    "sign": (lambda s: changes.sign_policy(s.baseline), {"inputs": lambda p: changes.sign_inputs(False, p)}),
+    "sign": (lambda s: changes.sign_policy(s.baseline), {"inputs": changes.sign_inputs(False)}),
     "sign --update-pins": (lambda s: changes.sign_policy(s.baseline, True),
-                           {"inputs": lambda p: changes.sign_inputs(True, p)}),
+                           {"inputs": changes.sign_inputs(True)}),
     "sign --cosign": (lambda s: changes.cosign(s.baseline, admin.remembered_view(s)), {"cosign": True}),
     "relay add": (lambda s: relays_admin.add_change(
         s.baseline, relays_admin.parse_relay("spare", "198.51.100.8:3340", RELAY_KEY)), {}),
@@ -296,7 +296,7 @@ def test_sign_refuses_a_policy_that_does_not_parse_or_fails_its_tests(adm: Admin
         (path / "policy.hujson").write_text(text)
         before, memory = files_of(path), adm.memory()
         with pytest.raises(UsageError) as err:
-            adm.run(COMMANDS["sign"][0], inputs=lambda p: changes.sign_inputs(False, p), policy_check=check_policy)
+            adm.run(COMMANDS["sign"][0], inputs=changes.sign_inputs(False), policy_check=check_policy)
         assert expected in err.value.message
         assert files_of(path) == before and adm.memory() == memory
 
@@ -453,3 +453,15 @@ def test_library_helpers_still_build_meshes(tmp_path: Path) -> None:
     assert sorted(mesh.verify().state.peers) == ["a", "b", "c"]
     assert FsSnapshot(mesh.path).files()
 
+
+
+def test_update_pins_signs_edited_and_removed_files_and_shows_them(adm: Admin) -> None:
+    path = adm.mesh.path
+    (path / "README.md").write_text("# our mesh\n")
+    (path / ".gitlab-ci.yml").unlink()
+    build, kw = COMMANDS["sign --update-pins"]
+    result = adm.run(build, **kw)
+    assert "- pinned .gitlab-ci.yml" in result.diff
+    assert [line for line in result.diff if line.startswith("~ pinned README.md: sha256 ")]
+    assert ".gitlab-ci.yml" not in result.state.pinned
+    adm.run(COMMANDS["renew"][0])  # and what it pinned verifies for the next command
