@@ -18,7 +18,9 @@ from meshctl.cli.admin_relay import relay_admin_app
 from meshctl.cli.common import command
 
 if TYPE_CHECKING:
-    from meshctl.coord.signed_change import Plan
+    from meshctl.coord.approve_remote import Approval
+    from meshctl.coord.records import StateDoc
+    from meshctl.coord.signed_change import Change, Plan
 
 admin_app = typer.Typer(help="Admin commands, run in a checkout of the coordination repository.",
                         no_args_is_help=True)
@@ -34,9 +36,13 @@ def init(
     admin_key: KeyOpt = None,
     root_threshold: Annotated[int, typer.Option(help="Root signatures needed to rotate root.")] = 1,
     admin_threshold: Annotated[int, typer.Option(help="Admin signatures needed on state.json.")] = 1,
+    remote: Annotated[str | None, typer.Option(
+        "--remote", help="The (empty) repository on your git host, e.g. git@github.com:acme/acme-mesh.git: "
+                         "added as origin and pushed, so the invite names it.")] = None,
 ) -> None:
     """Create a new mesh: the coordination repository, root of trust and first signed state."""
     from meshctl.coord import admin
+    from meshctl.coord import repo as gitrepo
 
     paths = key_paths(admin_key)
     keys = []
@@ -50,8 +56,23 @@ def init(
     admin.remember(admin.open_session(directory, now, keys, trust_of(admin_key)), now)
     typer.echo(f"created mesh {name!r} in {directory} (network {co.root.network_id[:8]}…, "
                f"{co.state.ipv4_cidr}, {co.state.ipv6_prefix}, domain {co.state.domain})")
-    typer.echo("next: push it to a git host, then give devices the invite:")
-    typer.echo("  " + admin.invite_text(co, None))
+    if remote is None:
+        typer.echo("next: push it to a git host, then give devices the invite:")
+        typer.echo("  " + admin.invite_text(co, None))
+        return
+    from meshctl.errors import GitError
+
+    try:
+        gitrepo.publish_checkout(directory, remote)
+    except gitrepo.PushRefused as exc:
+        raise GitError(exc.message, f"the mesh is created in {directory}; --remote must name an empty repository "
+                                    f"(then: git -C {directory} push -u origin main)") from None
+    except GitError as exc:
+        raise GitError(exc.message, f"the mesh is created in {directory} with origin {remote}; push it when "
+                                    f"the git host answers: git -C {directory} push -u origin main") from None
+    typer.echo(f"pushed main to {remote}")
+    typer.echo("give devices the invite (`meshctl admin invite` prints it again):")
+    typer.echo("  " + admin.invite_text(co, remote))
 
 
 @admin_app.command("invite")
@@ -107,12 +128,60 @@ def approve(
     no_commit: NoCommitOpt = False,
     dry_run: DryRunOpt = False,
 ) -> None:
-    """Approve a join request: move it to peers/, assign addresses, sign the new state."""
-    from meshctl.coord import changes
+    """Approve a join request: move it to peers/, assign addresses, sign the new state.
 
-    run_signing(repo, admin_key, lambda s: changes.approve(
-        s.baseline, name, s.now, ip, tag or [], owner, expect_key, allow_revoked_key),
-        dry_run=dry_run, no_commit=no_commit)
+    When the request is not in the checkout, it is fetched from origin (branch join/NAME, or
+    update/NAME for a member's changed record), approved on an up-to-date main, committed and
+    pushed; where main cannot be pushed to, the approval goes to the request branch (a pull request).
+    Either way the checkout is verified first and the change shown (`--dry-run`: only that; the
+    request fetched from origin is removed again).
+    """
+    from meshctl.coord import admin, changes
+    from meshctl.coord.approve_remote import approve_from_origin, request_files
+
+    def build(session: admin.Session) -> Change:
+        return changes.approve(session.baseline, name, session.now, ip, tag or [], owner, expect_key,
+                               allow_revoked_key)
+
+    if (repo / request_files(name)[0]).exists():  # in the checkout already (offline, or the branch checked out)
+        run_signing(repo, admin_key, build, dry_run=dry_run, no_commit=no_commit)
+        return
+    admin.open_checkout(repo)  # "not a coordination repository" before anything is fetched
+
+    def approve_in(co: admin.Checkout) -> tuple[StateDoc, list[str], list[str]]:
+        result = run_signing(co.path, admin_key, build, dry_run=dry_run, no_commit=True, status_line=False)
+        if dry_run:
+            raise _DryRunDone
+        return admin.paths_of(result)
+
+    try:
+        result = approve_from_origin(repo, name, approve_in, commit=not no_commit)
+    except _DryRunDone:
+        return
+    _say_published(result)
+
+
+class _DryRunDone(Exception):
+    """Raised through approve_from_origin, which puts the fetched request back."""
+
+
+def _say_published(result: Approval) -> None:
+    from meshctl.errors import MeshctlError
+
+    serial, branch, main = result.state.serial, result.branch, result.main
+    if result.outcome == "merged":
+        typer.echo(f"pushed {main} (serial {serial}); {branch} is merged")
+    elif result.outcome == "not-committed":
+        typer.echo(f"written to the working tree on {main} (--no-commit): nothing committed or pushed")
+    elif result.outcome == "not-pushed":
+        raise MeshctlError(f"the approval (serial {serial}) is committed on local branch {branch} but not pushed: "
+                           f"{result.reason}", f"push it when the git host answers: git push origin {branch}")
+    else:
+        typer.echo(f"{main} not pushed ({result.reason}); the approval is on branch {branch}")
+        if result.outcome == "cosign":
+            typer.echo(f"another admin must add a signature on {branch}: meshctl admin sign --cosign")
+        typer.echo(f"merge the pull request: {result.pr_url}" if result.pr_url
+                   else f"merge {branch} into {main} (a pull request), then nodes see it")
 
 
 @admin_app.command("revoke")

@@ -29,7 +29,7 @@ def verify_cmd(
     from meshctl.coord.fs_snapshot import FsSnapshot
     from meshctl.coord.verify import Snapshot
     from meshctl.errors import UsageError
-    from meshctl.policy.check import policy_problems
+    from meshctl.policy.check import policy_problems, policy_warnings
 
     if not directory.is_dir():
         raise UsageError(f"{directory}: not a directory")
@@ -54,6 +54,8 @@ def verify_cmd(
                f"{len(v.records)} members, {pending} pending requests ({what})")
     for name, fp in report.added_requests:
         typer.echo(f"join request {name}: key fingerprint {fp}")
+    for warning in policy_warnings(v.policy_text):  # e.g. `ssh`: loaded, not enforced
+        typer.echo(f"warning: {warning}", err=True)
     if isinstance(head, gitrepo.GitSnapshot):
         unstaged = gitrepo.uncommitted(directory)
         if unstaged:
