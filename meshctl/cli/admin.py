@@ -148,17 +148,24 @@ def approve(
         return
     admin.open_checkout(repo)  # "not a coordination repository" before anything is fetched
 
+    shown: list[str] = []  # the approval's lines: its first, then where it went, then the rest
+
     def approve_in(co: admin.Checkout) -> tuple[StateDoc, list[str], list[str]]:
-        result = run_signing(co.path, admin_key, build, dry_run=dry_run, no_commit=True, status_line=False)
+        result = run_signing(co.path, admin_key, build, dry_run=dry_run, no_commit=True, status_line=False,
+                             echo=shown.append)
         if dry_run:
             raise _DryRunDone
         return admin.paths_of(result)
 
     try:
         result = approve_from_origin(repo, name, approve_in, commit=not no_commit)
+        typer.echo(shown.pop(0))
+        _say_published(result)
     except _DryRunDone:
-        return
-    _say_published(result)
+        pass
+    finally:
+        for line in shown:
+            typer.echo(line)
 
 
 class _DryRunDone(Exception):

@@ -63,8 +63,11 @@ def run_signing(
     inputs: Collection[str] = (),
     policy_check: PolicyCheck | None = None,
     lines: Callable[[Plan], list[str]] | None = None,
+    status_line: bool = True,
+    echo: Callable[[str], object] = typer.echo,
 ) -> Plan:
-    """Verify the checkout, build and sign the change, show it; write and commit unless a dry run."""
+    """Verify the checkout, build and sign the change, show it; write and commit unless a dry run.
+    `echo` takes what goes to stdout (warnings go to stderr at once)."""
     from meshctl.coord import admin
 
     keys = admin_keys(admin_key)
@@ -73,25 +76,26 @@ def run_signing(
     session = admin.open_session(repo, now, keys, trust, cosign=cosign, inputs=inputs)
     result = admin.plan_change(session, build(session), keys, now, policy_check)
     if dry_run:
-        typer.echo("dry run: nothing is written or committed")
+        echo("dry run: nothing is written or committed")
     for line in (lines(result) if lines is not None else list(result.change.summary)):
-        typer.echo(line)
+        echo(line)
     if session.first_use:
         typer.echo(f"note: first use of mesh {result.after.root.name} with this admin key: root "
                    f"{session.baseline.pinned_root} is pinned from now on ({trust.dir(result.after.root.network_id)})",
                    err=True)
     for warning in result.warnings:
         typer.echo(f"warning: {warning}", err=True)
-    typer.echo("changes:" if result.diff[1:] else f"changes: none ({result.diff[0]})")
+    echo("changes:" if result.diff[1:] else f"changes: none ({result.diff[0]})")
     for line in result.diff if result.diff[1:] else ():
-        typer.echo(f"  {line}")
+        echo(f"  {line}")
     if dry_run:
         return result
     commit = admin.apply_plan(session, result, now, commit=not no_commit)
     if commit:
-        typer.echo(f"committed: {result.commit_message}")
-    typer.echo(f"state.json serial {result.state.serial}: {result.signatures} of {result.threshold} "
-               "admin signatures")
+        echo(f"committed: {result.commit_message}")
+    if not status_line:
+        return result
+    echo(f"state.json serial {result.state.serial}: {result.signatures} of {result.threshold} admin signatures")
     if result.signatures < result.threshold:
-        typer.echo(f"another admin must add a signature: meshctl admin sign --cosign --repo {repo}")
+        echo(f"another admin must add a signature: meshctl admin sign --cosign --repo {repo}")
     return result

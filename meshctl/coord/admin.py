@@ -311,7 +311,7 @@ def run_change(path: Path, keys: Sequence[SigningKey], now: int, build: Callable
     return result, apply_plan(session, result, now, commit)
 
 
-def _paths_of(result: Plan) -> tuple[StateDoc, list[str], list[str]]:
+def paths_of(result: Plan) -> tuple[StateDoc, list[str], list[str]]:
     written = sorted(p for p, d in result.files.items() if d is not None)
     removed = sorted(p for p, d in result.files.items() if d is None)
     return result.state, written, removed
@@ -325,12 +325,12 @@ def approve(co: Checkout, name: str, keys: Sequence[SigningKey], now: int, ip: s
             allow_revoked_key: bool = False) -> tuple[StateDoc, list[str], list[str]]:
     result, _ = run_change(co.path, keys, now, lambda s: changes.approve(
         s.baseline, name, s.now, ip, tags, owner, expect_key, allow_revoked_key))
-    return _paths_of(result)
+    return paths_of(result)
 
 
 def revoke(co: Checkout, name: str, keys: Sequence[SigningKey], now: int) -> tuple[StateDoc, list[str], list[str]]:
     result, _ = run_change(co.path, keys, now, lambda s: changes.revoke(s.baseline, name, s.now))
-    return _paths_of(result)
+    return paths_of(result)
 
 
 def renew(co: Checkout, keys: Sequence[SigningKey], now: int) -> StateDoc:
@@ -375,6 +375,15 @@ def write_state(co: Checkout, state: StateDoc, keys: Sequence[SigningKey], now: 
     path.write_bytes(records.marshal_state(new))
     _sign_file(path, "state", co.root.network_id, _admin_signers(co, keys))
     return new
+
+
+def signature_status(co: Checkout) -> tuple[int, int]:
+    """(valid admin signatures on state.json, threshold)."""
+    data = (co.path / "state.json").read_bytes()
+    sig_path = co.path / "state.json.sig"
+    sigs = signing.parse_signatures(sig_path.read_bytes(), name=str(sig_path)) if sig_path.exists() else ()
+    good = signing.valid_signers(sigs, co.root.admin_keys, "state", co.root.network_id, data)
+    return len(good), co.root.admin_threshold
 
 
 def rotate_root(co: Checkout, old_keys: Sequence[SigningKey], new_root_keys: Sequence[VerifyKey],

@@ -92,7 +92,7 @@ def _remote(path: Path, state: StateDoc, members: Mapping[str, PeerRecord], in_c
     if repo is None or "origin" not in [r.name for r in repo.remotes]:
         return []
     try:
-        branches = sorted(gitrepo.remote_branches(repo, "join/"))
+        branches = sorted(gitrepo.remote_branches(gitrepo.remote_heads(repo), "join/"))
         if len(branches) > MAX_BRANCHES:
             warnings.append(f"origin has {len(branches)} join/ branches; the first {MAX_BRANCHES} are listed")
         tips = gitrepo.fetch_branches(repo, branches[:MAX_BRANCHES], REMOTE_REFS)

@@ -14,11 +14,13 @@ from pathlib import Path
 
 import pytest
 from git_servers import bare_copy, git_daemon
-from test_cli_flow import git, init_mesh, meshctl
+from test_cli_flow import admin_env, git, init_mesh, meshctl
 
 from meshctl.coord.join import make_request
 from meshctl.identity import DeviceKeys
 from meshctl.keys import DiscoPrivate, NodePrivate, SigningKey
+
+__all__ = ["admin_env"]  # the fixture, imported for this module's tests
 
 RELAY_KEY = SigningKey.generate().public().text()
 SIGNING_COMMANDS: tuple[tuple[str, ...], ...] = (
@@ -219,8 +221,9 @@ def _pr(flow: Flow, branch: str, edit: Callable[[Path], None]) -> subprocess.Com
 def test_a_foreign_request_cannot_be_replaced_removed_or_overwritten(flow: Flow) -> None:
     r = flow.admin("admin", "pending")
     assert r.stdout == f"newbie  key {flow.fingerprints['newbie']}  branch join/newbie (origin)\n", r.stdout
-    # The device itself may ask again: its own branch moves on (a fast-forward, nothing replaced).
-    r = flow.node("newbie", "join", flow.url, "--name", "newbie", "--root", flow.fp)
+    # The device itself may ask again: with a changed request its own branch moves on (a
+    # fast-forward, nothing replaced).
+    r = flow.node("newbie", "join", flow.url, "--name", "newbie", "--root", flow.fp, "--endpoint", "192.0.2.9:51820")
     assert r.returncode == 0 and "pushed to branch join/newbie" in r.stdout, r.stderr
     git("fetch", "-q", "origin", "join/newbie:refs/real/newbie", cwd=flow.coord)
     # Another device asks for the same name: join refuses to touch newbie's branch.

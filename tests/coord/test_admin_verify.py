@@ -273,11 +273,12 @@ def test_each_command_shows_what_the_new_state_changes(adm: Admin) -> None:
         f"+ revoked keys of newbie (key {fp}, revoked {records.format_time(NOW)})")
     result = adm.run(lambda s: relays_admin.remove_change(s.baseline, "home"))
     assert result.diff[1:] == (f"- relay home: 198.51.100.7:3340, {RELAY_KEY}",)
-    (adm.mesh.path / "policy.hujson").write_text(
-        (adm.mesh.path / "policy.hujson").read_text().replace('"acls": [', '"acls": [\n    // a new line'))
+    policy = (adm.mesh.path / "policy.hujson").read_text()
+    at = policy.splitlines().index(next(line for line in policy.splitlines() if '"acls": [' in line)) + 1
+    (adm.mesh.path / "policy.hujson").write_text(policy.replace('"acls": [', '"acls": [\n    // a new line', 1))
     build, kw = COMMANDS["sign"]
     result = adm.run(build, **kw)
-    assert result.diff[1:] == ("~ policy.hujson:", "    @@ -24,0 +25 @@", "    +    // a new line")
+    assert result.diff[1:] == ("~ policy.hujson:", f"    @@ -{at},0 +{at + 1} @@", "    +    // a new line")
 
 
 def test_other_commands_keep_the_signed_policy_and_pins(adm: Admin) -> None:

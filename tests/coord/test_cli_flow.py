@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from git_servers import bare_copy, git_daemon, https_git_server, ssh_server
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,6 +24,13 @@ def meshctl(*args: str, env: dict[str, str] | None = None, cwd: Path | None = No
 
 def git(*args: str, cwd: Path) -> str:
     return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout
+
+
+@pytest.fixture
+def admin_env(tmp_path: Path) -> dict[str, str]:
+    """The environment of an admin's meshctl and git commands (the key, and its trust/ beside it)."""
+    return {"MESHCTL_ADMIN_KEY": str(tmp_path / "admin.key"), "GIT_AUTHOR_NAME": "a",
+            "GIT_AUTHOR_EMAIL": "a@example.com", "GIT_COMMITTER_NAME": "a", "GIT_COMMITTER_EMAIL": "a@e.com"}
 
 
 def init_mesh(tmp_path: Path, env: dict[str, str]) -> tuple[Path, str]:
