@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from git_servers import bare_copy, git_daemon
 from test_cli_flow import admin_env, git, init_mesh, meshctl
+from test_newcomer import serve
 
 from meshctl.coord.join import make_request
 from meshctl.identity import DeviceKeys
@@ -94,15 +94,9 @@ class Flow:
 @pytest.fixture
 def flow(tmp_path: Path, admin_env: dict[str, str]) -> Iterator[Flow]:
     coord, fp = init_mesh(tmp_path, admin_env)
-    served = tmp_path / "served"
-    served.mkdir()
-    bare = bare_copy(coord, served / "acme.git")
-    with git_daemon(served) as base_url:
-        url = f"{base_url}/acme.git"
-        git("remote", "add", "origin", url, cwd=coord)
-        git("fetch", "-q", "origin", cwd=coord)
-        subprocess.run(["git", "clone", "-q", url, str(tmp_path / "host")], check=True)
-        f = Flow(tmp_path, url, bare, coord, tmp_path / "host", admin_env, {}, {}, fp)
+    with serve(tmp_path, coord, fp, admin_env) as served:
+        subprocess.run(["git", "clone", "-q", served.url, str(tmp_path / "host")], check=True)
+        f = Flow(tmp_path, served.url, served.bare, coord, tmp_path / "host", admin_env, {}, {}, fp)
         for name in ("laptop", "desk"):
             f.join(name)
             f.approve(name)
