@@ -94,10 +94,11 @@ class MeshScenario:
 
     # --- the devices' side ---------------------------------------------------------------
 
-    def join(self, node: Node, name: str, endpoint: str | None = None) -> str:
+    def join(self, node: Node, name: str, endpoint: str | None = None, *extra: str) -> str:
         args = ["join", self.git_url, "--name", name, "--root", self.fingerprint]
         if endpoint:
             args += ["--endpoint", endpoint]
+        args += extra
         self.members[name] = Member(node, name)
         return self.lab.meshctl(node, args).stdout
 
