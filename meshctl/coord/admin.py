@@ -253,7 +253,8 @@ def apply_plan(session: Session, result: Plan, now: int, commit: bool) -> str | 
     after = result.after
     if session.trust is not None:
         policy = result.files.get("policy.hujson") or _file(path / "policy.hujson")
-        session.trust.save(after.root.network_id, after.memory(), after.state_bytes, policy, now)
+        session.trust.save(after.root.network_id, after.memory(), after.state_bytes, policy,
+                           after.state.policy_sha256, now)
     if not commit:
         return None
     snap = after.snapshot  # the checkout with the change laid over it, as verified
@@ -274,7 +275,7 @@ def remember(session: Session, now: int) -> None:
     base = session.baseline
     if session.trust is not None and base.complete:
         session.trust.save(base.root.network_id, base.memory(), base.state_bytes,
-                           _file(session.path / "policy.hujson"), now)
+                           _file(session.path / "policy.hujson"), base.state.policy_sha256, now)
 
 
 def _file(path: Path) -> bytes | None:

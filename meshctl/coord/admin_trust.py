@@ -48,8 +48,10 @@ class AdminTrust:
             return None
         return Remembered(memory, _read(directory / "state.json"), _read(directory / "policy.hujson"))
 
-    def save(self, network_id: str, memory: TrustMemory, state: bytes, policy: bytes | None, now: int) -> None:
-        """Remember an accepted or signed state; a lower serial never replaces a higher one."""
+    def save(self, network_id: str, memory: TrustMemory, state: bytes, policy: bytes | None, policy_sha256: str,
+             now: int) -> None:
+        """Remember an accepted or signed state (and its policy, if `policy` is the one it signs);
+        a lower serial never replaces a higher one."""
         old = self.load(network_id)
         if old is not None and old.memory.serial > memory.serial:
             return
@@ -57,7 +59,7 @@ class AdminTrust:
         ensure_private_dir(self.base)
         ensure_private_dir(directory)
         atomic_write(directory / "state.json", state)
-        if policy is not None and verify.sha256_hex(policy) == _policy_hash(state):
+        if policy is not None and verify.sha256_hex(policy) == policy_sha256:
             atomic_write(directory / "policy.hujson", policy)
         NodeState(directory).save_memory(memory, now)  # last: it is what says this state was accepted
 
@@ -68,12 +70,3 @@ def _read(path: Path) -> bytes | None:
     except FileNotFoundError:
         return None
 
-
-def _policy_hash(state: bytes) -> str | None:
-    from meshctl.coord import records
-    from meshctl.errors import ParseError
-
-    try:
-        return records.parse_state(state).policy_sha256
-    except ParseError:
-        return None

@@ -20,12 +20,12 @@ Problems in different files are all named, one line each.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any, Final
 
 from meshctl.coord import records, strictjson, verify
-from meshctl.coord.records import RootDoc, StateDoc
+from meshctl.coord.records import PeerRecord, RootDoc, StateDoc
 from meshctl.coord.trust import TrustMemory
 from meshctl.coord.verify import Snapshot, Verified
 from meshctl.errors import MeshctlError, VerificationError
@@ -75,12 +75,16 @@ def verify_baseline(
     inputs: Collection[str] = (),
     signed_texts: Mapping[str, bytes] | None = None,
     remembered_state: bytes | None = None,
+    cache: MutableMapping[str, tuple[str, PeerRecord]] | None = None,
+    sig_paths: Collection[str] | None = None,
 ) -> Baseline:
     """The checkout verified for signing; a VerificationError names every file that differs.
 
     `signed_texts` (sha256 -> bytes) offers earlier texts of input files, so that the signed
     policy can be shown next to its edit; `remembered_state` (the bytes of the state this admin
-    accepted last) lets an unsigned state.json be refused with the fields it changed.
+    accepted last) lets an unsigned state.json be refused with the fields it changed. `cache` (as
+    verify.verify_peers takes it) and `sig_paths` (the .sig files whose every entry is checked;
+    None: all) let a second look at the same checkout skip what the first verified.
     """
     kinds = verify.check_paths(snap)
     roots, root_hashes = verify.walk_roots(snap, pinned, memory.root_hashes if memory else ())
@@ -104,7 +108,7 @@ def verify_baseline(
     problems: list[str] = []
     recs: Mapping[str, records.PeerRecord] = {}
     try:
-        recs = verify.verify_peers(snap, state, kinds)
+        recs = verify.verify_peers(snap, state, kinds, cache)
     except MeshctlError as exc:
         problems.append(exc.message)
     policy_text, policy_known = _policy(snap, state, inputs, signed_texts or {}, problems)
@@ -113,7 +117,8 @@ def verify_baseline(
     verified = Verified(newest, root_hashes, state, state_sha, recs, policy_text,
                         verify.build_netmap(newest, state, state_sha, recs, policy_text))
     if not problems:
-        signed = sorted(p for p, kind in kinds.items() if kind == "sig" and not p.startswith("requests/"))
+        signed = sorted(p for p, kind in kinds.items() if kind == "sig" and not p.startswith("requests/")
+                        and (sig_paths is None or p in sig_paths))
         problems += verify.signature_entry_problems(snap, verified, signed)
     if problems:
         raise VerificationError("\n".join(problems), "these files differ from what valid signatures cover; "

@@ -596,15 +596,22 @@ def commit_files(workdir: Path, files: Mapping[str, bytes], keep_under: str, dro
     if repo is None:
         return None
     index = pygit2.Index()
+    in_head: set[pygit2.Oid] = set()
     if not repo.head_is_unborn:
         tree = repo.head.peel(pygit2.Tree)
+        head_index = pygit2.Index()
+        head_index.read_tree(tree)
+        in_head = {entry.id for entry in head_index}
         if keep_under in tree and isinstance(sub := tree[keep_under], pygit2.Tree):
             for entry in sub:
                 path = f"{keep_under}/{entry.name}"
                 if path not in drop and path not in files and entry.filemode == pygit2.enums.FileMode.BLOB:
                     index.add(pygit2.IndexEntry(path, entry.id, pygit2.enums.FileMode.BLOB))
     for path, data in files.items():
-        index.add(pygit2.IndexEntry(path, repo.create_blob(data), pygit2.enums.FileMode.BLOB))
+        oid = pygit2.hash(data)  # a file HEAD has already is not written again (10,000s of members)
+        if oid not in in_head:
+            oid = repo.create_blob(data)
+        index.add(pygit2.IndexEntry(path, oid, pygit2.enums.FileMode.BLOB))
     new_tree = index.write_tree(repo)
     if not repo.head_is_unborn and repo.head.peel(pygit2.Tree).id == new_tree:
         return None  # nothing changed (a signature added twice)

@@ -18,7 +18,7 @@ from typing import Final
 
 from meshctl.coord import records, signing, verify
 from meshctl.coord.baseline import Baseline, verify_baseline
-from meshctl.coord.records import RootDoc, StateDoc
+from meshctl.coord.records import PeerRecord, RootDoc, StateDoc
 from meshctl.coord.state_diff import StateView, describe
 from meshctl.coord.trust import STATE_LIFETIME_S
 from meshctl.coord.verify import Snapshot
@@ -82,6 +82,9 @@ class OverlaySnapshot:
                     files.pop(path, None)
                 else:
                     files[path] = None  # new content: no git blob id to compare
+            for path, blob in files.items():  # unchanged files: an id that says "as in the base"
+                if blob is None and path not in self.changes:
+                    files[path] = f"base:{path}"
             self._files = files
         return self._files
 
@@ -126,10 +129,25 @@ def plan(base: Baseline, change: Change, keys: Sequence[SigningKey], now: int,
         old = _valid_entries(base)
         sigs = old + [signing.sign(k, "state", root.network_id, data) for k in signers]
     files = {**change.files, "state.json": data, "state.json.sig": signing.marshal_signatures(sigs)}
-    after = verify_baseline(OverlaySnapshot(base.snapshot, files), base.pinned_root, now, base.memory(),
-                            own_keys=[k.public() for k in signers], cosign=not change.resign)
+    overlay = OverlaySnapshot(base.snapshot, files)
+    after = verify_baseline(overlay, base.pinned_root, now, base.memory(), own_keys=[k.public() for k in signers],
+                            cosign=not change.resign, cache=_verified_records(base, overlay),
+                            sig_paths={p for p in files if p.endswith(".sig")})
     diff = describe(view(base) if change.resign else change.shown_from, view(after))
     return Plan(base, change, after, files, tuple(diff), len(after.signers), tuple(warnings))
+
+
+def _verified_records(base: Baseline, overlay: OverlaySnapshot) -> dict[str, tuple[str, PeerRecord]]:
+    """The baseline's member records, keyed as verify.verify_peers caches them, for the files the
+    change leaves as they are: the second verification checks only what changed."""
+    ids = overlay.files()
+    out = {}
+    for name, rec in base.verified.records.items():
+        path = f"peers/{name}.json"
+        blob, sig_blob = ids.get(path), ids.get(path + ".sig")
+        if blob and sig_blob:
+            out[f"{blob}:{sig_blob}"] = (base.state.peers[name].record_sha256, rec)
+    return out
 
 
 def _bookkeeping(base: Baseline, change: Change, now: int, highest_serial: int) -> StateDoc:
