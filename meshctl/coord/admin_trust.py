@@ -36,7 +36,7 @@ class AdminTrust:
 
     @classmethod
     def beside(cls, admin_key: Path) -> AdminTrust:
-        return cls(admin_key.parent / TRUST_DIR_NAME)
+        return cls(admin_key.absolute().parent / TRUST_DIR_NAME)  # absolute: not wherever the command runs
 
     def dir(self, network_id: str) -> Path:
         return self.base / network_id
