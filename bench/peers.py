@@ -13,8 +13,12 @@ kernel and printed); every daemon runs in its own session; only one system runs 
 its own ports, interfaces and server host, and the NATs forget every mapping before each start.
 
 Rounds interleave the systems (meshctl, Nebula, tinc, meshctl, ...). In each round, per system,
-the server is started, then the devices' daemons are started (both at once) four times; from the
-launch, an ICMP echo every 10 ms to the other device's tunnel address times the first reply:
+the devices' daemons are started (both at once) four times, each time with the system's server
+freshly started before and stopped after, so no start inherits a server's memory of the one before
+(tinc 1.0.36 sends the same request IDs after every start, and its hub drops a line it has seen
+within PingInterval: a device restarted that soon was sometimes never announced to the other, no
+reply for 30 s). From the launch, an ICMP echo every 10 ms to the other device's tunnel address
+times the first reply:
 1. only a pings b; 2. only b pings a (the issue's "per side"; one side's traffic is what starts the
    other's tunnel, as when one end opens a connection);
 3. both ping from the start. Then RSS; in the first round an idle window (--idle s, after --settle
@@ -178,7 +182,6 @@ class Bench:
     net: Topology
     samples: report.Samples = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
-    _last_launch_second: int = 0
 
     def say(self, text: str) -> None:
         print(text, flush=True)
@@ -209,16 +212,6 @@ class Bench:
         launch()
         replies = {name: prober_reply(p, timeout_s + 5) for name, p in probers.items()}
         return {name: (None if at is None else at - t0) for name, at in replies.items()}
-
-    def next_second(self) -> None:
-        """Wait, untimed, until the clock is in a later second than the previous launch. tinc 1.0
-        seeds its request IDs with the time in seconds: restarted within the same second, it repeats
-        its last run's messages and the hub drops them as already seen (b's subnet never reached a:
-        no reply for 30 s, one start in three)."""
-        now = time.time()
-        if int(now) <= self._last_launch_second:
-            time.sleep(self._last_launch_second + 1 - now + 0.01)
-        self._last_launch_second = int(time.time())
 
     def check_equal(self, system: PeerSystem) -> None:
         """Read back what must be equal for all three: MTU and the devices' UDP buffers."""
@@ -301,12 +294,13 @@ class Bench:
         if relayed:
             block_direct(self.lab, self.net)
         try:
+            system.start_server()
+
             def launch() -> None:
                 for node in (a, b):
                     system.launch(node, relayed=relayed)
 
             targets = {"a": (a, system.tunnel_ip(b)), "b": (b, system.tunnel_ip(a))}
-            self.next_second()
             replies = self.first_replies([targets[p] for p in pingers], launch, PROBE_TIMEOUT_S)
             metric = ("first_reply_blocked" if relayed else "first_reply_both" if len(pingers) > 1
                       else "first_reply")
@@ -335,23 +329,20 @@ class Bench:
                     system.stop(node)
                 except Exception as exc:  # noqa: BLE001 - a stop that fails must not hide the first error
                     self.say(f"  {system.name}: stopping on {node.name} failed: {exc}")
+            system.stop_server()
             if relayed:
                 unblock_direct(self.lab, self.net)
 
     def turn(self, system: PeerSystem, round_no: int) -> None:
         phases = self.opts.phases
         self.meta.setdefault("load_per_turn", []).append((system.name, round_no, load_average()))
-        system.start_server()
-        try:
-            if "one-side" in phases:
-                self.guarded_session(system, round_no, ("a",))
-                self.guarded_session(system, round_no, ("b",))
-            self.guarded_session(system, round_no, ("a", "b"), idle=round_no == 0 and "idle" in phases,
-                                 throughput="direct" in phases)
-            if "blocked" in phases:
-                self.guarded_session(system, round_no, ("a", "b"), relayed=True, throughput="relayed" in phases)
-        finally:
-            system.stop_server()
+        if "one-side" in phases:
+            self.guarded_session(system, round_no, ("a",))
+            self.guarded_session(system, round_no, ("b",))
+        self.guarded_session(system, round_no, ("a", "b"), idle=round_no == 0 and "idle" in phases,
+                             throughput="direct" in phases)
+        if "blocked" in phases:
+            self.guarded_session(system, round_no, ("a", "b"), relayed=True, throughput="relayed" in phases)
 
     def guarded_session(self, system: PeerSystem, round_no: int, pingers: Sequence[str], *, relayed: bool = False,
                         idle: bool = False, throughput: bool = False) -> None:

@@ -397,9 +397,11 @@ def unblock_direct(lab: Lab, net: Topology) -> None:
     lab.run(net.topo.internet, ["nft", "delete", "table", "ip", cfg.BLOCK_TABLE], check=False)
 
 
-def ping_burst_share(lab: Lab, net: Topology, system: PeerSystem, count: int = 20, size: int = 1000) -> float | None:
+def ping_burst_share(lab: Lab, net: Topology, system: PeerSystem, count: int = 20,
+                     size: int = cfg.TUNNEL_MTU - 28) -> float | None:
     """Bytes the system's server received per byte of a quick ping burst from a to b (0: direct,
-    about 1: relayed), or None when the burst got no reply."""
+    about 1: relayed), or None when the burst got no reply. Full-size packets: tinc sends what is
+    larger than the path MTU it has found so far through the hub."""
     a, b = net.devices
     before = wan_rx_bytes(lab, system.server)
     proc = lab.run(a, ["ping", "-q", "-c", str(count), "-i", "0.01", "-s", str(size), "-W", "1",
