@@ -4,7 +4,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 # Debian packages the suite and the demo use for real (no mocks): installed when run as root.
 APT_PACKAGES := wireguard-go wireguard-tools nftables coturn iproute2 dnsutils git openssh-server nebula tinc \
-                iperf3 iputils-ping procps conntrack psmisc binutils openssh-client systemd faketime
+                iperf3 iputils-ping procps conntrack psmisc binutils openssh-client systemd faketime \
+                sudo curl
 PYTEST_ARGS ?=
 
 .PHONY: all test deps venv binary lint demo test-kernel bench clean
@@ -35,7 +36,7 @@ test: deps venv dist/meshctl
 	MESHCTL_BIN=$(CURDIR)/dist/meshctl $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 lint: venv
-	$(BIN)/ruff check meshctl tests bench
+	$(BIN)/ruff check meshctl lab tests bench
 	$(BIN)/mypy
 
 SOURCES := $(shell find meshctl coord-repo-template packaging -type f -not -name '*.pyc') pyproject.toml
@@ -47,7 +48,7 @@ dist/meshctl: $(VENV)/.installed $(SOURCES)
 binary: deps dist/meshctl
 
 demo: deps venv
-	$(BIN)/python -m meshctl.lab.demo
+	$(BIN)/python -m lab.demo
 
 # Kernel WireGuard in a VM booting Debian 12's kernel; the nft filter tests run there too, so the
 # ruleset is proven on the kernel most servers run, not only on this machine's.

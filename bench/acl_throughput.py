@@ -49,8 +49,8 @@ from typing import Final
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from meshctl.lab import Lab, LabError, Node, lab_unavailable, open_lab  # noqa: E402
-from meshctl.lab.scenario import MeshScenario, build_lan_mesh  # noqa: E402
+from lab import Lab, LabError, Node, lab_unavailable, open_lab  # noqa: E402
+from lab.scenario import MeshScenario, build_lan_mesh  # noqa: E402
 
 GOAL_RATIO = 0.97
 IPERF_PORT = 5201

@@ -1,7 +1,7 @@
 """Shared bits of the data-plane benchmarks (bench/dataplane_*.py): paths, tables, timing.
 
 Not a benchmark itself. The benchmarks build their meshes with the network lab
-(meshctl.lab) and the helpers of the end-to-end tests (tests/e2e/e2e_support.py).
+(lab) and the helpers of the end-to-end tests (tests/e2e/e2e_support.py).
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ for extra in (ROOT, ROOT / "tests" / "e2e"):
         sys.path.insert(0, str(extra))
 
 if TYPE_CHECKING:
-    from meshctl.lab import Lab, Node
+    from lab import Lab, Node
 
 
 def require_root() -> None:
-    from meshctl.lab import lab_unavailable
+    from lab import lab_unavailable
 
     reason = lab_unavailable()
     if reason:

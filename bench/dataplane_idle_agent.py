@@ -38,8 +38,8 @@ def main() -> None:
 
     from e2e_support import agent_pid, interface, meshctl_up
 
-    from meshctl.lab import open_lab
-    from meshctl.lab.scenario import build_lan_mesh
+    from lab import open_lab
+    from lab.scenario import build_lan_mesh
     from meshctl.wg.userspace import find_wireguard_go
 
     with open_lab() as lab:

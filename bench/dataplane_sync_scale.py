@@ -37,8 +37,8 @@ def main() -> None:
 
     from e2e_support import add_members, remove_members
 
-    from meshctl.lab import meshctl_argv, open_lab
-    from meshctl.lab.scenario import build_lan_mesh
+    from lab import meshctl_argv, open_lab
+    from lab.scenario import build_lan_mesh
 
     results: dict[int, dict[str, list[float]]] = {}
     with open_lab() as lab:

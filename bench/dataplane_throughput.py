@@ -43,8 +43,8 @@ def main() -> None:
 
     from e2e_support import agent_pid, interface, meshctl_up
 
-    from meshctl.lab import open_lab
-    from meshctl.lab.scenario import build_lan_mesh
+    from lab import open_lab
+    from lab.scenario import build_lan_mesh
 
     with open_lab() as lab:
         mesh = build_lan_mesh(lab, 2)

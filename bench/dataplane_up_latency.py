@@ -50,8 +50,8 @@ def main() -> None:
 
     from e2e_support import meshctl_up
 
-    from meshctl.lab import Lab, Node, meshctl_argv, open_lab
-    from meshctl.lab.scenario import build_lan_mesh
+    from lab import Lab, Node, meshctl_argv, open_lab
+    from lab.scenario import build_lan_mesh
 
     def first_reply(lab: Lab, node: Node, dst: str, action: list[str], env: dict[str, str]) -> tuple[float, float]:
         """(seconds until `action` exits, seconds until the first echo reply), from its start."""

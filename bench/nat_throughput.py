@@ -18,9 +18,12 @@ import statistics
 import sys
 import threading
 import time
+from pathlib import Path
 
-from meshctl.lab import PORT_RESTRICTED, Lab, Node, lab_unavailable, open_lab, poll
-from meshctl.lab.scenario import build_nat_mesh
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the lab, next to meshctl
+
+from lab import PORT_RESTRICTED, Lab, Node, lab_unavailable, open_lab, poll  # noqa: E402
+from lab.scenario import build_nat_mesh  # noqa: E402
 
 REPEATS = 3
 HAND_NET = "10.99.0"

@@ -16,9 +16,12 @@ import statistics
 import sys
 import threading
 import time
+from pathlib import Path
 
-from meshctl.lab import PORT_RESTRICTED, lab_unavailable, open_lab
-from meshctl.lab.scenario import MeshScenario, build_lan_mesh, build_nat_mesh
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the lab, next to meshctl
+
+from lab import PORT_RESTRICTED, lab_unavailable, open_lab  # noqa: E402
+from lab.scenario import MeshScenario, build_lan_mesh, build_nat_mesh  # noqa: E402
 
 PING_GIVE_UP_S = 30.0
 

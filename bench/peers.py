@@ -78,7 +78,7 @@ from peers_systems import (  # noqa: E402
     wan_rx_bytes,
 )
 
-from meshctl.lab import PORT_RESTRICTED, Lab, Node, meshctl_argv, open_lab, poll  # noqa: E402
+from lab import PORT_RESTRICTED, Lab, Node, meshctl_argv, open_lab, poll  # noqa: E402
 
 PROBE_TIMEOUT_S: Final = 30.0
 NEW_PEER_TIMEOUT_S: Final = 60.0

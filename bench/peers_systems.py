@@ -23,8 +23,8 @@ from typing import Final, Protocol
 import peers_config as cfg
 import procstat
 
-from meshctl.lab import PORT_RESTRICTED, Lab, LabError, Node, TwoNats, poll
-from meshctl.lab.scenario import MeshScenario, RelayBox, build_relay_mesh
+from lab import PORT_RESTRICTED, Lab, LabError, Node, TwoNats, poll
+from lab.scenario import MeshScenario, RelayBox, build_relay_mesh
 
 WG_PORT: Final = 51820
 RELAY_NAME: Final = "r1"

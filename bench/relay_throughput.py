@@ -40,8 +40,8 @@ from procstat import cpu_seconds  # noqa: E402
 from relay_netns import WG_PORT, RelayLab, netns_missing  # noqa: E402
 from relay_support import make_relay_mesh  # noqa: E402
 
-from meshctl.lab import Lab  # noqa: E402
-from meshctl.lab.core import poll  # noqa: E402
+from lab import Lab  # noqa: E402
+from lab.core import poll  # noqa: E402
 
 
 def iperf(rl: RelayLab, a: object, b: object, seconds: int, parallel: int) -> float:

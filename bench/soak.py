@@ -77,7 +77,7 @@ def main() -> int:
     args = ap.parse_args()
     require_root()
 
-    from meshctl.lab import open_lab
+    from lab import open_lab
 
     failures: list[str] = []
     t0 = time.monotonic()

@@ -28,8 +28,8 @@ import pytest
 
 SKIP_DIRS = frozenset({".git", "objects", "repo.git", "__pycache__", "site-packages"})
 MAX_LOG_BYTES = 32 * 1024 * 1024  # one log larger than this is read from its tail
-LAB_GLOB = "*-lab"  # meshctl.lab.core.Lab's temporary directories
-LAB_RUN_DIR = Path("/run/meshctl-lab")  # meshctl.lab.core.RUN_DIR: one file per live lab run
+LAB_GLOB = "*-lab"  # lab.core.Lab's temporary directories
+LAB_RUN_DIR = Path("/run/meshctl-lab")  # lab.core.RUN_DIR: one file per live lab run
 TESTS_DIR = Path(__file__).resolve().parent
 
 

@@ -57,10 +57,7 @@ def default_extensions(agent: Agent) -> list[Extension]:
         from meshctl.agent.magicdns import MagicDns
 
         out.append(MagicDns(agent.settings))
-    try:
-        from meshctl.agent.magic import Magic  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        return out
+    from meshctl.agent.magic import Magic
     from meshctl.agent.relaying import Relaying  # relays and the relayed path, around Magic
 
     out.append(Relaying(agent.settings, agent.request_pass, Magic(agent.settings, agent.request_pass)))

@@ -1,81 +1,65 @@
-"""The typer app: global options, command registration, error -> exit code.
+"""The root `meshctl` group: global options and the lazy command table (entry point).
 
 Commands are built on first use (cli/commands.py), and command modules import heavy
-libraries inside their functions, so that `meshctl version` starts fast.
+libraries inside their functions, so that `meshctl version` starts fast. Nothing imports
+this module but the entry points: command modules use cli/common.py.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import sys
-from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from collections.abc import Callable
+from difflib import get_close_matches
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
+from typing import Annotated, Any
 
 import typer
 import typer.core
+import typer.main
 
-from meshctl.errors import EXIT_FAILURE, MeshctlError
+from meshctl.cli.commands import COMMANDS, HELP
 from meshctl.settings import DEFAULT_INTERFACE, DEFAULT_LISTEN_PORT, DEFAULT_STATE_DIR, WG_BACKENDS, Settings
 
-if TYPE_CHECKING:
-    from typer.core import TyperCommand, TyperGroup
 
-P = ParamSpec("P")
-R = TypeVar("R")
+# click's Context and Command are typer's vendored (private) click: typed Any here.
+class LazyGroup(typer.core.TyperGroup):
+    """The root `meshctl` group: click's documented lazy group ("Lazily Loading Subcommands").
 
-
-# Any: the value type of TyperGroup.commands is click's Command, which typer vendors privately.
-class _CommandTable(MutableMapping[str, Any]):
-    """The root group's commands: every name of cli/commands.py, each built when first read.
-
-    Names alone (typer's "did you mean" on a typo) build nothing; `--help` and completion
-    read every command and so build them all.
+    click looks a subcommand up by name (`get_command`), so only the command typed gets its
+    module imported and its parameters built; the names and their loaders are cli/commands.py.
     """
 
-    def __init__(self, registered: Mapping[str, Any]) -> None:
-        self._built: dict[str, TyperCommand | TyperGroup] = dict(registered)
+    def list_commands(self, ctx: Any) -> list[str]:
+        return [*COMMANDS, *(name for name in super().list_commands(ctx) if name not in COMMANDS)]
 
-    def __getitem__(self, name: str) -> TyperCommand | TyperGroup:
-        if name not in self._built:
-            from meshctl.cli import commands
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        if cmd_name in COMMANDS and cmd_name not in self.commands:
+            self.commands[cmd_name] = _build(cmd_name, COMMANDS[cmd_name]())
+        return super().get_command(ctx, cmd_name)
 
-            built = commands.load(name)
-            if built is None:
-                raise KeyError(name)
-            self._built[name] = built
-        return self._built[name]
-
-    def __setitem__(self, name: str, command: TyperCommand | TyperGroup) -> None:
-        self._built[name] = command
-
-    def __delitem__(self, name: str) -> None:
-        raise TypeError("meshctl's commands are listed in cli/commands.py")
-
-    def __iter__(self) -> Iterator[str]:
-        from meshctl.cli import commands
-
-        return iter([*commands.COMMANDS, *(name for name in self._built if name not in commands.COMMANDS)])
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self)
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        # typer suggests among the commands built so far (none, before this one): suggest among all.
+        name = args[0] if args else ""
+        if name and not name.startswith("-") and self.get_command(ctx, name) is None:
+            matches = get_close_matches(name, self.list_commands(ctx))
+            ctx.fail(f"No such command {name!r}." + (f" Did you mean {', '.join(map(repr, matches))}?"
+                                                      if matches else ""))
+        return super().resolve_command(ctx, args)
 
 
-class LazyCommandGroup(typer.core.TyperGroup):
-    """The root `meshctl` group, whose commands come from the table in cli/commands.py.
-
-    click looks a subcommand up by name (`get_command`), so only the command typed gets
-    its module imported and its parameters built.
-    """
-
-    def __init__(self, **attrs: Any) -> None:
-        super().__init__(**attrs)
-        self.commands = _CommandTable(self.commands)  # keeps any command registered on `app` itself
+def _build(name: str, target: Callable[..., Any] | typer.Typer) -> Any:
+    """The click command for `meshctl NAME` from a typer command function or sub-app."""
+    holder = typer.Typer(add_completion=False)
+    if isinstance(target, typer.Typer):
+        holder.add_typer(target, name=name)
+    else:
+        holder.command(name, help=HELP.get(name))(target)
+    return typer.main.get_group(holder).commands[name]
 
 
 app = typer.Typer(
-    cls=LazyCommandGroup,
+    cls=LazyGroup,
     name="meshctl",
     help="A mesh VPN whose coordination plane is a git repository of signed files.\n\n"
     "New mesh: an admin runs `meshctl init DIR --name NAME` and pushes DIR to a git host. "
@@ -118,35 +102,6 @@ def _global_options(
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     ctx.obj = Settings(state_dir=state_dir, interface=interface, wg_backend=wg_backend, listen_port=listen_port)
-
-
-def settings_of(ctx: typer.Context) -> Settings:
-    obj = ctx.find_root().obj
-    assert isinstance(obj, Settings)
-    return obj
-
-
-def command(fn: Callable[P, R]) -> Callable[P, R]:
-    """Wrap a command body: a MeshctlError becomes one line on stderr and its exit code."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return fn(*args, **kwargs)
-        except MeshctlError as exc:
-            typer.echo(f"meshctl: {exc.message}", err=True)
-            if exc.hint:
-                typer.echo(f"hint: {exc.hint}", err=True)
-            raise typer.Exit(exc.exit_code) from None
-        except PermissionError as exc:  # e.g. /var/lib/meshctl (0700 root) read by a user
-            where = f": {exc.filename}" if exc.filename else ""
-            typer.echo(f"meshctl: permission denied{where}", err=True)
-            typer.echo("hint: run it as root (sudo meshctl ...), or pass --state-dir", err=True)
-            raise typer.Exit(EXIT_FAILURE) from None
-        except KeyboardInterrupt:
-            raise typer.Exit(130) from None
-
-    return wrapper
 
 
 def build_app() -> typer.Typer:

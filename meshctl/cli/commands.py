@@ -1,65 +1,120 @@
-"""The command table: one line per command, each in its own module under cli/.
+"""The command table: one loader per command, each importing its module by a literal import.
 
-Nothing here imports a command module: the root group (`app.LazyCommandGroup`) builds a
-command the first time click looks it up by name, so `meshctl version` imports
-cli/version.py and `meshctl status` cli/status.py, not every command's module and
-signature (about as much again as `import typer`). `meshctl --help` and shell completion
-look up every command, and so build them all, in this order.
+Nothing is imported until click asks for a command by name (app.LazyGroup, click's documented
+"lazily loading subcommands" pattern): `meshctl version` imports cli/version.py alone, `meshctl
+status` cli/status.py. `meshctl --help` and shell completion look up every command, and so load
+them all, in this order. Literal imports let PyInstaller (and readers) see every module.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Final
-
-import typer
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
-    from typer.core import TyperCommand, TyperGroup
+    import typer
 
-# command name -> (module under meshctl.cli, attribute): a typer.Typer is a group of subcommands.
-# `meshctl --help` lists them in this order.
-COMMANDS: Final = {
-    "version": ("version", "version"),
-    "init": ("admin", "init"),
-    "join": ("join", "join"),
-    "sync": ("sync", "sync"),
-    "up": ("up", "up"),
-    "down": ("up", "down"),
-    "status": ("status", "status"),
-    "whois": ("status", "whois"),
-    "ping": ("ping", "ping"),
-    "netcheck": ("netcheck", "netcheck"),
-    "relay": ("relay", "relay"),
-    "admin": ("admin", "admin_app"),
-    "repo": ("repo", "repo_app"),
-    "acl": ("acl", "acl_app"),
+
+def _version() -> Callable[..., Any]:
+    from meshctl.cli.version import version
+
+    return version
+
+
+def _init() -> Callable[..., Any]:
+    from meshctl.cli.admin import init
+
+    return init
+
+
+def _join() -> Callable[..., Any]:
+    from meshctl.cli.join import join
+
+    return join
+
+
+def _sync() -> Callable[..., Any]:
+    from meshctl.cli.sync import sync
+
+    return sync
+
+
+def _up() -> Callable[..., Any]:
+    from meshctl.cli.up import up
+
+    return up
+
+
+def _down() -> Callable[..., Any]:
+    from meshctl.cli.up import down
+
+    return down
+
+
+def _status() -> Callable[..., Any]:
+    from meshctl.cli.status import status
+
+    return status
+
+
+def _whois() -> Callable[..., Any]:
+    from meshctl.cli.status import whois
+
+    return whois
+
+
+def _ping() -> Callable[..., Any]:
+    from meshctl.cli.ping import ping
+
+    return ping
+
+
+def _netcheck() -> Callable[..., Any]:
+    from meshctl.cli.netcheck import netcheck
+
+    return netcheck
+
+
+def _relay() -> Callable[..., Any]:
+    from meshctl.cli.relay import relay
+
+    return relay
+
+
+def _admin() -> typer.Typer:
+    from meshctl.cli.admin import admin_app
+
+    return admin_app
+
+
+def _repo() -> typer.Typer:
+    from meshctl.cli.repo import repo_app
+
+    return repo_app
+
+
+def _acl() -> typer.Typer:
+    from meshctl.cli.acl import acl_app
+
+    return acl_app
+
+
+# command name -> its loader: a command function, or a typer.Typer for a group of subcommands.
+COMMANDS: Final[dict[str, Callable[[], Callable[..., Any] | typer.Typer]]] = {
+    "version": _version,
+    "init": _init,
+    "join": _join,
+    "sync": _sync,
+    "up": _up,
+    "down": _down,
+    "status": _status,
+    "whois": _whois,
+    "ping": _ping,
+    "netcheck": _netcheck,
+    "relay": _relay,
+    "admin": _admin,
+    "repo": _repo,
+    "acl": _acl,
 }
 # Help text for commands whose function has no docstring.
 HELP: Final = {"version": "Print the meshctl version."}
-
-
-def _mount_subgroups(name: str, group: typer.Typer) -> None:
-    """Groups with a group inside from another module: `admin relay` (once per process)."""
-    if name == "admin" and not any(sub.name == "relay" for sub in group.registered_groups):
-        from meshctl.cli import relay
-
-        group.add_typer(relay.relay_admin_app, name="relay")
-
-
-def load(name: str) -> TyperCommand | TyperGroup | None:
-    """The click command for `meshctl NAME`, or None when there is no such command."""
-    entry = COMMANDS.get(name)
-    if entry is None:
-        return None
-    module, attribute = entry
-    target = getattr(importlib.import_module(f"meshctl.cli.{module}"), attribute)
-    holder = typer.Typer(add_completion=False)
-    if isinstance(target, typer.Typer):
-        _mount_subgroups(name, target)
-        holder.add_typer(target, name=name)
-    else:
-        holder.command(name, help=HELP.get(name))(target)
-    built = typer.main.get_group(holder).commands[name]
-    assert isinstance(built, (typer.core.TyperCommand, typer.core.TyperGroup))
-    return built

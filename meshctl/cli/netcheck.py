@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from meshctl.cli.app import command
+from meshctl.cli.common import command
 
 if TYPE_CHECKING:
     from meshctl.nat.netcheck import NetcheckReport

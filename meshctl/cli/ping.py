@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from meshctl.cli.app import command, settings_of
+from meshctl.cli.common import command, settings_of
 from meshctl.errors import MeshctlError
 
 PING_QUERY_TIMEOUT_S = 10.0  # the agent tries a few pings of about a second each

@@ -1,24 +1,13 @@
-"""`meshctl relay` (run a relay) and `meshctl admin relay add|remove|list` (list relays in state.json)."""
+"""`meshctl relay`: run a relay (listing it in state.json is `meshctl admin relay`, cli/admin_relay.py)."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from meshctl.cli.app import command, settings_of
-
-relay_admin_app = typer.Typer(help="The relays listed in state.json.", no_args_is_help=True)
-
-RepoOpt = Annotated[Path, typer.Option("--repo", help="The checkout (default: current directory).")]
-KeyOpt = Annotated[
-    list[Path] | None,
-    typer.Option("--admin-key", envvar="MESHCTL_ADMIN_KEY",
-                 help="Admin private key file (repeat for several; default ~/.config/meshctl/admin.key)."),
-]
-NoCommitOpt = Annotated[bool, typer.Option("--no-commit", help="Write files but do not git commit.")]
+from meshctl.cli.common import command, settings_of
 
 
 @command
@@ -49,8 +38,10 @@ def relay(
     import signal
 
     from meshctl.errors import UsageError
-    from meshctl.relay import protocol, sockets
+    from meshctl.relay import wire
     from meshctl.relay.server import RelayConfig, RelayServer, load_or_create_identity, run_relay
+    from meshctl.relay.server_core import Limits
+    from meshctl.udp import sockets
 
     for opt, value in (("--listen", listen), ("--metrics", metrics)):
         if value is not None:
@@ -60,8 +51,8 @@ def relay(
                 raise UsageError(f"{opt} {value!r}: expected ADDR:PORT such as 0.0.0.0:3340") from None
     if not root.startswith("sha256:"):
         raise UsageError(f"--root {root!r}: expected sha256:<fingerprint> from `meshctl admin invite`")
-    if len(name.encode()) > protocol.MAX_RELAY_NAME_LEN or not name.isascii():
-        raise UsageError(f"--name {name!r}: at most {protocol.MAX_RELAY_NAME_LEN} ASCII characters")
+    if len(name.encode()) > wire.MAX_RELAY_NAME_LEN or not name.isascii():
+        raise UsageError(f"--name {name!r}: at most {wire.MAX_RELAY_NAME_LEN} ASCII characters")
     port_range = None
     if channel_ports is not None:
         port_range = parse_port_range(channel_ports)
@@ -73,7 +64,7 @@ def relay(
         listen=listen, repo_url=repo, root_fingerprint=root,
         state_dir=state_dir or settings_of(ctx).state_dir / "relay", name=name,
         tls_cert=tls_cert, tls_key=tls_key, metrics=metrics, sync_interval_s=sync_interval,
-        limits=protocol.Limits(rate_bytes_per_s=rate, burst_bytes=max(rate / 20, 256 * 1024),
+        limits=Limits(rate_bytes_per_s=rate, burst_bytes=max(rate / 20, 256 * 1024),
                                max_sessions=max_clients),
         channels=channels, channel_ports=port_range,
     )
@@ -108,54 +99,3 @@ def parse_port_range(text: str) -> tuple[int, int] | None:
         return None
     first, last = int(lo), int(hi)
     return (first, last) if 1024 <= first < last <= 65535 else None
-
-
-@relay_admin_app.command("add")
-@command
-def add(
-    name: Annotated[str, typer.Argument(help="Relay name (a DNS label).")],
-    address: Annotated[str, typer.Argument(help="HOST:PORT clients dial (UDP, TCP fallback on the same port).")],
-    identity_key: Annotated[str | None, typer.Option("--identity-key",
-                                                     help="ed25519:... printed by `meshctl relay` at start.")] = None,
-    repo: RepoOpt = Path("."),
-    admin_key: KeyOpt = None,
-    no_commit: NoCommitOpt = False,
-) -> None:
-    """List a relay in state.json (re-signs the state)."""
-    from meshctl.cli.admin import _commit, _keys, _state_line
-    from meshctl.coord import admin, relays_admin
-
-    co = admin.open_checkout(repo)
-    state, changed = relays_admin.add_relay(co, name, address, identity_key, _keys(admin_key), int(time.time()))
-    typer.echo(f"added relay {name} at {address}")
-    _commit(repo, changed, [], f"Add relay {name} (serial {state.serial})", no_commit)
-    _state_line(state.serial, repo)
-
-
-@relay_admin_app.command("remove")
-@command
-def remove(
-    name: Annotated[str, typer.Argument(help="The relay to remove.")],
-    repo: RepoOpt = Path("."),
-    admin_key: KeyOpt = None,
-    no_commit: NoCommitOpt = False,
-) -> None:
-    """Remove a relay from state.json (re-signs the state)."""
-    from meshctl.cli.admin import _commit, _keys, _state_line
-    from meshctl.coord import admin, relays_admin
-
-    co = admin.open_checkout(repo)
-    state, changed = relays_admin.remove_relay(co, name, _keys(admin_key), int(time.time()))
-    typer.echo(f"removed relay {name}")
-    _commit(repo, changed, [], f"Remove relay {name} (serial {state.serial})", no_commit)
-    _state_line(state.serial, repo)
-
-
-@relay_admin_app.command("list")
-@command
-def list_(repo: RepoOpt = Path(".")) -> None:
-    """Print the listed relays: name, address, identity key."""
-    from meshctl.coord import admin, relays_admin
-
-    for r in relays_admin.list_relays(admin.open_checkout(repo)):
-        typer.echo(f"{r.name}\t{r.address}\t{r.identity_key.text() if r.identity_key else '-'}")

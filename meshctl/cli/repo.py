@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
-from meshctl.cli.app import command
+from meshctl.cli.common import command
 from meshctl.errors import EXIT_REFUSED
-
-if TYPE_CHECKING:
-    from meshctl.coord.verify import Verified
 
 repo_app = typer.Typer(help="Checks on the coordination repository.", no_args_is_help=True)
 
@@ -30,6 +26,7 @@ def verify_cmd(
     from meshctl.coord import repo as gitrepo
     from meshctl.coord.fs_snapshot import FsSnapshot
     from meshctl.errors import UsageError
+    from meshctl.policy.check import policy_problems, policy_warnings
 
     if not directory.is_dir():
         raise UsageError(f"{directory}: not a directory")
@@ -37,8 +34,7 @@ def verify_cmd(
     if base is not None:
         repo, commit = gitrepo.read_revision(directory, base)
         base_snap = gitrepo.GitSnapshot(repo, commit)
-    report = pr_check.check_change(FsSnapshot(directory), base_snap, int(time.time()),
-                                   _policy_tests())
+    report = pr_check.check_change(FsSnapshot(directory), base_snap, int(time.time()), policy_problems)
     if not report.ok:
         for problem in report.problems:
             typer.echo(f"error: {problem}", err=True)
@@ -48,11 +44,6 @@ def verify_cmd(
     pending = sum(1 for p in FsSnapshot(directory).files() if p.startswith("requests/") and p.endswith(".json"))
     typer.echo(f"ok: mesh {v.root.name}, root v{v.root.version}, serial {v.state.serial}, "
                f"{len(v.records)} members, {pending} pending requests")
+    for warning in policy_warnings(v.policy_text):  # e.g. `ssh`: loaded, not enforced
+        typer.echo(f"warning: {warning}", err=True)
 
-
-def _policy_tests() -> Callable[[Verified], list[str]] | None:
-    try:
-        from meshctl.policy.check import policy_problems  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        return None
-    return policy_problems  # type: ignore[no-any-return,unused-ignore]

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from meshctl.cli.app import command, settings_of
+from meshctl.cli.common import command, settings_of
 from meshctl.errors import UsageError
 
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from meshctl.cli.app import command, settings_of
+from meshctl.cli.common import command, settings_of
 
 if TYPE_CHECKING:
     from meshctl.agent.reconcile import Plan

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from meshctl.cli.app import command, settings_of
+from meshctl.cli.common import command, settings_of
 from meshctl.errors import MeshctlError
 
 START_TIMEOUT_S = 30.0

@@ -23,10 +23,10 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
-from meshctl.relay import mmsg, sockets
+from meshctl.udp import mmsg, sockets
 
 if TYPE_CHECKING:
-    from meshctl.relay.protocol import Output, RelayCore
+    from meshctl.relay.server_core import RelayCore
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +41,11 @@ Addr = tuple[str, int]
 class ChannelPorts:
     """channels.PortAllocator for a RelayCore, and the data path of its channels."""
 
-    def __init__(self, host: str, send_outputs: Callable[[list[Output]], None],
+    def __init__(self, host: str, flush: Callable[[], None],
                  port_range: tuple[int, int] | None = None) -> None:
+        """`flush`: drain the core's output queue (after a bind it answered)."""
         self.host = host
-        self._send_outputs = send_outputs
+        self._flush = flush
         self.port_range = port_range
         self._next = port_range[0] if port_range else 0
         self._core: RelayCore | None = None
@@ -151,9 +152,8 @@ class ChannelPorts:
                 break
             except OSError:
                 continue
-            outputs = core.receive_bind(port, (addr[0], addr[1]), data, now)
-            if outputs:
-                self._send_outputs(outputs)
+            core.receive_bind(port, (addr[0], addr[1]), data, now)
+        self._flush()
 
     def _forward(self, port: int) -> None:
         core = self._core

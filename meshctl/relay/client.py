@@ -1,6 +1,6 @@
 """The relay client: log in to one relay over UDP (TCP/TLS fallback), keep the session alive,
 reconnect with backoff, measure latency, send and receive opaque packets (asyncio shell
-around protocol.ClientSession).
+around client_core.ClientSession).
 
     client = RelayClient(RelayClientConfig("198.51.100.7:3340", network_id, relay_name="home"),
                          identity_key, wg_public_key, on_packet=lambda src, data: ...)
@@ -25,21 +25,18 @@ from dataclasses import dataclass
 from typing import Final
 
 from meshctl.keys import NodePublic, SigningKey, VerifyKey
-from meshctl.relay import sockets
 from meshctl.relay.channels import ChannelState
-from meshctl.relay.protocol import (
+from meshctl.relay.client_core import (
     ChannelChanged,
-    ChannelInfo,
     ClientSession,
     Connected,
     ConnectionLost,
-    DenyReason,
-    FrameDecoder,
     PacketReceived,
     PongReceived,
     Refused,
-    RelayParseError,
 )
+from meshctl.relay.wire import ChannelInfo, DenyReason, FrameDecoder, RelayParseError
+from meshctl.udp import sockets
 
 log = logging.getLogger(__name__)
 

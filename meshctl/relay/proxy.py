@@ -21,7 +21,7 @@ from typing import Final
 
 from meshctl.keys import NodePublic
 from meshctl.nat import disco
-from meshctl.relay import sockets
+from meshctl.udp import sockets
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""`meshctl relay`: the user-run relay (asyncio shell around protocol.RelayCore).
+"""`meshctl relay`: the user-run relay (asyncio shell around server_core.RelayCore).
 
 - UDP on --listen: relay frames and STUN binding requests on one socket, read in batches.
 - TCP on the same port: the fallback for networks that block UDP (TLS with --tls-cert/--tls-key);
@@ -9,7 +9,7 @@
 - Membership: the coordination repository, synced and verified every `sync_interval_s` in a
   worker thread; a revoked member's sessions are dropped by the sync that sees the revocation,
   and their channels closed with them.
-- Metrics: Prometheus text on --metrics (GET /metrics).
+- Metrics: Prometheus text on --metrics (GET /metrics; the text is metrics.py's).
 
 The relay never decrypts: payloads are WireGuard or sealed disco packets, forwarded by the
 destination WireGuard key. It logs connects and disconnects, never packets.
@@ -34,20 +34,12 @@ from meshctl.errors import MeshctlError
 from meshctl.keys import SigningKey, VerifyKey, load_signing_key, write_private_key
 from meshctl.nat import stun
 from meshctl.nat.addr import AddrPort, addr_port
-from meshctl.relay import sockets
 from meshctl.relay.channel_io import ChannelPorts
-from meshctl.relay.protocol import (
-    ClientAdmitted,
-    ClientDropped,
-    ConnId,
-    FrameDecoder,
-    Limits,
-    Output,
-    RelayCore,
-    RelayParseError,
-    looks_like_frame,
-)
+from meshctl.relay.metrics import Gauges, metrics_text
+from meshctl.relay.server_core import ClientAdmitted, ClientDropped, ConnId, Limits, RelayCore
 from meshctl.relay.sync import cached_netmap, members_of, sync_once
+from meshctl.relay.wire import FrameDecoder, RelayParseError, looks_like_frame
+from meshctl.udp import sockets
 
 log = logging.getLogger(__name__)
 
@@ -134,8 +126,8 @@ class _StreamConn(asyncio.Protocol):
             return
         now = time.monotonic()
         for frame in frames:
-            self.server.send_outputs(self.server.core.receive(self, frame, now))
-        self.server.after_input()
+            self.server.core.receive(self, frame, now)
+        self.server.flush()
 
     def write(self, data: bytes) -> None:
         t = self.transport
@@ -155,7 +147,7 @@ class _StreamConn(asyncio.Protocol):
             self.timeout.cancel()
         self.server.streams.discard(self)
         self.server.core.connection_lost(self)
-        self.server.after_input()
+        self.server.flush()
 
     def __repr__(self) -> str:
         return f"tcp:{self.peer}#{id(self):x}"
@@ -169,7 +161,7 @@ class RelayServer:
         self.config = config
         self.identity = identity
         self._host = sockets.split_host_port(config.listen)[0]
-        self.ports = ChannelPorts(self._host, self.send_outputs, config.channel_ports)
+        self.ports = ChannelPorts(self._host, self.flush, config.channel_ports)
         self.core = RelayCore(config.name, os.urandom(32), os.urandom, identity, config.limits,
                               ports=self.ports if config.channels else None)
         self.ports.attach(self.core)
@@ -274,8 +266,8 @@ class RelayServer:
     def apply_netmap(self, nm: NetMap) -> None:
         old = self.netmap.serial if self.netmap else None
         self.netmap = nm
-        self.send_outputs(self.core.set_members(nm.network.network_id, members_of(nm), time.monotonic()))
-        self.after_input()  # log the drops under the names they had
+        self.core.set_members(nm.network.network_id, members_of(nm), time.monotonic())
+        self.flush()  # log the drops under the names they had
         self._names = {p.identity_key: p.name for p in nm.peers}
         self.synced.set()
         if old != nm.serial:
@@ -301,8 +293,8 @@ class RelayServer:
     async def _tick_loop(self) -> None:
         while True:
             await asyncio.sleep(TIMER_TICK_S)
-            self.send_outputs(self.core.handle_timer(time.monotonic()))
-            self.after_input()
+            self.core.handle_timer(time.monotonic())
+            self.flush()
 
     # -- data path ---------------------------------------------------------------------
 
@@ -331,7 +323,6 @@ class RelayServer:
         core = self.core
         now = time.monotonic()
         recv = sock.recvfrom
-        send = self._udp.sendto
         for _ in range(batch):
             try:
                 data, addr = recv(sockets.RECV_SIZE)
@@ -339,122 +330,55 @@ class RelayServer:
                 break
             except OSError:  # ICMP errors surface here; they concern one peer, not the socket
                 continue
-            conn = (addr[0], addr[1])
             if looks_like_frame(data):
-                for dst, frame in core.receive(conn, data, now):
-                    if type(dst) is tuple:
-                        try:
-                            send(frame, dst)
-                        except (BlockingIOError, InterruptedError):
-                            core.stats.drop("send_buffer_full")
-                        except OSError:
-                            core.stats.drop("send_error")
-                    elif isinstance(dst, _StreamConn):
-                        dst.write(frame)
+                core.receive((addr[0], addr[1]), data, now)
             elif stun.is_stun(data):
-                reply = core.receive_stun(addr_port(addr[0], addr[1]), data)
-                if reply is not None:
-                    with contextlib.suppress(OSError):
-                        send(reply, addr)
+                core.receive_stun((addr[0], addr[1]), data)
             else:
                 core.stats.drop("not_relay")
-        self.after_input()
+        self.flush()
 
-    def send_outputs(self, outputs: list[Output]) -> None:
-        for dst, frame in outputs:
-            self._send(dst, frame)
-
-    def _send(self, dst: ConnId, frame: bytes) -> None:
-        if isinstance(dst, _StreamConn):
-            dst.write(frame)
-        elif type(dst) is tuple and self._udp is not None:
-            try:
-                self._udp.sendto(frame, dst)
-            except (BlockingIOError, InterruptedError):
-                self.core.stats.drop("send_buffer_full")
-            except OSError:
-                self.core.stats.drop("send_error")
-
-    def after_input(self) -> None:
-        """Send what a dropped session left to say (channels closed), log session changes and hang
-        up streams the core closed (cheap when nothing happened)."""
+    def flush(self) -> None:
+        """Drain the core's output queue: frames to their connections, in order; session events
+        logged, client sockets opened and closed, dropped streams hung up."""
         core = self.core
-        if core.outbox:
-            self.send_outputs(core.take_outbox())
-        while core.events:
-            ev = core.events.popleft()
-            name = self._names.get(ev.identity, "?")
-            if isinstance(ev, ClientAdmitted):
-                if type(ev.conn) is tuple:
-                    self._open_client_socket(ev.conn)
-                log.info("connected: %s (%s) from %s", name, ev.wg_key.short(), _conn_text(ev.conn))
-            elif isinstance(ev, ClientDropped):
-                if type(ev.conn) is tuple:
-                    self._close_client_socket(ev.conn)
-                log.info("disconnected: %s (%s) from %s: %s", name, ev.wg_key.short(), _conn_text(ev.conn),
-                         ev.reason)
-        if core.closed:
-            closed, core.closed = core.closed, []
-            for conn in closed:
-                if isinstance(conn, _StreamConn):
-                    conn.close()
+        out = core.take_output()
+        if not out:
+            return
+        udp = self._udp
+        for item in out:
+            if type(item) is tuple:
+                dst, frame = item
+                if type(dst) is tuple:
+                    if udp is None:
+                        continue
+                    try:
+                        udp.sendto(frame, dst)
+                    except (BlockingIOError, InterruptedError):
+                        core.stats.drop("send_buffer_full")
+                    except OSError:
+                        core.stats.drop("send_error")
+                elif isinstance(dst, _StreamConn):
+                    dst.write(frame)
+            elif isinstance(item, ClientAdmitted):
+                if type(item.conn) is tuple:
+                    self._open_client_socket(item.conn)
+                log.info("connected: %s (%s) from %s", self._names.get(item.identity, "?"), item.wg_key.short(),
+                         _conn_text(item.conn))
+            elif isinstance(item, ClientDropped):
+                if type(item.conn) is tuple:
+                    self._close_client_socket(item.conn)
+                elif item.hang_up and isinstance(item.conn, _StreamConn):
+                    item.conn.close()
+                log.info("disconnected: %s (%s) from %s: %s", self._names.get(item.identity, "?"),
+                         item.wg_key.short(), _conn_text(item.conn), item.reason)
 
     # -- metrics -----------------------------------------------------------------------
 
     def metrics_text(self) -> str:
-        s = self.core.stats
-        lines = [
-            "# HELP meshctl_relay_clients Authenticated clients connected now.",
-            "# TYPE meshctl_relay_clients gauge",
-            f"meshctl_relay_clients {self.core.sessions}",
-            "# HELP meshctl_relay_udp_client_sockets Per-client UDP sockets (one per logged-in UDP client).",
-            "# TYPE meshctl_relay_udp_client_sockets gauge",
-            f"meshctl_relay_udp_client_sockets {len(self._client_socks)}",
-            "# HELP meshctl_relay_tcp_connections TCP/TLS connections open now (logged in or not).",
-            "# TYPE meshctl_relay_tcp_connections gauge",
-            f"meshctl_relay_tcp_connections {len(self.streams)}",
-            "# HELP meshctl_relay_packets_total Relayed data packets.",
-            "# TYPE meshctl_relay_packets_total counter",
-            f'meshctl_relay_packets_total{{direction="in"}} {s.packets_in}',
-            f'meshctl_relay_packets_total{{direction="out"}} {s.packets_out}',
-            "# HELP meshctl_relay_bytes_total Relayed bytes, frames included.",
-            "# TYPE meshctl_relay_bytes_total counter",
-            f'meshctl_relay_bytes_total{{direction="in"}} {s.bytes_in}',
-            f'meshctl_relay_bytes_total{{direction="out"}} {s.bytes_out}',
-            "# HELP meshctl_relay_drops_total Frames dropped, by reason.",
-            "# TYPE meshctl_relay_drops_total counter",
-        ]
-        lines += [f'meshctl_relay_drops_total{{reason="{r}"}} {n}' for r, n in sorted(s.drops.items())]
-        lines += [
-            "# HELP meshctl_relay_channels Channels open now (a port pair each).",
-            "# TYPE meshctl_relay_channels gauge",
-            f"meshctl_relay_channels {len(self.core.channels)}",
-            "# HELP meshctl_relay_channel_packets_total Packets through channels.",
-            "# TYPE meshctl_relay_channel_packets_total counter",
-            f'meshctl_relay_channel_packets_total{{direction="in"}} {s.channel_packets_in}',
-            f'meshctl_relay_channel_packets_total{{direction="out"}} {s.channel_packets_out}',
-            "# HELP meshctl_relay_channel_bytes_total Bytes received on channels.",
-            "# TYPE meshctl_relay_channel_bytes_total counter",
-            f"meshctl_relay_channel_bytes_total {s.channel_bytes_in}",
-            "# HELP meshctl_relay_channel_events_total Channels opened and closed, binds accepted, requests refused.",
-            "# TYPE meshctl_relay_channel_events_total counter",
-            f'meshctl_relay_channel_events_total{{event="opened"}} {self.core.channels.stats.opened}',
-            f'meshctl_relay_channel_events_total{{event="closed"}} {self.core.channels.stats.closed}',
-            f'meshctl_relay_channel_events_total{{event="bind"}} {self.core.channels.stats.binds}',
-            *(f'meshctl_relay_channel_events_total{{event="refused_{r}"}} {n}'
-              for r, n in sorted(self.core.channels.stats.refused.items())),
-            "# HELP meshctl_relay_logins_total Login attempts, by result.",
-            "# TYPE meshctl_relay_logins_total counter",
-            f'meshctl_relay_logins_total{{result="ok"}} {s.auth_ok}',
-            f'meshctl_relay_logins_total{{result="refused"}} {s.auth_failed}',
-            "# HELP meshctl_relay_stun_total STUN binding requests answered.",
-            "# TYPE meshctl_relay_stun_total counter",
-            f"meshctl_relay_stun_total {s.stun}",
-            "# HELP meshctl_relay_coordination_serial Serial of the accepted coordination state.",
-            "# TYPE meshctl_relay_coordination_serial gauge",
-            f"meshctl_relay_coordination_serial {self.netmap.serial if self.netmap else 0}",
-        ]
-        return "\n".join(lines) + "\n"
+        gauges = Gauges(udp_client_sockets=len(self._client_socks), tcp_connections=len(self.streams),
+                        serial=self.netmap.serial if self.netmap else 0)
+        return metrics_text(self.core, gauges)
 
     async def _serve_metrics(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

@@ -258,7 +258,7 @@ class UserspaceBackend:
         bench/relay_throughput.py. Its sockets are opened when the link comes up, so they may
         still be missing right after the pass that brought it up: wait for them a moment.
         """
-        from meshctl.relay.sockets import BUFFER_BYTES, enlarge_process_udp_buffers, udp_socket_count
+        from meshctl.udp.sockets import BUFFER_BYTES, enlarge_process_udp_buffers, udp_socket_count
 
         pid = self.pid()
         if pid is None or self._tuned == (pid, listen_port):

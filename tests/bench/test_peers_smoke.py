@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from meshctl.lab import lab_unavailable
+from lab import lab_unavailable
 
 pytestmark = pytest.mark.netns
 

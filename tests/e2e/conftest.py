@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import pytest
 from e2e_support import meshctl_up
 
-from meshctl.lab import lab_unavailable, open_lab
-from meshctl.lab.scenario import MeshScenario, build_lan_mesh
+from lab import lab_unavailable, open_lab
+from lab.scenario import MeshScenario, build_lan_mesh
 
 E2E_TOOLS = ("wireguard-go", "wg", "git", "ping", "ss")
 

@@ -19,11 +19,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
+from lab import Lab, Node
 from meshctl.coord import admin, records, verify
 from meshctl.coord.join import make_request
 from meshctl.identity import DeviceKeys
 from meshctl.keys import DiscoPrivate, NodePrivate, SigningKey, load_signing_key
-from meshctl.lab import Lab, Node
 from meshctl.wg.userspace import pid_alive  # re-exported for the e2e tests
 
 POLL_S: Final = 0.05

@@ -16,9 +16,9 @@ from collections.abc import Iterator
 import pytest
 from e2e_support import interface, mesh_prefixes, state_dir, wg_dump
 
+from lab import lab_unavailable, open_lab
+from lab.scenario import MeshScenario, build_lan_mesh
 from meshctl.agent.desired import KEEPALIVE_S
-from meshctl.lab import lab_unavailable, open_lab
-from meshctl.lab.scenario import MeshScenario, build_lan_mesh
 from meshctl.wg.userspace import find_wireguard_go
 
 pytestmark = pytest.mark.netns

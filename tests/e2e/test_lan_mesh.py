@@ -36,12 +36,12 @@ from e2e_support import (
     wg_dump,
 )
 
+from lab import Node, meshctl_argv
+from lab.scenario import MeshScenario
 from meshctl.agent.control import query_agent
 from meshctl.agent.desired import KEEPALIVE_S
 from meshctl.coord import admin
 from meshctl.coord.admin import MAGICDNS_IP
-from meshctl.lab import Node, meshctl_argv
-from meshctl.lab.scenario import MeshScenario
 from meshctl.wg.userspace import SOCKET_DIR, find_wireguard_go, wireguard_go_processes
 
 pytestmark = pytest.mark.netns

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 import pytest
 from acl_e2e_support import POLICY_V1, SERVICE_PORTS, EchoService, install_syn_counter
 
-from meshctl.lab import lab_unavailable, open_lab
-from meshctl.lab.scenario import MeshScenario, build_lan_mesh
+from lab import lab_unavailable, open_lab
+from lab.scenario import MeshScenario, build_lan_mesh
 
 E2E_TOOLS = ("wireguard-go", "wg", "git", "ping", "nft")
 NAMES = ("prod", "dev", "ops")

@@ -22,13 +22,13 @@ from acl_e2e_support import (
     syn_count,
 )
 
-from meshctl.lab import meshctl_argv
-from meshctl.lab.scenario import MeshScenario
+from lab import meshctl_argv
+from lab.scenario import MeshScenario
 
 pytestmark = pytest.mark.netns
 
 DENIED_PING_COUNT: Final = 2
-EXIT_DENIED: Final = 1  # `meshctl acl check`: allowed 0, denied 1
+EXIT_DENIED: Final = 4  # `meshctl acl check`: allowed 0, denied 4 (1-3 are failures)
 EXIT_REFUSED: Final = 3  # `meshctl repo verify`: the change is refused
 
 

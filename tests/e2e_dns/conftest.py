@@ -18,9 +18,9 @@ from typing import Final
 import pytest
 from dns_e2e_support import DnsMesh
 
-from meshctl.lab import LabError, lab_unavailable, open_lab
-from meshctl.lab.core import NETNS_ETC
-from meshctl.lab.scenario import build_lan_mesh
+from lab import LabError, lab_unavailable, open_lab
+from lab.core import NETNS_ETC
+from lab.scenario import build_lan_mesh
 
 E2E_TOOLS: Final = ("wireguard-go", "wg", "git", "dig", "getent", "ping")
 UPSTREAM_SCRIPT: Final = Path(__file__).resolve().with_name("upstream_dns.py")

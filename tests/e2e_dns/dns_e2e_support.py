@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from meshctl.lab.scenario import MeshScenario
+from lab.scenario import MeshScenario
 
 
 @dataclass

@@ -13,9 +13,9 @@ from typing import Final
 import pytest
 from dns_e2e_support import DnsMesh
 
+from lab.scenario import MeshScenario
 from meshctl.dns.resolvconf import MARKER
 from meshctl.dns.zone import MAGIC_ADDRESS
-from meshctl.lab.scenario import MeshScenario
 
 pytestmark = pytest.mark.netns
 

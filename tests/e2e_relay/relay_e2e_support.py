@@ -1,5 +1,5 @@
 """Helpers for the relay end-to-end tests: two devices behind NATs, a relay on the internet,
-agents up (meshctl/lab/scenario.build_relay_mesh)."""
+agents up (lab/scenario.build_relay_mesh)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
+from lab import Lab, TwoNats, lab_unavailable
+from lab.scenario import MeshScenario, RelayBox, build_relay_mesh
 from meshctl.agent.control import query_agent
-from meshctl.lab import Lab, TwoNats, lab_unavailable
-from meshctl.lab.scenario import MeshScenario, RelayBox, build_relay_mesh
 
 RELAY_NAME = "r1"
 

@@ -17,8 +17,8 @@ from collections.abc import Iterator
 import pytest
 from relay_e2e_support import RELAY_NAME, RelayedMesh, build, need_lab
 
-from meshctl.lab import FULL_CONE, PORT_RESTRICTED, SYMMETRIC, Lab, open_lab
-from meshctl.lab.core import wait_for
+from lab import FULL_CONE, PORT_RESTRICTED, SYMMETRIC, Lab, open_lab
+from lab.core import wait_for
 
 pytestmark = pytest.mark.netns
 

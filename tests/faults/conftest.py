@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 from faults_support import need_lab
 
-from meshctl.lab import Lab, open_lab
+from lab import Lab, open_lab
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from typing import Final
 
 import pytest
 
-from meshctl.lab import lab_unavailable
+from lab import lab_unavailable
 
 FAKETIME_LIBS: Final = (Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1"),
                         Path("/usr/lib/aarch64-linux-gnu/faketime/libfaketimeMT.so.1"))

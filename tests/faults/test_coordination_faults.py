@@ -23,10 +23,10 @@ from typing import Any, Final
 import pytest
 from faults_support import AgentLog, faked_clock, fill_disk, need_lab, tmpfs
 
+from lab import Lab, Node, one_lan, open_lab
+from lab.core import wait_for
+from lab.scenario import MeshScenario
 from meshctl.coord.node_state import NodeState
-from meshctl.lab import Lab, Node, one_lan, open_lab
-from meshctl.lab.core import wait_for
-from meshctl.lab.scenario import MeshScenario
 
 pytestmark = pytest.mark.netns
 

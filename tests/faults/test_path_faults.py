@@ -23,9 +23,9 @@ from typing import Any, Final
 import pytest
 from faults_support import need_lab
 
-from meshctl.lab import PORT_RESTRICTED, SYMMETRIC, Lab, NatRouter, Node, open_lab
-from meshctl.lab.core import wait_for
-from meshctl.lab.scenario import MeshScenario, RelayBox, build_relay_mesh
+from lab import PORT_RESTRICTED, SYMMETRIC, Lab, NatRouter, Node, open_lab
+from lab.core import wait_for
+from lab.scenario import MeshScenario, RelayBox, build_relay_mesh
 from meshctl.relay.client import RECONNECT_MAX_S
 from meshctl.wg.userspace import find_wireguard_go
 

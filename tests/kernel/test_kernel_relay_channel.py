@@ -103,7 +103,7 @@ def test_kernel_wireguard_pair_through_a_relay_channel(triangle: dict[str, str],
             outs[member] = (ns, ifname, tmp_path / f"{member}.json")
             other = "bravo" if member == "alpha" else "alpha"
             procs.append(_popen(ns, [
-                sys.executable, "-m", "meshctl.relay.peer_tool", "--relay", f"{net}.254:{RELAY_PORT}",
+                sys.executable, "-m", "lab.relay_peer", "--relay", f"{net}.254:{RELAY_PORT}",
                 "--network-id", mesh.network_id, "--relay-name", "home", "--relay-key", relay_key,
                 "--identity-key", str(keydir / "identity.key"), "--wg-key", str(keydir / "wireguard.key"),
                 "--wg-port", str(WG_PORT), "--peer", mesh.devices[other].wireguard.public().b64(),

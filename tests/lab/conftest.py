@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 from lab_support import need_lab
 
-from meshctl.lab import Lab
+from lab import Lab
 
 
 @pytest.fixture

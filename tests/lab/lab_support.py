@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from meshctl.lab import lab_unavailable
+from lab import lab_unavailable
 
 
 def need_lab(*tools: str) -> None:

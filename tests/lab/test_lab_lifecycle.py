@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from meshctl.lab import Lab, LabError, cleanup_stale, poll
-from meshctl.lab.core import RUN_DIR
+from lab import Lab, LabError, cleanup_stale, poll
+from lab.core import RUN_DIR
 from meshctl.wg.userspace import SOCKET_DIR
 
 pytestmark = pytest.mark.netns
@@ -66,7 +66,7 @@ def test_a_killed_wireguard_go_leaves_no_socket_behind(lab: Lab) -> None:
 
 CHILD = textwrap.dedent("""
     import sys, time
-    from meshctl.lab import Lab
+    from lab import Lab
     with Lab(prefix=sys.argv[1]) as lab:
         a = lab.host("a")
         lab.nat_router("nat", "port-restricted", [a])

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import pytest
 from lab_support import need_lab
 
-from meshctl.lab import (
+from lab import (
     ADDRESS_RESTRICTED,
     FULL_CONE,
     MASQUERADE,

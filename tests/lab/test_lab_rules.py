@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meshctl.lab import rules
-from meshctl.lab.core import Lab, meshctl_argv
-from meshctl.lab.udptool import (
+from lab import rules
+from lab.core import Lab, meshctl_argv
+from lab.udptool import (
     MAGIC_COOKIE,
     StunParseError,
     binding_request,

@@ -11,8 +11,8 @@ import subprocess
 import pytest
 from lab_support import need_lab
 
-from meshctl.lab import PORT_RESTRICTED, SYMMETRIC, Lab, Node, one_lan, two_nats
-from meshctl.lab.core import udptool_argv
+from lab import PORT_RESTRICTED, SYMMETRIC, Lab, Node, one_lan, two_nats
+from lab.core import udptool_argv
 
 pytestmark = pytest.mark.netns
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from meshctl.lab import Lab, TwoNats, lab_unavailable
-from meshctl.lab.scenario import MeshScenario, build_nat_mesh
+from lab import Lab, TwoNats, lab_unavailable
+from lab.scenario import MeshScenario, build_nat_mesh
 
 
 def need_lab() -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 from natpaths_support import build
 
-from meshctl.lab import (
+from lab import (
     ADDRESS_RESTRICTED,
     FULL_CONE,
     MASQUERADE,
@@ -22,7 +22,7 @@ from meshctl.lab import (
     SYMMETRIC,
     Lab,
 )
-from meshctl.lab.core import wait_for
+from lab.core import wait_for
 from meshctl.nat import paths
 
 pytestmark = pytest.mark.netns

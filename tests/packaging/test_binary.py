@@ -63,8 +63,9 @@ def test_every_module_and_the_template_are_inside(meshctl_bin: list[str]) -> Non
     finally:
         pyz_path.unlink(missing_ok=True)
     ours = {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
-            for p in (ROOT / "meshctl").rglob("*.py") if "lab" not in p.relative_to(ROOT).parts}
+            for p in (ROOT / "meshctl").rglob("*.py")}
     assert ours - modules == set()
+    assert not {m for m in modules if m == "lab" or m.startswith("lab.")}, "the lab is test tooling, not product"
     lazily_imported = {"pygit2", "pyroute2", "dnslib", "cryptography.hazmat.primitives.asymmetric.ed25519",
                        "cryptography.hazmat.primitives.asymmetric.x25519", "shellingham"}
     assert lazily_imported - modules == set()
@@ -85,7 +86,7 @@ def test_a_node_from_init_to_status(meshctl_bin: list[str], tmp_path: Path) -> N
     whois = run([*meshctl_bin, "whois", doc["self"]["mesh_ips"][0]], env=env)
     assert whois.returncode == 0 and whois.stdout.startswith("dev1.acme.mesh\n"), whois.stderr
     acl = run([*meshctl_bin, "acl", "check", "dev1", "dev1:22"], env=env)
-    assert acl.returncode in (0, 1), acl.stderr
+    assert acl.returncode in (0, 4), acl.stderr  # allowed or denied: both answers
     assert re.match(r"(allow|deny): dev1 -> dev1:22 \(tcp\): ", acl.stdout)
 
 

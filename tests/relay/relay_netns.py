@@ -16,10 +16,10 @@ from typing import Final
 
 from relay_support import RelayMesh
 
+from lab import Lab, Node
+from lab.core import lab_unavailable, meshctl_argv, poll
 from meshctl.identity import DeviceKeys
 from meshctl.keys import write_private_key
-from meshctl.lab import Lab, Node
-from meshctl.lab.core import lab_unavailable, meshctl_argv, poll
 
 RELAY_PORT: Final = 3340
 WG_PORT: Final = 51820
@@ -109,7 +109,7 @@ class RelayLab:
         return dev
 
     def enlarge_wireguard_buffers(self, dev: Device) -> int:
-        from meshctl.relay.sockets import enlarge_process_udp_buffers
+        from meshctl.udp.sockets import enlarge_process_udp_buffers
 
         return enlarge_process_udp_buffers(dev.wg_proc.pid, WG_PORT)  # type: ignore[attr-defined]
 
@@ -119,7 +119,7 @@ class RelayLab:
         dev.out.unlink(missing_ok=True)
         assert self.relay_node is not None
         relay_key = (self.relay_state / "relay.key")
-        argv = [sys.executable, "-m", "meshctl.relay.peer_tool", "--relay", self.relay_addr,
+        argv = [sys.executable, "-m", "lab.relay_peer", "--relay", self.relay_addr,
                 "--network-id", self.mesh.network_id, "--relay-name", "home",
                 "--identity-key", str(keydir / "identity.key"), "--wg-key", str(keydir / "wireguard.key"),
                 "--wg-port", str(WG_PORT), "--out", str(dev.out), *extra]

@@ -18,8 +18,9 @@ from meshctl.coord.join import make_request
 from meshctl.identity import DeviceKeys
 from meshctl.keys import DiscoPrivate, NodePrivate, NodePublic, SigningKey, VerifyKey
 from meshctl.relay.client import RelayClient, RelayClientConfig
-from meshctl.relay.protocol import ClientSession, RelayCore
+from meshctl.relay.client_core import ClientSession
 from meshctl.relay.server import RelayConfig, RelayServer, load_or_create_identity
+from meshctl.relay.server_core import RelayCore, ServerEvent
 
 NOW = int(time.time())
 NETWORK_ID = "ab" * 16
@@ -112,7 +113,7 @@ class Member:
 
 def make_core(members: list[Member], name: str = "home", signing_key: SigningKey | None = None,
               **limits: float) -> RelayCore:
-    from meshctl.relay.protocol import Limits
+    from meshctl.relay.server_core import Limits
 
     core = RelayCore(name, os.urandom(32), counter_rand(), signing_key, Limits(**limits))  # type: ignore[arg-type]
     core.set_members(NETWORK_ID, {m.verify_key: m.wg for m in members}, 0.0)
@@ -128,19 +129,40 @@ def login(core: RelayCore, member: Member, conn: object, now: float = 1.0, relay
     return sess
 
 
-def pump(core: RelayCore, sess: ClientSession, conn: object, now: float) -> list[tuple[object, bytes]]:
-    """Deliver client frames to the core and the core's replies for `conn` back; return others."""
-    elsewhere: list[tuple[object, bytes]] = []
+def drain(core: RelayCore) -> tuple[list[tuple[object, bytes]], list[ServerEvent]]:
+    """The core's output queue, split: (frames to send, session events), in order."""
+    frames: list[tuple[object, bytes]] = []
+    events: list[ServerEvent] = []
+    for item in core.take_output():
+        if isinstance(item, tuple):
+            frames.append(item)
+        else:
+            events.append(item)
+    return frames, events
+
+
+def feed(core: RelayCore, conn: object, data: bytes, now: float) -> list[tuple[object, bytes]]:
+    """One frame into the core; the frames it queued in answer (its events are dropped)."""
+    core.receive(conn, data, now)
+    return drain(core)[0]
+
+
+def pump(core: RelayCore, sess: ClientSession, conn: object,
+         now: float) -> list[tuple[object, bytes] | ServerEvent]:
+    """Deliver client frames to the core and the core's replies for `conn` back; return the
+    rest of its output (frames for others, session events)."""
+    elsewhere: list[tuple[object, bytes] | ServerEvent] = []
     for _ in range(10):
         frames = sess.data_to_send()
         if not frames:
             break
         for f in frames:
-            for dst, out in core.receive(conn, f, now):
-                if dst == conn:
-                    sess.receive_frame(out, now)
+            core.receive(conn, f, now)
+            for item in core.take_output():
+                if isinstance(item, tuple) and item[0] == conn:
+                    sess.receive_frame(item[1], now)
                 else:
-                    elsewhere.append((dst, out))
+                    elsewhere.append(item)
     return elsewhere
 
 

@@ -9,7 +9,9 @@ from relay_support import Member, counter_rand, login, make_core, pump
 
 from meshctl.relay import channels as ch
 from meshctl.relay.channels import ChannelState, ChannelTable, Notice
-from meshctl.relay.protocol import ChannelChanged, ChannelInfo, RelayCore, marshal_frame, parse_frame
+from meshctl.relay.client_core import ChannelChanged
+from meshctl.relay.server_core import ClientDropped, RelayCore
+from meshctl.relay.wire import ChannelInfo, Denied, DenyReason, marshal_frame, parse_frame
 
 A, B, C = b"A" * 32, b"B" * 32, b"C" * 32
 ADDR_A, ADDR_B = ("198.51.100.1", 40000), ("203.0.113.2", 51820)
@@ -190,9 +192,12 @@ def test_requests_that_cannot_be_served_are_answered_closed() -> None:
 # --- through the relay core and the client session -----------------------------------------------
 
 
-def _channel_frames(outputs: list[tuple[object, bytes]]) -> dict[object, ChannelInfo]:
+def _channel_frames(outputs: list[object]) -> dict[object, ChannelInfo]:
     got = {}
-    for conn, data in outputs:
+    for item in outputs:
+        if not isinstance(item, tuple):
+            continue  # a session event
+        conn, data = item
         frame = parse_frame(data)
         assert isinstance(frame, ChannelInfo)
         got[conn] = frame
@@ -217,13 +222,18 @@ def test_core_offers_channels_between_logged_in_members_and_closes_them_on_revoc
     assert (theirs.peer, theirs.port, theirs.state) == (alice.wg, 40001, ChannelState.OFFERED)
 
     # Binds through the core: the second makes both READY.
-    assert core.receive_bind(40000, ADDR_A, ch.marshal_bind(mine.bind_token), 3.0) == []
-    ready = _channel_frames(core.receive_bind(40001, ADDR_B, ch.marshal_bind(theirs.bind_token), 3.0))
+    core.receive_bind(40000, ADDR_A, ch.marshal_bind(mine.bind_token), 3.0)
+    assert core.take_output() == []
+    core.receive_bind(40001, ADDR_B, ch.marshal_bind(theirs.bind_token), 3.0)
+    ready = _channel_frames(core.take_output())
     assert {c: f.state for c, f in ready.items()} == {"a": ChannelState.READY, "b": ChannelState.READY}
 
-    # Bob is revoked: his session and the channel go; Alice hears CLOSED from the outbox.
+    # Bob is revoked: he is told, his session goes (hung up), then Alice hears the channel CLOSED.
     core.set_members(NETWORK_ID, {alice.verify_key: alice.wg}, 4.0)
-    closed = _channel_frames(core.take_outbox())
+    denied, dropped, closing = core.take_output()
+    assert denied == ("b", marshal_frame(Denied(DenyReason.REVOKED)))
+    assert isinstance(dropped, ClientDropped) and (dropped.conn, dropped.hang_up) == ("b", True)
+    closed = _channel_frames([closing])
     assert list(closed) == ["a"] and closed["a"].state is ChannelState.CLOSED and closed["a"].peer == bob.wg
     assert ports.open == set() and len(core.channels) == 0
 
@@ -246,8 +256,9 @@ def test_a_channel_request_needs_the_session_token() -> None:
     core.set_members(NETWORK_ID, {alice.verify_key: alice.wg, bob.verify_key: bob.wg}, 0.0)
     login(core, alice, "a")
     login(core, bob, "b")
-    from meshctl.relay.protocol import ChannelRequest
+    from meshctl.relay.wire import ChannelRequest
 
     forged = marshal_frame(ChannelRequest(bytes(8), bob.wg))
-    assert core.receive("a", forged, 2.0) == []
+    core.receive("a", forged, 2.0)
+    assert core.take_output() == []
     assert core.stats.drops.get("bad_token") == 1 and len(core.channels) == 0

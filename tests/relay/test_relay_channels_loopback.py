@@ -13,10 +13,10 @@ from pathlib import Path
 from relay_support import Inbox, RelayMesh, client_for, http_get, relay_config, running, wait_for
 
 from meshctl.relay import channels as ch
-from meshctl.relay import mmsg
 from meshctl.relay.client import RelayClient
-from meshctl.relay.protocol import Limits
-from meshctl.relay.sockets import set_buffers
+from meshctl.relay.server_core import Limits
+from meshctl.udp import mmsg
+from meshctl.udp.sockets import set_buffers
 
 
 def _wireguard_socket() -> socket.socket:

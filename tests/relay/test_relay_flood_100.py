@@ -20,7 +20,7 @@ from typing import Final
 from relay_support import Inbox, client_for, flood, make_relay_mesh, relay_config, running, wait_for
 
 from meshctl.keys import NodePublic
-from meshctl.relay.protocol import Limits
+from meshctl.relay.server_core import Limits
 
 CLIENTS: Final = 100
 ROUNDS: Final = 50  # packets each client sends to its neighbour during the flood

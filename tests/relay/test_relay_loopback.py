@@ -24,8 +24,8 @@ from relay_support import (
 
 from meshctl.keys import SigningKey
 from meshctl.nat import stun
-from meshctl.relay.protocol import Limits
 from meshctl.relay.server import RelayServer, load_or_create_identity
+from meshctl.relay.server_core import Limits
 
 
 def test_members_exchange_packets_over_udp_with_metrics_and_stun(relay_mesh: RelayMesh, tmp_path: Path) -> None:

@@ -17,8 +17,8 @@ import pytest
 from relay_netns import RelayLab, netns_missing
 from relay_support import RelayMesh, make_relay_mesh
 
-from meshctl.lab import Lab, rules
-from meshctl.lab.core import poll
+from lab import Lab, rules
+from lab.core import poll
 
 pytestmark = pytest.mark.netns
 

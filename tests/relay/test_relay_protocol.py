@@ -7,31 +7,34 @@ import struct
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from relay_support import NETWORK_ID, Member, counter_rand, login, make_core, pump
+from relay_support import NETWORK_ID, Member, counter_rand, drain, feed, login, make_core, pump
 
 from meshctl.keys import NodePublic, SigningKey, VerifyKey
 from meshctl.nat import stun
 from meshctl.nat.addr import addr_port
-from meshctl.relay import protocol as p
+from meshctl.relay import client_core, server_core, wire
 from meshctl.relay.channels import ChannelState
-from meshctl.relay.protocol import (
-    Challenge,
-    ChallengeResponse,
-    ClientHello,
+from meshctl.relay.client_core import (
     ClientSession,
     ClientState,
     Connected,
     ConnectionLost,
+    PacketReceived,
+    PongReceived,
+    Refused,
+)
+from meshctl.relay.server_core import ClientDropped
+from meshctl.relay.wire import (
+    Challenge,
+    ChallengeResponse,
+    ClientHello,
     Denied,
     DenyReason,
     FrameDecoder,
     KeepAlive,
-    PacketReceived,
     Ping,
     Pong,
-    PongReceived,
     RecvPacket,
-    Refused,
     SendPacket,
     Welcome,
     marshal_frame,
@@ -42,7 +45,7 @@ K1 = VerifyKey(bytes(range(32)))
 N1 = NodePublic(bytes([7]) * 32)
 TOKEN = bytes(range(8))
 
-ALL_FRAMES: list[p.Frame] = [
+ALL_FRAMES: list[wire.Frame] = [
     ClientHello(K1, N1),
     Challenge(bytes(32), "home"),
     Challenge(bytes([1]) * 32, ""),
@@ -56,11 +59,11 @@ ALL_FRAMES: list[p.Frame] = [
     KeepAlive(TOKEN),
     Ping(TOKEN, b"12345678"),
     Pong(b"12345678"),
-    p.Close(TOKEN),
-    p.ChannelRequest(TOKEN, N1),
-    p.ChannelInfo(N1, 40001, bytes(range(16)), ChannelState.OFFERED),
-    p.ChannelInfo(N1, 65535, bytes([5]) * 16, ChannelState.READY),
-    p.ChannelInfo(N1, 0, bytes(16), ChannelState.CLOSED),
+    wire.Close(TOKEN),
+    wire.ChannelRequest(TOKEN, N1),
+    wire.ChannelInfo(N1, 40001, bytes(range(16)), ChannelState.OFFERED),
+    wire.ChannelInfo(N1, 65535, bytes([5]) * 16, ChannelState.READY),
+    wire.ChannelInfo(N1, 0, bytes(16), ChannelState.CLOSED),
 ]
 
 
@@ -68,20 +71,20 @@ ALL_FRAMES: list[p.Frame] = [
 
 
 @pytest.mark.parametrize("frame", ALL_FRAMES, ids=lambda f: type(f).__name__)
-def test_round_trip(frame: p.Frame) -> None:
+def test_round_trip(frame: wire.Frame) -> None:
     data = marshal_frame(frame)
     assert data[:4] == b"mcRL" and data[4] == 1
-    assert struct.unpack("!H", data[6:8])[0] == len(data) - p.HEADER_LEN
+    assert struct.unpack("!H", data[6:8])[0] == len(data) - wire.HEADER_LEN
     assert parse_frame(data) == frame
 
 
 def test_channel_frames_golden_bytes() -> None:
-    request = marshal_frame(p.ChannelRequest(TOKEN, N1))
+    request = marshal_frame(wire.ChannelRequest(TOKEN, N1))
     assert request.hex() == "6d63524c010c0028" + TOKEN.hex() + "07" * 32
-    info = marshal_frame(p.ChannelInfo(N1, 0x9C41, bytes(range(16)), ChannelState.READY))
+    info = marshal_frame(wire.ChannelInfo(N1, 0x9C41, bytes(range(16)), ChannelState.READY))
     assert info.hex() == "6d63524c010d0033" + "07" * 32 + "9c41" + bytes(range(16)).hex() + "02"
     # a CLOSED channel carries neither port nor token, whatever the caller passed
-    closed = marshal_frame(p.ChannelInfo(N1, 0, b"", ChannelState.CLOSED))
+    closed = marshal_frame(wire.ChannelInfo(N1, 0, b"", ChannelState.CLOSED))
     assert closed[-19:] == bytes(18) + b"\x00"
 
 
@@ -101,24 +104,24 @@ def test_magic_is_neither_stun_nor_wireguard() -> None:
 
 
 @pytest.mark.parametrize(("data", "error"), [
-    (b"", p.TruncatedFrameError),
-    (b"mcRL\x01", p.TruncatedFrameError),
-    (b"XXXX\x01\x0a\x00\x08ABCDEFGH", p.BadMagicError),
-    (b"mcRL\x02\x0a\x00\x08ABCDEFGH", p.UnsupportedVersionError),
-    (b"mcRL\x01\x7f\x00\x00", p.UnknownFrameTypeError),
-    (b"mcRL\x01\x0a\x00\x08ABCD", p.TruncatedFrameError),
-    (b"mcRL\x01\x0a\x00\x04ABCDEFGH", p.FrameTooLargeError),  # trailing bytes
-    (b"mcRL\x01\x0a\x00\x04ABCD", p.MalformedFrameError),  # pong must carry 8 bytes
-    (b"mcRL\x01\x05\x00\x01\x63", p.MalformedFrameError),  # unknown deny reason
-    (b"mcRL\x01\x04\x00\x0c" + bytes(8) + bytes(4), p.MalformedFrameError),  # zero ping interval
-    (b"mcRL\x01\x02\x00\x22" + bytes(32) + b"\x05a", p.MalformedFrameError),  # name length lies
-    (b"mcRL\x01\x02\x00\x22" + bytes(32) + b"\x01\xff", p.MalformedFrameError),  # non-ASCII name
-    (b"mcRL\x01\x06\x00\x10" + bytes(16), p.MalformedFrameError),  # send without a full key
-    (b"mcRL\x01\x06" + b"\xff\xff" + bytes(65535), p.FrameTooLargeError),
-    (b"mcRL\x01\x0d\x00\x33" + bytes(32) + b"\x9c\x41" + bytes(16) + b"\x07", p.MalformedFrameError),  # state
-    (b"mcRL\x01\x0d\x00\x33" + bytes(32) + b"\x00\x00" + bytes(16) + b"\x02", p.MalformedFrameError),  # no port
-    (b"mcRL\x01\x0d\x00\x33" + bytes(32) + b"\x9c\x41" + bytes(16) + b"\x00", p.MalformedFrameError),  # closed
-    (b"mcRL\x01\x0c\x00\x20" + bytes(32), p.MalformedFrameError),  # channel request without a token
+    (b"", wire.TruncatedFrameError),
+    (b"mcRL\x01", wire.TruncatedFrameError),
+    (b"XXXX\x01\x0a\x00\x08ABCDEFGH", wire.BadMagicError),
+    (b"mcRL\x02\x0a\x00\x08ABCDEFGH", wire.UnsupportedVersionError),
+    (b"mcRL\x01\x7f\x00\x00", wire.UnknownFrameTypeError),
+    (b"mcRL\x01\x0a\x00\x08ABCD", wire.TruncatedFrameError),
+    (b"mcRL\x01\x0a\x00\x04ABCDEFGH", wire.FrameTooLargeError),  # trailing bytes
+    (b"mcRL\x01\x0a\x00\x04ABCD", wire.MalformedFrameError),  # pong must carry 8 bytes
+    (b"mcRL\x01\x05\x00\x01\x63", wire.MalformedFrameError),  # unknown deny reason
+    (b"mcRL\x01\x04\x00\x0c" + bytes(8) + bytes(4), wire.MalformedFrameError),  # zero ping interval
+    (b"mcRL\x01\x02\x00\x22" + bytes(32) + b"\x05a", wire.MalformedFrameError),  # name length lies
+    (b"mcRL\x01\x02\x00\x22" + bytes(32) + b"\x01\xff", wire.MalformedFrameError),  # non-ASCII name
+    (b"mcRL\x01\x06\x00\x10" + bytes(16), wire.MalformedFrameError),  # send without a full key
+    (b"mcRL\x01\x06" + b"\xff\xff" + bytes(65535), wire.FrameTooLargeError),
+    (b"mcRL\x01\x0d\x00\x33" + bytes(32) + b"\x9c\x41" + bytes(16) + b"\x07", wire.MalformedFrameError),  # state
+    (b"mcRL\x01\x0d\x00\x33" + bytes(32) + b"\x00\x00" + bytes(16) + b"\x02", wire.MalformedFrameError),  # no port
+    (b"mcRL\x01\x0d\x00\x33" + bytes(32) + b"\x9c\x41" + bytes(16) + b"\x00", wire.MalformedFrameError),  # closed
+    (b"mcRL\x01\x0c\x00\x20" + bytes(32), wire.MalformedFrameError),  # channel request without a token
 ])
 def test_parse_errors(data: bytes, error: type[Exception]) -> None:
     with pytest.raises(error):
@@ -128,17 +131,17 @@ def test_parse_errors(data: bytes, error: type[Exception]) -> None:
 def test_parse_error_is_a_meshctl_parse_error() -> None:
     from meshctl.errors import ParseError
 
-    assert issubclass(p.RelayParseError, ParseError)
+    assert issubclass(wire.RelayParseError, ParseError)
 
 
 def test_marshal_refuses_what_cannot_be_sent() -> None:
-    with pytest.raises(p.LocalProtocolError):
+    with pytest.raises(wire.LocalProtocolError):
         marshal_frame(SendPacket(b"short", N1, b""))
-    with pytest.raises(p.LocalProtocolError):
+    with pytest.raises(wire.LocalProtocolError):
         marshal_frame(Challenge(bytes(32), "x" * 64))
-    with pytest.raises(p.LocalProtocolError):
-        marshal_frame(SendPacket(TOKEN, N1, bytes(p.MAX_PAYLOAD_LEN + 1)))
-    assert len(marshal_frame(SendPacket(TOKEN, N1, bytes(p.MAX_PAYLOAD_LEN)))) == p.MAX_FRAME_LEN
+    with pytest.raises(wire.LocalProtocolError):
+        marshal_frame(SendPacket(TOKEN, N1, bytes(wire.MAX_PAYLOAD_LEN + 1)))
+    assert len(marshal_frame(SendPacket(TOKEN, N1, bytes(wire.MAX_PAYLOAD_LEN)))) == wire.MAX_FRAME_LEN
 
 
 def test_stream_decoder_whole_bytewise_and_batched() -> None:
@@ -157,7 +160,7 @@ def test_stream_decoder_whole_bytewise_and_batched() -> None:
 
 
 def test_stream_decoder_rejects_garbage() -> None:
-    with pytest.raises(p.BadMagicError):
+    with pytest.raises(wire.BadMagicError):
         FrameDecoder().feed(b"GET / HTTP/1.1\r\n\r\n")
 
 
@@ -174,7 +177,7 @@ frames_st = st.sampled_from(ALL_FRAMES).map(marshal_frame)
 def test_fuzz_parse_frame(data: bytes) -> None:
     try:
         frame = parse_frame(data)
-    except p.RelayParseError:
+    except wire.RelayParseError:
         return
     assert marshal_frame(frame) == data  # anything accepted is canonical
 
@@ -189,11 +192,11 @@ def test_fuzz_stream_decoder(parts: list[bytes], chunk: int) -> None:
             for frame in dec.feed(stream[i : i + chunk]):
                 try:
                     parse_frame(frame)
-                except p.RelayParseError:
+                except wire.RelayParseError:
                     pass
-    except p.RelayParseError:
+    except wire.RelayParseError:
         return
-    assert dec.pending <= p.MAX_STREAM_BUFFER
+    assert dec.pending <= wire.MAX_STREAM_BUFFER
 
 
 # --- server core + client session ------------------------------------------------------------
@@ -208,7 +211,7 @@ def test_member_logs_in_and_packets_flow() -> None:
     assert core.sessions == 2
     frame = sa.send_packet(b.wg, b"\x04\x00\x00\x00secret")
     assert frame is not None
-    out = core.receive(("10.0.0.1", 1), frame, 2.0)
+    out = feed(core, ("10.0.0.1", 1), frame, 2.0)
     assert len(out) == 1 and out[0][0] == ("10.0.0.2", 2)
     assert parse_frame(out[0][1]) == RecvPacket(a.wg, b"\x04\x00\x00\x00secret")
     sb.receive_frame(out[0][1], 2.0)
@@ -238,15 +241,15 @@ def test_bad_signature_is_refused_like_a_non_member() -> None:
     a = Member.new()
     core = make_core([a])
     conn = ("10.0.0.1", 1)
-    [(_, ch)] = core.receive(conn, marshal_frame(ClientHello(a.verify_key, a.wg)), 1.0)
+    [(_, ch)] = feed(core, conn, marshal_frame(ClientHello(a.verify_key, a.wg)), 1.0)
     nonce = parse_frame(ch).nonce  # type: ignore[union-attr]
     other = SigningKey.generate()  # signs with a key that is not a's
-    sig = other.sign(p.auth_message(NETWORK_ID, "home", nonce, a.verify_key, a.wg))
-    [(_, reply)] = core.receive(conn, marshal_frame(ChallengeResponse(a.verify_key, a.wg, nonce, sig)), 1.0)
+    sig = other.sign(wire.auth_message(NETWORK_ID, "home", nonce, a.verify_key, a.wg))
+    [(_, reply)] = feed(core, conn, marshal_frame(ChallengeResponse(a.verify_key, a.wg, nonce, sig)), 1.0)
     assert parse_frame(reply) == Denied(DenyReason.AUTH_FAILED)
     # A signature for another mesh (network id) is refused too.
-    sig = a.identity.sign(p.auth_message("cd" * 16, "home", nonce, a.verify_key, a.wg))
-    [(_, reply)] = core.receive(conn, marshal_frame(ChallengeResponse(a.verify_key, a.wg, nonce, sig)), 1.0)
+    sig = a.identity.sign(wire.auth_message("cd" * 16, "home", nonce, a.verify_key, a.wg))
+    [(_, reply)] = feed(core, conn, marshal_frame(ChallengeResponse(a.verify_key, a.wg, nonce, sig)), 1.0)
     assert parse_frame(reply) == Denied(DenyReason.AUTH_FAILED)
 
 
@@ -254,15 +257,15 @@ def test_challenge_is_bound_to_source_and_expires() -> None:
     a = Member.new()
     core = make_core([a])
     conn = ("10.0.0.1", 1)
-    [(_, ch)] = core.receive(conn, marshal_frame(ClientHello(a.verify_key, a.wg)), 1.0)
+    [(_, ch)] = feed(core, conn, marshal_frame(ClientHello(a.verify_key, a.wg)), 1.0)
     nonce = parse_frame(ch).nonce  # type: ignore[union-attr]
-    sig = a.identity.sign(p.auth_message(NETWORK_ID, "home", nonce, a.verify_key, a.wg))
+    sig = a.identity.sign(wire.auth_message(NETWORK_ID, "home", nonce, a.verify_key, a.wg))
     resp = marshal_frame(ChallengeResponse(a.verify_key, a.wg, nonce, sig))
-    [(_, r1)] = core.receive(("10.0.0.66", 1), resp, 1.0)  # replayed from elsewhere
+    [(_, r1)] = feed(core, ("10.0.0.66", 1), resp, 1.0)  # replayed from elsewhere
     assert parse_frame(r1) == Denied(DenyReason.STALE_CHALLENGE)
-    [(_, r2)] = core.receive(conn, resp, 1.0 + p.CHALLENGE_LIFETIME_S + 0.5)  # too late
+    [(_, r2)] = feed(core, conn, resp, 1.0 + server_core.CHALLENGE_LIFETIME_S + 0.5)  # too late
     assert parse_frame(r2) == Denied(DenyReason.STALE_CHALLENGE)
-    [(_, r3)] = core.receive(conn, resp, 2.0)
+    [(_, r3)] = feed(core, conn, resp, 2.0)
     assert isinstance(parse_frame(r3), Welcome)
 
 
@@ -272,10 +275,10 @@ def test_stale_challenge_makes_the_client_start_over() -> None:
     sess = ClientSession(a.identity, a.wg, NETWORK_ID, counter_rand(), "home")
     sess.connect(0.0)
     [hello] = sess.data_to_send()
-    [(_, ch)] = core.receive(("h", 1), hello, 0.0)
+    [(_, ch)] = feed(core, ("h", 1), hello, 0.0)
     sess.receive_frame(ch, 0.0)
     [resp] = sess.data_to_send()
-    [(_, denied)] = core.receive(("h", 1), resp, 30.0)
+    [(_, denied)] = feed(core, ("h", 1), resp, 30.0)
     sess.receive_frame(denied, 30.0)
     assert sess.state is ClientState.HELLO_SENT
     assert parse_frame(sess.data_to_send()[0]) == ClientHello(a.verify_key, a.wg)
@@ -289,7 +292,7 @@ def test_unauthenticated_frames_never_reveal_sessions() -> None:
     replies = []
     for frame in (SendPacket(TOKEN, a.wg, b"x"), KeepAlive(TOKEN), Ping(TOKEN, bytes(8)),
                   RecvPacket(a.wg, b"x"), Welcome(TOKEN, 1), Pong(bytes(8))):
-        replies += core.receive(probe, marshal_frame(frame), 1.0)
+        replies += feed(core, probe, marshal_frame(frame), 1.0)
     assert all(dst == probe for dst, _ in replies)
     assert {type(parse_frame(r)) for _, r in replies} <= {Denied}
     assert core.stats.packets_out == 0
@@ -302,7 +305,7 @@ def test_fuzz_unauthenticated_sender_gets_only_challenge_or_denied(datas: list[b
     core = make_core([a])
     login(core, a, ("10.0.0.1", 1))
     for data in datas:
-        for dst, out in core.receive(("10.9.9.9", 9), data, 1.0):
+        for dst, out in feed(core, ("10.9.9.9", 9), data, 1.0):
             assert dst == ("10.9.9.9", 9)
             assert isinstance(parse_frame(out), Challenge | Denied)
     assert core.sessions == 1
@@ -314,7 +317,7 @@ def test_wrong_token_from_a_known_address_is_dropped_silently() -> None:
     login(core, a, ("10.0.0.1", 1))
     login(core, b, ("10.0.0.2", 2))
     spoofed = marshal_frame(SendPacket(bytes(8), b.wg, b"x"))
-    assert core.receive(("10.0.0.1", 1), spoofed, 1.0) == []
+    assert feed(core, ("10.0.0.1", 1), spoofed, 1.0) == []
     assert core.stats.drops["bad_token"] == 1 and core.sessions == 2
 
 
@@ -326,7 +329,7 @@ def test_relay_restart_no_session_makes_client_reconnect() -> None:
     fresh = make_core([a, b])  # the relay restarted: it knows nobody
     frame = sa.send_packet(b.wg, b"x")
     assert frame is not None
-    [(_, reply)] = fresh.receive(("10.0.0.1", 1), frame, 1.0)
+    [(_, reply)] = feed(fresh, ("10.0.0.1", 1), frame, 1.0)
     sa.receive_frame(reply, 1.0)
     assert sa.state is ClientState.CLOSED
     assert isinstance(sa.next_event(), ConnectionLost)
@@ -335,8 +338,8 @@ def test_relay_restart_no_session_makes_client_reconnect() -> None:
 def test_no_session_replies_are_rate_limited() -> None:
     core = make_core([])
     frame = marshal_frame(KeepAlive(TOKEN))
-    replies = sum(len(core.receive(("10.0.0.1", i), frame, 5.0)) for i in range(1000))
-    assert replies <= p.NO_SESSION_REPLIES_PER_S + 1
+    replies = sum(len(feed(core, ("10.0.0.1", i), frame, 5.0)) for i in range(1000))
+    assert replies <= server_core.NO_SESSION_REPLIES_PER_S + 1
 
 
 def test_revocation_drops_the_session() -> None:
@@ -344,15 +347,16 @@ def test_revocation_drops_the_session() -> None:
     core = make_core([a, b])
     login(core, a, ("10.0.0.1", 1))
     sb = login(core, b, ("10.0.0.2", 2))
-    out = core.set_members(NETWORK_ID, {a.verify_key: a.wg}, 5.0)
+    core.set_members(NETWORK_ID, {a.verify_key: a.wg}, 5.0)
+    out, events = drain(core)
     assert out == [(("10.0.0.2", 2), marshal_frame(Denied(DenyReason.REVOKED)))]
-    assert core.closed == [("10.0.0.2", 2)]
+    assert [(e.conn, e.reason, e.hang_up) for e in events] == [(("10.0.0.2", 2), "revoked", True)]
     assert core.sessions == 1
     sb.receive_frame(out[0][1], 5.0)
     assert Refused(DenyReason.REVOKED) in list(sb.events())
     # And a's packets to b now go nowhere.
     sa_frame = marshal_frame(SendPacket(core.session_of(("10.0.0.1", 1)).token, b.wg, b"x"))  # type: ignore[union-attr]
-    assert core.receive(("10.0.0.1", 1), sa_frame, 6.0) == []
+    assert feed(core, ("10.0.0.1", 1), sa_frame, 6.0) == []
     assert core.stats.drops["no_destination"] == 1
 
 
@@ -361,14 +365,14 @@ def test_rate_limit_per_client() -> None:
     core = make_core([a, b, c], rate_bytes_per_s=10_000, burst_bytes=10_000)
     sa, sc = login(core, a, "A"), login(core, c, "C")
     login(core, b, "B")
-    sent_a = sum(len(core.receive("A", sa.send_packet(b.wg, bytes(1000)) or b"", 1.0)) for _ in range(100))
+    sent_a = sum(len(feed(core, "A", sa.send_packet(b.wg, bytes(1000)) or b"", 1.0)) for _ in range(100))
     assert 8 <= sent_a <= 10  # the burst, then nothing
     assert core.stats.drops["rate_limited"] >= 90
     # c has its own bucket: a's flood does not spend it.
-    sent_c = sum(len(core.receive("C", sc.send_packet(b.wg, bytes(1000)) or b"", 1.0)) for _ in range(5))
+    sent_c = sum(len(feed(core, "C", sc.send_packet(b.wg, bytes(1000)) or b"", 1.0)) for _ in range(5))
     assert sent_c == 5
     # Tokens come back with time.
-    assert len(core.receive("A", sa.send_packet(b.wg, bytes(1000)) or b"", 2.0)) == 1
+    assert len(feed(core, "A", sa.send_packet(b.wg, bytes(1000)) or b"", 2.0)) == 1
 
 
 def test_idle_sessions_expire() -> None:
@@ -380,7 +384,7 @@ def test_idle_sessions_expire() -> None:
     assert core.sessions == 1
     core.handle_timer(11.5)
     assert core.sessions == 0
-    assert core.events[-1].reason == "idle"  # type: ignore[union-attr]
+    assert drain(core)[1][-1].reason == "idle"  # type: ignore[union-attr]
 
 
 def test_same_device_from_new_address_replaces_old_session() -> None:
@@ -388,11 +392,14 @@ def test_same_device_from_new_address_replaces_old_session() -> None:
     core = make_core([a, b])
     login(core, a, "A1")
     sb = login(core, b, "B")
-    login(core, a, "A2")
-    assert core.sessions == 2 and "A1" in core.closed
+    again = ClientSession(a.identity, a.wg, NETWORK_ID, counter_rand(), "home")
+    again.connect(1.0)
+    others = pump(core, again, "A2", 1.0)
+    assert core.sessions == 2 and again.state is ClientState.CONNECTED
+    assert [(e.conn, e.reason, e.hang_up) for e in others if isinstance(e, ClientDropped)] == [("A1", "replaced", True)]
     frame = sb.send_packet(a.wg, b"hi")
     assert frame is not None
-    assert [dst for dst, _ in core.receive("B", frame, 2.0)] == ["A2"]
+    assert [dst for dst, _ in feed(core, "B", frame, 2.0)] == ["A2"]
 
 
 def test_relay_full() -> None:
@@ -406,10 +413,12 @@ def test_relay_full() -> None:
 def test_stun_is_answered_with_the_source_address() -> None:
     core = make_core([])
     txid = stun.new_txid(lambda n: bytes(range(n)))
-    reply = core.receive_stun(addr_port("192.0.2.5", 40000), stun.marshal_binding_request(txid))
-    assert reply is not None
+    core.receive_stun(("192.0.2.5", 40000), stun.marshal_binding_request(txid))
+    [(dst, reply)] = drain(core)[0]
+    assert dst == ("192.0.2.5", 40000)
     assert stun.parse_binding_response(reply) == (txid, addr_port("192.0.2.5", 40000))
-    assert core.receive_stun(addr_port("192.0.2.5", 1), b"\x00\x01junk") is None
+    core.receive_stun(("192.0.2.5", 1), b"\x00\x01junk")
+    assert drain(core) == ([], []) and core.stats.drops["bad_stun"] == 1
 
 
 def test_relay_identity_is_checked_by_the_client() -> None:
@@ -418,12 +427,12 @@ def test_relay_identity_is_checked_by_the_client() -> None:
     core = make_core([a], signing_key=relay_key)
     sess = login(core, a, "A", relay_key=relay_key.public())
     assert sess.state is ClientState.CONNECTED
-    assert Connected(p.PING_INTERVAL_S, True) in list(sess.events())
+    assert Connected(wire.PING_INTERVAL_S, True) in list(sess.events())
     # A relay with another key (or none) does not satisfy the client: it times out instead.
     other = make_core([a], signing_key=SigningKey.generate())
     sess2 = login(other, a, "A", relay_key=relay_key.public())
     assert sess2.state is ClientState.RESPONSE_SENT
-    sess2.handle_timer(1.0 + p.HANDSHAKE_TIMEOUT_S)
+    sess2.handle_timer(1.0 + client_core.HANDSHAKE_TIMEOUT_S)
     assert isinstance(sess2.next_event(), ConnectionLost)
 
 
@@ -440,23 +449,23 @@ def test_client_timers_hello_retry_ping_and_silence() -> None:
     sess = ClientSession(a.identity, a.wg, NETWORK_ID, counter_rand(), "home")
     sess.connect(0.0)
     sess.data_to_send()  # the first hello is lost
-    assert sess.next_deadline() == p.HELLO_RETRY_S
-    sess.handle_timer(p.HELLO_RETRY_S)
-    pump(core, sess, "A", p.HELLO_RETRY_S)
+    assert sess.next_deadline() == client_core.HELLO_RETRY_S
+    sess.handle_timer(client_core.HELLO_RETRY_S)
+    pump(core, sess, "A", client_core.HELLO_RETRY_S)
     assert sess.state is ClientState.CONNECTED
     list(sess.events())
-    t = p.HELLO_RETRY_S
-    assert sess.next_deadline() == t + p.PING_INTERVAL_S
-    sess.handle_timer(t + p.PING_INTERVAL_S)
+    t = client_core.HELLO_RETRY_S
+    assert sess.next_deadline() == t + wire.PING_INTERVAL_S
+    sess.handle_timer(t + wire.PING_INTERVAL_S)
     [ping] = sess.data_to_send()
-    [(_, pong)] = core.receive("A", ping, t + p.PING_INTERVAL_S)
-    sess.receive_frame(pong, t + p.PING_INTERVAL_S + 0.02)
+    [(_, pong)] = feed(core, "A", ping, t + wire.PING_INTERVAL_S)
+    sess.receive_frame(pong, t + wire.PING_INTERVAL_S + 0.02)
     [ev] = list(sess.events())
     assert isinstance(ev, PongReceived) and abs(ev.rtt_s - 0.02) < 1e-9
-    last_rx = t + p.PING_INTERVAL_S + 0.02
+    last_rx = t + wire.PING_INTERVAL_S + 0.02
     for k in range(1, 4):  # the relay goes silent
-        sess.handle_timer(t + p.PING_INTERVAL_S * (k + 1))
-    sess.handle_timer(last_rx + p.SILENCE_TIMEOUT_S)
+        sess.handle_timer(t + wire.PING_INTERVAL_S * (k + 1))
+    sess.handle_timer(last_rx + client_core.SILENCE_TIMEOUT_S)
     assert sess.state is ClientState.CLOSED
     assert isinstance(sess.next_event(), ConnectionLost)
 
@@ -468,7 +477,7 @@ def test_client_handshake_timeout() -> None:
     for t in range(1, 5):
         sess.handle_timer(float(t))
     assert len(sess.data_to_send()) == 5  # first hello and four retries
-    sess.handle_timer(p.HANDSHAKE_TIMEOUT_S)
+    sess.handle_timer(client_core.HANDSHAKE_TIMEOUT_S)
     assert sess.next_event() == ConnectionLost("handshake timed out")
     assert sess.next_deadline() is None
 
@@ -477,15 +486,15 @@ def test_client_local_errors() -> None:
     a = Member.new()
     sess = ClientSession(a.identity, a.wg, NETWORK_ID, counter_rand())
     assert sess.send_packet(a.wg, b"x") is None
-    with pytest.raises(p.LocalProtocolError):
+    with pytest.raises(wire.LocalProtocolError):
         sess.ping(0.0)
     sess.connect(0.0)
-    with pytest.raises(p.LocalProtocolError):
+    with pytest.raises(wire.LocalProtocolError):
         sess.connect(0.0)
 
 
 def test_token_bucket() -> None:
-    b = p.TokenBucket.full(100.0, 50.0, 0.0)
+    b = server_core.TokenBucket.full(100.0, 50.0, 0.0)
     assert b.take(50, 0.0) and not b.take(1, 0.0)
     assert b.take(10, 0.1) and not b.take(1, 0.1)
     assert b.take(50, 100.0) and not b.take(1, 100.0)  # capped at the burst
@@ -497,10 +506,12 @@ def test_close_frame_ends_the_session_at_once() -> None:
     sess = login(core, a, "A")
     sess.close()
     [frame] = sess.data_to_send()
-    assert parse_frame(frame) == p.Close(sess._token)
-    assert core.receive("A", frame, 2.0) == []
-    assert core.sessions == 0 and core.events[-1].reason == "left"  # type: ignore[union-attr]
+    assert parse_frame(frame) == wire.Close(sess._token)
+    core.receive("A", frame, 2.0)
+    out, events = drain(core)
+    assert out == [] and [(e.reason, e.hang_up) for e in events] == [("left", True)]
+    assert core.sessions == 0
     # A Close with the wrong token (spoofed) is ignored.
     sess2 = login(core, a, "A")
-    assert core.receive("A", marshal_frame(p.Close(bytes(8))), 3.0) == []
+    assert feed(core, "A", marshal_frame(wire.Close(bytes(8))), 3.0) == []
     assert core.sessions == 1 and sess2.state is ClientState.CONNECTED

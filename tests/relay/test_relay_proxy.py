@@ -13,8 +13,8 @@ from relay_support import RelayMesh, client_for, relay_config, running, wait_for
 
 from meshctl.keys import NodePrivate, NodePublic
 from meshctl.nat import disco
-from meshctl.relay import sockets
 from meshctl.relay.proxy import RelayProxy, split_received
+from meshctl.udp import sockets
 
 
 def fake_wireguard() -> socket.socket:

@@ -12,7 +12,7 @@ BANNED = {"socket": "network I/O", "asyncio": "event loop", "subprocess": "proce
           "select": "I/O", "ssl": "transport", "pathlib": "filesystem", "logging": "the shell decides what to log"}
 
 
-PURE_RELAY_MODULES = ("protocol.py", "channels.py")
+PURE_RELAY_MODULES = ("wire.py", "server_core.py", "client_core.py", "channels.py", "metrics.py")
 
 
 def _imports(module: str) -> list[str]:
@@ -32,7 +32,14 @@ def test_protocol_modules_import_no_io() -> None:
             assert top not in BANNED, f"{module} imports {mod}: {BANNED.get(top)}"
             shell = mod.startswith("meshctl.relay.") and mod.rsplit(".", 1)[1] + ".py" not in PURE_RELAY_MODULES
             assert not shell, f"{module} imports the shell module {mod}"
-    assert "meshctl.nat" in _imports("protocol.py")  # STUN answers are pure too
+    assert "meshctl.nat" in _imports("server_core.py")  # STUN answers are pure too
+
+
+def test_the_wire_format_knows_neither_side() -> None:
+    """wire.py is what both sides share: it imports neither state machine."""
+    assert not {m for m in _imports("wire.py") if m.endswith(("server_core", "client_core"))}
+    assert not {m for m in _imports("client_core.py") if m.endswith("server_core")}
+    assert not {m for m in _imports("server_core.py") if m.endswith("client_core")}
 
 
 def test_cli_module_keeps_heavy_imports_inside_functions() -> None:

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 from soak_support import need_soak_tools
 
-from meshctl.lab import Lab, open_lab
+from lab import Lab, open_lab
 
 
 @pytest.fixture

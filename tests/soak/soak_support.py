@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from meshctl.lab import Lab, LabError, Node
-from meshctl.lab.scenario import MeshScenario
-from meshctl.lab.topology import one_lan
+from lab import Lab, LabError, Node
+from lab.scenario import MeshScenario
+from lab.topology import one_lan
 from meshctl.wg.userspace import SOCKET_DIR, pid_alive, wireguard_go_processes
 
 WG_PORT: Final = 51820
@@ -484,7 +484,7 @@ def format_table(verdicts: Sequence[Verdict]) -> str:
 
 
 def need_soak_tools() -> str | None:
-    from meshctl.lab import lab_unavailable
+    from lab import lab_unavailable
 
     reason = lab_unavailable()
     if reason:

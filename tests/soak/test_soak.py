@@ -15,7 +15,7 @@ from typing import Final
 import pytest
 from soak_support import Soak, format_table, judge, same_pid
 
-from meshctl.lab import Lab
+from lab import Lab
 
 pytestmark = pytest.mark.netns
 

@@ -16,9 +16,11 @@ PACKAGE = Path(__file__).resolve().parents[2] / "meshctl"
 PURE_MODULES = [
     "coord/records.py", "coord/signing.py", "coord/strictjson.py", "coord/verify.py", "coord/netmap.py",
     "coord/netmap_json.py", "coord/pr_check.py", "coord/trust.py",
-    "policy/hujson.py", "policy/parse.py", "policy/compile.py", "firewall/nft.py",
+    "policy/hujson.py", "policy/parse.py", "policy/compile.py", "policy/model.py", "policy/addrset.py",
+    "policy/protocols.py", "policy/evaluate.py", "policy/approvers.py", "policy/check.py", "firewall/nft.py",
     "nat/stun.py", "nat/disco.py", "nat/packet.py", "nat/paths.py", "nat/addr.py",
-    "relay/protocol.py", "relay/channels.py",
+    "relay/wire.py", "relay/server_core.py", "relay/client_core.py", "relay/channels.py",
+    "relay/metrics.py",
     "dns/zone.py", "dns/resolver.py", "dns/resolvconf.py",
     "wg/config.py", "wg/uapi.py", "wg/chunks.py", "router/config.py",
     "agent/desired.py", "agent/status.py", "agent/applied.py", "errors.py", "keys.py",
@@ -80,3 +82,56 @@ def test_version_loads_no_heavy_library() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=PACKAGE.parent).stdout.strip()
     assert out == "", f"registering the commands imported: {out}"
+
+
+def _meshctl_imports(path: Path) -> set[str]:
+    """The meshctl modules `path` imports (anywhere in it), as dotted names."""
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names if a.name.startswith("meshctl"))
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("meshctl"):
+            out.add(node.module)
+            out.update(f"{node.module}.{a.name}" for a in node.names)
+    return out
+
+
+def test_only_the_entry_points_import_the_root_group() -> None:
+    """No cycle in cli/: the root group (app.py) imports the command table, which imports the
+    command modules; they import cli/common.py, never app.py."""
+    for path in sorted((PACKAGE / "cli").glob("*.py")):
+        if path.name != "app.py":
+            assert "meshctl.cli.app" not in _meshctl_imports(path), f"cli/{path.name} imports cli/app.py"
+
+
+def test_every_command_module_is_imported_literally() -> None:
+    """cli/commands.py names its modules in import statements (PyInstaller and readers see them)."""
+    tree = ast.parse((PACKAGE / "cli" / "commands.py").read_text())
+    assert "importlib" not in imported_modules(PACKAGE / "cli" / "commands.py")
+    literal = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    commands = {p.stem for p in (PACKAGE / "cli").glob("*.py")} - {
+        "__init__", "app", "commands", "common", "admin_common", "admin_relay", "preflight", "render"}
+    assert {f"meshctl.cli.{name}" for name in commands} <= literal
+
+
+def test_no_import_error_is_swallowed_around_our_own_modules() -> None:
+    """A broken import of ours must fail loudly, not silently turn a feature off."""
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if not isinstance(node, ast.Try):
+                continue
+            caught = {ast.unparse(h.type) for h in node.handlers if h.type is not None}
+            if not caught & {"ImportError", "ModuleNotFoundError"}:
+                continue
+            inner = set().union(*(_meshctl_imports_of(stmt) for stmt in node.body))
+            assert not inner, f"{path.relative_to(PACKAGE)}: `except ImportError` around {sorted(inner)}"
+
+
+def _meshctl_imports_of(node: ast.AST) -> set[str]:
+    out: set[str] = set()
+    for sub in ast.walk(node):
+        if isinstance(sub, ast.ImportFrom) and sub.module and sub.module.startswith("meshctl"):
+            out.add(sub.module)
+        elif isinstance(sub, ast.Import):
+            out.update(a.name for a in sub.names if a.name.startswith("meshctl"))
+    return out

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from meshctl.lab.core import Lab, LabError, Node, meshctl_argv
+from lab.core import Lab, LabError, Node, meshctl_argv
 
 
 @dataclass
@@ -63,22 +63,18 @@ class MeshScenario:
         return proc.stdout
 
     def init(self) -> str:
-        out = self.admin("init", str(self.checkout), "--name", self.name, cwd=self.admin_dir)
+        """`meshctl init --remote`: the checkout's origin is the bare repository (a path: the admin
+        sits on the host), pushed at once."""
+        out = self.admin("init", str(self.checkout), "--name", self.name, "--remote", str(self.repo_dir),
+                         cwd=self.admin_dir)
         self.fingerprint = out.strip().split()[-1]
-        self.git("push", "-q", str(self.repo_dir), "main")
         return out
 
     def approve(self, name: str, *extra: str) -> str:
-        """Review the pull request of branch join/NAME, approve it on the branch, merge, push."""
-        self.git("fetch", "-q", str(self.repo_dir), f"join/{name}")
-        self.git("checkout", "-q", "-B", f"join/{name}", "FETCH_HEAD")
-        self.git("rebase", "-q", "main")
-        self.admin("repo", "verify", ".", "--base", "main")
+        """`meshctl admin approve NAME`: the request fetched from join/NAME, approved, merged into
+        main and pushed, in one command; then the check CI runs on main."""
         out = self.admin("admin", "approve", name, *extra)
-        self.admin("repo", "verify", ".", "--base", "main")
-        self.git("checkout", "-q", "main")
-        self.git("merge", "-q", "--ff-only", f"join/{name}")
-        self.git("push", "-q", str(self.repo_dir), "main")
+        self.admin("repo", "verify", ".")
         member = self.members[name]
         addrs = out.splitlines()[0].split(": ", 1)[1].split()
         member.mesh_ipv4, member.mesh_ipv6 = addrs[0], addrs[1]
@@ -165,7 +161,7 @@ def build_lan_mesh(lab: Lab, n: int = 3, *, name: str = "demo", names: Sequence[
     Devices are named node1..nN unless `names` are given; `approve_args` adds options to a
     device's approval (e.g. {"prod": ["--tag", "tag:prod"]}).
     """
-    from meshctl.lab.topology import one_lan
+    from lab.topology import one_lan
 
     device_names = list(names) if names is not None else [f"node{i}" for i in range(1, n + 1)]
     if len(device_names) != n:
@@ -204,7 +200,7 @@ def build_nat_mesh(lab: Lab, profile_a: str, profile_b: str, *, name: str = "nat
     shows behind a port-preserving NAT; behind a symmetric NAT only the address is right).
     Returns the scenario and the `TwoNats` topology. Agents are not started.
     """
-    from meshctl.lab.topology import two_nats
+    from lab.topology import two_nats
 
     topo = two_nats(lab, profile_a, profile_b)
     mesh = _nat_mesh_with_lab_stun(lab, topo, name)
@@ -232,7 +228,7 @@ class RelayBox:
         return f"{self.node.ipv4}:{self.port}"
 
     def start(self, timeout_s: float = 30.0) -> None:
-        from meshctl.lab.core import poll
+        from lab.core import poll
 
         proc = self.proc = self.lab.meshctl_popen(self.node, self.argv)
         ready = f"relay {self.name} on "
@@ -269,7 +265,7 @@ def build_relay_mesh(lab: Lab, profile_a: str, profile_b: str, *, name: str = "r
     ADDR:PORT --identity-key KEY` before the devices are approved. Agents are not started.
     Returns the scenario, the `TwoNats` topology and the running relay.
     """
-    from meshctl.lab.topology import two_nats
+    from lab.topology import two_nats
 
     topo = two_nats(lab, profile_a, profile_b)
     mesh = _nat_mesh_with_lab_stun(lab, topo, name)

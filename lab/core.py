@@ -36,8 +36,8 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Final, NamedTuple
 
+from lab import rules
 from meshctl.errors import MeshctlError
-from meshctl.lab import rules
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ FIRST_HOST_OFFSET: Final = 10  # .1 is the gateway; hosts start at .10
 LAN_V4_BASE: Final = "10.0"
 LAN_V6_BASE: Final = "fd6c:6162:0"  # ULA
 
-_PACKAGE_ROOT: Final = str(Path(__file__).resolve().parents[2])
+_PACKAGE_ROOT: Final = str(Path(__file__).resolve().parents[1])
 UDPTOOL: Final = Path(__file__).resolve().with_name("udptool.py")
 _HANDLED_SIGNALS: Final = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
 

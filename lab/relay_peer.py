@@ -3,7 +3,7 @@
 For labs, benchmarks and debugging a relay by hand: WireGuard is configured with `wg set`,
 each relayed peer's endpoint being the loopback address this tool prints.
 
-    python -m meshctl.relay.peer_tool --relay 203.0.113.10:3340 --network-id ID \\
+    python -m lab.relay_peer --relay 203.0.113.10:3340 --network-id ID \\
         --identity-key keys/identity.key --wg-key keys/wireguard.key --wg-port 51820 \\
         --peer <peer wg public key> [--peer ...] --out endpoints.json [--channels]
 
@@ -29,12 +29,12 @@ from meshctl.nat.addr import parse_addr_port
 from meshctl.nat.rawsock import SharedPortSocket
 from meshctl.relay.channels import BIND_INTERVAL_S, ChannelState, marshal_bind
 from meshctl.relay.client import RelayClient, RelayClientConfig
-from meshctl.relay.protocol import ChannelInfo
 from meshctl.relay.proxy import RelayProxy
+from meshctl.relay.wire import ChannelInfo
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m meshctl.relay.peer_tool", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m lab.relay_peer", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--relay", required=True, help="HOST:PORT of the relay")
     ap.add_argument("--network-id", required=True)

@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from meshctl.lab.core import (
+from lab.core import (
     DEFAULT_PREFIX,
     Datagram,
     Internet,
@@ -25,7 +25,7 @@ from meshctl.lab.core import (
     open_lab,
     poll,
 )
-from meshctl.lab.rules import (
+from lab.rules import (
     ADDRESS_RESTRICTED,
     FULL_CONE,
     MASQUERADE,
@@ -33,7 +33,7 @@ from meshctl.lab.rules import (
     PROFILES,
     SYMMETRIC,
 )
-from meshctl.lab.topology import OneLan, TwoNats, one_lan, two_nats
+from lab.topology import OneLan, TwoNats, one_lan, two_nats
 
 __all__ = [
     "ADDRESS_RESTRICTED",

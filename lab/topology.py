@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from meshctl.lab.core import Internet, Lab, Lan, NatRouter, Node
+from lab.core import Internet, Lab, Lan, NatRouter, Node
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,63 @@
+"""`meshctl admin relay add|remove|list`: the relays listed in state.json."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from meshctl.cli.admin_common import KeyOpt, NoCommitOpt, RepoOpt, admin_keys, commit, print_signature_status
+from meshctl.cli.common import command
+
+relay_admin_app = typer.Typer(help="The relays listed in state.json.", no_args_is_help=True)
+
+
+@relay_admin_app.command("add")
+@command
+def add(
+    name: Annotated[str, typer.Argument(help="Relay name (a DNS label).")],
+    address: Annotated[str, typer.Argument(help="HOST:PORT clients dial (UDP, TCP fallback on the same port).")],
+    identity_key: Annotated[str | None, typer.Option("--identity-key",
+                                                     help="ed25519:... printed by `meshctl relay` at start.")] = None,
+    repo: RepoOpt = Path("."),
+    admin_key: KeyOpt = None,
+    no_commit: NoCommitOpt = False,
+) -> None:
+    """List a relay in state.json (re-signs the state)."""
+    from meshctl.coord import admin, relays_admin
+
+    co = admin.open_checkout(repo)
+    state, changed = relays_admin.add_relay(co, name, address, identity_key, admin_keys(admin_key), int(time.time()))
+    typer.echo(f"added relay {name} at {address}")
+    commit(repo, changed, [], f"Add relay {name} (serial {state.serial})", no_commit)
+    print_signature_status(state.serial, repo)
+
+
+@relay_admin_app.command("remove")
+@command
+def remove(
+    name: Annotated[str, typer.Argument(help="The relay to remove.")],
+    repo: RepoOpt = Path("."),
+    admin_key: KeyOpt = None,
+    no_commit: NoCommitOpt = False,
+) -> None:
+    """Remove a relay from state.json (re-signs the state)."""
+    from meshctl.coord import admin, relays_admin
+
+    co = admin.open_checkout(repo)
+    state, changed = relays_admin.remove_relay(co, name, admin_keys(admin_key), int(time.time()))
+    typer.echo(f"removed relay {name}")
+    commit(repo, changed, [], f"Remove relay {name} (serial {state.serial})", no_commit)
+    print_signature_status(state.serial, repo)
+
+
+@relay_admin_app.command("list")
+@command
+def list_(repo: RepoOpt = Path(".")) -> None:
+    """Print the listed relays: name, address, identity key."""
+    from meshctl.coord import admin, relays_admin
+
+    for r in relays_admin.list_relays(admin.open_checkout(repo)):
+        typer.echo(f"{r.name}\t{r.address}\t{r.identity_key.text() if r.identity_key else '-'}")
