@@ -21,7 +21,7 @@ from typing import Any, Final
 # The same for every system (issue 22): meshctl's default MTU (meshctl/router/config.py).
 TUNNEL_MTU: Final = 1420
 # Asked of the kernel for each daemon's UDP socket; Linux doubles what is asked, so every socket
-# ends up with 16 MiB, as meshctl's wireguard-go does (meshctl/relay/sockets.py BUFFER_BYTES).
+# ends up with 16 MiB, as meshctl's wireguard-go does (meshctl/udp/sockets.py BUFFER_BYTES).
 SOCKET_BUFFER_BYTES: Final = 8 * 1024 * 1024
 NEBULA_PORT: Final = 4242
 TINC_PORT: Final = 655

@@ -25,6 +25,8 @@ import procstat
 
 from lab import PORT_RESTRICTED, Lab, LabError, Node, TwoNats, poll
 from lab.scenario import MeshScenario, RelayBox, build_relay_mesh
+from meshctl.udp.sockets import enlarge_process_udp_buffers
+from meshctl.wg.userspace import find_wireguard_go
 
 WG_PORT: Final = 51820
 RELAY_NAME: Final = "r1"
@@ -173,8 +175,6 @@ class Meshctl:
         return pid if procstat.read_cpu(pid) is not None else None
 
     def processes(self, node: Node) -> dict[str, list[int]]:
-        from meshctl.wg.userspace import find_wireguard_go
-
         agent = self.agent_pid(node)
         wg = find_wireguard_go(self.tunnel_ifname(node))
         return {"agent": procstat.descendants(procstat.program_root(agent)) if agent else [],
@@ -369,8 +369,6 @@ class Tinc:
     def after_start(self, node: Node) -> None:
         """tinc 1.0 sizes its UDP socket with SO_RCVBUF, capped at net.core.rmem_max: size it from
         outside, as meshctl's agent does for wireguard-go."""
-        from meshctl.relay.sockets import enlarge_process_udp_buffers
-
         proc = self._procs.get(node.ns)
         if proc is not None and proc.poll() is None:
             enlarge_process_udp_buffers(proc.pid, self.port, cfg.SOCKET_BUFFER_BYTES)
