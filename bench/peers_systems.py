@@ -195,24 +195,93 @@ class Meshctl:
         return bool(self.peer_status(node).get("relay_channel"))
 
 
-# --- Nebula ---------------------------------------------------------------------------------------
+# --- Nebula and tinc: one daemon per node, started by the bench ------------------------------------
 
 
 @dataclass
-class Nebula:
+class DaemonPerNode:
+    """A system whose nodes each run one daemon the bench starts itself (`ip netns exec` execs it:
+    the Popen's pid is the daemon's)."""
+
     net: Topology
-    name: str = "nebula"
-    port: int = cfg.NEBULA_PORT
-    overlays: dict[str, cfg.Overlay] = field(default_factory=dict)
-    pki: Path = Path()
+    overlays: dict[str, cfg.Overlay] = field(default_factory=dict)  # by namespace
     _procs: dict[str, subprocess.Popen[str]] = field(default_factory=dict)
+    name = ""
+    port = 0
+    process = ""  # the node's part in the RSS and CPU rows
+    server_listens = "udp"  # what the server has open once it is ready
+
+    @property
+    def server(self) -> Node:
+        raise NotImplementedError
+
+    def argv(self, node: Node, *, relayed: bool) -> list[str]:
+        raise NotImplementedError
+
+    def _start(self, node: Node, *, relayed: bool) -> None:
+        self._procs[node.ns] = self.net.lab.popen(node, self.argv(node, relayed=relayed))
+
+    def start_server(self) -> None:
+        self._start(self.server, relayed=True)
+        proc = self._procs[self.server.ns]
+        poll(lambda: proc.poll() is not None or _listening(self.net.lab, self.server, self.server_listens, self.port),
+             f"{self.name} server", SERVER_READY_S)
+        if proc.poll() is not None:
+            raise LabError(f"{self.name} server exited {proc.returncode}: {self.net.lab.log_of(proc)[-1000:]}")
+        self.after_start(self.server)
+
+    def stop_server(self) -> None:
+        self.stop(self.server)
+
+    def server_pids(self) -> list[int]:
+        return self.processes(self.server)[self.process]
+
+    def launch(self, node: Node, *, relayed: bool) -> None:
+        self._start(node, relayed=relayed)
+
+    def launch_error(self, node: Node) -> str | None:
+        proc = self._procs.get(node.ns)
+        if proc is not None and proc.poll() is not None:
+            return f"{self.process} on {node.name} exited {proc.returncode}: {self.net.lab.log_of(proc)[-1000:]}"
+        return None
+
+    def stop(self, node: Node) -> None:
+        proc = self._procs.pop(node.ns, None)
+        if proc is not None:
+            self.net.lab.kill(proc)
+
+    def tunnel_ip(self, node: Node) -> str:
+        return self.overlays[node.ns].tunnel_ip
+
+    def tunnel_ifname(self, node: Node) -> str:
+        return self.overlays[node.ns].ifname
+
+    def processes(self, node: Node) -> dict[str, list[int]]:
+        proc = self._procs.get(node.ns)
+        return {self.process: [proc.pid] if proc is not None and proc.poll() is None else []}
+
+    def after_start(self, node: Node) -> None:
+        """Nothing by default."""
+
+    def settled(self, node: Node, peer: Node, *, relayed: bool) -> bool:
+        return True
+
+
+@dataclass
+class Nebula(DaemonPerNode):
+    name = "nebula"
+    port = cfg.NEBULA_PORT
+    process = "nebula"
+    server_listens = "udp"
+    pki: Path = Path()
 
     @property
     def server(self) -> Node:
         return self.net.lighthouse
 
     def setup(self) -> None:
-        """A CA, a certificate per node (`nebula-cert`), a config per node and relay choice."""
+        """A CA, a certificate per node (`nebula-cert`), a config per node and relay choice. The UDP
+        buffers are in the config (listen.read_buffer / write_buffer, SO_RCVBUFFORCE)."""
         lab = self.net.lab
         self.pki = lab.tempdir("nebula")
         nodes = {"lighthouse": self.net.lighthouse, "a": self.net.devices[0], "b": self.net.devices[1]}
@@ -232,67 +301,17 @@ class Nebula:
     def _config_path(self, overlay: cfg.Overlay, use_relay: bool) -> Path:
         return self.pki / f"{overlay.name}{'-relayed' if use_relay else ''}.yml"
 
-    def _start(self, node: Node, use_relay: bool) -> None:
-        config = self._config_path(self.overlays[node.ns], use_relay)
-        self._procs[node.ns] = self.net.lab.popen(node, ["nebula", "-config", str(config)])
-
-    def start_server(self) -> None:
-        self._start(self.server, True)
-        proc = self._procs[self.server.ns]
-        poll(lambda: proc.poll() is not None or _listening(self.net.lab, self.server, "udp", self.port),
-             "nebula lighthouse", SERVER_READY_S)
-        if proc.poll() is not None:
-            raise LabError(f"nebula lighthouse exited {proc.returncode}: {self.net.lab.log_of(proc)[-1000:]}")
-
-    def stop_server(self) -> None:
-        self.stop(self.server)
-
-    def server_pids(self) -> list[int]:
-        proc = self._procs.get(self.server.ns)
-        return [proc.pid] if proc is not None and proc.poll() is None else []
-
-    def launch(self, node: Node, *, relayed: bool) -> None:
-        self._start(node, relayed)
-
-    def launch_error(self, node: Node) -> str | None:
-        proc = self._procs.get(node.ns)
-        if proc is not None and proc.poll() is not None:
-            return f"nebula on {node.name} exited {proc.returncode}: {self.net.lab.log_of(proc)[-1000:]}"
-        return None
-
-    def stop(self, node: Node) -> None:
-        proc = self._procs.pop(node.ns, None)
-        if proc is not None:
-            self.net.lab.kill(proc)
-
-    def tunnel_ip(self, node: Node) -> str:
-        return self.overlays[node.ns].tunnel_ip
-
-    def tunnel_ifname(self, node: Node) -> str:
-        return self.overlays[node.ns].ifname
-
-    def processes(self, node: Node) -> dict[str, list[int]]:
-        proc = self._procs.get(node.ns)  # `ip netns exec` execs nebula: the same pid
-        return {"nebula": [proc.pid] if proc is not None and proc.poll() is None else []}
-
-    def after_start(self, node: Node) -> None:
-        """Nothing: listen.read_buffer / write_buffer in the config (SO_RCVBUFFORCE)."""
-
-    def settled(self, node: Node, peer: Node, *, relayed: bool) -> bool:
-        return True
-
-
-# --- tinc -----------------------------------------------------------------------------------------
+    def argv(self, node: Node, *, relayed: bool) -> list[str]:
+        return ["nebula", "-config", str(self._config_path(self.overlays[node.ns], relayed))]
 
 
 @dataclass
-class Tinc:
-    net: Topology
-    name: str = "tinc"
-    port: int = cfg.TINC_PORT
-    overlays: dict[str, cfg.Overlay] = field(default_factory=dict)
+class Tinc(DaemonPerNode):
+    name = "tinc"
+    port = cfg.TINC_PORT
+    process = "tincd"
+    server_listens = "tcp"
     dirs: dict[str, Path] = field(default_factory=dict)
-    _procs: dict[str, subprocess.Popen[str]] = field(default_factory=dict)
 
     @property
     def server(self) -> Node:
@@ -322,59 +341,15 @@ class Tinc:
                 if other != ns:
                     (self.dirs[other] / "hosts" / overlay.name).write_text(host_file)
 
-    def _start(self, node: Node) -> None:
+    def argv(self, node: Node, *, relayed: bool) -> list[str]:
         conf_dir = self.dirs[node.ns]
-        self._procs[node.ns] = self.net.lab.popen(node, cfg.tincd_args(str(conf_dir), str(conf_dir / "tinc.pid")))
-
-    def start_server(self) -> None:
-        self._start(self.server)
-        proc = self._procs[self.server.ns]
-        poll(lambda: proc.poll() is not None or _listening(self.net.lab, self.server, "tcp", self.port),
-             "tinc hub", SERVER_READY_S)
-        if proc.poll() is not None:
-            raise LabError(f"tincd (hub) exited {proc.returncode}: {self.net.lab.log_of(proc)[-1000:]}")
-        self.after_start(self.server)
-
-    def stop_server(self) -> None:
-        self.stop(self.server)
-
-    def server_pids(self) -> list[int]:
-        proc = self._procs.get(self.server.ns)
-        return [proc.pid] if proc is not None and proc.poll() is None else []
-
-    def launch(self, node: Node, *, relayed: bool) -> None:
-        self._start(node)
-
-    def launch_error(self, node: Node) -> str | None:
-        proc = self._procs.get(node.ns)
-        if proc is not None and proc.poll() is not None:
-            return f"tincd on {node.name} exited {proc.returncode}: {self.net.lab.log_of(proc)[-1000:]}"
-        return None
-
-    def stop(self, node: Node) -> None:
-        proc = self._procs.pop(node.ns, None)
-        if proc is not None:
-            self.net.lab.kill(proc)
-
-    def tunnel_ip(self, node: Node) -> str:
-        return self.overlays[node.ns].tunnel_ip
-
-    def tunnel_ifname(self, node: Node) -> str:
-        return self.overlays[node.ns].ifname
-
-    def processes(self, node: Node) -> dict[str, list[int]]:
-        proc = self._procs.get(node.ns)
-        return {"tincd": [proc.pid] if proc is not None and proc.poll() is None else []}
+        return cfg.tincd_args(str(conf_dir), str(conf_dir / "tinc.pid"))
 
     def after_start(self, node: Node) -> None:
         """tinc 1.0 sizes its UDP socket with SO_RCVBUF, capped at net.core.rmem_max: size it from
         outside, as meshctl's agent does for wireguard-go."""
-        proc = self._procs.get(node.ns)
-        if proc is not None and proc.poll() is None:
-            enlarge_process_udp_buffers(proc.pid, self.port, cfg.SOCKET_BUFFER_BYTES)
-
-    def settled(self, node: Node, peer: Node, *, relayed: bool) -> bool:
-        return True
+        for pid in self.processes(node)[self.process]:
+            enlarge_process_udp_buffers(pid, self.port, cfg.SOCKET_BUFFER_BYTES)
 
 
 def systems(net: Topology) -> tuple[Meshctl, Nebula, Tinc]:
