@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 # Debian packages the suite and the demo use for real (no mocks): installed when run as root.
-APT_PACKAGES := wireguard-go wireguard-tools nftables coturn iproute2 dnsutils git openssh-server \
+APT_PACKAGES := wireguard-go wireguard-tools nftables coturn iproute2 dnsutils git openssh-server nebula tinc \
                 iperf3 iputils-ping procps conntrack psmisc binutils openssh-client systemd faketime \
                 sudo curl
 PYTEST_ARGS ?=
