@@ -6,9 +6,10 @@ parser per format), which is what keeps a pass that changes nothing fast.
 
 Apply order, and why:
 1. WireGuard: the device exists and has its key before peers (the key is in the same update).
-2. The packet filter (nft table netdev meshctl, hooked to the interface) before the link
-   comes up, so the interface never accepts a connection the policy forbids; after the
-   device exists, since the filter's chains are bound to it.
+2. The packet filter (nft table netdev meshctl hooked to the interface, and the strong host
+   model in table inet meshctl) before the link comes up, so the interface never accepts a
+   connection the policy forbids; after the device exists, since the filter's chains are
+   bound to it.
 3. Addresses and routes: routes need the link, and the link is brought up here, after the
    peers are configured.
 4. DNS last: the system resolver is pointed at MagicDNS once the mesh addresses it listens

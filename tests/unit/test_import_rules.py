@@ -15,12 +15,13 @@ PACKAGE = Path(__file__).resolve().parents[2] / "meshctl"
 
 PURE_MODULES = [
     "coord/records.py", "coord/signing.py", "coord/strictjson.py", "coord/verify.py", "coord/netmap.py",
-    "coord/netmap_json.py", "coord/pr_check.py", "coord/trust.py",
+    "coord/netmap_json.py", "coord/pr_check.py", "coord/trust.py", "coord/baseline.py", "coord/state_diff.py",
+    "coord/signed_change.py", "coord/changes.py",
     "policy/hujson.py", "policy/parse.py", "policy/compile.py", "policy/model.py", "policy/addrset.py",
     "policy/protocols.py", "policy/evaluate.py", "policy/approvers.py", "policy/check.py", "firewall/nft.py",
-    "nat/stun.py", "nat/disco.py", "nat/packet.py", "nat/paths.py", "nat/addr.py",
+    "nat/stun.py", "nat/disco.py", "nat/packet.py", "nat/paths.py", "nat/addr.py", "nat/admission.py",
     "relay/wire.py", "relay/server_core.py", "relay/client_core.py", "relay/channels.py",
-    "relay/metrics.py",
+    "relay/metrics.py", "ratelimit.py",
     "dns/zone.py", "dns/resolver.py", "dns/resolvconf.py",
     "wg/config.py", "wg/uapi.py", "wg/chunks.py", "router/config.py",
     "agent/desired.py", "agent/status.py", "agent/plan.py", "agent/paths/choose.py", "agent/paths/record.py",
@@ -147,7 +148,8 @@ LAYERS = {
     "coord": 1, "policy": 1, "firewall": 1, "router": 1, "wg": 1, "dns": 1, "nat": 1, "relay": 1, "udp": 1,
     "netlink": 1,
     # the base every layer may use
-    "settings": 0, "identity": 0, "fsutil": 0, "keys": 0, "errors": 0, "__init__": 0, "__main__": 4,
+    "settings": 0, "identity": 0, "fsutil": 0, "keys": 0, "errors": 0, "ratelimit": 0, "__init__": 0,
+    "__main__": 4,
 }
 # Subsystem -> subsystems it may not import (each entry a reason a review found).
 FORBIDDEN = {

@@ -6,7 +6,12 @@ finds a path to each peer and hands it to WireGuard as the peer's endpoint.
 What it owns (all driven by the agent's asyncio loop; one timer, no polling):
 - one `rawsock.SharedPortSocket` on WireGuard's listen port: STUN, disco, TTL-2 punches and
   relay channel binds leave from that port, so they learn and open WireGuard's own mapping.
-  `receive()` is the one entry point for what arrives on it (STUN answers, disco);
+  Its BPF program lets in disco only from the map's keys and STUN only from the servers we
+  ask; `_on_readable` admits every packet by its source (nat/admission.py: per-source token
+  buckets, a shared one for sources we never sent to) before anything is parsed or unsealed,
+  and pauses reading FLOOD_PAUSE_S after a wakeup that refused some (a flood costs a batched
+  read every few milliseconds, not a wakeup per packet); `receive()` is then the one entry
+  point for what was admitted (STUN answers, disco);
 - `OwnEndpoints` (own.py): STUN refresh and local addresses, our candidates;
 - `RelayLinks` (relays.py): relay clients, the loopback proxy, disco over relays;
 - one `PeerRecord` (record.py) per peer of the map, holding its sans-IO `paths.PeerPaths`
@@ -33,7 +38,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import replace
+from dataclasses import asdict, replace
 from typing import Any, Final
 
 from meshctl.agent.desired import KEEPALIVE_S
@@ -44,7 +49,7 @@ from meshctl.agent.paths.relays import RelayLinks
 from meshctl.coord.netmap import NetMap
 from meshctl.identity import DeviceKeys, load_device_keys
 from meshctl.keys import DiscoPublic, NodePublic
-from meshctl.nat import disco, stun
+from meshctl.nat import admission, disco, stun
 from meshctl.nat.addr import AddrPort, parse_addr_port
 from meshctl.nat.paths import NoDirectPath, PathChanged, PathKind, PeerPaths, SendDisco, SendPunch
 from meshctl.relay.channels import BIND_INTERVAL_S, marshal_bind
@@ -68,7 +73,11 @@ CHANNEL_CONFIRM_BIND_S: Final = 1.0
 CHANNEL_CONFIRM_ASK_S: Final = 2.0
 PING_TIMEOUT_S: Final = 1.0  # `meshctl ping`: one attempt
 PING_ATTEMPTS: Final = 3
-MAX_RECV_PER_WAKEUP: Final = 256  # yield to the loop after this many packets
+MAX_RECV_PER_WAKEUP: Final = 512  # yield to the loop after this many packets
+# After a wakeup that refused a packet, reading waits this long: at most 100 wakeups a second
+# under a flood, each draining what queued (20,000 packets/s: 200 per wakeup, well inside the
+# socket's 1 MiB buffer); what is admitted waits at most this long.
+FLOOD_PAUSE_S: Final = 0.01
 DROP_LOG_EVERY: Final = 100  # log dropped packets once per this many (never per packet)
 
 EndpointWrites = dict[bytes, tuple[str, int]]  # peer key -> (endpoint, keepalive)
@@ -130,6 +139,9 @@ class PathEngine:
         self._pending: EndpointWrites = {}
         self._dropped = 0
         self._endpoints: dict[str, str | None] = {}
+        self._admission = admission.Admission()
+        self._kernel_filter: tuple[tuple[bytes, ...], tuple[AddrPort, ...]] | None = None
+        self._reading = False
 
     # --- lifecycle (daemon.Extension) ----------------------------------------------------
 
@@ -142,8 +154,9 @@ class PathEngine:
         self._sock = SharedPortSocket(self.settings.listen_port)
         self._loop = asyncio.get_running_loop()
         self._started_at = self._loop.time()
-        self._loop.add_reader(self._sock.fileno(), self._on_readable)
-        self._own = OwnEndpoints(self.settings.interface, self.settings.listen_port, self._send_raw, self._poke)
+        self._resume_reading()
+        self._own = OwnEndpoints(self.settings.interface, self.settings.listen_port, self._send_raw,
+                                 self._own_changed)
         await self._own.refresh_local()
         self._relays = RelayLinks(self._keys, self.settings.listen_port, on_disco=self._on_relayed_disco,
                                   on_proxied=self._on_proxied, on_ready=self._channel_ready, on_change=self._poke)
@@ -156,7 +169,7 @@ class PathEngine:
         if self._relays is not None:
             await self._relays.stop()
         if self._sock is not None and self._loop is not None:
-            self._loop.remove_reader(self._sock.fileno())
+            self._pause_reading()
             self._sock.close()
             self._sock = None
         for fut in self._pings.values():
@@ -189,7 +202,16 @@ class PathEngine:
         self._by_disco = {r.disco_key: r for r in self._records.values()}
         self._relays.update(netmap, self._by_key)
         self._own.set_servers(tuple(netmap.stun_servers))
+        self._update_kernel_filter()
         self._service(set(self._records))
+
+    def _update_kernel_filter(self) -> None:
+        """Disco only from the map's keys, STUN only from the servers we ask: in the kernel."""
+        keys = tuple(sorted(r.disco_key.raw for r in self._records.values()))
+        wanted = (keys, tuple(s.addr for s in self._own.servers) if self._own else ())
+        if wanted != self._kernel_filter and self._sock is not None:
+            self._sock.set_filter(*wanted)
+            self._kernel_filter = wanted
 
     def endpoints(self) -> dict[str, str | None]:
         """Every peer's endpoint as chosen now (None: leave WireGuard alone), for a full pass."""
@@ -198,16 +220,34 @@ class PathEngine:
     # --- the one receive entry point for the WireGuard port --------------------------------
 
     def _on_readable(self) -> None:
+        """Admit by source first (nothing refused is parsed, unsealed or answered), then receive."""
         assert self._loop is not None
+        if self._sock is None:
+            return
+        now = self._loop.time()
+        admitted, refused = self._sock.recv_admitted(
+            lambda raw: self._admission.admit(admission.source_key(raw), now), MAX_RECV_PER_WAKEUP)
         moved: set[str] = set()
-        for _ in range(MAX_RECV_PER_WAKEUP):
-            got = self._sock.recv() if self._sock is not None else None
-            if got is None:
-                break
-            rec = self.receive(got.payload, got.src, self._loop.time())
+        for raw in admitted:
+            got = self._sock.parse(raw)
+            rec = self.receive(got.payload, got.src, now) if got is not None else None
             if rec is not None:
                 moved.add(rec.name)
-        self._service(moved)
+        if refused:
+            self._pause_reading()
+            self._loop.call_later(FLOOD_PAUSE_S, self._resume_reading)
+        if admitted:
+            self._service(moved)
+
+    def _pause_reading(self) -> None:
+        if self._reading and self._sock is not None and self._loop is not None:
+            self._loop.remove_reader(self._sock.fileno())
+        self._reading = False
+
+    def _resume_reading(self) -> None:
+        if not self._reading and self._sock is not None and self._loop is not None:
+            self._loop.add_reader(self._sock.fileno(), self._on_readable)
+            self._reading = True
 
     def receive(self, payload: bytes, src: AddrPort, now: float) -> PeerRecord | None:
         """A STUN or disco datagram that arrived on WireGuard's port; the record it moved."""
@@ -286,10 +326,19 @@ class PathEngine:
         if self._loop is not None:
             self._loop.call_soon(self._service, set(self._records))
 
+    def _own_changed(self) -> None:
+        """New STUN servers resolved or a netcheck report: the kernel filter and every peer."""
+        self._update_kernel_filter()
+        self._poke()
+
     # --- sending -------------------------------------------------------------------------
 
     def _send_raw(self, payload: bytes, dst: AddrPort) -> bool:
-        return self._sock is not None and bool(self._sock.send(payload, dst))
+        """A disco or STUN packet from WireGuard's port: what comes back from `dst` is expected."""
+        if self._sock is None or self._loop is None:
+            return False
+        self._admission.expect(dst, self._loop.time())
+        return bool(self._sock.send(payload, dst))
 
     def _send_disco(self, rec: PeerRecord, msg: disco.DiscoMessage, dst: AddrPort | None) -> None:
         assert self._box is not None
@@ -457,7 +506,8 @@ class PathEngine:
         target = (client.relay_ip, info.port, info.bind_token)
         last_bind = rec.bound[3] if rec.bound is not None and rec.bound[:3] == target else float("-inf")
         if now - last_bind >= interval and ":" not in client.relay_ip:
-            self._send_raw(marshal_bind(info.bind_token), parse_addr_port(f"{client.relay_ip}:{info.port}"))
+            if self._sock is not None:  # a bind, not a question: nothing comes back on the raw socket
+                self._sock.send(marshal_bind(info.bind_token), parse_addr_port(f"{client.relay_ip}:{info.port}"))
             last_bind = now
             rec.bound = (*target, now)
         deadlines = [last_bind + interval]
@@ -510,7 +560,7 @@ class PathEngine:
             "paths": {name: path_status(rec, relays.relay_of(rec.wg_key) if relays else None)
                       for name, rec in self._records.items()},
             "endpoints": [str(c) for c in own.candidates] if own else [],
-            "nat": nat_status(own.report if own else None),
+            "nat": {**nat_status(own.report if own else None), "admission": asdict(self._admission.counts)},
         }
         if relays is not None:
             doc.update(relays.status())

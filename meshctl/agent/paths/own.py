@@ -87,6 +87,11 @@ class OwnEndpoints:
         self.settled = False  # a netcheck has finished (or there is no STUN server to ask); the
         # engine also sets it when the first netcheck takes too long
 
+    @property
+    def servers(self) -> list[netcheck.StunServer]:
+        """The STUN servers asked (resolved): the only sources STUN answers may come from."""
+        return self._servers
+
     async def refresh_local(self) -> None:
         # pyroute2's synchronous API runs its own event loop: keep it off ours
         try:

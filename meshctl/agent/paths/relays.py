@@ -53,6 +53,12 @@ def relay_for_status(heard_on: str | None, heard_ago_s: float | None, home: str 
     return home
 
 
+def usable_relays(relays: Sequence[Relay]) -> list[Relay]:
+    """The listed relays a node may use: each must prove its identity key at login, so a relay
+    listed without one (by an older meshctl) is never used, whoever answers at its address."""
+    return [r for r in relays if r.identity_key is not None]
+
+
 def relay_key(r: Relay) -> tuple[str, str, str | None]:
     """A listed relay's identity: a change of address or key is another relay."""
     return (r.name, r.address, r.identity_key.text() if r.identity_key is not None else None)
@@ -75,6 +81,7 @@ class RelayLinks:
         self.proxy = RelayProxy(self.send, wg_port)
         self._clients: dict[tuple[str, str, str | None], RelayClient] = {}
         self._heard: dict[bytes, tuple[RelayClient, float]] = {}  # peer key -> relay last heard on, when
+        self._keyless_warned: set[str] = set()  # relays listed without a key, warned about once
         self._peers: Mapping[bytes, object] = {}  # the keys of the map's peers
         self._home: RelayClient | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -89,7 +96,12 @@ class RelayLinks:
         for peer in list(self.proxy.peers()):
             if peer.raw not in peers:
                 self.proxy.remove(peer)
-        wanted = {relay_key(r): r for r in netmap.relays}
+        wanted = {relay_key(r): r for r in usable_relays(netmap.relays)}
+        for r in netmap.relays:
+            if r.identity_key is None and r.name not in self._keyless_warned:
+                self._keyless_warned.add(r.name)
+                log.warning("relay %s is listed without its identity key: not used (an admin lists it again "
+                            "with `meshctl admin relay add --identity-key`)", r.name)
         for listed in list(self._clients):
             if listed not in wanted:
                 log.info("relay %s: no longer listed", listed[0])
