@@ -41,6 +41,9 @@ def build_status(
             "endpoint": (info.get("endpoint") or (ps.endpoint if ps else None)) if path != "relay" else None,
             "relay": info.get("relay"),
             "relay_channel": info.get("relay_channel") if path == "relay" else None,
+            # set only while the agent's own pongs prove the direct path (WireGuard may keep an
+            # endpoint, and a live tunnel, without such a proof)
+            "latency_ms": info.get("latency_ms") if path == "direct" else None,
             "latest_handshake": hs,
             "rx_bytes": ps.rx_bytes if ps else 0,
             "tx_bytes": ps.tx_bytes if ps else 0,

@@ -30,6 +30,10 @@ def test_a_live_handshake_never_shows_path_none() -> None:
         assert got["c"]["path"] == "none"  # never a handshake: no path indeed
     relayed = peers_of(device("127.0.0.1:40001", NOW - 5), {"paths": {"b": {"path": "none"}}})
     assert relayed["b"]["path"] == "relay"  # WireGuard talks to the relay proxy
+    # the proof of a direct path (a pong's latency) is said apart from where the tunnel goes
+    assert peers_of(device("192.0.2.2:51820", NOW - 5), None)["b"]["latency_ms"] is None
+    proven = {"paths": {"b": {"path": "direct", "endpoint": "192.0.2.2:51820", "latency_ms": 1.5}}}
+    assert peers_of(device("192.0.2.2:51820", NOW - 5), proven)["b"]["latency_ms"] == 1.5
 
 
 def test_a_stale_handshake_says_what_the_engine_says() -> None:
