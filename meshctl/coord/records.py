@@ -155,6 +155,11 @@ def _type_check(r: _Reader, expected: str) -> None:
         raise RecordError(f"{r.name}: field type: expected {expected!r}")
 
 
+# For the documents that live outside main (coord/endpoint_record.py): the same strict reading.
+Reader = _Reader
+type_check = _type_check
+
+
 # --- root -------------------------------------------------------------------------------
 
 

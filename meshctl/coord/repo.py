@@ -16,10 +16,15 @@ from typing import Any, Final
 
 import pygit2
 
+from meshctl.coord.endpoint_verify import TreeEntry
 from meshctl.errors import GitError, VerificationError
 
 FETCHED_REF: Final = "refs/meshctl/fetched"
 TRUSTED_REF: Final = "refs/meshctl/trusted"
+ENDPOINT_BRANCHES: Final = "endpoints/"  # refs/heads/endpoints/<name>: each device's own branch
+ENDPOINTS_REFS: Final = "refs/meshctl/endpoints/"  # where a fetch puts them (never verified as main)
+PUBLISH_REF: Final = "refs/meshctl/publish"  # this device's last published branch commit
+_PUBLISH_ONLY_FILES: Final = frozenset({"endpoint.json", "endpoint.json.sig"})
 MAX_CREDENTIAL_TRIES: Final = 3  # libgit2 asks again forever when credentials fail
 MAX_TREE_ENTRIES: Final = 250_001
 MAX_TREE_DEPTH: Final = 4
@@ -142,11 +147,20 @@ def default_branch(repo: pygit2.Repository) -> str:
                    "push the coordination repository created by `meshctl init` first")
 
 
-def fetch(repo: pygit2.Repository, branch: str) -> str:
-    """Fetch `branch` into FETCHED_REF; return the tip commit id."""
+def fetch(repo: pygit2.Repository, branch: str, *, endpoints: bool = False) -> str:
+    """Fetch `branch` into FETCHED_REF; return the tip commit id.
+
+    With `endpoints`, the same request also brings every device's own branch
+    (`refs/heads/endpoints/*` into ENDPOINTS_REFS, pruned: a deleted branch goes too), so
+    the signalling costs the git host no request of its own.
+    """
     remote = repo.remotes["origin"]
+    refspecs = [f"+refs/heads/{branch}:{FETCHED_REF}"]
+    if endpoints:
+        refspecs.append(f"+refs/heads/{ENDPOINT_BRANCHES}*:{ENDPOINTS_REFS}*")
     try:
-        remote.fetch([f"+refs/heads/{branch}:{FETCHED_REF}"], callbacks=Credentials())
+        remote.fetch(refspecs, callbacks=Credentials(),
+                     prune=pygit2.enums.FetchPrune.PRUNE if endpoints else pygit2.enums.FetchPrune.UNSPECIFIED)
     except GitError:
         raise
     except _FetchTooLarge as exc:
@@ -328,14 +342,121 @@ def commit_tree_changes(
     return str(oid)
 
 
+class PushRefused(GitError):
+    """The git host answered and would not take the push (no write access, a protected branch,
+    a hook); unlike an unreachable host, trying again soon will not help."""
+
+
+# libgit2's words for a host that did not answer at all (then a push is worth retrying soon).
+_UNREACHABLE_WORDS: Final = ("failed to connect", "could not resolve", "connection refused", "timed out",
+                             "network is unreachable", "no route to host", "connection reset",
+                             "failed to resolve", "early eof", "unexpected eof", "broken pipe")
+
+
+class _PushCallbacks(Credentials):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rejected: dict[str, str] = {}
+
+    def push_update_reference(self, refname: str, message: str | None) -> None:
+        if message is not None:  # libgit2 reports the host's refusal here, not as an error
+            self.rejected[refname] = message
+
+
 def push(repo: pygit2.Repository, refspec: str) -> None:
+    """Push one refspec; GitError when the host is unreachable, PushRefused when it said no."""
     remote = repo.remotes["origin"]
+    callbacks = _PushCallbacks()
     try:
-        remote.push([refspec], callbacks=Credentials())
+        remote.push([refspec], callbacks=callbacks)
     except GitError:
         raise
     except (pygit2.GitError, OSError, ValueError) as exc:
-        raise GitError(f"{remote.url}: push refused: {str(exc).strip() or type(exc).__name__}") from None
+        text = str(exc).strip() or type(exc).__name__
+        if any(word in text.lower() for word in _UNREACHABLE_WORDS):
+            raise GitError(f"{remote.url}: push failed: {text}") from None
+        raise PushRefused(f"{remote.url}: push refused: {text}") from None
+    for ref, why in sorted(callbacks.rejected.items()):
+        raise PushRefused(f"{remote.url}: push to {ref} refused: {why}")
+
+
+def publish_branch(repo: pygit2.Repository, branch: str, files: Mapping[str, bytes], message: str) -> str:
+    """Force-push ONE parentless commit holding exactly `files` to `refs/heads/<branch>`.
+
+    Every publish replaces the branch, so it stays one commit forever, whatever the number of
+    publishes. The loose objects of the previous publish are deleted once this one is pushed
+    (only this device writes them; a fetch brings everything else in packs).
+    """
+    index = pygit2.Index()
+    for path, data in sorted(files.items()):
+        index.add(pygit2.IndexEntry(path, repo.create_blob(data), pygit2.enums.FileMode.BLOB))
+    tree = index.write_tree(repo)
+    sig = pygit2.Signature(*COMMITTER)
+    previous = repo.references.get(PUBLISH_REF)
+    old = _commit_objects(repo, pygit2.Oid(hex=str(previous.target))) if previous is not None else set()
+    commit = repo.create_commit(None, sig, sig, message, tree, [])
+    repo.references.create(PUBLISH_REF, commit, force=True)
+    push(repo, f"+{PUBLISH_REF}:refs/heads/{branch}")
+    _drop_loose(repo, old - _commit_objects(repo, commit))
+    return str(commit)
+
+
+def _commit_objects(repo: pygit2.Repository, commit_id: pygit2.Oid) -> set[str]:
+    """The objects only a publish can hold: its commit, its (flat) tree, and the blobs of its
+    endpoint record and signature (unique to it: the counter). Other files on the branch (a
+    peer record, issue 20) may be byte for byte a file of main, which must never lose one."""
+    try:
+        commit = repo[commit_id].peel(pygit2.Commit)
+    except (KeyError, ValueError, pygit2.GitError):
+        return set()
+    own = {str(e.id) for e in commit.tree if e.name in _PUBLISH_ONLY_FILES}
+    return {str(commit.id), str(commit.tree_id), *own}
+
+
+def _drop_loose(repo: pygit2.Repository, oids: set[str]) -> None:
+    objects = Path(repo.path) / "objects"
+    for oid in oids:
+        (objects / oid[:2] / oid[2:]).unlink(missing_ok=True)
+
+
+def endpoint_tips(repo: pygit2.Repository) -> dict[str, str]:
+    """Device name -> tip commit of its branch, as the last fetch brought them."""
+    out = {}
+    for name in repo.references:
+        if name.startswith(ENDPOINTS_REFS):
+            out[name[len(ENDPOINTS_REFS):]] = str(repo.references[name].target)
+    return out
+
+
+def branch_files(repo: pygit2.Repository, commit: str,
+                 max_entries: int) -> tuple[list[TreeEntry], dict[str, str]] | None:
+    """The entries of a device branch's (flat) tree, from git's listing and object headers only,
+    with each blob's id; None when the tree is absent or holds more than `max_entries`."""
+    try:
+        tree = repo[pygit2.Oid(hex=commit)].peel(pygit2.Tree)
+    except (KeyError, ValueError, pygit2.GitError):
+        return None
+    if len(tree) > max_entries:
+        return None
+    entries, ids = [], {}
+    for e in tree:
+        size = 0
+        if e.type_str == "blob":
+            try:
+                size = int(repo.odb.read_header(e.id)[1])
+            except KeyError:
+                return None
+        path = str(e.name)
+        entries.append(TreeEntry(path, e.type_str, int(e.filemode), size))
+        ids[path] = str(e.id)
+    return entries, ids
+
+
+def read_blob(repo: pygit2.Repository, oid: str) -> bytes:
+    kind, data = repo.odb.read(oid)
+    if kind != pygit2.enums.ObjectType.BLOB:
+        raise KeyError(oid)
+    return bytes(data)
 
 
 def origin_url(workdir: Path) -> str | None:

@@ -1,0 +1,94 @@
+"""When this device publishes its endpoint record, and what it signs (pure).
+
+Load on the git host is the budget: an idle device pushes only when what it would say
+changes (its candidates, or whether an agent answers disco here). A record is fresh for
+endpoint_verify.FRESH_FOR_S, so while a peer is looking for this device (it has a fresh
+record of its own and no path to us) the record is re-published once it is REFRESH_S old;
+a device whose peers are all connected, or all offline, lets its record age: it is
+re-published for the first peer that comes looking.
+
+A push the host refuses (no write access, a protected branch) means "no push rights": it is
+remembered, `meshctl status` says why (peers then reach this device only through a relay or
+its static endpoint), and it is tried again only after NO_RIGHTS_RETRY_S. A host that did not
+answer is tried again after FAILED_RETRY_S.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Final
+
+from meshctl.coord import endpoint_record, signing
+from meshctl.coord.endpoint_record import EndpointRecord
+from meshctl.keys import DiscoPublic, NodePublic, SigningKey
+
+REFRESH_S: Final = 5 * 60  # half the freshness limit: a looking peer never sees it go stale
+NO_RIGHTS_RETRY_S: Final = 3600  # write access is granted by a person: check hourly
+FAILED_RETRY_S: Final = 30  # the host was down: try again soon (a fetch succeeds first anyway)
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """What this device last published and how the host took it (kept in the state directory)."""
+
+    counter: int | None = None  # the highest counter ever signed here (a push may have failed)
+    at: int | None = None  # when the host last took a record
+    candidates: tuple[str, ...] = ()  # ... and what that record said
+    agent: bool = True
+    refused: str | None = None  # the host's refusal of the last push: no push rights
+    failed: str | None = None  # the last push did not reach the host
+    tried_at: int | None = None  # the last push attempt, whatever came of it
+
+
+def publish_reason(pub: Published, candidates: tuple[str, ...], agent: bool, now: int,
+                   someone_looking: bool) -> str | None:
+    """Why to push now (for the log), or None to leave the record as it is."""
+    tried = pub.tried_at if pub.tried_at is not None else -10**12
+    if pub.refused is not None and now - tried < NO_RIGHTS_RETRY_S:
+        return None
+    if pub.failed is not None and now - tried < FAILED_RETRY_S:
+        return None
+    if pub.at is None:
+        return "first record"
+    if (candidates, agent) != (pub.candidates, pub.agent):
+        return "candidates changed"
+    if someone_looking and now - pub.at >= REFRESH_S:
+        return "refresh for a peer that is looking"
+    if pub.refused is not None or pub.failed is not None:
+        return "retry"
+    return None
+
+
+def build_record(identity: SigningKey, network_id: str, name: str, candidates: tuple[str, ...],
+                 disco_key: DiscoPublic, wg_key: NodePublic, agent: bool, now: int, now_ms: int,
+                 last_counter: int | None) -> tuple[EndpointRecord, dict[str, bytes]]:
+    """The record and the files of its branch (endpoint.json and its signature)."""
+    record = EndpointRecord(network_id, name, endpoint_record.next_counter(now_ms, last_counter), now,
+                            candidates, disco_key, wg_key, agent)
+    data = endpoint_record.marshal_endpoint(record)
+    sig = signing.marshal_signatures([signing.sign(identity, endpoint_record.FILE_TYPE, network_id, data)])
+    return record, {endpoint_record.RECORD_FILE: data, endpoint_record.SIG_FILE: sig}
+
+
+def after_push(pub: Published, record: EndpointRecord, now: int) -> Published:
+    return Published(record.counter, now, record.candidates, record.agent, None, None, now)
+
+
+def after_refusal(pub: Published, record: EndpointRecord, why: str, now: int) -> Published:
+    return replace(pub, counter=record.counter, refused=why, failed=None, tried_at=now)
+
+
+def after_failure(pub: Published, record: EndpointRecord, why: str, now: int) -> Published:
+    return replace(pub, counter=record.counter, failed=why, tried_at=now)
+
+
+def describe(pub: Published, now: int) -> str:
+    """One line for `meshctl status`."""
+    if pub.refused is not None:
+        return (f"not published: no push rights ({pub.refused}); peers reach this device through a "
+                "relay or its static endpoint")
+    if pub.failed is not None:
+        return f"not published: {pub.failed}"
+    if pub.at is None:
+        return "not published yet"
+    return f"published {max(0, now - pub.at)}s ago ({len(pub.candidates)} candidates)"
