@@ -15,16 +15,30 @@ answer is tried again after FAILED_RETRY_S.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Final
 
 from meshctl.coord import endpoint_record, signing
 from meshctl.coord.endpoint_record import EndpointRecord
+from meshctl.coord.endpoint_verify import freshness
 from meshctl.keys import DiscoPublic, NodePublic, SigningKey
 
 REFRESH_S: Final = 5 * 60  # half the freshness limit: a looking peer never sees it go stale
 NO_RIGHTS_RETRY_S: Final = 3600  # write access is granted by a person: check hourly
 FAILED_RETRY_S: Final = 30  # the host was down: try again soon (a fetch succeeds first anyway)
+RESTART_REFRESH_S: Final = 60  # an agent restarted within a minute of its last publish: peers kept it
+
+
+@dataclass(frozen=True, slots=True)
+class PublishRequest:
+    """What this device would say now: its candidates, whether an agent answers disco here,
+    and whether some peer is looking for it (a fresh record of its own, no path to us)."""
+
+    candidates: tuple[str, ...]
+    agent: bool
+    someone_looking: bool
+    started: bool = False  # the agent has not published since it started (peers may have lost it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,8 +55,12 @@ class Published:
 
 
 def publish_reason(pub: Published, candidates: tuple[str, ...], agent: bool, now: int,
-                   someone_looking: bool) -> str | None:
-    """Why to push now (for the log), or None to leave the record as it is."""
+                   someone_looking: bool, started: bool = False) -> str | None:
+    """Why to push now (for the log), or None to leave the record as it is.
+
+    `started`: an agent that has not published since it started. Its peers may have lost their
+    paths to it meanwhile (a reboot outlasts the NATs' mappings) and, their own records stale,
+    look for nobody: a fresh record brings them back (RESTART_REFRESH_S old at least)."""
     tried = pub.tried_at if pub.tried_at is not None else -10**12
     if pub.refused is not None and now - tried < NO_RIGHTS_RETRY_S:
         return None
@@ -54,6 +72,8 @@ def publish_reason(pub: Published, candidates: tuple[str, ...], agent: bool, now
         return "candidates changed"
     if someone_looking and now - pub.at >= REFRESH_S:
         return "refresh for a peer that is looking"
+    if started and now - pub.at >= RESTART_REFRESH_S:
+        return "agent started"
     if pub.refused is not None or pub.failed is not None:
         return "retry"
     return None
@@ -92,3 +112,9 @@ def describe(pub: Published, now: int) -> str:
     if pub.at is None:
         return "not published yet"
     return f"published {max(0, now - pub.at)}s ago ({len(pub.candidates)} candidates)"
+
+
+def newer_fresh_record(records: Iterable[EndpointRecord], since: int | None, now: int) -> bool:
+    """Some peer published after `since` and its record is still fresh: it may be looking for us
+    (how `meshctl sync`, which knows no paths, tells that a peer came online)."""
+    return any(freshness(r, now) is None and (since is None or r.timestamp > since) for r in records)

@@ -16,33 +16,24 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pygit2
 
 from meshctl.coord import endpoint_publish, endpoint_verify
 from meshctl.coord import repo as gitrepo
-from meshctl.coord.endpoint_publish import Published
+from meshctl.coord.endpoint_publish import Published, PublishRequest
 from meshctl.coord.endpoint_record import RECORD_FILE, SIG_FILE, EndpointRecord, branch_of, parse_endpoint
-from meshctl.coord.endpoint_verify import Accepted, Refused
+from meshctl.coord.endpoint_verify import Accepted, EndpointView, Refused
 from meshctl.coord.node_state import NodeState
 from meshctl.coord.records import NAME_RE
-from meshctl.errors import GitError, ParseError
+from meshctl.errors import GitError
 from meshctl.identity import DeviceKeys
 from meshctl.keys import VerifyKey
 
 log = logging.getLogger(__name__)
 
 MAX_BRANCH_FILES = len(endpoint_verify.ALLOWED_FILES)
-
-
-@dataclass(frozen=True, slots=True)
-class EndpointView:
-    """What the devices' branches say, as far as this node accepts it."""
-
-    records: Mapping[str, EndpointRecord] = field(default_factory=dict)  # newest accepted, per member
-    refused: Mapping[str, str] = field(default_factory=dict)  # member -> why its branch is not used
 
 
 def read_endpoints(repo: pygit2.Repository, node: NodeState, network_id: str, state_sha256: str,
@@ -115,23 +106,17 @@ def _text(repo: pygit2.Repository, commit: str) -> str:
 # --- publishing --------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class PublishRequest:
-    """What this device would say now: its candidates, whether an agent answers disco here,
-    and whether some peer is looking for it (a fresh record of its own, no path to us)."""
-
-    candidates: tuple[str, ...]
-    agent: bool
-    someone_looking: bool
-
-
-def publish_if_due(repo_dir: Path, url: str, node: NodeState, keys: DeviceKeys, network_id: str,
-                   name: str, request: PublishRequest, now: int) -> Published:
-    """Push a new record when endpoint_publish says so; returns what is now known of the publish."""
+def publish_if_due(repo_dir: Path, url: str, node: NodeState, load_keys: Callable[[], DeviceKeys],
+                   network_id: str, name: str, request: PublishRequest, now: int,
+                   member: Callable[[], bool] = lambda: True) -> Published:
+    """Push a new record when endpoint_publish says so; returns what is now known of the publish.
+    `member` is asked only then: nobody would accept a record of a device not (yet) in the state."""
     pub = node.load_published()
-    reason = endpoint_publish.publish_reason(pub, request.candidates, request.agent, now, request.someone_looking)
-    if reason is None:
+    reason = endpoint_publish.publish_reason(pub, request.candidates, request.agent, now, request.someone_looking,
+                                             request.started)
+    if reason is None or not member():
         return pub
+    keys = load_keys()
     record, files = endpoint_publish.build_record(
         keys.identity, network_id, name, request.candidates, keys.disco.public(), keys.wireguard.public(),
         request.agent, now, time.time_ns() // 1_000_000, pub.counter)
@@ -151,16 +136,3 @@ def publish_if_due(repo_dir: Path, url: str, node: NodeState, keys: DeviceKeys, 
         pub = endpoint_publish.after_push(pub, record, now)
     node.save_published(pub)
     return pub
-
-
-def view_from_memory(node: NodeState, network_id: str) -> EndpointView:
-    """The records accepted last (no git): what a pass that did not fetch still knows."""
-    mem = node.load_endpoint_memory(network_id)
-    records = {}
-    for name, (_commit, text) in mem.accepted.items():
-        try:
-            records[name] = parse_endpoint(text.encode())
-        except ParseError:
-            continue
-    return EndpointView(records, {n: why for n, (_c, why) in mem.refused.items()})
-

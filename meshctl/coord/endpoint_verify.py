@@ -19,8 +19,8 @@ a node punch towards an address where nobody answers.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Final
 
 from meshctl.coord import endpoint_record, signing
@@ -71,6 +71,14 @@ class Refused:
 
 
 Judgement = Accepted | Refused
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointView:
+    """What the devices' branches say, as far as this node accepts it."""
+
+    records: Mapping[str, EndpointRecord] = field(default_factory=dict)  # newest accepted, per member
+    refused: Mapping[str, str] = field(default_factory=dict)  # member -> why its branch is not used
 
 
 def sha256_hex(data: bytes) -> str:

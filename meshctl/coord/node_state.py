@@ -27,7 +27,7 @@ from meshctl.fsutil import atomic_write, ensure_private_dir
 
 if TYPE_CHECKING:  # imported where used: a no-op pass reads trust.json and node.json only
     from meshctl.coord.endpoint_publish import Published
-    from meshctl.coord.endpoint_verify import Seen
+    from meshctl.coord.endpoint_verify import EndpointView, Seen
     from meshctl.coord.netmap import NetMap
     from meshctl.coord.records import PeerRecord
 
@@ -171,6 +171,21 @@ class NodeState:
                         self.endpoints_path, exc, self.endpoints_path.name)
             self.endpoints_path.replace(self.endpoints_path.with_name(self.endpoints_path.name + ".corrupt"))
             return EndpointMemory(network_id)
+
+    def load_endpoint_view(self, network_id: str) -> EndpointView:
+        """The records accepted last and the branches refused (no git): what `status` shows."""
+        from meshctl.coord.endpoint_record import parse_endpoint
+        from meshctl.coord.endpoint_verify import EndpointView
+        from meshctl.errors import ParseError
+
+        mem = self.load_endpoint_memory(network_id)
+        records = {}
+        for name, (_commit, text) in mem.accepted.items():
+            try:
+                records[name] = parse_endpoint(text.encode())
+            except ParseError:
+                continue
+        return EndpointView(records, {n: why for n, (_c, why) in mem.refused.items()})
 
     def save_endpoint_memory(self, mem: EndpointMemory) -> None:
         doc = {"network_id": mem.network_id, "state_sha256": mem.state_sha256,

@@ -20,8 +20,9 @@ from mesh_builder import Mesh, make_mesh
 
 from meshctl.coord import endpoint_publish, signing
 from meshctl.coord import repo as gitrepo
-from meshctl.coord.endpoint_publish import build_record
-from meshctl.coord.endpoint_sync import EndpointView, PublishRequest, publish_if_due, read_endpoints
+from meshctl.coord.endpoint_publish import PublishRequest, build_record
+from meshctl.coord.endpoint_sync import publish_if_due, read_endpoints
+from meshctl.coord.endpoint_verify import EndpointView
 from meshctl.coord.node_state import NodeState
 from meshctl.errors import GitError
 from meshctl.identity import DeviceKeys
@@ -86,7 +87,7 @@ class Node:
     def publish(self, mesh: Mesh, candidates: tuple[str, ...] = CANDIDATES, agent: bool = True,
                 looking: bool = False, now: int | None = None) -> endpoint_publish.Published:
         network_id = mesh.verify().root.network_id
-        return publish_if_due(self.repo_dir, self.url, self.state, self.keys, network_id, self.name,
+        return publish_if_due(self.repo_dir, self.url, self.state, lambda: self.keys, network_id, self.name,
                               PublishRequest(candidates, agent, looking), now or int(time.time()))
 
 
