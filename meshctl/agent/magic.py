@@ -587,12 +587,22 @@ class Magic:
             self._sync_peers()
             self._request_pass()  # our record can be published now, and the peers looked for
 
-    async def _refresh_local(self) -> None:
-        # pyroute2's synchronous API runs its own event loop: keep it off ours
+    async def _refresh_local(self, update_candidates: bool = False) -> None:
         try:
             self._local_ifaces = await asyncio.to_thread(local_ipv4_interfaces, self.settings.interface)
         except (OSError, MeshctlError) as exc:
             log.warning("cannot list local addresses: %s", exc)
+        if update_candidates and self._loop is not None:
+            self._set_candidates(self._loop.time())  # no STUN: the local addresses are our candidates
+
+    def _refresh_local_only(self, now: float) -> list[float]:
+        """A mesh that lists no STUN servers (a LAN): our candidates are our local addresses,
+        looked at again every RESTUN_INTERVAL_S."""
+        assert self._loop is not None
+        if now >= self._next_restun:
+            self._next_restun = now + RESTUN_INTERVAL_S
+            self._loop.create_task(self._refresh_local(update_candidates=True))
+        return [self._next_restun]
 
     def _set_candidates(self, now: float) -> None:
         new = own_candidates((i.ip for i in self._local_ifaces), self.settings.listen_port, self._report)
@@ -609,7 +619,7 @@ class Magic:
             self._netcheck = netcheck.Netcheck(self._stun_servers, now, os.urandom, NETCHECK_TIMEOUT_S)
         nc = self._netcheck
         if nc is None:
-            return [self._next_restun] if self._stun_servers else []
+            return [self._next_restun] if self._stun_servers else self._refresh_local_only(now)
         for payload, dst in nc.datagrams_to_send(now):
             if self._sock is not None:
                 self._sock.send(payload, dst)

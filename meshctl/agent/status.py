@@ -68,6 +68,10 @@ def build_status(
         fresh = hs is not None and now - hs < HANDSHAKE_FRESH_S
         info = paths.get(p.name, {})
         path = info.get("path") or ("direct" if fresh else "none")
+        if path == "none" and fresh:
+            # A tunnel that works is a path, whatever the probes say: a peer with no agent (a
+            # server synced from cron) answers none, yet WireGuard reached its endpoint.
+            path, info = "direct", {**info, "endpoint": ps.endpoint if ps else None}
         peers.append({
             "name": p.name,
             "mesh_ips": [str(a) for a in p.addresses],
