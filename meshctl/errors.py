@@ -12,6 +12,7 @@ EXIT_OK: Final = 0
 EXIT_FAILURE: Final = 1  # runtime failure: network down, wireguard-go missing, ...
 EXIT_USAGE: Final = 2  # usage or bad input
 EXIT_REFUSED: Final = 3  # verification refused: forged, rolled back, expired
+EXIT_DENIED: Final = 4  # `meshctl acl check`: the policy was evaluated, and the answer is no
 
 
 class MeshctlError(Exception):

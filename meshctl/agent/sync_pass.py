@@ -216,7 +216,7 @@ def publish_own_record(settings: Settings, plan: PublishPlan, coord: Coordinatio
         return netmap is not None and netmap.peer(cfg.name) is not None
 
     return publish_if_due(settings.repo_dir, cfg.repo_url, node, lambda: load_device_keys(settings.keys_dir),
-                          cfg.network_id, cfg.name, request, now, member)
+                          cfg.network_id, cfg.name, request, now, member, cfg.ssh_key)
 
 
 def dry_run_report(settings: Settings, now: int, render: Callable[[NetMap, Plan], str]) -> PassReport:

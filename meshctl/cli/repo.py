@@ -26,7 +26,7 @@ def verify_cmd(
     from meshctl.coord import repo as gitrepo
     from meshctl.coord.fs_snapshot import FsSnapshot
     from meshctl.errors import UsageError
-    from meshctl.policy.check import policy_problems
+    from meshctl.policy.check import policy_problems, policy_warnings
 
     if not directory.is_dir():
         raise UsageError(f"{directory}: not a directory")
@@ -44,4 +44,6 @@ def verify_cmd(
     pending = sum(1 for p in FsSnapshot(directory).files() if p.startswith("requests/") and p.endswith(".json"))
     typer.echo(f"ok: mesh {v.root.name}, root v{v.root.version}, serial {v.state.serial}, "
                f"{len(v.records)} members, {pending} pending requests")
+    for warning in policy_warnings(v.policy_text):  # e.g. `ssh`: loaded, not enforced
+        typer.echo(f"warning: {warning}", err=True)
 

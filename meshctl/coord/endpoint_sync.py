@@ -108,7 +108,7 @@ def _text(repo: pygit2.Repository, commit: str) -> str:
 
 def publish_if_due(repo_dir: Path, url: str, node: NodeState, load_keys: Callable[[], DeviceKeys],
                    network_id: str, name: str, request: PublishRequest, now: int,
-                   member: Callable[[], bool] = lambda: True) -> Published:
+                   member: Callable[[], bool] = lambda: True, ssh_key: str | None = None) -> Published:
     """Push a new record when endpoint_publish says so; returns what is now known of the publish.
     `member` is asked only then: nobody would accept a record of a device not (yet) in the state."""
     pub = node.load_published()
@@ -122,15 +122,17 @@ def publish_if_due(repo_dir: Path, url: str, node: NodeState, load_keys: Callabl
         request.agent, now, time.time_ns() // 1_000_000, pub.counter)
     try:
         with gitrepo.opened(repo_dir, url) as repo:
-            gitrepo.publish_branch(repo, branch_of(name), files, f"endpoints of {name}: {reason}")
-    except gitrepo.PushRefused as exc:
-        if pub.refused is None:
-            log.warning("endpoint record not published: no push rights (%s); peers reach this device "
-                        "through a relay or its static endpoint", exc.message)
-        pub = endpoint_publish.after_refusal(pub, record, exc.message, now)
+            gitrepo.publish_branch(repo, branch_of(name), files, f"endpoints of {name}: {reason}",
+                                   gitrepo.Credentials(ssh_key))
     except GitError as exc:
-        log.info("endpoint record not published: %s", exc.message)
-        pub = endpoint_publish.after_failure(pub, record, exc.message, now)
+        if gitrepo.refused_by_host(exc):
+            if pub.refused is None:
+                log.warning("endpoint record not published: no push rights (%s); peers reach this device "
+                            "through a relay or its static endpoint", exc.message)
+            pub = endpoint_publish.after_refusal(pub, record, exc.message, now)
+        else:
+            log.info("endpoint record not published: %s", exc.message)
+            pub = endpoint_publish.after_failure(pub, record, exc.message, now)
     else:
         log.info("endpoint record published (%s): %s", reason, " ".join(record.candidates) or "no candidates")
         pub = endpoint_publish.after_push(pub, record, now)

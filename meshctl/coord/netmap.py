@@ -30,6 +30,11 @@ class Peer:
     tags: tuple[str, ...] = ()
     owner: str = ""
     endpoints: tuple[str, ...] = ()  # static "host:port" endpoints from the record
+    # Routes the signed state approves for this device (a subnet router), and whether it is an
+    # approved exit node: what the policy compiler lets others reach through it. Empty until
+    # routes are signed (issue 19).
+    approved_routes: tuple[Prefix, ...] = ()
+    exit_node: bool = False
 
     @property
     def ipv4(self) -> ipaddress.IPv4Address | None:

@@ -182,8 +182,8 @@ def verify_roots(
         data = _read_bounded(snap, path, records.MAX_ROOT_BYTES)
         digest = sha256_hex(data)
         if version == 1 and "sha256:" + digest != pinned:
-            raise _refuse(f"{path}: fingerprint sha256:{digest[:16]}… does not match the pinned "
-                          f"root {pinned[:23]}…", "this is another mesh, or the repository was forged")
+            raise _refuse(f"{path}: fingerprint sha256:{digest} does not match the pinned root {pinned}",
+                          "this is another mesh, or the repository was forged")
         if version <= len(remembered) and remembered[version - 1] != digest:
             raise _refuse(f"{path}: root version {version} changed after it was accepted")
         root = _parse(records.parse_root, data, path)
@@ -385,11 +385,16 @@ def check_unique(state: StateDoc, recs: Mapping[str, PeerRecord]) -> None:
 
 
 def verify_policy(snap: Snapshot, state: StateDoc) -> str:
+    return _read_policy(snap, state.policy_sha256)
+
+
+def _read_policy(snap: Snapshot, sha256: str | None) -> str:
+    """policy.hujson as text, bounded; with `sha256`, only if it is the signed one."""
     files = snap.files()
     if "policy.hujson" not in files:
         raise _refuse("policy.hujson: missing")
     data = _read_bounded(snap, "policy.hujson", MAX_POLICY_BYTES)
-    if sha256_hex(data) != state.policy_sha256:
+    if sha256 is not None and sha256_hex(data) != sha256:
         raise _refuse("policy.hujson: sha256 differs from policy_sha256 in state.json",
                       "after editing the policy, run `meshctl admin sign`")
     try:
@@ -434,11 +439,23 @@ def verify_snapshot(
     cache: MutableMapping[str, tuple[str, PeerRecord]] | None = None,
 ) -> Verified:
     """Everything a node checks before it uses a revision of the repository."""
+    return _verify(snap, pinned, now, memory, cache, signed_policy=True)
+
+
+def verify_members(snap: Snapshot, pinned: str, now: int) -> Verified:
+    """Everything verify_snapshot checks but the policy's hash: policy.hujson is taken as it is,
+    an unsigned edit included. For trying a policy edit against the signed members before it
+    is signed (`meshctl acl check` in a checkout); never for configuring a node."""
+    return _verify(snap, pinned, now, None, None, signed_policy=False)
+
+
+def _verify(snap: Snapshot, pinned: str, now: int, memory: TrustMemory | None,
+            cache: MutableMapping[str, tuple[str, PeerRecord]] | None, signed_policy: bool) -> Verified:
     kinds = check_paths(snap)
     root, root_hashes = verify_roots(snap, pinned, memory.root_hashes if memory else ())
     state, state_sha = verify_state_doc(snap, root, now)
     check_memory(state, state_sha, memory)
     recs = verify_peers(snap, state, kinds, cache)
-    policy = verify_policy(snap, state)
+    policy = _read_policy(snap, state.policy_sha256 if signed_policy else None)
     return Verified(root, root_hashes, state, state_sha, recs, policy,
                     build_netmap(root, state, state_sha, recs, policy))

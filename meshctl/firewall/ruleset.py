@@ -16,7 +16,7 @@ sent are kept in nft sets (REPLY_SETS) so that UDP replies come back:
     UDP answering a flow in @udpN-replies        accept
     ICMP echo replies and errors                 accept
     ICMP echo from a source allowed anything on that address      accept
-    one rule per (acl, destination, family), commented "acls[i] line L"   accept
+    one rule per (rule, destination, family), commented "acls[i] line L" (or grants[i])   accept
     anything else                                drop     (default deny)
 
 Every match is kept in two forms, nft JSON and nft text, built side by side so they cannot
@@ -166,7 +166,7 @@ def family_of(version: int) -> str:
 
 def _filter_rules(rule: FilterRule) -> list[Rule]:
     out: list[Rule] = []
-    comment = f"acls[{rule.rule_index}] line {rule.line}"
+    comment = f"{rule.section}[{rule.rule_index}] line {rule.line}"
     for version in (4, 6):
         family = family_of(version)
         sources = [p for p in rule.sources if p.version == version]

@@ -1,17 +1,28 @@
-"""Policy + NetMap -> what each node enforces; `acl check`; policy tests (pure).
+"""Policy + devices -> the rule set; each node's packet filter cut from it; the one decision (pure).
+
+There is one evaluator. `compile_rules` turns the policy's `acls` and `grants` into a RuleSet:
+accept rules over addresses (who may send what to which addresses), for the whole mesh.
+Everything else reads that RuleSet:
+
+- `node_filter` cuts a node's PacketFilter from it: the rules whose destinations are the node's
+  own addresses (nft.py renders them), and, kept apart, those for the routes it carries as an
+  approved subnet router or exit node (`ForwardFilter`, for the forward chain).
+- `first_match` decides one packet against a list of compiled rules. `meshctl acl check` and
+  the policy's `tests` (evaluate.py) call it on the RuleSet; a node's filter holds the same
+  rules restricted to its own addresses, so for a packet to that node both give one answer.
 
 Semantics follow Tailscale:
-- A tagged device is its tags: a user name or group never matches it, only
-  `tag:x`, `autogroup:tagged`, `*` or its IP do. An untagged device is its
-  owner's: it matches the owner, the owner's groups and `autogroup:member`.
+- A tagged device is its tags: a user name or group never matches it, only `tag:x`,
+  `autogroup:tagged`, `*` or its IP do. An untagged device is its owner's: it matches the
+  owner, the owner's groups and `autogroup:member`.
+- `autogroup:self` is the devices of the same owner as the source. An untagged device with no
+  owner is its own owner: it is never joined with other owner-less devices.
 - Rules only accept; anything no rule accepts is denied.
-- `proto` absent means TCP, UDP and ICMP; ICMP echo is allowed from every
-  source a rule lets reach the node on any port (Tailscale does the same).
-
-`compile_filter` is what a node enforces for itself: it names only the sources
-allowed to reach that node. `evaluate` answers `meshctl acl check` from that same
-compiled filter, so the answer is the node's. `run_policy_tests` evaluates
-`tests` by identity, because a test may name users and tags no device has yet.
+- `proto` absent (or a grant's "*" or bare port) means TCP, UDP and ICMP; ICMP echo is allowed
+  from every source a rule lets reach the destination at all (Tailscale does the same).
+- `*` as a destination is every address: members, approved routes and, through an exit node,
+  the internet. A CIDR reaches into the approved routes it overlaps; `autogroup:internet` is the
+  public address space, reached through exit nodes.
 """
 
 from __future__ import annotations
@@ -20,46 +31,99 @@ import ipaddress
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Final, TypeAlias
+from functools import cached_property
+from typing import Final, Protocol
 
 from meshctl.coord.netmap import IPAddress, NetMap, Peer
 from meshctl.errors import UsageError
-from meshctl.policy.parse import (
-    PROTO_NAMES,
-    AclRule,
-    Alias,
-    AliasKind,
-    Policy,
-    PolicyTest,
-    Prefix,
-    TestTarget,
-)
-from meshctl.policy.protocols import ALL_PORTS, PORT_PROTOS, PROTO_ICMP, PROTO_ICMPV6, PortRange
+from meshctl.policy import addrset
+from meshctl.policy.addrset import EVERYTHING, AddrSet, Prefix, Span
+from meshctl.policy.model import SECTION_ORDER, AccessRule, Alias, AliasKind, Policy
+from meshctl.policy.protocols import PROTO_ICMP, PROTO_ICMPV6, Capability, PortRange
 
-ANY_V4: Final = ipaddress.ip_network("0.0.0.0/0")
-ANY_V6: Final = ipaddress.ip_network("::/0")
 MEMBER: Final = "autogroup:member"
 TAGGED: Final = "autogroup:tagged"
+ICMP_PROTOS: Final = frozenset({PROTO_ICMP, PROTO_ICMPV6})
+DEFAULT_ROUTES: Final = (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
+
+
+class Identity(Protocol):
+    """Who a device is to the policy: its tags, else its owner."""
+
+    @property
+    def tags(self) -> tuple[str, ...]: ...
+    @property
+    def owner(self) -> str: ...
+
+
+class Device(Identity, Protocol):
+    """What the compiler reads of a member (netmap.Peer, or a test's stand-in device)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def addresses(self) -> tuple[IPAddress, ...]: ...
+    @property
+    def approved_routes(self) -> tuple[Prefix, ...]: ...
+    @property
+    def exit_node(self) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)
+class CompiledRule:
+    """One accept rule of the RuleSet: from one target of one ACL or grant (and, for
+    autogroup:self, one owner's devices)."""
+
+    source_set: AddrSet
+    destination_set: AddrSet
+    capability: Capability
+    section: str  # "acls" or "grants"
+    rule_index: int
+    line: int
+
+
+@dataclass(frozen=True)
 class FilterRule:
-    """One accept rule on the receiving node, from one (acl, dst entry) pair."""
+    """One accept rule of a node's filter: a CompiledRule with its destinations cut to the
+    node's own addresses (or, in a ForwardFilter, to the routes it carries), in the forms nft
+    takes. Not slotted: the address sets are computed once, on first use, by first_match."""
 
     sources: tuple[Prefix, ...]  # collapsed; IPv4 first
-    destinations: tuple[IPAddress, ...]  # the node's own addresses this rule covers
+    destinations: tuple[IPAddress | Prefix, ...]
     protos: tuple[int, ...]
     ports: tuple[PortRange, ...]
     rule_index: int
     line: int
+    section: str = "acls"
 
-    def matches(self, src: IPAddress, dst: IPAddress, proto: int, port: int | None) -> bool:
-        if dst not in self.destinations or proto not in self.protos:
-            return False
-        if proto in PORT_PROTOS and self.ports != ALL_PORTS:
-            if port is None or not any(port in r for r in self.ports):
-                return False
-        return any(src in p for p in self.sources)
+    @cached_property
+    def source_set(self) -> AddrSet:
+        return addrset.of(self.sources)
+
+    @cached_property
+    def destination_set(self) -> AddrSet:
+        return addrset.of(self.destinations)
+
+    @cached_property
+    def capability(self) -> Capability:
+        return Capability(self.protos, self.ports)
+
+
+class Matchable(Protocol):
+    """A compiled rule as first_match reads it: CompiledRule and FilterRule both are."""
+
+    @property
+    def source_set(self) -> AddrSet: ...
+    @property
+    def destination_set(self) -> AddrSet: ...
+    @property
+    def capability(self) -> Capability: ...
+    @property
+    def section(self) -> str: ...
+    @property
+    def rule_index(self) -> int: ...
+    @property
+    def line(self) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +135,18 @@ class EchoRule:
 
 
 @dataclass(frozen=True, slots=True)
+class ForwardFilter:
+    """What a router or exit node lets through to the networks behind it (not yet in nft).
+
+    `routes` is what it carries: its approved routes, and everything outside the mesh when it
+    is an approved exit node. `rules` are the RuleSet's rules with destinations cut to it, in
+    policy order; ICMP echo passes where any rule lets the source reach the destination."""
+
+    routes: tuple[Prefix, ...] = ()
+    rules: tuple[FilterRule, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class PacketFilter:
     """Everything a node must accept on its mesh interface; the rest is dropped."""
 
@@ -78,79 +154,28 @@ class PacketFilter:
     addresses: tuple[IPAddress, ...]
     rules: tuple[FilterRule, ...]
     echo: tuple[EchoRule, ...]
+    forward: ForwardFilter = ForwardFilter()
 
 
 @dataclass(frozen=True, slots=True)
-class Decision:
-    allowed: bool
-    rule_index: int | None  # the acls entry that decided; None = default deny
-    line: int | None
-    src: IPAddress | None
-    dst: IPAddress | None
-    reason: str
+class RuleSet:
+    """The compiled policy for the whole mesh, in policy order (`acls`, then `grants`)."""
+
+    rules: tuple[CompiledRule, ...]
+    mesh: AddrSet  # the mesh's own prefixes: never forwarded to a route
 
 
-def _host(addr: IPAddress) -> Prefix:
-    return ipaddress.ip_network(addr)
-
-
-# Address sets are handled as integer intervals (version, first, last): building and
-# collapsing ipaddress objects for 1,000 peers costs seconds, integers milliseconds.
-Span: TypeAlias = tuple[int, int, int]
-_BITS: Final = {4: 32, 6: 128}
-
-
-def _span_of(item: Prefix | IPAddress) -> Span:
-    if isinstance(item, ipaddress.IPv4Network | ipaddress.IPv6Network):
-        return item.version, int(item.network_address), int(item.broadcast_address)
-    return item.version, int(item), int(item)
-
-
-def _merge(spans: Iterable[Span]) -> list[Span]:
-    merged: list[list[int]] = []
-    for version, lo, hi in sorted(spans):
-        if merged and merged[-1][0] == version and lo <= merged[-1][2] + 1:
-            merged[-1][2] = max(merged[-1][2], hi)
-        else:
-            merged.append([version, lo, hi])
-    return [(v, lo, hi) for v, lo, hi in merged]
-
-
-def _prefixes(spans: Iterable[Span]) -> tuple[Prefix, ...]:
-    """Merged spans -> the fewest CIDR prefixes covering exactly them; IPv4 first."""
-    out: list[Prefix] = []
-    for version, lo, hi in _merge(spans):
-        bits = _BITS[version]
-        make = ipaddress.IPv4Network if version == 4 else ipaddress.IPv6Network
-        while lo <= hi:
-            size = lo & -lo if lo else 1 << bits  # the largest block aligned at lo
-            while size > hi - lo + 1:
-                size >>= 1
-            out.append(make((lo, bits - size.bit_length() + 1)))
-            lo += size
-    return tuple(out)
-
-
-def _collapse(prefixes: Iterable[Prefix]) -> tuple[Prefix, ...]:
-    return _prefixes(_span_of(p) for p in prefixes)
-
-
-def _covers(spans: Sequence[Span], addr: IPAddress) -> bool:
-    value = int(addr)
-    return any(v == addr.version and lo <= value <= hi for v, lo, hi in spans)
-
-
-def peer_identities(policy: Policy, peer: Peer) -> frozenset[str]:
+def peer_identities(policy: Policy, device: Identity) -> frozenset[str]:
     """The names a device answers to in a policy."""
-    if peer.tags:
-        return frozenset((*peer.tags, TAGGED))
+    if device.tags:
+        return frozenset((*device.tags, TAGGED))
     names = {MEMBER}
-    if peer.owner:
-        names.update((peer.owner, *policy.groups_of(peer.owner)))
+    if device.owner:
+        names.update((device.owner, *policy.groups_of(device.owner)))
     return frozenset(names)
 
 
-def _identity_match(alias: Alias, identities: frozenset[str]) -> bool:
+def identity_match(alias: Alias, identities: frozenset[str]) -> bool:
     if alias.kind is AliasKind.ANY:
         return True
     if alias.kind in (AliasKind.USER, AliasKind.TAG):
@@ -164,34 +189,41 @@ def _identity_match(alias: Alias, identities: frozenset[str]) -> bool:
     return False
 
 
-def _peer_match(policy: Policy, alias: Alias, peer: Peer) -> bool:
-    if alias.prefix is not None:
-        return any(a in alias.prefix for a in peer.addresses)
-    return _identity_match(alias, peer_identities(policy, peer))
+def _addresses(devices: Iterable[Device]) -> AddrSet:
+    return addrset.of(a for d in devices for a in d.addresses)
 
 
 class _Resolver:
-    """NetMap indexed once per compile: alias -> device addresses in O(matches)."""
+    """The devices indexed once per compile: alias -> addresses in O(matches), cached."""
 
-    def __init__(self, policy: Policy, netmap: NetMap) -> None:
-        self.policy = policy
-        self._spans: dict[str, list[Span]] = {}
-        self.by_tag: dict[str, list[Peer]] = defaultdict(list)
-        self.by_owner: dict[str, list[Peer]] = defaultdict(list)
-        self.untagged: list[Peer] = []
-        self.tagged: list[Peer] = []
-        for peer in netmap.peers:
-            if peer.tags:
-                self.tagged.append(peer)
-                for tag in peer.tags:
-                    self.by_tag[tag].append(peer)
+    def __init__(self, devices: Sequence[Device], mesh: AddrSet) -> None:
+        self.mesh = mesh
+        self._sets: dict[str, AddrSet] = {}
+        self.by_tag: dict[str, list[Device]] = defaultdict(list)
+        self.by_owner: dict[str, list[Device]] = defaultdict(list)
+        self.untagged: list[Device] = []
+        self.tagged: list[Device] = []
+        for device in devices:
+            if device.tags:
+                self.tagged.append(device)
+                for tag in device.tags:
+                    self.by_tag[tag].append(device)
             else:
-                self.untagged.append(peer)
-                self.by_owner[peer.owner].append(peer)
+                self.untagged.append(device)
+                self.by_owner[device.owner].append(device)
 
-    def peers(self, alias: Alias) -> list[Peer]:
-        if alias.kind in (AliasKind.USER, AliasKind.GROUP):
-            return [p for u in dict.fromkeys(alias.users) for p in self.by_owner.get(u, ())]
+    @cached_property
+    def owners(self) -> tuple[AddrSet, ...]:
+        """autogroup:self's groups: each owner's untagged devices; an owner-less device alone."""
+        groups = [_addresses(devs) for owner, devs in self.by_owner.items() if owner]
+        groups += [_addresses([d]) for d in self.by_owner.get("", ())]
+        return tuple(groups)
+
+    def devices(self, alias: Alias) -> list[Device]:
+        if alias.kind is AliasKind.USER:
+            return self.by_owner.get(alias.text, [])
+        if alias.kind is AliasKind.GROUP:  # its users' devices (and a test's stand-in owned by the group)
+            return [d for u in dict.fromkeys((*alias.users, alias.text)) if u for d in self.by_owner.get(u, ())]
         if alias.kind is AliasKind.TAG:
             return self.by_tag.get(alias.text, [])
         if alias.kind is AliasKind.MEMBER:
@@ -200,242 +232,141 @@ class _Resolver:
             return self.tagged
         return []
 
-    def sources(self, alias: Alias) -> list[Span]:
-        cached = self._spans.get(alias.text)
+    def addresses(self, alias: Alias) -> AddrSet:
+        """What a source or destination (other than autogroup:self) names, as addresses."""
+        cached = self._sets.get(alias.text)
         if cached is None:
             if alias.kind is AliasKind.ANY:
-                cached = [_span_of(ANY_V4), _span_of(ANY_V6)]
-            elif alias.prefix is not None:
-                cached = [_span_of(alias.prefix)]
+                cached = EVERYTHING
+            elif alias.kind is AliasKind.INTERNET:
+                cached = addrset.subtract(alias.spans, self.mesh)  # in case the mesh uses public space
+            elif alias.names_addresses:
+                cached = alias.spans
             else:
-                cached = _merge(_span_of(a) for p in self.peers(alias) for a in p.addresses)
-            self._spans[alias.text] = cached
+                cached = _addresses(self.devices(alias))
+            self._sets[alias.text] = cached
         return cached
 
-    def covered(self, alias: Alias, node: Peer) -> tuple[IPAddress, ...]:
-        """The node's addresses a dst alias names (SELF is handled by the caller)."""
-        if alias.prefix is not None:
-            prefix = alias.prefix
-            return tuple(a for a in node.addresses if a in prefix)
-        if alias.kind is AliasKind.SELF:
-            return node.addresses if not node.tags else ()
-        return node.addresses if _peer_match(self.policy, alias, node) else ()
+    def union(self, aliases: Sequence[Alias]) -> AddrSet:
+        if len(aliases) == 1:
+            return self.addresses(aliases[0])  # already merged
+        return addrset.merge(s for a in aliases for s in self.addresses(a))
+
+
+def mesh_prefixes(netmap: NetMap) -> AddrSet:
+    return addrset.of([netmap.network.ipv4_cidr, netmap.network.ipv6_prefix])
+
+
+def compile_rules(policy: Policy, devices: Sequence[Device], mesh: AddrSet = ()) -> RuleSet:
+    """The policy's accept rules over the addresses of `devices` (every member, and for tests
+    their stand-ins); `mesh` is the mesh's own prefixes (see mesh_prefixes)."""
+    resolver = _Resolver(devices, mesh)
+    out: list[CompiledRule] = []
+    for rule in policy.rules:
+        out.extend(_compile_rule(rule, resolver))
+    return RuleSet(tuple(out), mesh)
+
+
+def _compile_rule(rule: AccessRule, resolver: _Resolver) -> Iterable[CompiledRule]:
+    sources = resolver.union(rule.sources)
+    if not sources:
+        return
+    for target in rule.targets:
+        cap = target.capability
+        others = [a for a in target.aliases if a.kind is not AliasKind.SELF]
+        if others and (destinations := resolver.union(others)):
+            yield CompiledRule(sources, destinations, cap, rule.section, rule.index, rule.line)
+        if len(others) < len(target.aliases):  # autogroup:self: one rule per owner
+            for own in resolver.owners:
+                if src := addrset.intersect(sources, own):
+                    yield CompiledRule(src, own, cap, rule.section, rule.index, rule.line)
+
+
+# -- a node's filter, cut from the rule set ----------------------------------------------
+
+
+def routes_carried(device: Device, mesh: AddrSet) -> AddrSet:
+    """What a node forwards for others: its approved routes, and as an approved exit node
+    everything; never the mesh's own prefixes."""
+    routes = (*device.approved_routes, *(DEFAULT_ROUTES if device.exit_node else ()))
+    return addrset.subtract(addrset.of(routes), mesh)
+
+
+def _filter_rule(rule: CompiledRule, destinations: tuple[IPAddress | Prefix, ...]) -> FilterRule:
+    cap = rule.capability
+    return FilterRule(addrset.prefixes(rule.source_set), destinations, cap.protos, cap.ports,
+                      rule.rule_index, rule.line, rule.section)
+
+
+def node_filter(ruleset: RuleSet, device: Device) -> PacketFilter:
+    """The accept rules `device` enforces: for its own addresses, and for the routes it carries."""
+    rules: list[FilterRule] = []
+    echo_sources: dict[IPAddress, list[Span]] = defaultdict(list)
+    for rule in ruleset.rules:
+        covered = tuple(a for a in device.addresses if addrset.contains_address(rule.destination_set, a))
+        if covered:
+            rules.append(_filter_rule(rule, covered))
+            for addr in covered:
+                echo_sources[addr].extend(s for s in rule.source_set if s[0] == addr.version)
+    echo = tuple(EchoRule(a, addrset.prefixes(addrset.merge(echo_sources[a])))
+                 for a in device.addresses if echo_sources[a])
+    carried = routes_carried(device, ruleset.mesh)
+    forward: list[FilterRule] = []
+    if carried:
+        for rule in ruleset.rules:
+            if reached := addrset.intersect(rule.destination_set, carried):
+                forward.append(_filter_rule(rule, addrset.prefixes(reached)))
+    return PacketFilter(device.name, device.addresses, tuple(rules), echo,
+                        ForwardFilter(addrset.prefixes(carried), tuple(forward)))
 
 
 def compile_filter(policy: Policy, netmap: NetMap, node: str | None = None) -> PacketFilter:
-    """The accept rules `node` (default: netmap.self_name) enforces for traffic to itself."""
+    """The filter `node` (default: netmap.self_name) enforces: node_filter of the mesh's RuleSet."""
     name = node if node is not None else netmap.self_name
     me = netmap.peer(name) if name else None
     if me is None:
         raise UsageError(f"{name!r} is not a member of this mesh")
-    resolver = _Resolver(policy, netmap)
-    rules: list[FilterRule] = []
-    spans_of_rules: list[list[Span]] = []
-    for acl in policy.acls:
-        spans: list[Span] | None = None  # resolved lazily: most rules skip this node
-        for dst in acl.destinations:
-            covered = resolver.covered(dst.target, me)
-            if not covered:
-                continue
-            if spans is None:
-                spans = _merge(span for s in acl.sources for span in resolver.sources(s))
-            src = spans
-            if dst.target.kind is AliasKind.SELF:
-                # Only the source addresses that belong to the node owner's own devices.
-                own = resolver.by_owner.get(me.owner, [])
-                src = _merge(_span_of(a) for p in own for a in p.addresses if _covers(spans, a))
-            if src:
-                rules.append(FilterRule(_prefixes(src), covered, acl.protos, dst.ports, acl.index, acl.line))
-                spans_of_rules.append(src)
-    echo = tuple(
-        EchoRule(addr, srcs)
-        for addr in me.addresses
-        if (
-            srcs := _prefixes(
-                span
-                for rule, spans in zip(rules, spans_of_rules, strict=True)
-                if addr in rule.destinations
-                for span in spans
-                if span[0] == addr.version
-            )
-        )
-    )
-    return PacketFilter(me.name, me.addresses, tuple(rules), echo)
+    return node_filter(compile_rules(policy, netmap.peers, mesh_prefixes(netmap)), me)
 
 
-# -- acl check -------------------------------------------------------------------------
-
-
-def proto_number(proto: str | int) -> int:
-    if isinstance(proto, int):
-        return proto
-    text = proto.strip().lower()
-    if text in PROTO_NAMES:
-        return PROTO_NAMES[text]
-    if text.isdigit() and int(text) <= 255:
-        return int(text)
-    raise UsageError(f"unknown protocol {proto!r}", hint="use tcp, udp, icmp or a number")
-
-
-def resolve_endpoint(netmap: NetMap, text: str) -> tuple[Peer | None, tuple[IPAddress, ...]]:
-    """A peer name or an IP -> (the member it is, if any; the addresses to test)."""
-    peer = netmap.peer(text)
-    if peer is not None:
-        return peer, peer.addresses
-    try:
-        addr = ipaddress.ip_address(text.strip("[]"))
-    except ValueError:
-        raise UsageError(f"{text!r} is neither a member name nor an IP address") from None
-    return netmap.peer_by_address(addr), (addr,)
-
-
-def _decide(
-    pf: PacketFilter,
-    rules_by_index: dict[int, AclRule],
-    srcs: Sequence[IPAddress],
-    dsts: Sequence[IPAddress],
-    proto: int,
-    port: int | None,
-) -> Decision:
-    echo = proto in (PROTO_ICMP, PROTO_ICMPV6)
-    best: Decision | None = None
-    for dst in dsts:
-        for src in srcs:
-            if src.version != dst.version:
-                continue
-            for rule in pf.rules:
-                hit = (
-                    rule.matches(src, dst, proto, port)
-                    or echo
-                    and dst in rule.destinations
-                    and any(src in p for p in rule.sources)
-                )
-                if hit and (best is None or rule.rule_index < (best.rule_index or 0)):
-                    acl = rules_by_index[rule.rule_index]
-                    what = "ICMP echo, allowed because " if echo and proto not in acl.protos else ""
-                    best = Decision(
-                        True,
-                        rule.rule_index,
-                        rule.line,
-                        src,
-                        dst,
-                        f"allowed: {what}{acl.label} accepts "
-                        f"{', '.join(s.text for s in acl.sources)} -> "
-                        f"{', '.join(str(d) for d in acl.destinations)}",
-                    )
-                    break
-    if best is not None:
-        return best
-    pairs = [(s, d) for d in dsts for s in srcs if s.version == d.version]
-    if not pairs:
-        return Decision(False, None, None, None, None, "denied: no common address family")
-    return Decision(False, None, None, pairs[0][0], pairs[0][1], "denied: no rule accepts it (default deny)")
-
-
-def evaluate(
-    policy: Policy, netmap: NetMap, src: str, dst: str, port: int | None, proto: str | int = "tcp"
-) -> Decision:
-    """Would `dst` (a member name or mesh IP) accept a new connection from `src` on `port`?
-
-    Answered from the filter `dst` itself would enforce. With a name, every address
-    family both ends share is tried; the lowest-numbered rule that accepts decides.
-    """
-    number = proto_number(proto)
-    _, src_addrs = resolve_endpoint(netmap, src)
-    dst_peer, dst_addrs = resolve_endpoint(netmap, dst)
-    if dst_peer is None:
-        raise UsageError(f"no member of the mesh has address {dst}", hint="name a member or its mesh IP")
-    pf = compile_filter(policy, netmap, dst_peer.name)
-    return _decide(pf, {a.index: a for a in policy.acls}, src_addrs, dst_addrs, number, port)
-
-
-# -- policy tests ----------------------------------------------------------------------
+# -- the decision --------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
-class _Principal:
-    """A test endpoint: the names it answers to and the addresses it may use."""
-
-    identities: frozenset[str]
-    users: frozenset[str]  # for autogroup:self; empty when tagged
-    prefixes: tuple[Prefix, ...]
+class Match:
+    rule: Matchable
+    echo: bool  # ICMP echo, let through because the rule lets the source reach the destination
 
 
-def _principal(policy: Policy, netmap: NetMap, alias: Alias) -> _Principal:
-    resolver = _Resolver(policy, netmap)
-    if alias.kind is AliasKind.USER:
-        user = alias.text
-        return _Principal(
-            frozenset((user, MEMBER, *policy.groups_of(user))),
-            frozenset((user,)),
-            tuple(_host(a) for p in resolver.peers(alias) for a in p.addresses),
-        )
-    if alias.kind is AliasKind.GROUP:
-        return _Principal(
-            frozenset((alias.text, MEMBER)),
-            frozenset(alias.users),
-            tuple(_host(a) for p in resolver.peers(alias) for a in p.addresses),
-        )
-    if alias.kind is AliasKind.TAG:
-        return _Principal(
-            frozenset((alias.text, TAGGED)),
-            frozenset(),
-            tuple(_host(a) for p in resolver.peers(alias) for a in p.addresses),
-        )
-    assert alias.prefix is not None  # parse refuses everything else in tests
-    prefix = alias.prefix
-    if prefix.num_addresses == 1:
-        peer = netmap.peer_by_address(prefix.network_address)
-        if peer is not None:
-            users = frozenset() if peer.tags or not peer.owner else frozenset((peer.owner,))
-            return _Principal(peer_identities(policy, peer), users, (prefix,))
-    return _Principal(frozenset(), frozenset(), (prefix,))
+def first_match(rules: Sequence[Matchable], src: Span, dst: Span, proto: int, port: int | None) -> Match | None:
+    """The first rule (in policy order) that accepts traffic from every address of `src` to
+    every address of `dst` (single addresses for a packet), or None: default deny.
 
-
-def _principal_match(alias: Alias, who: _Principal) -> bool:
-    if alias.prefix is not None:
-        target = alias.prefix
-        return any(p.version == target.version and p.subnet_of(target) for p in who.prefixes)  # type: ignore[arg-type]
-    return _identity_match(alias, who.identities)
-
-
-def _test_allows(policy: Policy, src: _Principal, dst: _Principal, proto: int, port: int) -> AclRule | None:
-    for acl in policy.acls:
-        if proto not in acl.protos or not any(_principal_match(s, src) for s in acl.sources):
-            continue
-        for d in acl.destinations:
-            if proto in PORT_PROTOS and d.ports != ALL_PORTS and not any(port in r for r in d.ports):
-                continue
-            if d.target.kind is AliasKind.SELF:
-                if MEMBER in dst.identities and MEMBER in src.identities and src.users & dst.users:
-                    return acl
-            elif _principal_match(d.target, dst):
-                return acl
+    ICMP with no rule for it is an echo request: accepted where any rule lets `src` reach `dst`.
+    """
+    reaching = [r for r in rules
+                if addrset.contains(r.source_set, src) and addrset.contains(r.destination_set, dst)]
+    for rule in reaching:
+        if rule.capability.matches(proto, port):
+            return Match(rule, echo=False)
+    if proto in ICMP_PROTOS and reaching:
+        return Match(reaching[0], echo=True)
     return None
 
 
-def _proto_name(proto: int) -> str:
-    return next((n for n, v in PROTO_NAMES.items() if v == proto), str(proto))
+def rule_order(rule: Matchable) -> tuple[int, int]:
+    return SECTION_ORDER.index(rule.section), rule.rule_index
 
 
-def run_policy_tests(policy: Policy, netmap: NetMap) -> list[str]:
-    """One line per failed expectation in the policy's `tests`; empty when all pass."""
-    problems: list[str] = []
-    for test in policy.tests:
-        src = _principal(policy, netmap, test.src)
-        expectations: list[tuple[TestTarget, bool]] = [(t, True) for t in test.accept]
-        expectations += [(t, False) for t in test.deny]
-        for target, want in expectations:
-            acl = _test_allows(policy, src, _principal(policy, netmap, target.target), test.proto, target.port)
-            if (acl is not None) != want:
-                problems.append(_test_problem(policy, test, target, want, acl))
-    return problems
+def __getattr__(name: str) -> object:
+    """`evaluate` and `run_policy_tests` live in evaluate.py (which imports this module); older
+    callers import them from here."""
+    if name in ("evaluate", "run_policy_tests", "Decision"):
+        from meshctl.policy import evaluate
+
+        return getattr(evaluate, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _test_problem(policy: Policy, test: PolicyTest, target: TestTarget, want: bool, acl: AclRule | None) -> str:
-    where = f"{policy.filename}:{target.line}:{target.col}"
-    flow = f"{test.src.text} -> {target.text} ({_proto_name(test.proto)})"
-    if want:
-        return f"{where}: tests[{test.index}]: {flow} should be accepted, but no rule accepts it"
-    assert acl is not None
-    return f"{where}: tests[{test.index}]: {flow} should be denied, but {acl.label} accepts it"
+__all__ = ["CompiledRule", "Device", "EchoRule", "FilterRule", "ForwardFilter", "Match", "PacketFilter", "Peer",
+           "RuleSet", "compile_filter", "compile_rules", "first_match", "node_filter", "peer_identities"]

@@ -1,87 +1,87 @@
 """Tailscale's policy format -> Policy (pure).
 
-Supported, with Tailscale's meaning: `groups`, `hosts`, `tagOwners`, `acls`
-(action `accept`; `src`/`dst`, or their old names `users`/`ports`; `proto`) and
-`tests` (`src`, `proto`, `accept`, `deny`). Keys are matched without regard to
-case, as Tailscale's Go decoder does, so old policies written with `ACLs`,
-`Action`, `Users`, `Ports` still load.
+Supported, with Tailscale's meaning: `groups`, `hosts`, `tagOwners`, `ipsets`, `acls` (action
+`accept`; `src`/`dst`, or their old names `users`/`ports`; `proto`), `grants` (`src`, `dst`,
+network-level `ip`), `autoApprovers` (`routes`, `exitNode`) and `tests` (`src`, `proto`,
+`accept`, `deny`). Keys are matched without regard to case, as Tailscale's Go decoder does,
+so old policies written with `ACLs`, `Action`, `Users`, `Ports` still load.
 
-A Tailscale feature meshctl does not have (`ssh`, `grants`, `autoApprovers`,
-`autogroup:internet`, ...) is refused with an UnsupportedFeatureError that
-names it and its `policy.hujson:line:col`, so a policy is never enforced
-with a part of it silently ignored. Any other unknown key is refused too.
+`ssh` and `sshTests` grant no network access: they load with a warning (meshctl does not run
+Tailscale SSH). Any other Tailscale feature meshctl does not have (`nodeAttrs`, `postures`, a
+grant's `app`, `via` or `srcPosture`, `autogroup:shared`, ...) is refused with an
+UnsupportedFeatureError that names it and its `policy.hujson:line:col`, so a policy is never
+enforced with a part of it silently ignored. Any other unknown key is refused too.
 
-Aliases are resolved as far as the policy alone allows: a group becomes its
-users, a host its prefix. Users and tags are matched against devices later, by
-compile.py, with the NetMap.
+Aliases are resolved as far as the policy alone allows: a group becomes its users, a host,
+an IP set or `autogroup:internet` its addresses. Users and tags are matched against devices
+later, by compile.py.
 """
 
 from __future__ import annotations
 
-import enum
 import ipaddress
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Final, TypeAlias
+from typing import Final
 
-from meshctl.errors import ParseError
-from meshctl.policy import hujson
+from meshctl.errors import UsageError
+from meshctl.policy import addrset, hujson
+from meshctl.policy.addrset import AddrSet, Prefix
 from meshctl.policy.hujson import Array, Document, Member, Node, Object, Scalar
+from meshctl.policy.model import (
+    AclRule,
+    Alias,
+    AliasKind,
+    AutoApprovers,
+    Destination,
+    Grant,
+    Policy,
+    PolicyError,
+    PolicyTest,
+    RouteApproval,
+    TestTarget,
+    UnsupportedFeatureError,
+)
 from meshctl.policy.protocols import (
-    ALL_PORTS,
     DEFAULT_PROTOS,
     MAX_PORT,
-    PORT_PROTOS,
-    PROTO_ICMP,
-    PROTO_ICMPV6,
-    PROTO_SCTP,
+    PROTO_NAMES,
     PROTO_TCP,
-    PROTO_UDP,
-    PortRange,
+    Capability,
+    check_ports_fit,
+    merge_capabilities,
+    parse_ip_capability,
+    parse_ports,
+    parse_proto,
 )
 
-Prefix: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-# Tailscale's protocol names (https://tailscale.com/kb/1337/policy-syntax#proto).
-PROTO_NAMES: Final[Mapping[str, int]] = {
-    "icmp": PROTO_ICMP,
-    "igmp": 2,
-    "ipv4": 4,
-    "ip-in-ip": 4,
-    "tcp": PROTO_TCP,
-    "egp": 8,
-    "igp": 9,
-    "udp": PROTO_UDP,
-    "gre": 47,
-    "esp": 50,
-    "ah": 51,
-    "ipv6-icmp": PROTO_ICMPV6,
-    "icmpv6": PROTO_ICMPV6,
-    "sctp": PROTO_SCTP,
-}
+__all__ = [  # the policy's types live in model.py; callers import them from here too
+    "PROTO_NAMES", "AclRule", "Alias", "AliasKind", "Destination", "Grant", "Policy", "PolicyError",
+    "PolicyTest", "Prefix", "TestTarget", "UnsupportedFeatureError", "parse_policy",
+]
 
 # Tailscale top-level sections meshctl does not implement (lower-case -> spelling).
 UNSUPPORTED_SECTIONS: Final[Mapping[str, str]] = {
     name.lower(): name
     for name in (
-        "ssh",
-        "sshTests",
-        "grants",
-        "autoApprovers",
         "nodeAttrs",
         "derpMap",
         "postures",
         "defaultSrcPosture",
-        "ipsets",
         "randomizeClientPort",
         "disableIPv4",
         "OneCGNATRoute",
         "attrConfig",
     )
 }
+# Sections that grant no network access: loaded with a warning, their content not enforced.
+IGNORED_SECTIONS: Final[Mapping[str, str]] = {"ssh": "ssh", "sshtests": "sshTests"}
 UNSUPPORTED_ACL_FIELDS: Final[Mapping[str, str]] = {n.lower(): n for n in ("srcPosture", "via", "app", "ip")}
-SUPPORTED_AUTOGROUPS: Final = frozenset({"autogroup:member", "autogroup:tagged", "autogroup:self"})
+UNSUPPORTED_GRANT_FIELDS: Final[Mapping[str, str]] = {n.lower(): n for n in ("app", "via", "srcPosture")}
+UNSUPPORTED_APPROVERS: Final[Mapping[str, str]] = {"services": "services"}
+SUPPORTED_AUTOGROUPS: Final = frozenset(
+    {"autogroup:member", "autogroup:tagged", "autogroup:self", "autogroup:internet"}
+)
 # autogroups that are only about who may own tags; harmless in tagOwners.
 ROLE_AUTOGROUPS: Final = frozenset(
     {
@@ -94,105 +94,33 @@ ROLE_AUTOGROUPS: Final = frozenset(
         "autogroup:auditor",
     }
 )
+_AUTOGROUP_KINDS: Final = {
+    "autogroup:member": AliasKind.MEMBER,
+    "autogroup:tagged": AliasKind.TAGGED,
+    "autogroup:self": AliasKind.SELF,
+    "autogroup:internet": AliasKind.INTERNET,
+}
+# Where an alias is read: a rule's source or destination, a test's endpoint, an IP set's
+# member, or a route approver. Each allows a different subset of the names.
+SRC, DST, TEST, IPSET, APPROVER = "src", "dst", "test", "ipset", "approver"
 _NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 _PORT_RE: Final = re.compile(r"[0-9]{1,5}")
 
 
-class PolicyError(ParseError):
-    """The policy is valid HuJSON but not a policy meshctl can enforce."""
-
-    def __init__(self, filename: str, line: int, col: int, reason: str) -> None:
-        super().__init__(f"{filename}:{line}:{col}: {reason}")
-        self.filename = filename
-        self.line = line
-        self.col = col
-        self.reason = reason
-
-
-class UnsupportedFeatureError(PolicyError):
-    """A Tailscale policy feature that meshctl does not implement."""
-
-    def __init__(self, filename: str, line: int, col: int, feature: str) -> None:
-        super().__init__(filename, line, col, f"Tailscale policy feature {feature!r} is not supported by meshctl")
-        self.feature = feature
+def _internet() -> AddrSet:
+    """`autogroup:internet`: public addresses. Not the private, shared (CGNAT, where the mesh
+    lives), loopback, link-local, multicast and reserved IPv4 ranges; of IPv6, the global
+    unicast block 2000::/3 (ULA and link-local lie outside it)."""
+    not_public = addrset.of(
+        ipaddress.ip_network(n)
+        for n in ("0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16",
+                  "172.16.0.0/12", "192.168.0.0/16", "224.0.0.0/3")
+    )
+    return addrset.subtract(addrset.of([ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("2000::/3")]),
+                            not_public)
 
 
-class AliasKind(enum.Enum):
-    ANY = "*"
-    USER = "user"
-    GROUP = "group"
-    TAG = "tag"
-    HOST = "host"  # a `hosts` alias, resolved to its prefix
-    PREFIX = "prefix"  # an IP or CIDR written in place
-    MEMBER = "autogroup:member"  # every device owned by a user (not tagged)
-    TAGGED = "autogroup:tagged"  # every tagged device
-    SELF = "autogroup:self"  # dst only: the source user's own devices
-
-
-@dataclass(frozen=True, slots=True)
-class Alias:
-    """One entry of a `src` or `dst` list, as written, with what it resolved to."""
-
-    kind: AliasKind
-    text: str
-    users: tuple[str, ...] = ()  # USER: (the user,); GROUP: its members
-    prefix: Prefix | None = None  # HOST, PREFIX
-
-
-@dataclass(frozen=True, slots=True)
-class Destination:
-    target: Alias
-    ports: tuple[PortRange, ...]
-
-    def __str__(self) -> str:
-        return f"{self.target.text}:{','.join(str(p) for p in self.ports)}"
-
-
-@dataclass(frozen=True, slots=True)
-class AclRule:
-    index: int  # position in `acls`, from 0
-    line: int
-    col: int
-    sources: tuple[Alias, ...]
-    destinations: tuple[Destination, ...]
-    protos: tuple[int, ...]  # IP protocol numbers, sorted; DEFAULT_PROTOS when `proto` is absent
-
-    @property
-    def label(self) -> str:
-        return f"acls[{self.index}] (line {self.line})"
-
-
-@dataclass(frozen=True, slots=True)
-class TestTarget:
-    target: Alias
-    port: int
-    line: int
-    col: int
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class PolicyTest:
-    index: int
-    line: int
-    col: int
-    src: Alias
-    proto: int
-    accept: tuple[TestTarget, ...]
-    deny: tuple[TestTarget, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Policy:
-    filename: str
-    groups: Mapping[str, tuple[str, ...]]
-    hosts: Mapping[str, Prefix]
-    tag_owners: Mapping[str, tuple[str, ...]]
-    acls: tuple[AclRule, ...]
-    tests: tuple[PolicyTest, ...]
-
-    def groups_of(self, user: str) -> tuple[str, ...]:
-        return tuple(g for g, members in self.groups.items() if user in members)
+INTERNET: Final = _internet()
 
 
 class _Reader:
@@ -262,34 +190,51 @@ class _PolicyParser:
         self.groups: dict[str, tuple[str, ...]] = {}
         self.hosts: dict[str, Prefix] = {}
         self.tag_owners: dict[str, tuple[str, ...]] = {}
+        self.ipset_entries: dict[str, list[tuple[str, str, int]]] = {}  # name -> (op, target, offset)
+        self.ipsets: dict[str, AddrSet] = {}
+        self.resolving: list[str] = []  # the ipsets being resolved, to name a cycle
+        self.warnings: list[str] = []
 
     # -- sections -----------------------------------------------------------------------
 
     def parse(self) -> Policy:
         r = self.r
         top = r.obj(r.doc.root, "the policy")
+        for member in top.members:
+            if member.key.lower() in IGNORED_SECTIONS:
+                self.warnings.append(
+                    f"{r.doc.where(member.key_offset)}: {IGNORED_SECTIONS[member.key.lower()]!r} is ignored: "
+                    "meshctl does not run Tailscale SSH (the section grants no network access)"
+                )
         sections = r.fields(
             top,
             "the policy",
-            ("acls", "groups", "hosts", "tagOwners", "tests"),
+            ("acls", "grants", "groups", "hosts", "tagOwners", "ipsets", "autoApprovers", "tests",
+             *IGNORED_SECTIONS.values()),
             UNSUPPORTED_SECTIONS,
         )
-        # Definitions first, whatever their order in the file: acls and tests refer to them.
+        # Definitions first, whatever their order in the file: rules and tests refer to them.
         if "groups" in sections:
             self.parse_groups(sections["groups"].value)
         if "hosts" in sections:
             self.parse_hosts(sections["hosts"].value)
         if "tagOwners" in sections:
             self.parse_tag_owners(sections["tagOwners"].value)
-        acls: tuple[AclRule, ...] = ()
-        if "acls" in sections:
-            items = r.arr(sections["acls"].value, "acls").items
-            acls = tuple(self.parse_acl(i, node) for i, node in enumerate(items))
-        tests: tuple[PolicyTest, ...] = ()
-        if "tests" in sections:
-            items = r.arr(sections["tests"].value, "tests").items
-            tests = tuple(self.parse_test(i, node) for i, node in enumerate(items))
-        return Policy(r.doc.filename, self.groups, self.hosts, self.tag_owners, acls, tests)
+        if "ipsets" in sections:
+            self.parse_ipsets(sections["ipsets"].value)
+        acls = tuple(self.parse_acl(i, n) for i, n in enumerate(self.items(sections, "acls")))
+        grants = tuple(self.parse_grant(i, n) for i, n in enumerate(self.items(sections, "grants")))
+        approvers = AutoApprovers()
+        if "autoApprovers" in sections:
+            approvers = self.parse_auto_approvers(sections["autoApprovers"].value)
+        tests = tuple(self.parse_test(i, n) for i, n in enumerate(self.items(sections, "tests")))
+        return Policy(r.doc.filename, self.groups, self.hosts, self.tag_owners, acls, tests, grants,
+                      self.ipsets, approvers, tuple(self.warnings))
+
+    def items(self, sections: Mapping[str, Member], name: str) -> tuple[Node, ...]:
+        if name not in sections:
+            return ()
+        return self.r.arr(sections[name].value, name).items
 
     def parse_groups(self, node: Node) -> None:
         for member in self.r.obj(node, "groups").members:
@@ -298,7 +243,7 @@ class _PolicyParser:
                 raise self.r.error(member.key_offset, f"group name {name!r} must look like 'group:NAME'")
             users: list[str] = []
             for user, offset in self.r.strings(member.value, f"group {name!r}"):
-                if user.startswith(("group:", "tag:", "autogroup:")):
+                if user.startswith(("group:", "tag:", "autogroup:", "ipset:")):
                     raise self.r.error(offset, f"group {name!r}: {user!r}: a group may contain only users")
                 if not user or user == "*" or any(c.isspace() for c in user):
                     raise self.r.error(offset, f"group {name!r}: {user!r} is not a user name")
@@ -334,6 +279,57 @@ class _PolicyParser:
                 owners.append(owner)
             self.tag_owners[tag] = tuple(owners)
 
+    # -- ipsets ---------------------------------------------------------------------------
+
+    def parse_ipsets(self, node: Node) -> None:
+        """`"ipset:NAME": ["add 10.0.0.0/8", "remove 10.1.0.0/16", ...]`, processed in order; the
+        operation may be left out only where a set just adds. Members are IPs, CIDRs, hosts,
+        other IP sets and `autogroup:internet`."""
+        members = self.r.obj(node, "ipsets").members
+        for member in members:
+            name = member.key
+            if not name.startswith("ipset:") or not _NAME_RE.fullmatch(name[6:]):
+                raise self.r.error(member.key_offset, f"IP set name {name!r} must look like 'ipset:NAME'")
+            if name in self.ipset_entries:
+                raise self.r.error(member.key_offset, f"duplicate IP set {name!r}")
+            raw = self.r.strings(member.value, f"IP set {name!r}")
+            explicit = any(text.split(None, 1)[0:1] == ["remove"] for text, _ in raw)
+            entries = []
+            for text, offset in raw:
+                op, _, target = text.strip().partition(" ")
+                if op not in ("add", "remove"):
+                    if explicit:
+                        raise self.r.error(offset, f"IP set {name!r}: {text!r}: start each entry with 'add' or "
+                                                   "'remove' where the set removes anything")
+                    op, target = "add", text.strip()
+                entries.append((op, target.strip(), offset))
+            self.ipset_entries[name] = entries
+        for name in self.ipset_entries:
+            self.ipset_spans(name, 0)
+
+    def ipset_spans(self, name: str, offset: int) -> AddrSet:
+        if name in self.ipsets:
+            return self.ipsets[name]
+        if name not in self.ipset_entries:
+            raise self.r.error(offset, f"IP set {name!r} is not defined in 'ipsets'")
+        if name in self.resolving:
+            cycle = " -> ".join([*self.resolving[self.resolving.index(name):], name])
+            raise self.r.error(offset, f"IP sets refer to each other in a circle: {cycle}")
+        self.resolving.append(name)
+        spans: AddrSet = ()
+        added: list[tuple[int, int, int]] = []  # adds since the last remove, merged in one go
+        for op, target, entry_offset in self.ipset_entries[name]:
+            got = self.alias(target, entry_offset, IPSET).spans
+            if op == "add":
+                added += got
+            else:
+                spans = addrset.subtract(addrset.merge((*spans, *added)), got)
+                added = []
+        spans = addrset.merge((*spans, *added))
+        self.resolving.pop()
+        self.ipsets[name] = spans
+        return spans
+
     # -- acls ---------------------------------------------------------------------------
 
     def parse_acl(self, index: int, node: Node) -> AclRule:
@@ -350,7 +346,7 @@ class _PolicyParser:
         src = self.old_or_new(f, "src", "users", what, obj)
         dst = self.old_or_new(f, "dst", "ports", what, obj)
         protos = self.proto(f["proto"].value, what) if "proto" in f else DEFAULT_PROTOS
-        sources = tuple(self.alias(text, offset, "src") for text, offset in r.strings(src.value, f"{what} src"))
+        sources = tuple(self.alias(text, offset, SRC) for text, offset in r.strings(src.value, f"{what} src"))
         destinations = tuple(
             self.destination(text, offset, protos) for text, offset in r.strings(dst.value, f"{what} dst")
         )
@@ -370,36 +366,34 @@ class _PolicyParser:
 
     def proto(self, node: Node, what: str) -> tuple[int, ...]:
         if isinstance(node, Scalar) and isinstance(node.value, int) and not isinstance(node.value, bool):
-            number = node.value
-        else:
-            text = self.r.text(node, f"{what} proto").strip().lower()
-            if text == "":
-                return DEFAULT_PROTOS
-            if text in PROTO_NAMES:
-                return (PROTO_NAMES[text],)
-            if not text.isdigit() or len(text) > 3:
-                raise self.r.error(node.offset, f"{what}: unknown protocol {text!r}")
-            number = int(text)
-        if not 0 <= number <= 255:
-            raise self.r.error(node.offset, f"{what}: protocol number {number} is not 0-255")
-        return (number,)
+            if not 0 <= node.value <= 255:
+                raise self.r.error(node.offset, f"{what}: protocol number {node.value} is not 0-255")
+            return (node.value,)
+        text = self.r.text(node, f"{what} proto")
+        if text.strip() == "":
+            return DEFAULT_PROTOS
+        try:
+            return (parse_proto(text),)
+        except ValueError as exc:
+            raise self.r.error(node.offset, f"{what}: {exc}") from None
 
     def alias(self, text: str, offset: int, role: str) -> Alias:
-        """Resolve one src/dst/test name; `role` is "src", "dst" or "test"."""
+        """Resolve one name where `role` (SRC, DST, TEST, IPSET, APPROVER) allows it."""
         r = self.r
         if text == "*":
-            if role == "test":
-                raise r.error(offset, "a test names one user, tag, host or IP, not '*'")
+            if role == TEST:
+                raise r.error(offset, "a test names one user, group, tag, host or IP, not '*'")
+            if role in (IPSET, APPROVER):
+                raise r.error(offset, f"{_ROLE_NAMES[role]} cannot be '*'")
             return Alias(AliasKind.ANY, text)
         if text.startswith("autogroup:"):
-            if text not in SUPPORTED_AUTOGROUPS:
-                raise r.unsupported(offset, text)
-            if text == "autogroup:self" and role != "dst":
-                raise r.error(offset, "autogroup:self can only be a destination")
-            if role == "test":
-                raise r.error(offset, f"a test names one user, tag, host or IP, not {text!r}")
-            kinds = {"autogroup:member": AliasKind.MEMBER, "autogroup:tagged": AliasKind.TAGGED}
-            return Alias(kinds.get(text, AliasKind.SELF), text)
+            return self.autogroup(text, offset, role)
+        if text.startswith("ipset:"):
+            if role in (TEST, APPROVER):
+                raise r.error(offset, f"{_ROLE_NAMES[role]} cannot be an IP set ({text!r})")
+            return Alias(AliasKind.IPSET, text, spans=self.ipset_spans(text, offset))
+        if text.startswith(("group:", "tag:")) and role == IPSET:
+            raise r.error(offset, f"{text!r}: an IP set holds addresses, not groups, tags or users")
         if text.startswith("group:"):
             if text not in self.groups:
                 raise r.error(offset, f"group {text!r} is not defined in 'groups'")
@@ -409,13 +403,38 @@ class _PolicyParser:
                 raise r.error(offset, f"tag {text!r} is not defined in 'tagOwners'")
             return Alias(AliasKind.TAG, text)
         if text in self.hosts:
-            return Alias(AliasKind.HOST, text, prefix=self.hosts[text])
-        prefix = _parse_prefix(text)
-        if prefix is not None:
-            return Alias(AliasKind.PREFIX, text, prefix=prefix)
+            if role == APPROVER:
+                raise r.error(offset, f"{_ROLE_NAMES[role]} names users, groups or tags, not host {text!r}")
+            host = self.hosts[text]
+            return Alias(AliasKind.HOST, text, prefix=host, spans=addrset.of([host]))
+        written = _parse_prefix(text)
+        if written is not None:
+            if role == APPROVER:
+                raise r.error(offset, f"{_ROLE_NAMES[role]} names users, groups or tags, not {text!r}")
+            return Alias(AliasKind.PREFIX, text, prefix=written, spans=addrset.of([written]))
         if "@" in text and not any(c.isspace() or c == ":" for c in text):
+            if role == IPSET:
+                raise r.error(offset, f"{text!r}: an IP set holds addresses, not groups, tags or users")
             return Alias(AliasKind.USER, text, users=(text,))
-        raise r.error(offset, f"{text!r} is not a user, group, tag, host or IP")
+        raise r.error(offset, f"{text!r} is not a user, group, tag, host or IP (nor an 'ipset:' name)")
+
+    def autogroup(self, text: str, offset: int, role: str) -> Alias:
+        r = self.r
+        if text not in SUPPORTED_AUTOGROUPS:
+            raise r.unsupported(offset, text)
+        kind = _AUTOGROUP_KINDS[text]
+        if role == TEST:
+            raise r.error(offset, f"a test names one user, group, tag, host or IP, not {text!r}")
+        if kind is AliasKind.SELF and role != DST:
+            raise r.error(offset, "autogroup:self can only be a destination")
+        if kind is AliasKind.INTERNET:
+            if role not in (DST, IPSET):
+                raise r.error(offset, "autogroup:internet can only be a destination (or in an IP set)")
+            return Alias(kind, text, spans=INTERNET)
+        if role == IPSET:
+            raise r.error(offset, f"{text!r}: an IP set holds addresses; autogroup:internet is the only autogroup "
+                                  "it takes")
+        return Alias(kind, text)
 
     def split_target(self, text: str, offset: int) -> tuple[str, str]:
         if text.startswith("["):  # "[fd7a::1]:22"
@@ -428,26 +447,75 @@ class _PolicyParser:
             raise self.r.error(offset, f"destination {text!r} needs ':PORTS' (for example 'tag:prod:443' or '*:*')")
         return target, ports
 
-    def ports(self, text: str, offset: int) -> tuple[PortRange, ...]:
-        if text == "*":
-            return ALL_PORTS
-        ranges: list[PortRange] = []
-        for part in text.split(","):
-            first, dash, last = part.strip().partition("-")
-            if not _PORT_RE.fullmatch(first) or (dash and not _PORT_RE.fullmatch(last)):
-                raise self.r.error(offset, f"bad port {part!r}: use '*', 22, 80,443 or 1000-2000")
-            lo, hi = int(first), int(last) if dash else int(first)
-            if hi > MAX_PORT or lo > hi:
-                raise self.r.error(offset, f"bad port range {part!r}")
-            ranges.append(PortRange(lo, hi))
-        return tuple(ranges)
-
     def destination(self, text: str, offset: int, protos: tuple[int, ...]) -> Destination:
         target, port_text = self.split_target(text, offset)
-        ports = self.ports(port_text, offset)
-        if ports != ALL_PORTS and protos != DEFAULT_PROTOS and not set(protos) <= PORT_PROTOS:
-            raise self.r.error(offset, f"destination {text!r}: ports need proto tcp, udp or sctp")
-        return Destination(self.alias(target, offset, "dst"), ports)
+        try:
+            ports = parse_ports(port_text)
+            check_ports_fit(protos, ports)
+        except ValueError as exc:
+            raise self.r.error(offset, f"destination {text!r}: {exc}") from None
+        return Destination(self.alias(target, offset, DST), ports)
+
+    # -- grants ---------------------------------------------------------------------------
+
+    def parse_grant(self, index: int, node: Node) -> Grant:
+        r = self.r
+        what = f"grants[{index}]"
+        obj = r.obj(node, what)
+        f = r.fields(obj, what, ("src", "dst", "ip"), UNSUPPORTED_GRANT_FIELDS)
+        line, col = r.doc.line_col(obj.offset)
+        for key in ("src", "dst", "ip"):
+            if key not in f:
+                why = " (meshctl grants network access: 'app' is not supported)" if key == "ip" else ""
+                raise r.error(obj.offset, f"{what}: missing {key!r}{why}")
+        lists = {key: r.strings(f[key].value, f"{what} {key}") for key in ("src", "dst", "ip")}
+        for key, items in lists.items():
+            if not items:
+                raise r.error(f[key].value.offset, f"{what}: {key} is empty")
+        sources = tuple(self.alias(text, offset, SRC) for text, offset in lists["src"])
+        destinations = tuple(self.grant_destination(text, offset) for text, offset in lists["dst"])
+        ip = merge_capabilities(self.capability(text, offset, what) for text, offset in lists["ip"])
+        return Grant(index, line, col, sources, destinations, ip, tuple(text for text, _ in lists["ip"]))
+
+    def grant_destination(self, text: str, offset: int) -> Alias:
+        try:
+            return self.alias(text, offset, DST)
+        except PolicyError:
+            head, sep, tail = text.rpartition(":")
+            if sep and head and (tail == "*" or _PORT_RE.fullmatch(tail.split("-")[0].split(",")[0])):
+                raise self.r.error(offset, f"grant destination {text!r}: a grant's dst names no ports; "
+                                           f"write {head!r} and put the ports in 'ip' (e.g. \"tcp:443\")") from None
+            raise
+
+    def capability(self, text: str, offset: int, what: str) -> Capability:
+        try:
+            return parse_ip_capability(text)
+        except ValueError as exc:
+            raise self.r.error(offset, f"{what} ip {text!r}: {exc}") from None
+
+    # -- autoApprovers --------------------------------------------------------------------
+
+    def parse_auto_approvers(self, node: Node) -> AutoApprovers:
+        """`{"routes": {"CIDR": [approvers]}, "exitNode": [approvers]}`: who may have a route
+        (inside the CIDR) or exit-node use approved without an admin naming it."""
+        r = self.r
+        f = r.fields(r.obj(node, "autoApprovers"), "autoApprovers", ("routes", "exitNode"), UNSUPPORTED_APPROVERS)
+        routes: list[RouteApproval] = []
+        if "routes" in f:
+            for member in r.obj(f["routes"].value, "autoApprovers routes").members:
+                spans = self.route_key(member.key, member.key_offset)
+                approvers = self.approvers(member.value, f"autoApprovers routes {member.key!r}")
+                routes.append(RouteApproval(member.key, spans, approvers, r.doc.line_col(member.key_offset)[0]))
+        exit_node = self.approvers(f["exitNode"].value, "autoApprovers exitNode") if "exitNode" in f else ()
+        return AutoApprovers(tuple(routes), exit_node)
+
+    def route_key(self, text: str, offset: int) -> AddrSet:
+        if not (text.startswith("ipset:") or text in self.hosts or _parse_prefix(text) is not None):
+            raise self.r.error(offset, f"autoApprovers routes: {text!r} is not a CIDR, host or IP set")
+        return self.alias(text, offset, IPSET).spans
+
+    def approvers(self, node: Node, what: str) -> tuple[Alias, ...]:
+        return tuple(self.alias(text, offset, APPROVER) for text, offset in self.r.strings(node, what))
 
     # -- tests --------------------------------------------------------------------------
 
@@ -460,7 +528,7 @@ class _PolicyParser:
         if "src" not in f:
             raise r.error(obj.offset, f"{what}: missing 'src'")
         src_node = f["src"].value
-        src = self.alias(r.text(src_node, f"{what} src"), src_node.offset, "test")
+        src = self.alias(r.text(src_node, f"{what} src"), src_node.offset, TEST)
         proto = PROTO_TCP
         if "proto" in f:
             protos = self.proto(f["proto"].value, what)
@@ -478,13 +546,37 @@ class _PolicyParser:
         if not _PORT_RE.fullmatch(port_text) or int(port_text) > MAX_PORT:
             raise self.r.error(offset, f"test destination {text!r} needs one port, like 'tag:prod:443'")
         line, col = self.r.doc.line_col(offset)
-        return TestTarget(self.alias(target, offset, "test"), int(port_text), line, col, text)
+        return TestTarget(self.alias(target, offset, TEST), int(port_text), line, col, text)
+
+
+_ROLE_NAMES: Final = {
+    TEST: "a test's source or destination",
+    IPSET: "an IP set member",
+    APPROVER: "an auto-approver",
+    SRC: "a source",
+    DST: "a destination",
+}
+
+
+def endpoint_alias(policy: Policy, text: str) -> Alias:
+    """A name as a policy test uses it (user, group, tag, host, IP or CIDR), resolved against
+    `policy`: what `meshctl acl check` takes as SRC and DST. UsageError if it is none of them."""
+    parser = _PolicyParser(hujson.parse_document("{}", "<argument>"))
+    parser.groups, parser.hosts = dict(policy.groups), dict(policy.hosts)
+    parser.tag_owners, parser.ipsets = dict(policy.tag_owners), dict(policy.ipsets)
+    try:
+        return parser.alias(text, 0, TEST)
+    except PolicyError as exc:
+        if exc.reason.startswith(f"{text!r} is not a user"):
+            raise UsageError(f"{text!r} is neither a member name nor an IP address, user, group, tag or host") from None
+        raise UsageError(exc.reason if text in exc.reason else f"{text!r}: {exc.reason}") from None
 
 
 def parse_policy(text: str, filename: str = hujson.DEFAULT_FILENAME) -> Policy:
     """Policy text (HuJSON) -> Policy, or a ParseError subclass naming file:line:col.
 
     Raises HujsonError for syntax, UnsupportedFeatureError for a Tailscale feature
-    meshctl lacks, PolicyError for anything else wrong.
+    meshctl lacks, PolicyError for anything else wrong. `Policy.warnings` lists the
+    sections loaded but not enforced (`ssh`, `sshTests`).
     """
     return _PolicyParser(hujson.parse_document(text, filename)).parse()

@@ -28,7 +28,7 @@ from lab.scenario import MeshScenario
 pytestmark = pytest.mark.netns
 
 DENIED_PING_COUNT: Final = 2
-EXIT_DENIED: Final = 1  # `meshctl acl check`: allowed 0, denied 1
+EXIT_DENIED: Final = 4  # `meshctl acl check`: allowed 0, denied 4 (1-3 are failures)
 EXIT_REFUSED: Final = 3  # `meshctl repo verify`: the change is refused
 
 

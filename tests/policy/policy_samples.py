@@ -10,6 +10,7 @@ from meshctl.coord.netmap import NetMap, NetworkSettings, Peer
 from meshctl.keys import DiscoPublic, NodePublic, VerifyKey
 
 SAMPLE_POLICY = Path(__file__).with_name("sample_policy.hujson")
+TEMPLATE_POLICY = Path(__file__).resolve().parents[2] / "coord-repo-template" / "policy.hujson"
 
 # name, last address byte, tags, owner
 SAMPLE_PEERS: tuple[tuple[str, int, tuple[str, ...], str], ...] = (
@@ -19,6 +20,24 @@ SAMPLE_PEERS: tuple[tuple[str, int, tuple[str, ...], str], ...] = (
     ("monitor", 4, ("tag:monitoring",), ""),
     ("dana-phone", 5, (), "dana@example.com"),
 )
+
+
+# name, last address byte, tags, owner: users with two devices, tagged devices (one owned, which
+# tags override), owner-less untagged devices
+MIXED_PEERS: tuple[tuple[str, int, tuple[str, ...], str], ...] = (
+    ("a", 1, (), "a@x.com"),
+    ("b", 2, (), "b@x.com"),
+    ("a2", 3, (), "a@x.com"),
+    ("s", 4, ("tag:s",), "a@x.com"),
+    ("t", 5, ("tag:t", "tag:s"), ""),
+    ("k", 6, (), ""),
+    ("k2", 7, (), ""),
+)
+
+
+def quoted(items: Sequence[str]) -> str:
+    """Items as the inside of a JSON list of strings."""
+    return ", ".join(f'"{i}"' for i in items)
 
 
 def make_peer(name: str, n: int, tags: Sequence[str] = (), owner: str = "") -> Peer:
@@ -54,3 +73,9 @@ def make_netmap(peers: Sequence[Peer], policy_text: str = "", self_name: str | N
         policy_text=policy_text,
         self_name=self_name,
     )
+
+
+def uncomment_examples(text: str) -> str:
+    """The template's policy with every commented-out example line made live."""
+    return "\n".join(line.replace("// ", "", 1) if line.strip().startswith(('// "', '// {"')) else line
+                      for line in text.splitlines())

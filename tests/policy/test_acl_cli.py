@@ -29,9 +29,10 @@ def test_allowed_names_the_rule(state_dir: Path) -> None:
     assert out == "allow: dev-laptop -> prod:443 (tcp): allowed: acls[0] (line 17) accepts group:dev -> tag:prod:443\n"
 
 
-def test_denied_exits_1(state_dir: Path) -> None:
+def test_denied_exits_4(state_dir: Path) -> None:
+    """Denied is an answer, not a failure: 4, apart from 1 (runtime), 2 (usage), 3 (refused)."""
     code, out, _ = _run(state_dir, "dev-laptop", "100.64.0.1:22", "--proto", "udp")
-    assert code == 1
+    assert code == 4
     assert out == "deny: dev-laptop -> 100.64.0.1:22 (udp): denied: no rule accepts it (default deny)\n"
 
 
@@ -46,10 +47,10 @@ def test_policy_file_override(state_dir: Path, sample_text: str, tmp_path: Path)
     edited = tmp_path / "edit.hujson"
     edited.write_text(sample_text.replace('"dst": ["tag:prod:443"]', '"dst": ["tag:prod:22,443"]'))
     assert _run(state_dir, "dev-laptop", "prod:22", "--policy", str(edited))[0] == 0
-    edited.write_text('{"ssh": []}')
+    edited.write_text('{"nodeAttrs": []}')
     code, _, err = _run(state_dir, "dev-laptop", "prod:22", "--policy", str(edited))
     assert code == 2
-    assert err == "meshctl: edit.hujson:1:2: Tailscale policy feature 'ssh' is not supported by meshctl\n"
+    assert err == "meshctl: edit.hujson:1:2: Tailscale policy feature 'nodeAttrs' is not supported by meshctl\n"
 
 
 @pytest.mark.parametrize(
@@ -57,8 +58,11 @@ def test_policy_file_override(state_dir: Path, sample_text: str, tmp_path: Path)
     [
         (("dev-laptop", "prod"), "meshctl: Unable to parse destination: `prod`\n"),
         (("dev-laptop", "prod:99999"), "meshctl: Unable to parse destination: `prod:99999`\n"),
-        (("ghost", "prod:22"), "meshctl: 'ghost' is neither a member name nor an IP address\n"),
-        (("prod", "10.1.1.1:22"), "meshctl: no member of the mesh has address 10.1.1.1\n"),
+        (("ghost", "prod:22"), "meshctl: 'ghost' is neither a member name nor an IP address, user, group, tag or "
+                               "host\n"),
+        (("prod", "tag:nope:22"), "meshctl: tag 'tag:nope' is not defined in 'tagOwners'\n"),
+        (("prod", "autogroup:member:22"), "meshctl: a test names one user, group, tag, host or IP, not "
+                                          "'autogroup:member'\n"),
     ],
 )
 def test_usage_errors(state_dir: Path, args: tuple[str, ...], message: str) -> None:
@@ -81,3 +85,10 @@ def test_check_policy_for_repo_verify(sample_text: str, sample_netmap: NetMap) -
         "policy.hujson:28:68: tests[0]: dana@example.com -> tag:prod:22 (tcp) should be denied, "
         "but acls[0] (line 17) accepts it"
     ]
+
+
+@pytest.mark.parametrize("dst", ["fd7a:115c:a1e0::1", "[fd7a:115c:a1e0::1]", "100.64.0.1", "prod", "tag:prod"])
+def test_ping_takes_a_destination_without_port(state_dir: Path, dst: str) -> None:
+    code, out, err = _run(state_dir, "monitor", dst, "--proto", "icmp")
+    assert code == 0, err
+    assert "ICMP echo, allowed because acls[2]" in out

@@ -1,13 +1,11 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from policy_samples import make_netmap, make_peer
+from policy_samples import MIXED_PEERS, TEMPLATE_POLICY, make_netmap, make_peer, quoted, uncomment_examples
 
 from meshctl.coord.netmap import NetMap
 from meshctl.errors import UsageError
@@ -114,8 +112,9 @@ def test_evaluate_names_the_rule(sample_policy: Policy, sample_netmap: NetMap) -
 def test_evaluate_refuses_unknown_endpoints(sample_policy: Policy, sample_netmap: NetMap) -> None:
     with pytest.raises(UsageError, match="'nope' is neither a member name nor an IP"):
         evaluate(sample_policy, sample_netmap, "nope", "prod", 22)
-    with pytest.raises(UsageError, match="no member of the mesh has address 10.9.9.9"):
-        evaluate(sample_policy, sample_netmap, "prod", "10.9.9.9", 22)
+    # An address no member has is answered from the policy, saying that nothing carries it.
+    d = evaluate(sample_policy, sample_netmap, "prod", "10.9.9.9", 22)
+    assert not d.allowed and "no member has 10.9.9.9 and no approved route covers it" in d.reason
     with pytest.raises(UsageError, match="unknown protocol 'bogus'"):
         evaluate(sample_policy, sample_netmap, "prod", "prod", 22, "bogus")
 
@@ -205,17 +204,6 @@ def test_no_acls_means_deny_all() -> None:
 # -- the node's compiled filter and the identity-based test evaluator agree -----------
 
 
-def _quoted(items: Iterable[str]) -> str:
-    return ", ".join(f'"{i}"' for i in items)
-
-
-PEERS = [
-    ("a", 1, (), "a@x.com"),
-    ("b", 2, (), "b@x.com"),
-    ("a2", 3, (), "a@x.com"),
-    ("s", 4, ("tag:s",), "a@x.com"),
-    ("t", 5, ("tag:t", "tag:s"), ""),
-]
 SRC = [
     "*",
     "a@x.com",
@@ -251,7 +239,7 @@ def test_compiled_filter_agrees_with_policy_tests(
     acls: list[tuple[list[str], list[tuple[str, str]], str]], port: int, proto: str
 ) -> None:
     rules = ",".join(
-        f'{{"action": "accept", "src": [{_quoted(src)}], "dst": [{_quoted(f"{d}:{p}" for d, p in dst)}],'
+        f'{{"action": "accept", "src": [{quoted(src)}], "dst": [{quoted(f"{d}:{p}" for d, p in dst)}],'
         f' "proto": {pr}}}'
         for src, dst, pr in acls
     )
@@ -259,7 +247,7 @@ def test_compiled_filter_agrees_with_policy_tests(
         '{"groups": {"group:g": ["b@x.com"]}, "tagOwners": {"tag:s": [], "tag:t": []},'
         f' "hosts": {{"h": "100.64.0.2"}}, "acls": [{rules}]'
     )
-    netmap = make_netmap([make_peer(*p) for p in PEERS])
+    netmap = make_netmap([make_peer(*p) for p in MIXED_PEERS])
     policy = parse_policy(base + "}")
     for src in netmap.peers:
         for dst in netmap.peers:
@@ -272,7 +260,7 @@ def test_compiled_filter_agrees_with_policy_tests(
 
 
 def test_default_template_policy_lets_all_members_reach_each_other() -> None:
-    text = (Path(__file__).with_name("default_policy.hujson")).read_text()
+    text = TEMPLATE_POLICY.read_text()
     netmap = make_netmap([make_peer("a", 1), make_peer("b", 2, ("tag:x",)), make_peer("c", 3, (), "c@x.com")])
     policy = parse_policy(text)
     assert run_policy_tests(policy, netmap) == []
@@ -280,17 +268,15 @@ def test_default_template_policy_lets_all_members_reach_each_other() -> None:
         for dst in ("a", "b", "c"):
             assert evaluate(policy, netmap, src, dst, 22).allowed
             assert evaluate(policy, netmap, src, dst, 5353, "udp").allowed
-    # Uncommenting the examples yields a valid policy whose own test passes.
-    uncommented = "\n".join(
-        line.replace("// ", "", 1)
-        if line.strip().startswith(('// "group:', '// "tag:prod"', '// "backup-net"', '// {"'))
-        else line
-        for line in text.splitlines()
-    )
-    # With the allow-all rule still there, the example test catches that dev reaches :22 ...
-    problems = run_policy_tests(parse_policy(uncommented), netmap)
+    # Uncommenting the examples (grants, IP sets, autoApprovers too) yields a valid policy ...
+    uncommented = uncomment_examples(text)
+    live = parse_policy(uncommented)
+    assert (len(live.acls), len(live.grants), len(live.ipsets), len(live.auto_approvers.routes)) == (5, 1, 1, 1)
+    # ... with the allow-all rule still there, the example test catches that dev reaches :22 ...
+    problems = run_policy_tests(live, netmap)
+    line = next(i for i, t in enumerate(text.splitlines(), 1) if '"dst": ["*:*"]' in t)
     assert [p.split(": ", 2)[2] for p in problems] == [
-        "alice@example.com -> tag:prod:22 (tcp) should be denied, but acls[0] (line 27) accepts it"
+        f"alice@example.com -> tag:prod:22 (tcp) should be denied, but acls[0] (line {line}) accepts it"
     ]
     # ... and without it the examples form a zero-trust policy that passes its tests.
     zero_trust = uncommented.replace('{"action": "accept", "src": ["*"], "dst": ["*:*"]},', "")

@@ -137,14 +137,12 @@ def test_policy_errors_name_line_and_column(text: str, where: str, reason: str) 
 @pytest.mark.parametrize(
     ("section", "feature"),
     [
-        ('"ssh": []', "ssh"),
-        ('"SSH": []', "ssh"),
-        ('"grants": []', "grants"),
-        ('"autoApprovers": {}', "autoApprovers"),
         ('"nodeAttrs": []', "nodeAttrs"),
+        ('"NodeAttrs": []', "nodeAttrs"),
         ('"derpMap": {}', "derpMap"),
         ('"postures": {}', "postures"),
-        ('"sshTests": []', "sshTests"),
+        ('"disableIPv4": true', "disableIPv4"),
+        ('"randomizeClientPort": true', "randomizeClientPort"),
     ],
 )
 def test_unsupported_sections_are_named(section: str, feature: str) -> None:
@@ -154,7 +152,7 @@ def test_unsupported_sections_are_named(section: str, feature: str) -> None:
     assert str(info.value) == (f"policy.hujson:3:3: Tailscale policy feature {feature!r} is not supported by meshctl")
 
 
-@pytest.mark.parametrize("alias", ["autogroup:internet", "autogroup:shared", "autogroup:danger-all", "autogroup:admin"])
+@pytest.mark.parametrize("alias", ["autogroup:shared", "autogroup:danger-all", "autogroup:admin", "autogroup:nonroot"])
 def test_unsupported_autogroups_are_named(alias: str) -> None:
     text = f'{{"acls": [\n {{"action": "accept", "src": ["*"], "dst": ["{alias}:*"]}}]}}'
     with pytest.raises(UnsupportedFeatureError) as info:
