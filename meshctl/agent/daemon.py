@@ -205,7 +205,8 @@ class Agent:
                               endpoint_overrides=overrides, fetch=fetch,
                               extra_addresses=(MAGIC_INTERFACE_ADDRESS,) if self.accept_dns else (),
                               known_netmap=self.last.netmap if self.last else None,
-                              publish=lambda _view: request)
+                              publish=lambda view: request and replace(
+                                  request, replaced=view is not None and view.own_replaced))
             result.netmap  # noqa: B018 - a no-op pass loads its map lazily: here, where errors are caught
         # Here, in the pass's thread: ctypes lets go of the GIL, and the event loop (disco, DNS)
         # never waits for the trim. A pass's garbage (git packs, parsed maps) leaves the C heap.

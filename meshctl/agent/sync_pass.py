@@ -192,7 +192,8 @@ def cron_publish_plan(settings: Settings, now: int) -> PublishPlan:
         published = NodeState(settings.state_dir).load_published()
         candidates = local_candidates(ipv4_interfaces(settings.interface), settings.listen_port)
         looking = view is not None and newer_fresh_record(view.records.values(), published.at, now)
-        return PublishRequest(candidates, agent=False, someone_looking=looking)
+        return PublishRequest(candidates, agent=False, someone_looking=looking,
+                              replaced=view is not None and view.own_replaced)
 
     return plan
 

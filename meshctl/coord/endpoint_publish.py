@@ -39,6 +39,7 @@ class PublishRequest:
     agent: bool
     someone_looking: bool
     started: bool = False  # the agent has not published since it started (peers may have lost it)
+    replaced: bool = False  # the host no longer holds what this device published last
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,12 +56,14 @@ class Published:
 
 
 def publish_reason(pub: Published, candidates: tuple[str, ...], agent: bool, now: int,
-                   someone_looking: bool, started: bool = False) -> str | None:
+                   someone_looking: bool, started: bool = False, replaced: bool = False) -> str | None:
     """Why to push now (for the log), or None to leave the record as it is.
 
     `started`: an agent that has not published since it started. Its peers may have lost their
     paths to it meanwhile (a reboot outlasts the NATs' mappings) and, their own records stale,
-    look for nobody: a fresh record brings them back (RESTART_REFRESH_S old at least)."""
+    look for nobody: a fresh record brings them back (RESTART_REFRESH_S old at least).
+    `replaced`: the branch no longer holds our last record (deleted, or overwritten by another
+    member with push rights, which it cannot sign): put it back, at most every RESTART_REFRESH_S."""
     tried = pub.tried_at if pub.tried_at is not None else -10**12
     if pub.refused is not None and now - tried < NO_RIGHTS_RETRY_S:
         return None
@@ -74,6 +77,8 @@ def publish_reason(pub: Published, candidates: tuple[str, ...], agent: bool, now
         return "refresh for a peer that is looking"
     if started and now - pub.at >= RESTART_REFRESH_S:
         return "agent started"
+    if replaced and now - pub.at >= RESTART_REFRESH_S:
+        return "the branch no longer holds our record"
     if pub.refused is not None or pub.failed is not None:
         return "retry"
     return None

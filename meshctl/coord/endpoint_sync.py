@@ -76,7 +76,9 @@ def read_endpoints(repo: pygit2.Repository, node: NodeState, network_id: str, st
             records[name] = parse_endpoint(cached[1].encode())
     if (dict(mem.seen), dict(mem.accepted), dict(mem.refused), mem.state_sha256) != before:
         node.save_endpoint_memory(mem)
-    return EndpointView(records, refused)
+    published = repo.references.get(gitrepo.PUBLISH_REF)
+    replaced = published is not None and tips.get(self_name) != str(published.target)
+    return EndpointView(records, refused, replaced)
 
 
 def _judge_branch(repo: pygit2.Repository, name: str, commit: str, identity: VerifyKey | None,
@@ -113,7 +115,7 @@ def publish_if_due(repo_dir: Path, url: str, node: NodeState, load_keys: Callabl
     `member` is asked only then: nobody would accept a record of a device not (yet) in the state."""
     pub = node.load_published()
     reason = endpoint_publish.publish_reason(pub, request.candidates, request.agent, now, request.someone_looking,
-                                             request.started)
+                                             request.started, request.replaced)
     if reason is None or not member():
         return pub
     keys = load_keys()

@@ -79,6 +79,7 @@ class EndpointView:
 
     records: Mapping[str, EndpointRecord] = field(default_factory=dict)  # newest accepted, per member
     refused: Mapping[str, str] = field(default_factory=dict)  # member -> why its branch is not used
+    own_replaced: bool = False  # this device's own branch is not what it published last (gone, or rewritten)
 
 
 def sha256_hex(data: bytes) -> str:

@@ -187,6 +187,27 @@ def test_an_unreachable_host_is_not_mistaken_for_no_rights(host: Host, tmp_path:
     assert not isinstance(info.value, gitrepo.PushRefused)
 
 
+def test_a_branch_another_member_replaced_is_put_back(host: Host, tmp_path: Path) -> None:
+    """Anyone with push rights can push any branch: desk overwrites laptop's (it cannot sign for
+    laptop: refused by everyone), laptop sees it on its next fetch and publishes again."""
+    laptop, desk = node(host, tmp_path, "laptop"), node(host, tmp_path, "desk")
+    now = int(time.time())
+    laptop.publish(host.mesh, now=now)
+    host.plant("laptop", record_files(host, "laptop", signer=host.mesh.devices["desk"].identity))
+    assert "not signed" in desk.fetch_and_read(host.mesh).refused["laptop"]
+    view = laptop.fetch_and_read(host.mesh)
+    assert view.own_replaced
+    network_id = host.mesh.verify().root.network_id
+    request = PublishRequest(CANDIDATES, True, False, replaced=view.own_replaced)
+    publish_if_due(laptop.repo_dir, laptop.url, laptop.state, lambda: laptop.keys, network_id, "laptop", request,
+                   now + 30)  # not at once: a host that keeps replacing it is not fought every fetch
+    assert "not signed" in desk.fetch_and_read(host.mesh).refused["laptop"]
+    publish_if_due(laptop.repo_dir, laptop.url, laptop.state, lambda: laptop.keys, network_id, "laptop", request,
+                   now + 60)
+    assert desk.fetch_and_read(host.mesh).records["laptop"].candidates == CANDIDATES
+    assert not laptop.fetch_and_read(host.mesh).own_replaced
+
+
 def test_a_deleted_branch_goes_from_the_clone_too(host: Host, tmp_path: Path) -> None:
     laptop, desk = node(host, tmp_path, "laptop"), node(host, tmp_path, "desk")
     laptop.publish(host.mesh)
