@@ -8,14 +8,15 @@ does not disturb tunnels; `meshctl down` is what removes it.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import logging
 import os
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, TypeVar
 
 from meshctl.agent import control, heap
 from meshctl.agent.lock import state_lock
@@ -25,12 +26,14 @@ from meshctl.agent.record_poll import RecordPoll
 from meshctl.agent.sync_pass import PassResult, run_pass
 from meshctl.coord.endpoint_publish import PublishRequest
 from meshctl.coord.endpoint_record import EndpointRecord
+from meshctl.coord.endpoint_verify import EndpointView
 from meshctl.coord.netmap import NetMap
 from meshctl.errors import EXIT_FAILURE, EXIT_OK, MeshctlError
 from meshctl.fsutil import atomic_write, ensure_private_dir
 from meshctl.settings import Settings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DEFAULT_SYNC_INTERVAL_S: Final = 60.0
 RETRY_AFTER_FAILURE_S: Final = 10.0
@@ -151,13 +154,10 @@ class Agent:
         if not self._extensions_started:
             await self._prime_extensions()
         fetched = self._fetch_due()
-        request = self.signalling.publish_request() if self.signalling is not None else None
-        if request is not None and not self._published_since_start:
-            request = replace(request, started=True)
         if fetched:
             self._last_fetch_at = asyncio.get_running_loop().time()
         try:
-            result = await asyncio.to_thread(self._pass_blocking, fetched, request)
+            result = await asyncio.to_thread(self._pass_blocking, fetched)
         except MeshctlError as exc:
             self.last_error, self.last_exit_code = exc.message, exc.exit_code
             log.warning("sync failed: %s", exc.message)
@@ -196,7 +196,31 @@ class Agent:
         pathless = self.signalling.pathless()
         self._poll.update(pathless, bool(news & pathless), now)
 
-    def _pass_blocking(self, fetch: bool, request: PublishRequest | None) -> PassResult:
+    def _publish_request(self, view: EndpointView | None) -> PublishRequest | None:
+        """On the loop: what our endpoint record would say now (asked by the pass when it gets
+        there: the first netcheck often settles while the first pass starts wireguard-go)."""
+        request = self.signalling.publish_request() if self.signalling is not None else None
+        if request is None:
+            return None
+        return replace(request, started=not self._published_since_start,
+                       replaced=view is not None and view.own_replaced)
+
+    def _on_loop(self, fn: Callable[[], T]) -> T:
+        """Run `fn` on the event loop from the pass's thread and wait for its value (the loop is
+        free meanwhile: it only waits for the pass)."""
+        assert self._loop is not None
+        done: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+        def call() -> None:
+            try:
+                done.set_result(fn())
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+                done.set_exception(exc)
+
+        self._loop.call_soon_threadsafe(call)
+        return done.result(timeout=LOCK_WAIT_S)
+
+    def _pass_blocking(self, fetch: bool) -> PassResult:
         overrides: dict[str, str | None] = {}
         for ext in self.extensions:
             overrides.update(ext.endpoint_overrides())
@@ -205,8 +229,7 @@ class Agent:
                               endpoint_overrides=overrides, fetch=fetch,
                               extra_addresses=(MAGIC_INTERFACE_ADDRESS,) if self.accept_dns else (),
                               known_netmap=self.last.netmap if self.last else None,
-                              publish=lambda view: request and replace(
-                                  request, replaced=view is not None and view.own_replaced))
+                              publish=lambda view: self._on_loop(lambda: self._publish_request(view)))
             result.netmap  # noqa: B018 - a no-op pass loads its map lazily: here, where errors are caught
         # Here, in the pass's thread: ctypes lets go of the GIL, and the event loop (disco, DNS)
         # never waits for the trim. A pass's garbage (git packs, parsed maps) leaves the C heap.

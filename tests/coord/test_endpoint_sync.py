@@ -208,6 +208,24 @@ def test_a_branch_another_member_replaced_is_put_back(host: Host, tmp_path: Path
     assert not laptop.fetch_and_read(host.mesh).own_replaced
 
 
+def test_a_site_mirror_serves_fetches_while_records_go_to_the_origin(host: Host, tmp_path: Path) -> None:
+    """The README's recipe for a mesh that outgrows one git host: devices fetch from a read-only
+    mirror near them (nothing in git is trusted) and push their records to the origin, set as
+    the push URL of meshctl's own clone."""
+    mirror = tmp_path / "mirror.git"
+    subprocess.run(["git", "clone", "-q", "--mirror", str(host.bare), str(mirror)], check=True)
+    laptop = Node(tmp_path / "site", str(mirror), "laptop", host.mesh.devices["laptop"])
+    with gitrepo.opened(laptop.repo_dir, laptop.url) as repo:
+        repo.remotes.set_push_url("origin", host.url)
+    pub = laptop.publish(host.mesh)
+    assert pub.at is not None and pub.refused is None
+    assert host.branch_commits("laptop") == 1  # on the origin
+    assert pygit2.Repository(str(mirror)).references.get("refs/heads/endpoints/laptop") is None
+    subprocess.run(["git", "--git-dir", str(mirror), "fetch", "-q", "--prune", "origin"], check=True)
+    desk = Node(tmp_path / "site-desk", str(mirror), "desk", host.mesh.devices["desk"])
+    assert desk.fetch_and_read(host.mesh).records["laptop"].candidates == CANDIDATES  # via the mirror
+
+
 def test_a_deleted_branch_goes_from_the_clone_too(host: Host, tmp_path: Path) -> None:
     laptop, desk = node(host, tmp_path, "laptop"), node(host, tmp_path, "desk")
     laptop.publish(host.mesh)
