@@ -29,9 +29,11 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the lab, next to meshctl
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from lab import PORT_RESTRICTED, Lab, lab_unavailable, open_lab  # noqa: E402
+from dataplane_common import require_root  # noqa: E402  (also puts the lab on the path)
+
+from lab import PORT_RESTRICTED, Lab, open_lab  # noqa: E402
 from lab.scenario import MeshScenario, build_nat_mesh, build_relay_mesh  # noqa: E402
 
 PING_GIVE_UP_S = 60.0
@@ -87,10 +89,7 @@ def series(label: str, runs: int, build: str, cold: bool) -> list[float]:
 
 
 def main() -> int:
-    reason = lab_unavailable()
-    if reason:
-        print(f"needs the lab: {reason}", file=sys.stderr)
-        return 1
+    require_root()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--baseline-bin", help="meshctl built before this change: the relay mesh again with it")

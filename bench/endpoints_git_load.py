@@ -23,9 +23,11 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the lab, next to meshctl
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from lab import PORT_RESTRICTED, Lab, Node, lab_unavailable, open_lab  # noqa: E402
+from dataplane_common import require_root  # noqa: E402  (also puts the lab on the path)
+
+from lab import PORT_RESTRICTED, Lab, Node, open_lab  # noqa: E402
 from lab.core import wait_for  # noqa: E402
 from lab.scenario import MeshScenario, build_nat_mesh  # noqa: E402
 
@@ -68,10 +70,7 @@ def plant_branches(repo_dir: Path, n: int) -> None:
 
 
 def main() -> int:
-    reason = lab_unavailable()
-    if reason:
-        print(f"needs the lab: {reason}", file=sys.stderr)
-        return 1
+    require_root()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--window", type=float, default=600.0, help="seconds counted in each phase")
     args = ap.parse_args()

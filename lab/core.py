@@ -160,14 +160,16 @@ def meshctl_argv() -> list[str]:
     return [sys.executable, "-m", "meshctl"]
 
 
-def lab_unavailable() -> str | None:
-    """Why the lab cannot run here (for pytest.skip), or None when it can."""
+def lab_unavailable(tools: Sequence[str] = ()) -> str | None:
+    """Why the lab cannot run here (for pytest.skip), or None when it can; `tools`: programs the
+    caller needs besides (named in the reason)."""
     if os.geteuid() != 0:
         return "the network lab needs root (network namespaces)"
     for tool in ("ip", "nft"):
         if shutil.which(tool) is None:
             return f"the network lab needs `{tool}` (Debian: iproute2, nftables)"
-    return None
+    missing = [t for t in tools if shutil.which(t) is None]
+    return f"needs {', '.join(f'`{t}`' for t in missing)} on PATH" if missing else None
 
 
 def poll(check: Callable[[], bool], what: str, timeout: float = READY_TIMEOUT_S) -> None:

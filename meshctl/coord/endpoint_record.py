@@ -26,7 +26,6 @@ from typing import Any, Final
 
 from meshctl.coord import records, strictjson
 from meshctl.coord.records import NAME_RE, NETWORK_ID_RE
-from meshctl.errors import ParseError
 from meshctl.keys import DiscoPublic, NodePublic
 
 ENDPOINT_TYPE: Final = "meshctl-endpoint"
@@ -102,22 +101,14 @@ def parse_endpoint(data: bytes, name: str = RECORD_FILE) -> EndpointRecord:
     agent = r.doc.get("agent", True)
     if type(agent) is not bool:
         raise r.fail("agent", "must be true or false")
-    try:
-        disco = DiscoPublic.from_b64(r.text("disco_key"))
-    except ParseError as exc:
-        raise r.fail("disco_key", str(exc)) from None
-    try:
-        wg_key = NodePublic.from_b64(r.text("wg_public_key"))
-    except ParseError as exc:
-        raise r.fail("wg_public_key", str(exc)) from None
     return EndpointRecord(
         network_id=r.text("network_id", NETWORK_ID_RE),
         name=r.text("name", NAME_RE),
         counter=r.integer("counter", 0, MAX_COUNTER),
         timestamp=r.time("timestamp"),
         candidates=tuple(candidates),
-        disco_key=disco,
-        wg_public_key=wg_key,
+        disco_key=r.disco_public("disco_key"),
+        wg_public_key=r.node_public("wg_public_key"),
         agent=agent,
     )
 

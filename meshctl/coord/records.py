@@ -136,6 +136,18 @@ class _Reader:
             raise self.fail(key, "must be an object")
         return value
 
+    def node_public(self, key: str) -> NodePublic:
+        try:
+            return NodePublic.from_b64(self.text(key))
+        except ParseError as exc:
+            raise self.fail(key, str(exc)) from None
+
+    def disco_public(self, key: str) -> DiscoPublic:
+        try:
+            return DiscoPublic.from_b64(self.text(key))
+        except ParseError as exc:
+            raise self.fail(key, str(exc)) from None
+
     def verify_key(self, key: str) -> VerifyKey:
         try:
             return VerifyKey.from_text(self.text(key))
@@ -234,14 +246,8 @@ def parse_peer(data: bytes, name: str) -> PeerRecord:
     r.only({"type", "network_id", "name", "identity_key", "wg_public_key", "disco_key", "created"},
            {"endpoints"})
     _type_check(r, PEER_TYPE)
-    try:
-        wg_key = NodePublic.from_b64(r.text("wg_public_key"))
-    except ParseError as exc:
-        raise r.fail("wg_public_key", str(exc)) from None
-    try:
-        disco = DiscoPublic.from_b64(r.text("disco_key"))
-    except ParseError as exc:
-        raise r.fail("disco_key", str(exc)) from None
+    wg_key = r.node_public("wg_public_key")
+    disco = r.disco_public("disco_key")
     endpoints = r.str_list("endpoints", MAX_ENDPOINTS, HOSTPORT_RE)
     for ep in endpoints:
         if not 1 <= int(ep.rsplit(":", 1)[1]) <= 65535:

@@ -4,7 +4,6 @@ endpoint, a cron-synced server, and what a git host with write access can plant.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,12 +22,9 @@ GIT_SIG = pygit2.Signature("host", "host@example.com")
 
 
 def need_lab() -> None:
-    reason = lab_unavailable()
+    reason = lab_unavailable(("wireguard-go", "turnserver", "git", "ping"))
     if reason:
         pytest.skip(reason)
-    for tool in ("wireguard-go", "turnserver", "git", "ping"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"needs `{tool}` on PATH")
 
 
 def state_dir(lab: Lab, node: Node) -> Path:
