@@ -58,7 +58,8 @@ def branch_of(name: str) -> str:
 
 def canonical_candidate(text: str) -> str:
     """The one accepted spelling of a candidate; ValueError for anything else (host names,
-    port 0, leading zeros, upper-case or uncompressed IPv6, scoped or unspecified addresses)."""
+    port 0, leading zeros, upper-case or uncompressed IPv6, scoped, unspecified, multicast or
+    loopback addresses: a member's record must not send others' probes to their own host)."""
     if len(text) > MAX_CANDIDATE_CHARS:
         raise ValueError("too long")
     host, sep, port_text = text.rpartition(":")
@@ -73,8 +74,8 @@ def canonical_candidate(text: str) -> str:
     else:
         ip = ipaddress.IPv4Address(host)
         out = f"{ip}:{int(port_text)}"
-    if ip.is_unspecified or ip.is_multicast:
-        raise ValueError("not a unicast address")
+    if ip.is_unspecified or ip.is_multicast or ip.is_loopback:
+        raise ValueError("not a unicast address another device can reach")
     if out != text:
         raise ValueError(f"not in canonical form (expected {out!r})")
     return out

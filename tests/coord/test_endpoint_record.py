@@ -71,6 +71,8 @@ def test_a_record_that_tries_to_say_more_is_refused(field: str) -> None:
     ("2001:db8::1:51820", "octets"),
     ("0.0.0.0:51820", "unicast"),
     ("224.0.0.1:51820", "unicast"),
+    ("127.0.0.1:22", "unicast"),  # probes of other nodes to their own host
+    ("[::1]:22", "unicast"),
     ("[::ffff:1.2.3.4]:51820", "plain"),
 ])
 def test_candidates_are_literal_and_canonical(value: str, why: str) -> None:
