@@ -26,7 +26,12 @@ from meshctl.settings import Settings
 if TYPE_CHECKING:
     from meshctl.agent.desired import Desired
     from meshctl.agent.reconcile import Plan, Reconciler
+    from meshctl.coord.endpoint_publish import Published, PublishRequest
+    from meshctl.coord.endpoint_verify import EndpointView
     from meshctl.coord.netmap import NetMap
+
+# What this device would publish, given what the devices' branches say (None: nothing).
+PublishPlan = Callable[["EndpointView | None"], "PublishRequest | None"]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +46,8 @@ class PassResult:
     coordination_error: MeshctlError | None  # fetch/verify failed: the last good map was used
     apply_errors: tuple[MeshctlError, ...] = ()
     load_netmap: Callable[[], NetMap] = field(default=lambda: _no_netmap(), repr=False, compare=False)
+    endpoints: EndpointView | None = None  # the devices' branches, when this pass fetched them
+    published: Published | None = None  # this device's own record, when this pass looked at it
 
     @cached_property
     def netmap(self) -> NetMap:
@@ -58,6 +65,7 @@ class Coordination:
     netmap: NetMap | None  # built in this pass, if it was
     accepted: bool
     error: MeshctlError | None
+    endpoints: EndpointView | None = None  # the devices' own branches, fetched with main
 
 
 def update_coordination(settings: Settings, now: int, fetch: bool = True) -> Coordination:
@@ -65,8 +73,8 @@ def update_coordination(settings: Settings, now: int, fetch: bool = True) -> Coo
     node = NodeState(settings.state_dir)
     if fetch:
         try:
-            result = fetch_and_verify(settings.state_dir, settings.repo_dir, now)
-            return Coordination(result.memory, result.netmap, result.changed, None)
+            result = fetch_and_verify(settings.state_dir, settings.repo_dir, now, endpoints=True)
+            return Coordination(result.memory, result.netmap, result.changed, None, result.endpoints)
         except (GitError, VerificationError) as exc:
             memory = node.load_memory()
             if memory is None or not node.has_netmap():
@@ -128,12 +136,15 @@ def run_pass(settings: Settings, now: int, *, dry_run: bool = False, fetch: bool
              endpoint_overrides: Mapping[str, str | None] | None = None,
              extra_addresses: Addresses = (),
              before_apply: Callable[[], None] | None = None,
-             known_netmap: NetMap | None = None) -> PassResult:
+             known_netmap: NetMap | None = None,
+             publish: PublishPlan | None = None) -> PassResult:
     """`before_apply` runs only when the pass will touch the host (e.g. the CLI's preflight);
-    `known_netmap`, the agent's map from its previous pass, is reused while still in force."""
+    `known_netmap`, the agent's map from its previous pass, is reused while still in force;
+    `publish` says what this device's own endpoint record would say (pushed when due)."""
     coord = update_coordination(settings, now, fetch)
     overrides = endpoint_overrides or {}
     cfg = NodeState(settings.state_dir).load_config()
+    published = None if dry_run or publish is None else publish_own_record(settings, publish, coord, now)
     inputs = noop_pass.pass_inputs(settings, cfg.name, coord.memory, overrides, extra_addresses)
     memory = coord.memory
 
@@ -148,7 +159,8 @@ def run_pass(settings: Settings, now: int, *, dry_run: bool = False, fetch: bool
         from meshctl.agent.reconcile import EMPTY_PLAN
 
         record_pass(settings.state_dir, now, memory.serial, coord.error, [], fetch)
-        return PassResult(memory.serial, EMPTY_PLAN, coord.accepted, coord.error, load_netmap=load)
+        return PassResult(memory.serial, EMPTY_PLAN, coord.accepted, coord.error, load_netmap=load,
+                          endpoints=coord.endpoints, published=published)
     from meshctl.agent.reconcile import Reconciler
 
     netmap = load()
@@ -156,7 +168,7 @@ def run_pass(settings: Settings, now: int, *, dry_run: bool = False, fetch: bool
     reconciler = reconciler or Reconciler(settings.interface, settings.wg_backend, settings.state_dir)
     if dry_run:
         return PassResult(netmap.serial, reconciler.dry_run(desired), coord.accepted, coord.error,
-                          load_netmap=lambda: netmap)
+                          load_netmap=lambda: netmap, endpoints=coord.endpoints)
     if before_apply is not None:
         before_apply()
     result = reconciler.apply(desired)
@@ -166,7 +178,46 @@ def run_pass(settings: Settings, now: int, *, dry_run: bool = False, fetch: bool
     noop_pass.remember_full_pass(settings.state_dir, settings.interface, inputs if clean else None,
                                  result.device, reconciler.backend.name, now, _resolves_names(netmap))
     return PassResult(netmap.serial, result.plan, coord.accepted, coord.error, tuple(result.errors),
-                      load_netmap=lambda: netmap)
+                      load_netmap=lambda: netmap, endpoints=coord.endpoints, published=published)
+
+
+def cron_publish_plan(settings: Settings, now: int) -> PublishPlan:
+    """What `meshctl sync` (cron, no agent) publishes: its local addresses with WireGuard's port,
+    saying no agent answers disco here, so peers use its static endpoint or candidates at once.
+    Its record is refreshed for a peer that published after it (that peer may be looking)."""
+    def plan(view: EndpointView | None) -> PublishRequest:
+        from meshctl.coord.endpoint_publish import PublishRequest, newer_fresh_record
+        from meshctl.netaddrs import ipv4_interfaces, local_candidates
+
+        published = NodeState(settings.state_dir).load_published()
+        candidates = local_candidates(ipv4_interfaces(settings.interface), settings.listen_port)
+        looking = view is not None and newer_fresh_record(view.records.values(), published.at, now)
+        return PublishRequest(candidates, agent=False, someone_looking=looking,
+                              replaced=view is not None and view.own_replaced)
+
+    return plan
+
+
+def publish_own_record(settings: Settings, plan: PublishPlan, coord: Coordination, now: int) -> Published | None:
+    """Push this device's endpoint record when due (coord/endpoint_publish.py). Only a member
+    publishes, and never while the repository could not be reached in this pass."""
+    from meshctl.coord.endpoint_sync import publish_if_due
+    from meshctl.identity import load_device_keys
+
+    if coord.error is not None:
+        return None
+    request = plan(coord.endpoints)
+    if request is None:
+        return None
+    node = NodeState(settings.state_dir)
+    cfg = node.load_config()
+
+    def member() -> bool:  # asked only when a push is due: a no-op pass loads no map
+        netmap = coord.netmap or node.load_netmap()
+        return netmap is not None and netmap.peer(cfg.name) is not None
+
+    return publish_if_due(settings.repo_dir, cfg.repo_url, node, lambda: load_device_keys(settings.keys_dir),
+                          cfg.network_id, cfg.name, request, now, member, cfg.ssh_key)
 
 
 def dry_run_report(settings: Settings, now: int, render: Callable[[NetMap, Plan], str]) -> PassReport:

@@ -46,8 +46,10 @@ def status(
             device = backend.read()
     agent = query_agent(settings.control_socket, {"cmd": "status"})
     now = int(time.time())
+    cfg = node.load_config()
     doc = build_status(netmap, device, device_info, node.fetched_at(),
-                       _read_json(settings.state_dir / "last-sync.json"), now, agent)
+                       _read_json(settings.state_dir / "last-sync.json"), now, agent,
+                       node.load_endpoint_view(cfg.network_id), node.load_published())
     typer.echo(json.dumps(doc, indent=2) if as_json else render_status(doc, now))
 
 

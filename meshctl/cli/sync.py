@@ -26,7 +26,7 @@ def sync(
 ) -> None:
     """Fetch the coordination repository, verify it and apply it to this node. Quiet when nothing changed."""
     from meshctl.agent.lock import state_lock
-    from meshctl.agent.sync_pass import dry_run_report, run_pass
+    from meshctl.agent.sync_pass import cron_publish_plan, dry_run_report, run_pass
     from meshctl.cli import preflight
     from meshctl.errors import VerificationError
 
@@ -49,7 +49,7 @@ def sync(
                 report = dry_run_report(settings, now, functools.partial(_render_dry_run, settings.interface))
             else:
                 result = run_pass(settings, now, before_apply=lambda: preflight.network_preflight(
-                    settings.interface, settings.listen_port))
+                    settings.interface, settings.listen_port), publish=cron_publish_plan(settings, now))
         except VerificationError as exc:
             raise VerificationError(exc.message, clock or exc.hint) from None
     if dry_run:

@@ -6,6 +6,10 @@
   forward. It is all a no-op pass reads about the coordination state.
 - netmap.json: the last accepted NetMap (so a no-op sync needs no re-verification).
 - records-cache.json: peer records already verified, keyed by git blob ids.
+- endpoints.json: per device, the newest endpoint record accepted (its counter only moves
+  forward: a lower one is a rollback) and the record itself for the state it was judged in.
+- endpoint-published.json: what this device last published on its own branch, and whether the
+  host let it (no push rights is remembered).
 
 Every file is written atomically: a crash or a full disk leaves the old one intact.
 """
@@ -13,7 +17,8 @@ Every file is written atomically: a crash or a full disk leaves the old one inta
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+import logging
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,8 +27,12 @@ from meshctl.errors import MeshctlError
 from meshctl.fsutil import atomic_write, ensure_private_dir
 
 if TYPE_CHECKING:  # imported where used: a no-op pass reads trust.json and node.json only
+    from meshctl.coord.endpoint_publish import Published
+    from meshctl.coord.endpoint_verify import EndpointView, Seen
     from meshctl.coord.netmap import NetMap
     from meshctl.coord.records import PeerRecord
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +147,87 @@ class NodeState:
         recs = {k: [d, *_record_to_list(r)] for k, (d, r) in cache.items() if k in keep}
         atomic_write(self.cache_path,
                      json.dumps({"network_id": network_id, "records": recs}).encode())
+
+    # --- endpoints.json
+    @property
+    def endpoints_path(self) -> Path:
+        return self.dir / "endpoints.json"
+
+    def load_endpoint_memory(self, network_id: str) -> EndpointMemory:
+        from meshctl.coord.endpoint_verify import Seen
+
+        try:
+            doc = json.loads(self.endpoints_path.read_text())
+            if doc.get("network_id") != network_id:
+                return EndpointMemory(network_id)
+            seen = {str(n): Seen(int(v[0]), str(v[1]), str(v[2])) for n, v in doc["seen"].items()}
+            accepted = {str(n): (str(v[0]), str(v[1])) for n, v in doc["accepted"].items()}
+            refused = {str(n): (str(v[0]), str(v[1])) for n, v in doc["refused"].items()}
+            return EndpointMemory(network_id, str(doc["state_sha256"]), seen, accepted, refused)
+        except FileNotFoundError:
+            return EndpointMemory(network_id)
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+            # Only the rollback memory of endpoint records (a rolled-back record costs at most a
+            # failed punch): kept aside for a look, and started afresh rather than stop syncing.
+            log.warning("%s: unreadable (%s); kept as %s.corrupt, endpoint counters start afresh",
+                        self.endpoints_path, exc, self.endpoints_path.name)
+            self.endpoints_path.replace(self.endpoints_path.with_name(self.endpoints_path.name + ".corrupt"))
+            return EndpointMemory(network_id)
+
+    def load_endpoint_view(self, network_id: str) -> EndpointView:
+        """The records accepted last and the branches refused (no git): what `status` shows."""
+        from meshctl.coord.endpoint_record import parse_endpoint
+        from meshctl.coord.endpoint_verify import EndpointView
+        from meshctl.errors import ParseError
+
+        mem = self.load_endpoint_memory(network_id)
+        records = {}
+        for name, (_commit, text) in mem.accepted.items():
+            try:
+                records[name] = parse_endpoint(text.encode())
+            except ParseError:
+                continue
+        return EndpointView(records, {n: why for n, (_c, why) in mem.refused.items()})
+
+    def save_endpoint_memory(self, mem: EndpointMemory) -> None:
+        doc = {"network_id": mem.network_id, "state_sha256": mem.state_sha256,
+               "seen": {n: [s.counter, s.sha256, s.identity] for n, s in sorted(mem.seen.items())},
+               "accepted": {n: list(v) for n, v in sorted(mem.accepted.items())},
+               "refused": {n: list(v) for n, v in sorted(mem.refused.items())}}
+        atomic_write(self.endpoints_path, json.dumps(doc).encode(), mode=0o600)
+
+    # --- endpoint-published.json
+    @property
+    def published_path(self) -> Path:
+        return self.dir / "endpoint-published.json"
+
+    def load_published(self) -> Published:
+        from meshctl.coord.endpoint_publish import Published
+
+        try:
+            doc = json.loads(self.published_path.read_text())
+            return Published(doc["counter"], doc["at"], tuple(doc["candidates"]), bool(doc["agent"]),
+                             doc["refused"], doc["failed"], doc["tried_at"])
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            return Published()  # at worst one more push than needed, with a counter from the clock
+
+    def save_published(self, pub: Published) -> None:
+        doc = {"counter": pub.counter, "at": pub.at, "candidates": list(pub.candidates), "agent": pub.agent,
+               "refused": pub.refused, "failed": pub.failed, "tried_at": pub.tried_at}
+        atomic_write(self.published_path, (json.dumps(doc, indent=2) + "\n").encode())
+
+
+@dataclass
+class EndpointMemory:
+    """endpoints.json: rollback memory (`seen`, per device, only moves forward) and, for the state
+    `state_sha256`, each device's verdict: its accepted record as (branch commit, endpoint.json
+    text), or its refused branch as (branch commit, reason)."""
+
+    network_id: str
+    state_sha256: str = ""
+    seen: dict[str, Seen] = field(default_factory=dict)
+    accepted: dict[str, tuple[str, str]] = field(default_factory=dict)
+    refused: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
 def _record_to_list(r: PeerRecord) -> list[Any]:

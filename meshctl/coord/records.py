@@ -144,12 +144,6 @@ class _Reader:
             raise self.fail(key, "must be an object")
         return value
 
-    def verify_key(self, key: str) -> VerifyKey:
-        try:
-            return VerifyKey.from_text(self.text(key))
-        except ParseError as exc:
-            raise self.fail(key, str(exc)) from None
-
     def node_public(self, key: str) -> NodePublic:
         try:
             return NodePublic.from_b64(self.text(key))
@@ -159,6 +153,12 @@ class _Reader:
     def disco_public(self, key: str) -> DiscoPublic:
         try:
             return DiscoPublic.from_b64(self.text(key))
+        except ParseError as exc:
+            raise self.fail(key, str(exc)) from None
+
+    def verify_key(self, key: str) -> VerifyKey:
+        try:
+            return VerifyKey.from_text(self.text(key))
         except ParseError as exc:
             raise self.fail(key, str(exc)) from None
 
@@ -173,6 +173,11 @@ class _Reader:
 def _type_check(r: _Reader, expected: str) -> None:
     if r.doc.get("type") != expected:
         raise RecordError(f"{r.name}: field type: expected {expected!r}")
+
+
+# For the documents that live outside main (coord/endpoint_record.py): the same strict reading.
+Reader = _Reader
+type_check = _type_check
 
 
 # --- root -------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -12,7 +13,11 @@ from meshctl.coord.trust import TrustMemory
 from meshctl.errors import MeshctlError
 
 if TYPE_CHECKING:
+    import pygit2
+
+    from meshctl.coord.endpoint_verify import EndpointView
     from meshctl.coord.netmap import NetMap
+    from meshctl.keys import VerifyKey
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,25 +26,28 @@ class UpdateResult:
     changed: bool  # a new state was accepted in this pass
     previous_serial: int | None
     netmap: NetMap | None  # the map just verified; None when the tip was already accepted
+    endpoints: EndpointView | None = None  # the devices' own branches, when asked for
 
 
 class NotAMember(MeshctlError):
     """This device is not (yet) in the verified state."""
 
 
-def fetch_and_verify(state_dir: Path, repo_dir: Path, now: int, *, force: bool = False) -> UpdateResult:
+def fetch_and_verify(state_dir: Path, repo_dir: Path, now: int, *, force: bool = False,
+                     endpoints: bool = False) -> UpdateResult:
     """Fetch the coordination repo and accept its tip if it verifies.
 
     When the tip is the commit accepted last, nothing is parsed or rebuilt: the trust memory
     alone says the state still holds (and whether it has expired). `force` re-verifies anyway,
     e.g. when the cached map turns out damaged. On any failure nothing is written: the last
-    accepted state stays in force.
+    accepted state stays in force. With `endpoints`, the same fetch brings the devices' own
+    branches, judged against the state in force (coord/endpoint_sync.py).
     """
     node = NodeState(state_dir)
     cfg = node.load_config()
     memory = node.load_memory()
     with gitrepo.opened(repo_dir, cfg.repo_url) as repo:
-        tip = gitrepo.fetch(repo, cfg.branch, gitrepo.Credentials(cfg.ssh_key))
+        tip = gitrepo.fetch(repo, cfg.branch, gitrepo.Credentials(cfg.ssh_key), endpoints=endpoints)
         trusted = gitrepo.trusted_tip(repo)
         gitrepo.check_descends(repo, tip, trusted)
         if (not force and memory is not None and memory.commit == tip and memory.expires is not None
@@ -50,7 +58,8 @@ def fetch_and_verify(state_dir: Path, repo_dir: Path, now: int, *, force: bool =
 
                 raise expired_error(memory.expires)
             node.save_memory(memory, now)  # status shows when the repository was last reached
-            return UpdateResult(memory, False, memory.serial, None)
+            view = _endpoints(repo, node, cfg, memory.state_sha256, node.load_netmap) if endpoints else None
+            return UpdateResult(memory, False, memory.serial, None, view)
         from meshctl.coord import verify  # the verifier and its parsers: only for a new tip
 
         record_cache = node.load_record_cache(cfg.network_id)
@@ -66,7 +75,19 @@ def fetch_and_verify(state_dir: Path, repo_dir: Path, now: int, *, force: bool =
         used = {f"{snap.files()[f'peers/{n}.json']}:{snap.files()[f'peers/{n}.json.sig']}"
                 for n in verified.records}
         node.save_record_cache(cfg.network_id, record_cache, used)
-        return UpdateResult(accepted, changed, memory.serial if memory else None, netmap)
+        view = _endpoints(repo, node, cfg, accepted.state_sha256, lambda: netmap) if endpoints else None
+        return UpdateResult(accepted, changed, memory.serial if memory else None, netmap, view)
+
+
+def _endpoints(repo: pygit2.Repository, node: NodeState, cfg: NodeConfig, state_sha256: str,
+               load_netmap: Callable[[], NetMap | None]) -> EndpointView:
+    from meshctl.coord.endpoint_sync import read_endpoints
+
+    def members() -> dict[str, VerifyKey]:
+        netmap = load_netmap()
+        return {p.name: p.identity_key for p in netmap.peers} if netmap is not None else {}
+
+    return read_endpoints(repo, node, cfg.network_id, state_sha256, members, cfg.name)
 
 
 def require_member(netmap: NetMap, cfg: NodeConfig) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from meshctl.coord import repo as gitrepo
 from meshctl.coord import verify
-from meshctl.coord.netmap import NetMap
+from meshctl.coord.netmap import NetMap, Relay
 from meshctl.coord.node_state import NodeState
 from meshctl.fsutil import ensure_private_dir
 from meshctl.keys import NodePublic, VerifyKey
@@ -62,3 +62,30 @@ def cached_netmap(state_dir: Path, now: int) -> NetMap | None:
 def members_of(netmap: NetMap) -> Mapping[VerifyKey, NodePublic]:
     """Who may use the relay: every current member's identity key with its WireGuard key."""
     return {p.identity_key: p.wg_public_key for p in netmap.peers}
+
+
+def listing_problem(listed: tuple[Relay, ...], name: str, identity: VerifyKey | None) -> str | None:
+    """Why members will not use this relay, as the state lists relays (None: it is listed as it runs).
+
+    Members log in only to a relay that introduces itself under the listed name (and, when the
+    state gives one, proves the listed identity key); a relay run under another `--name` is
+    refused by every client. Say so on the relay too, with the fix.
+    """
+    mine = [r for r in listed if identity is not None and r.identity_key == identity]
+    if any(r.name == name for r in mine):
+        return None
+    if mine and identity is not None:
+        other = mine[0].name
+        return (f"relay {name}: the coordination state lists this relay (identity {identity.short()}) as "
+                f"{other!r}; members refuse it, since it introduces itself as {name!r}: "
+                f"restart it with --name {other}")
+    same_name = [r for r in listed if r.name == name]
+    if same_name:
+        if same_name[0].identity_key is None or identity is None:
+            return None
+        return (f"relay {name}: the coordination state lists relay {name!r} with identity key "
+                f"{same_name[0].identity_key.short()}, not this relay's {identity.short()}; members refuse it")
+    listed_names = ", ".join(repr(r.name) for r in listed) or "none"
+    return (f"relay {name}: the coordination state lists no relay named {name!r} (it lists {listed_names}); "
+            f"members will not use it until it is listed: meshctl admin relay add {name} HOST:PORT"
+            + (f" --identity-key {identity.text()}" if identity is not None else ""))

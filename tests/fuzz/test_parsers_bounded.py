@@ -24,7 +24,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from meshctl.coord import records, signing, strictjson
+from meshctl.coord import endpoint_record, records, signing, strictjson
 from meshctl.coord.netmap import NetMap, NetworkSettings, Peer
 from meshctl.dns.resolver import DnsParseError, parse_message
 from meshctl.errors import ParseError
@@ -120,6 +120,9 @@ def _check_netmap() -> NetMap:
 
 CHECK_NETMAP = _check_netmap()
 ROOT, PEER, STATE = _seed_records()
+ENDPOINT = endpoint_record.marshal_endpoint(endpoint_record.EndpointRecord(
+    NETWORK, "laptop", 1_733_000_000_123, 1_733_000_000, ("203.0.113.7:51820", "[2001:db8::7]:51820"),
+    DISCO.public(), NODE, agent=False))
 SIG = signing.marshal_signatures([signing.sign(SIGNER, "state", NETWORK, STATE)])
 UAPI = (f"private_key={'11' * 32}\nlisten_port=51820\npublic_key={NODE.raw.hex()}\n"
         "endpoint=10.0.0.2:51820\nlast_handshake_time_sec=1\nallowed_ip=100.64.0.2/32\nerrno=0\n\n").encode()
@@ -155,6 +158,7 @@ PARSERS = (
     Parser("root", lambda d: records.parse_root(d, "root/1.root.json"), (ParseError,), (ROOT,)),
     Parser("peer", lambda d: records.parse_peer(d, "peers/laptop.json"), (ParseError,), (PEER,)),
     Parser("state", records.parse_state, (ParseError,), (STATE,)),
+    Parser("endpoint", endpoint_record.parse_endpoint, (ParseError,), (ENDPOINT,)),
     Parser("signatures", lambda d: signing.parse_signatures(d, name="state.json.sig"), (ParseError,), (SIG,)),
     Parser("hujson", _text(parse_hujson), (HujsonError,), (POLICY.encode(),)),
     Parser("policy", _text(parse_policy), (ParseError,), (POLICY.encode(), GRANTS_POLICY.encode())),
