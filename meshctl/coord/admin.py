@@ -327,12 +327,12 @@ def run_change(path: Path, keys: Sequence[SigningKey], now: int, build: Callable
                trust: AdminTrust | None = None, cosign: bool = False,
                inputs: Collection[str] = (),
                policy_check: PolicyCheck | None = None, write: bool = True, commit: bool = False,
-               ) -> tuple[Plan, str | None]:
+               skip_keys: Collection[str] = ()) -> tuple[Plan, str | None]:
     """The whole signing path for one command: verify, absorb enrollments, build, plan; then (unless
     `write` is False, a dry run) write, remember and (with `commit`) commit."""
     session = open_session(path, now, keys, trust, cosign=cosign, inputs=inputs)
     if not cosign:
-        session = absorb_enrollments(session)
+        session = absorb_enrollments(session, skip_keys)
     result = plan_change(session, build(session), keys, now, policy_check)
     if not write:
         return result, None

@@ -84,3 +84,29 @@ def enroll(key: Key, keys: DeviceKeys, name: str, v4: str = "100.64.1.5", *, cre
     if signers is not None:
         sig = signing.marshal_signatures([signing.sign(k, "enrollment", network, data) for k in signers])
     return Candidate(name, peer, peer_sig, data, sig)
+
+
+def branch_files(c: Candidate, keys: DeviceKeys, network: str = NETWORK) -> dict[str, bytes]:
+    """Everything `join --auth-key` puts on its branch: the enrollment and a signed endpoint record."""
+    from meshctl.coord.endpoint_publish import build_record
+
+    _rec, files = build_record(keys.identity, network, c.name, (), keys.disco.public(), keys.wireguard.public(),
+                               False, NOW, NOW * 1000, None)
+    return {**files, "peer.json": c.peer, "peer.json.sig": c.peer_sig, "enrollment.json": c.enrollment,
+            "enrollment.json.sig": c.enrollment_sig}
+
+
+def plant_branch(repo_path: str, branch: str, files: dict[str, bytes]) -> str:
+    """A parentless commit holding `files` as `refs/heads/<branch>` of the repository (what a device, or
+    the git host, can put there)."""
+    import pygit2
+
+    repo = pygit2.Repository(repo_path)
+    index = pygit2.Index()
+    for path, data in sorted(files.items()):
+        index.add(pygit2.IndexEntry(path, repo.create_blob(data), pygit2.enums.FileMode.BLOB))
+    tree = index.write_tree(repo)
+    sig = pygit2.Signature("device", "device@example.com")
+    commit = repo.create_commit(None, sig, sig, "planted", tree, [])
+    repo.references.create(f"refs/heads/{branch}", commit, force=True)
+    return str(commit)
