@@ -29,7 +29,7 @@ from endpoints_support import (
 
 from lab import PORT_RESTRICTED, Lab
 from lab.core import wait_for
-from lab.scenario import MeshScenario, RelayBox, _nat_mesh_with_lab_stun
+from lab.scenario import MeshScenario, RelayBox, _nat_mesh_with_lab_stun, build_nat_mesh
 from lab.topology import two_nats
 from meshctl.coord.endpoint_verify import FRESH_FOR_S
 
@@ -167,6 +167,30 @@ def test_the_git_host_going_down_leaves_existing_paths_up(lab: Lab) -> None:
             time.sleep(1.0)
         assert is_direct(mesh, "a", "b", str(topo.nat_b.public_ip))
         assert is_direct(mesh, "b", "a", str(topo.nat_a.public_ip))
+
+
+def test_an_idle_agent_fetches_once_per_sync_interval_and_sooner_for_a_peer_without_a_path(lab: Lab) -> None:
+    """No busy polling: with every peer connected, one fetch per sync interval and no push; a peer
+    that loses its path makes the agent look for its record within seconds (then backing off)."""
+    mesh, topo = build_nat_mesh(lab, PORT_RESTRICTED, PORT_RESTRICTED, static_endpoints=False, verbose_git=True)
+    mesh.up("a", "--sync-interval", "10")
+    mesh.up("b", "--sync-interval", "10")
+    direct_both(lab, mesh, topo)
+    ip_a = str(topo.nat_a.public_ip)
+
+    def requests(kind: str) -> int:
+        return sum(1 for who, what in lab.git_requests(topo.git_url) if who == ip_a and what == kind)
+
+    time.sleep(3)
+    fetches, pushes = requests("upload-pack"), requests("receive-pack")
+    time.sleep(30)
+    assert requests("upload-pack") - fetches <= 4  # three sync intervals (and one of slack)
+    assert requests("receive-pack") == pushes  # nothing changed: nothing pushed
+    mesh.meshctl("b", "down")
+    assert wait_for(lambda: "b: path -> none" in agent_log(lab, topo.a), 30.0) is not None
+    fetches = requests("upload-pack")
+    time.sleep(10)
+    assert requests("upload-pack") - fetches >= 4, agent_log(lab, topo.a)[-2000:]  # 1, 1.5, 2.3, 3.4 s apart
 
 
 def test_a_relay_under_the_wrong_name_is_reported_on_both_sides(lab: Lab) -> None:
