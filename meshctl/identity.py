@@ -5,10 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from meshctl.errors import MeshctlError
 from meshctl.fsutil import ensure_private_dir
 from meshctl.keys import (
     DiscoPrivate,
+    DiscoPublic,
     NodePrivate,
+    NodePublic,
     SigningKey,
     load_disco_private,
     load_node_private,
@@ -34,6 +37,15 @@ def load_device_keys(keys_dir: Path) -> DeviceKeys:
         load_node_private(keys_dir / WIREGUARD_FILE),
         load_disco_private(keys_dir / DISCO_FILE),
     )
+
+
+def load_public_keys(keys_dir: Path) -> tuple[NodePublic, DiscoPublic] | None:
+    """This device's WireGuard and disco public keys in force, or None when it has none."""
+    try:
+        keys = load_device_keys(keys_dir)
+    except MeshctlError:
+        return None
+    return keys.wireguard.public(), keys.disco.public()
 
 
 def load_or_create_device_keys(keys_dir: Path) -> DeviceKeys:

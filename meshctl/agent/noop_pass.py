@@ -33,13 +33,17 @@ REPORT_FILE: Final = "dry-run-report.json"
 
 def pass_inputs(settings: Settings, self_name: str, memory: TrustMemory,
                 endpoint_overrides: Mapping[str, str | None],
-                extra_addresses: tuple[ipaddress.IPv4Interface | ipaddress.IPv6Interface, ...]) -> str | None:
-    """The inputs digest of a pass; None when it cannot be known cheaply (then: full pass)."""
+                extra_addresses: tuple[ipaddress.IPv4Interface | ipaddress.IPv6Interface, ...],
+                branches: str = "") -> str | None:
+    """The inputs digest of a pass; None when it cannot be known cheaply (then: full pass).
+    `branches`: what the devices' branches add to the map (EndpointView.digest: enrollments, keys).
+    What the clock alone changes there (an expired membership or auth key) waits for the next full
+    pass, at most FULL_PASS_INTERVAL_S later."""
     try:
         key_file = (settings.keys_dir / WIREGUARD_FILE).read_bytes()
     except OSError:
         return None
-    return inputs_digest(state_sha256=memory.state_sha256, self_name=self_name,
+    return inputs_digest(state_sha256=memory.state_sha256 + (f":{branches}" if branches else ""), self_name=self_name,
                          interface=settings.interface, backend_choice=settings.wg_backend,
                          listen_port=settings.listen_port, wireguard_key_file=key_file,
                          endpoint_overrides=endpoint_overrides, extra_addresses=extra_addresses)

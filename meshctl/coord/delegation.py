@@ -280,3 +280,16 @@ def _clash(e: Enrolled, taken: Mapping[object, str], used: Mapping[str, str]) ->
         if a in taken:
             return f"address {a} is also {taken[a]}'s, enrolled first"
     return None
+
+
+def choose_address(netmap: NetMap, key: AuthKey, others: Iterable[Enrolled], identity: VerifyKey,
+                   now: int) -> addressing.IPAddress | None:
+    """The IPv4 address an enrolling device asks for: free in the key's pool (no member's, no other
+    accepted enrollment's, none resting after a revocation), looked for from a place derived from
+    its identity key, so that devices enrolling at once rarely ask for the same one. None: the
+    pool is full."""
+    taken: set[addressing.IPAddress] = {a for p in netmap.peers for a in p.addresses}
+    taken |= {a for e in others for a in e.enrollment.addresses}
+    taken |= set(addressing.quarantined(netmap.revoked, now))
+    start = int.from_bytes(hashlib.sha256(identity.raw).digest()[:8], "big") % key.pool.num_addresses
+    return addressing.free_ipv4(netmap.network.ipv4_cidr, taken, key.pool, start)

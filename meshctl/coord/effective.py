@@ -17,8 +17,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
-from meshctl.coord.delegation import Enrolled
+from meshctl.coord.delegation import Enrolled, decide
 from meshctl.coord.endpoint_record import EndpointRecord
+from meshctl.coord.endpoint_verify import EndpointView
 from meshctl.coord.netmap import NetMap, Peer
 from meshctl.coord.records import format_time
 from meshctl.keys import DiscoPublic, NodePublic
@@ -39,9 +40,10 @@ def enrolled_peer(e: Enrolled) -> Peer:
 
 def effective_netmap(base: NetMap, enrolled: Mapping[str, Enrolled], key_records: Mapping[str, EndpointRecord],
                      now: int, own_keys: tuple[NodePublic, DiscoPublic] | None = None) -> Effective:
-    """`base`: the verified state's map; `enrolled`: the enrollments delegation.decide accepted (for
-    this base); `key_records`: the accepted endpoint record of each device; `own_keys`: this node's
-    keys in force (after its own rotation)."""
+    """`base`: the verified state's map (an effective one stands for its `signed`); `enrolled`: the
+    enrollments delegation.decide accepted (for this base); `key_records`: the accepted endpoint
+    record of each device; `own_keys`: this node's keys in force (after its own rotation)."""
+    base = base.signed or base
     dropped = [(p.name, f"membership expired at {format_time(p.expires)}")
                for p in base.peers if p.expires is not None and p.expires <= now]
     gone = {name for name, _ in dropped}
@@ -72,7 +74,8 @@ def effective_netmap(base: NetMap, enrolled: Mapping[str, Enrolled], key_records
             in_use[new] = name
         peers[name] = replace(peer, wg_public_key=keys[0], disco_key=keys[1])
         rotated.add(name)
-    netmap = base.replace(peers=tuple(peers[n] for n in sorted(peers)), dropped=tuple(dropped))
+    netmap = base.replace(peers=tuple(peers[n] for n in sorted(peers)), dropped=tuple(dropped),
+                          signed=base.signed or base)
     return Effective(netmap, frozenset(rotated), refusals)
 
 
@@ -86,3 +89,14 @@ def _key_problem(name: str, peer: Peer, keys: tuple[NodePublic, DiscoPublic], in
         if new.raw in revoked:
             return f"its record's {what} {new.short()} was revoked device {revoked[new.raw]}'s (refused)"
     return None
+
+
+def apply_view(base: NetMap, view: EndpointView | None, now: int,
+               own_keys: tuple[NodePublic, DiscoPublic] | None = None) -> Effective:
+    """The map in force from the signed state's and what the devices' branches said (as far as this
+    node accepted it): the accepted enrollments are judged again against `base` and `now` (an auth
+    key that expired or left the state drops its devices at once)."""
+    enrolled: Mapping[str, Enrolled] = {}
+    if view is not None and view.enrollments:
+        enrolled = decide(base, {}, view.enrollments, view.used, now).accepted
+    return effective_netmap(base, enrolled, view.records if view is not None else {}, now, own_keys)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from meshctl.coord import endpoint_record, signing
+from meshctl.coord.delegation import Candidate
 from meshctl.coord.endpoint_record import RECORD_FILE, SIG_FILE, EndpointRecord
 from meshctl.errors import ParseError
 from meshctl.keys import DiscoPublic, NodePublic, VerifyKey
@@ -80,6 +81,18 @@ class EndpointView:
     records: Mapping[str, EndpointRecord] = field(default_factory=dict)  # newest accepted, per member
     refused: Mapping[str, str] = field(default_factory=dict)  # member -> why its branch is not used
     own_replaced: bool = False  # this device's own branch is not what it published last (gone, or rewritten)
+    # Enrolled devices (coord/delegation.py): the enrollments accepted (name -> files), the ones
+    # refused (name -> why), and which single-use key each used.
+    enrollments: Mapping[str, Candidate] = field(default_factory=dict)
+    enroll_refused: Mapping[str, str] = field(default_factory=dict)
+    used: Mapping[str, str] = field(default_factory=dict)
+
+    def digest(self) -> str:
+        """What the map in force depends on here: the enrollments accepted and the keys each record
+        carries (candidates change paths, not the map)."""
+        parts = [f"e {n} {c.sha256}" for n, c in sorted(self.enrollments.items())]
+        parts += [f"k {n} {r.wg_public_key.b64()} {r.disco_key.b64()}" for n, r in sorted(self.records.items())]
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
 def sha256_hex(data: bytes) -> str:

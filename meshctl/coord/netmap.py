@@ -87,6 +87,7 @@ class NetMap:
     # Members of the signed state this node no longer counts, with why (coord/effective.py: an
     # expired membership); empty in the map of the signed state itself.
     dropped: tuple[tuple[str, str], ...] = ()
+    signed: NetMap | None = field(default=None, compare=False, repr=False)  # the map in force: the state's own
     _by_name: dict[str, Peer] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:

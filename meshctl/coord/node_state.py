@@ -10,12 +10,19 @@
   forward: a lower one is a rollback) and the record itself for the state it was judged in.
 - endpoint-published.json: what this device last published on its own branch, and whether the
   host let it (no push rights is remembered).
+- enrollments.json: the enrolled devices this node accepted (their files, so that a withheld branch
+  drops nobody and a replaced one swaps nobody), which single-use key each used, and the last
+  decision (coord/delegation.py).
+- own-enrollment.json: this device's own enrollment (`join --auth-key`), published on its branch
+  until an admin absorbs it.
 
 Every file is written atomically: a crash or a full disk leaves the old one intact.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import logging
 from dataclasses import asdict, dataclass, field
@@ -27,6 +34,7 @@ from meshctl.errors import MeshctlError
 from meshctl.fsutil import atomic_write, ensure_private_dir
 
 if TYPE_CHECKING:  # imported where used: a no-op pass reads trust.json and node.json only
+    from meshctl.coord.delegation import Candidate
     from meshctl.coord.endpoint_publish import Published
     from meshctl.coord.endpoint_verify import EndpointView, Seen
     from meshctl.coord.netmap import NetMap
@@ -175,7 +183,8 @@ class NodeState:
             return EndpointMemory(network_id)
 
     def load_endpoint_view(self, network_id: str) -> EndpointView:
-        """The records accepted last and the branches refused (no git): what `status` shows."""
+        """The records and enrollments accepted last, the branches refused (no git): what `status` and a
+        pass that does not fetch use."""
         from meshctl.coord.endpoint_record import parse_endpoint
         from meshctl.coord.endpoint_verify import EndpointView
         from meshctl.errors import ParseError
@@ -187,7 +196,9 @@ class NodeState:
                 records[name] = parse_endpoint(text.encode())
             except ParseError:
                 continue
-        return EndpointView(records, {n: why for n, (_c, why) in mem.refused.items()})
+        emem = self.load_enrollment_memory(network_id)
+        return EndpointView(records, {n: why for n, (_c, why) in mem.refused.items()}, False, emem.accepted,
+                            emem.refused, emem.used)
 
     def save_endpoint_memory(self, mem: EndpointMemory) -> None:
         doc = {"network_id": mem.network_id, "state_sha256": mem.state_sha256,
@@ -215,6 +226,88 @@ class NodeState:
         doc = {"counter": pub.counter, "at": pub.at, "candidates": list(pub.candidates), "agent": pub.agent,
                "refused": pub.refused, "failed": pub.failed, "tried_at": pub.tried_at}
         atomic_write(self.published_path, (json.dumps(doc, indent=2) + "\n").encode())
+
+
+    # --- enrollments.json
+    @property
+    def enrollments_path(self) -> Path:
+        return self.dir / "enrollments.json"
+
+    def load_enrollment_memory(self, network_id: str) -> EnrollmentMemory:
+        try:
+            doc = json.loads(self.enrollments_path.read_text())
+            if doc.get("network_id") != network_id:
+                return EnrollmentMemory(network_id)
+            return EnrollmentMemory(
+                network_id,
+                accepted={str(n): _candidate_from(n, v) for n, v in doc["accepted"].items()},
+                used={str(k): str(v) for k, v in doc["used"].items()},
+                refused={str(n): str(v) for n, v in doc["refused"].items()},
+                decided=str(doc["decided"]),
+                valid_until=int(doc["valid_until"]),
+            )
+        except FileNotFoundError:
+            return EnrollmentMemory(network_id)
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError, binascii.Error) as exc:
+            # Lost, it would let an accepted enrollment be swapped once: kept aside, and said loudly.
+            log.warning("%s: unreadable (%s); kept as %s.corrupt, enrollments are judged afresh",
+                        self.enrollments_path, exc, self.enrollments_path.name)
+            self.enrollments_path.replace(self.enrollments_path.with_name(self.enrollments_path.name + ".corrupt"))
+            return EnrollmentMemory(network_id)
+
+    def save_enrollment_memory(self, mem: EnrollmentMemory) -> None:
+        doc = {"network_id": mem.network_id,
+               "accepted": {n: _candidate_to(c) for n, c in sorted(mem.accepted.items())},
+               "used": dict(sorted(mem.used.items())), "refused": dict(sorted(mem.refused.items())),
+               "decided": mem.decided, "valid_until": mem.valid_until}
+        atomic_write(self.enrollments_path, json.dumps(doc).encode(), mode=0o600)
+
+    # --- own-enrollment.json
+    @property
+    def own_enrollment_path(self) -> Path:
+        return self.dir / "own-enrollment.json"
+
+    def load_own_enrollment(self, name: str) -> Candidate | None:
+        try:
+            return _candidate_from(name, json.loads(self.own_enrollment_path.read_text()))
+        except FileNotFoundError:
+            return None
+        except (ValueError, TypeError, IndexError, binascii.Error):
+            log.warning("%s: unreadable; this device's enrollment is not published", self.own_enrollment_path)
+            return None
+
+    def save_own_enrollment(self, candidate: Candidate | None) -> None:
+        if candidate is None:
+            self.own_enrollment_path.unlink(missing_ok=True)
+            return
+        atomic_write(self.own_enrollment_path, json.dumps(_candidate_to(candidate)).encode(), mode=0o600)
+
+
+@dataclass
+class EnrollmentMemory:
+    """enrollments.json (see the module docstring). `decided` names the inputs of the last decision
+    (the state, the branches' enrollments, what was remembered); it holds until `valid_until` (the
+    first expiry of an auth key it relied on)."""
+
+    network_id: str
+    accepted: dict[str, Candidate] = field(default_factory=dict)
+    used: dict[str, str] = field(default_factory=dict)
+    refused: dict[str, str] = field(default_factory=dict)
+    decided: str = ""
+    valid_until: int = 0
+
+
+def _candidate_to(c: Candidate) -> list[str]:
+    return [base64.b64encode(x).decode() for x in (c.peer, c.peer_sig, c.enrollment, c.enrollment_sig)]
+
+
+def _candidate_from(name: str, v: list[str]) -> Candidate:
+    from meshctl.coord.delegation import Candidate
+
+    if not isinstance(v, list) or len(v) != 4:
+        raise ValueError("an enrollment is four files")
+    peer, peer_sig, enr, enr_sig = (base64.b64decode(x, validate=True) for x in v)
+    return Candidate(str(name), peer, peer_sig, enr, enr_sig)
 
 
 @dataclass

@@ -17,7 +17,6 @@ if TYPE_CHECKING:
 
     from meshctl.coord.endpoint_verify import EndpointView
     from meshctl.coord.netmap import NetMap
-    from meshctl.keys import VerifyKey
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +57,7 @@ def fetch_and_verify(state_dir: Path, repo_dir: Path, now: int, *, force: bool =
 
                 raise expired_error(memory.expires)
             node.save_memory(memory, now)  # status shows when the repository was last reached
-            view = _endpoints(repo, node, cfg, memory.state_sha256, node.load_netmap) if endpoints else None
+            view = _endpoints(repo, node, cfg, memory.state_sha256, node.load_netmap, now) if endpoints else None
             return UpdateResult(memory, False, memory.serial, None, view)
         from meshctl.coord import verify  # the verifier and its parsers: only for a new tip
 
@@ -75,25 +74,38 @@ def fetch_and_verify(state_dir: Path, repo_dir: Path, now: int, *, force: bool =
         used = {f"{snap.files()[f'peers/{n}.json']}:{snap.files()[f'peers/{n}.json.sig']}"
                 for n in verified.records}
         node.save_record_cache(cfg.network_id, record_cache, used)
-        view = _endpoints(repo, node, cfg, accepted.state_sha256, lambda: netmap) if endpoints else None
+        view = _endpoints(repo, node, cfg, accepted.state_sha256, lambda: netmap, now) if endpoints else None
         return UpdateResult(accepted, changed, memory.serial if memory else None, netmap, view)
 
 
 def _endpoints(repo: pygit2.Repository, node: NodeState, cfg: NodeConfig, state_sha256: str,
-               load_netmap: Callable[[], NetMap | None]) -> EndpointView:
+               load_netmap: Callable[[], NetMap | None], now: int) -> EndpointView:
     from meshctl.coord.endpoint_sync import read_endpoints
 
-    def members() -> dict[str, VerifyKey]:
-        netmap = load_netmap()
-        return {p.name: p.identity_key for p in netmap.peers} if netmap is not None else {}
+    own = node.load_own_enrollment(cfg.name)
+    if own is not None:
+        base = load_netmap()
+        if base is not None and base.peer(cfg.name) is not None:
+            node.save_own_enrollment(None)  # an admin absorbed it: the signed state speaks for this device now
+            own = None
+    return read_endpoints(repo, node, cfg.network_id, state_sha256, load_netmap, cfg.name, now, own)
 
-    return read_endpoints(repo, node, cfg.network_id, state_sha256, members, cfg.name)
 
-
-def require_member(netmap: NetMap, cfg: NodeConfig) -> None:
-    if netmap.self_peer is None:
-        raise NotAMember(
-            f"{cfg.name} is not a member of mesh {netmap.network.name} yet "
-            f"(serial {netmap.serial})",
-            f"the join request on branch join/{cfg.name} must be approved and merged by an admin",
-        )
+def require_member(netmap: NetMap, cfg: NodeConfig, enrollment: str | None = None) -> None:
+    """`netmap`: the map in force (coord/effective.py); `enrollment`: how this device's own
+    enrollment stands, when it has one ("waiting", or why it is refused)."""
+    if netmap.self_peer is not None:
+        return
+    dropped = dict(netmap.dropped).get(cfg.name)
+    if dropped is not None:
+        raise NotAMember(f"{cfg.name} is no longer a member of mesh {netmap.network.name}: {dropped}",
+                         f"an admin renews it: meshctl admin renew {cfg.name} --expires 180d")
+    if enrollment is not None:
+        raise NotAMember(f"{cfg.name} is not a member of mesh {netmap.network.name} yet: its enrollment "
+                         f"(branch endpoints/{cfg.name}) {enrollment}",
+                         "a refused enrollment needs a valid auth key: run join again with --auth-key")
+    raise NotAMember(
+        f"{cfg.name} is not a member of mesh {netmap.network.name} yet "
+        f"(serial {netmap.serial})",
+        f"the join request on branch join/{cfg.name} must be approved and merged by an admin",
+    )

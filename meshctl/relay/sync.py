@@ -10,8 +10,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
+import pygit2
+
 from meshctl.coord import repo as gitrepo
 from meshctl.coord import verify
+from meshctl.coord.effective import apply_view
+from meshctl.coord.endpoint_sync import read_endpoints
 from meshctl.coord.netmap import NetMap, Relay
 from meshctl.coord.node_state import NodeState
 from meshctl.fsutil import ensure_private_dir
@@ -21,7 +25,9 @@ REPO_DIR_NAME = "repo.git"
 
 
 def sync_once(state_dir: Path, url: str, root_fingerprint: str, now: int) -> NetMap:
-    """Fetch and verify the repository tip; return the accepted NetMap.
+    """Fetch and verify the repository tip (and, in the same fetch, the devices' own branches);
+    return the NetMap in force: the signed state's, with the devices enrolled without an admin and
+    the keys members rotated (coord/effective.py), as every node uses them.
 
     Raises GitError / VerificationError; on any failure nothing is written, so the last
     accepted state (and its member list) stays in force.
@@ -30,14 +36,14 @@ def sync_once(state_dir: Path, url: str, root_fingerprint: str, now: int) -> Net
     node = NodeState(state_dir)
     memory = node.load_memory()
     with gitrepo.opened(state_dir / REPO_DIR_NAME, url) as repo:
-        tip = gitrepo.fetch(repo, gitrepo.default_branch(repo))
+        tip = gitrepo.fetch(repo, gitrepo.default_branch(repo), endpoints=True)
         gitrepo.check_descends(repo, tip, gitrepo.trusted_tip(repo))
         cached = node.load_netmap()
         if memory is not None and memory.commit == tip and cached is not None:
             if cached.expires <= now:
                 raise verify.expired_error(cached.expires)
             node.touch_fetched(now)
-            return cached
+            return _in_force(repo, node, cached, now)
         network_id = cached.network.network_id if cached is not None else ""
         record_cache = node.load_record_cache(network_id) if network_id else {}
         snap = gitrepo.GitSnapshot(repo, tip)
@@ -48,15 +54,22 @@ def sync_once(state_dir: Path, url: str, root_fingerprint: str, now: int) -> Net
         files = snap.files()
         used = {f"{files[f'peers/{n}.json']}:{files[f'peers/{n}.json.sig']}" for n in verified.records}
         node.save_record_cache(verified.root.network_id, record_cache, used)
-        return verified.netmap
+        return _in_force(repo, node, verified.netmap, now)
+
+
+def _in_force(repo: pygit2.Repository, node: NodeState, base: NetMap, now: int) -> NetMap:
+    view = read_endpoints(repo, node, base.network.network_id, base.state_sha256, lambda: base, "", now)
+    return apply_view(base, view, now).netmap
 
 
 def cached_netmap(state_dir: Path, now: int) -> NetMap | None:
-    """The last accepted NetMap if it has not expired (lets a relay restart while git is down)."""
-    nm = NodeState(state_dir).load_netmap()
+    """The last accepted NetMap, in force as the devices' branches said last, if it has not expired
+    (lets a relay restart while git is down)."""
+    node = NodeState(state_dir)
+    nm = node.load_netmap()
     if nm is None or nm.expires <= now:
         return None
-    return nm
+    return apply_view(nm, node.load_endpoint_view(nm.network.network_id), now).netmap
 
 
 def members_of(netmap: NetMap) -> Mapping[VerifyKey, NodePublic]:

@@ -78,11 +78,10 @@ class Node:
 
     def fetch_and_read(self, mesh: Mesh) -> EndpointView:
         verified = mesh.verify()
-        members = {n: r.identity_key for n, r in verified.records.items()}
         with gitrepo.opened(self.repo_dir, self.url) as repo:
             gitrepo.fetch(repo, "main", endpoints=True)
             return read_endpoints(repo, self.state, verified.root.network_id, verified.state_sha256,
-                                  lambda: members, self.name)
+                                  lambda: verified.netmap, self.name, int(time.time()))
 
     def publish(self, mesh: Mesh, candidates: tuple[str, ...] = CANDIDATES, agent: bool = True,
                 looking: bool = False, now: int | None = None) -> endpoint_publish.Published:

@@ -1,0 +1,185 @@
+"""Enrollment through a real git host (`git daemon` on loopback): `join --auth-key` publishes the
+device's record and enrollment on its own branch, and the next fetch of any node or relay accepts
+it with no admin step; what the host can do to those branches (withhold, swap, replay) changes
+nothing a node accepted, and a key the admins remove drops the devices it added.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pygit2
+import pytest
+from delegation_helpers import plant_branch
+from git_servers import bare_copy, git_daemon
+from mesh_builder import Mesh, make_mesh
+
+from meshctl.coord import admin, changes, enrollment
+from meshctl.coord import repo as gitrepo
+from meshctl.coord.effective import apply_view
+from meshctl.coord.endpoint_sync import read_endpoints
+from meshctl.coord.endpoint_verify import EndpointView
+from meshctl.coord.enroll import enroll
+from meshctl.coord.netmap import NetMap
+from meshctl.coord.node_state import NodeState
+from meshctl.errors import UsageError
+from meshctl.keys import SigningKey
+from meshctl.relay.sync import sync_once
+
+pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="needs git (Debian package git)")
+
+
+@dataclass
+class Host:
+    mesh: Mesh
+    bare: Path
+    url: str
+    tmp: Path
+
+    def sign(self, build) -> None:  # type: ignore[no-untyped-def]
+        """An admin's signing command, committed and pushed to the host."""
+        admin.run_change(self.mesh.path, self.mesh.admin_keys, int(time.time()), build)
+        self.mesh.commit("admin")
+        subprocess.run(["git", "-C", str(self.mesh.path), "push", "-q", "-f", str(self.bare), "HEAD:main"], check=True)
+
+    def new_key(self, tags: tuple[str, ...] = ("tag:server",), reusable: bool = False) -> SigningKey:
+        secret = SigningKey.generate()
+        self.sign(lambda s: changes.authkey_create(s.baseline, secret.public(), s.now, tags, reusable))
+        return secret
+
+    def enroll(self, name: str, key: SigningKey, tags: tuple[str, ...] | None = None) -> Path:
+        """`meshctl join URL --root FP --auth-key KEY --name NAME` on a new device: its state directory."""
+        state = self.tmp / f"dev-{name}"
+        enroll(state, state / "repo.git", state / "keys", self.url, name, self.mesh.fingerprint, lambda _fp: False,
+               key, int(time.time()), tags=tags)
+        return state
+
+    def branch(self, name: str) -> str:
+        return str(pygit2.Repository(str(self.bare)).references[f"refs/heads/endpoints/{name}"].target)
+
+    def set_branch(self, name: str, commit: str | None) -> None:
+        repo = pygit2.Repository(str(self.bare))
+        ref = f"refs/heads/endpoints/{name}"
+        if commit is None:
+            repo.references.delete(ref)
+        else:
+            repo.references.create(ref, commit, force=True)
+
+
+@dataclass
+class Node:
+    """A member's state directory and its own clone: what its sync reads."""
+
+    dir: Path
+    url: str
+    name: str
+
+    def fetch(self, mesh: Mesh) -> tuple[EndpointView, NetMap]:
+        verified = mesh.verify()
+        base = verified.netmap.with_self(self.name)
+        now = int(time.time())
+        with gitrepo.opened(self.dir / "repo.git", self.url) as repo:
+            gitrepo.fetch(repo, "main", endpoints=True)
+            node = NodeState(self.dir)
+            view = read_endpoints(repo, node, verified.root.network_id, verified.state_sha256,
+                                  lambda: base, self.name, now, node.load_own_enrollment(self.name))
+        return view, apply_view(base, view, now).netmap
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> Iterator[Host]:
+    mesh = make_mesh(tmp_path / "coord")
+    mesh.add("laptop")
+    mesh.commit("members")
+    srv = tmp_path / "srv"
+    srv.mkdir()
+    bare = bare_copy(mesh.path, srv / "coord.git")
+    with git_daemon(srv) as prefix:
+        yield Host(mesh, bare, f"{prefix}/coord.git", tmp_path)
+
+
+def test_an_enrolled_server_is_a_member_on_the_next_fetch_of_nodes_and_relays(host: Host, tmp_path: Path) -> None:
+    key = host.new_key(("tag:server", "tag:web"))
+    laptop = Node(tmp_path / "laptop", host.url, "laptop")
+    _view, before = laptop.fetch(host.mesh)
+    assert before.peer("web-1") is None
+    host.enroll("web-1", key)
+    view, netmap = laptop.fetch(host.mesh)
+    web = netmap.peer("web-1")
+    assert web is not None and web.tags == ("tag:server", "tag:web") and web.enrolled_with == key.public().key_id()
+    assert view.records["web-1"].wg_public_key == web.wg_public_key  # its endpoint record is used too
+    relay = sync_once(tmp_path / "relay", host.url, host.mesh.fingerprint, int(time.time()))
+    assert relay.peer("web-1") == web
+    _own, own_map = Node(host.tmp / "dev-web-1", host.url, "web-1").fetch(host.mesh)
+    assert own_map.self_peer is not None and own_map.self_peer.addresses == web.addresses
+
+
+def test_join_refuses_made_up_expired_and_revoked_keys_and_publishes_nothing(host: Host) -> None:
+    with pytest.raises(UsageError, match="is not in the mesh's signed state: made up"):
+        host.enroll("made-up", SigningKey.generate())
+    short = SigningKey.generate()
+    host.sign(lambda s: changes.authkey_create(s.baseline, short.public(), s.now, expires_in=1))
+    time.sleep(1.1)
+    with pytest.raises(UsageError, match="expired at"):
+        host.enroll("late", short)
+    revoked = host.new_key()
+    host.sign(lambda s: changes.authkey_revoke(s.baseline, revoked.public().key_id()))
+    with pytest.raises(UsageError, match="made up, revoked"):
+        host.enroll("gone", revoked)
+    with pytest.raises(UsageError, match="--tag tag:db: outside auth key"):
+        host.enroll("db", host.new_key(), tags=("tag:db",))
+    refs = list(pygit2.Repository(str(host.bare)).references)
+    assert not [r for r in refs if r.startswith("refs/heads/endpoints/")], refs
+
+
+def test_a_withheld_branch_drops_nobody_and_a_swapped_one_swaps_nobody(host: Host, tmp_path: Path) -> None:
+    key = host.new_key(reusable=True)
+    host.enroll("web-1", key)
+    laptop = Node(tmp_path / "laptop", host.url, "laptop")
+    _, first = laptop.fetch(host.mesh)
+    original = first.peer("web-1")
+    assert original is not None
+    mine = host.branch("web-1")
+    host.set_branch("web-1", None)  # withheld
+    _, netmap = laptop.fetch(host.mesh)
+    assert netmap.peer("web-1") == original
+    host.enroll("intruder", key)  # a valid enrollment of another device...
+    host.set_branch("web-1", host.branch("intruder"))  # ...served as web-1's
+    host.set_branch("intruder", None)
+    view, netmap = laptop.fetch(host.mesh)
+    assert netmap.peer("web-1") == original and netmap.peer("intruder") is None
+    assert "names 'intruder', but it is on endpoints/web-1" in view.enroll_refused["web-1"]
+    host.set_branch("web-1", mine)
+    assert laptop.fetch(host.mesh)[1].peer("web-1") == original
+
+
+def test_a_forged_enrollment_is_refused(host: Host, tmp_path: Path) -> None:
+    key = host.new_key()
+    host.enroll("web-1", key)
+    repo = pygit2.Repository(str(host.bare))
+    tip = repo[pygit2.Oid(hex=host.branch("web-1"))].peel(pygit2.Commit)
+    files = {e.name: repo[e.id].data for e in tip.tree}
+    doc = json.loads(files[enrollment.ENROLLMENT_FILE])
+    doc["tags"] = ["tag:server"]  # within the key's scope even: any byte changed is refused
+    files[enrollment.ENROLLMENT_FILE] = json.dumps(doc).encode()
+    plant_branch(str(host.bare), "endpoints/web-1", files)
+    view, netmap = Node(tmp_path / "laptop", host.url, "laptop").fetch(host.mesh)
+    assert netmap.peer("web-1") is None
+    assert "not signed by auth key" in view.enroll_refused["web-1"]
+
+
+def test_revoking_the_key_drops_the_devices_it_added(host: Host, tmp_path: Path) -> None:
+    key = host.new_key(reusable=True)
+    host.enroll("web-1", key)
+    laptop = Node(tmp_path / "laptop", host.url, "laptop")
+    assert laptop.fetch(host.mesh)[1].peer("web-1") is not None
+    host.sign(lambda s: changes.authkey_revoke(s.baseline, key.public().key_id()))  # no origin here: nothing absorbed
+    view, netmap = laptop.fetch(host.mesh)
+    assert netmap.peer("web-1") is None
+    assert "is not in the signed state (made up, or revoked)" in view.enroll_refused["web-1"]
