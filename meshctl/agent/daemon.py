@@ -120,6 +120,7 @@ class Agent:
         self._loop = loop
         try:
             while not self._stop.is_set():
+                await self._rotate_if_due()
                 ok = await self._pass()
                 # Deadlines, not delays: a pass for a path change must not push the next fetch back.
                 interval = self.sync_interval_s if ok else min(RETRY_AFTER_FAILURE_S, self.sync_interval_s)
@@ -236,6 +237,39 @@ class Agent:
         heap.trim()
         return result
 
+    # --- key rotation (`meshctl rotate-keys`, `--rotate-every`) ---------------------------------
+
+    async def _rotate_if_due(self) -> None:
+        from meshctl.coord.rotate import due
+
+        if due(self.settings.state_dir, self.settings.keys_dir, int(time.time())):
+            try:
+                await self._rotate()
+            except MeshctlError as exc:  # retried on the next pass; the keys in force stay
+                log.warning("automatic key rotation: %s", exc.message)
+
+    async def _rotate(self) -> dict[str, Any]:
+        """New keys announced and in force (coord/rotate.py); the extensions start again with them
+        (disco sealing, relay logins), and the caller's next pass switches the interface."""
+        from meshctl.coord.rotate import rotate_keys
+
+        def blocking() -> dict[str, Any]:
+            with state_lock(self.settings.state_dir, LOCK_WAIT_S):
+                done = rotate_keys(self.settings.state_dir, self.settings.repo_dir, self.settings.keys_dir,
+                                   int(time.time()))
+            return {"old_wireguard": done.old_wireguard.b64(), "new_wireguard": done.new_wireguard.b64(),
+                    "counter": done.counter}
+
+        reply = await asyncio.to_thread(blocking)
+        for ext in self.extensions:
+            try:
+                await ext.stop()
+            except Exception:  # noqa: BLE001 - restarting: log and go on
+                log.exception("unexpected: stopping %s failed", type(ext).__name__)
+        self.extensions, self.signalling, self._extensions_started = [], None, False
+        self._published_since_start = False
+        return reply
+
     def _fetch_due(self) -> bool:
         """Fetch on the sync timer and on request; a path change only re-applies the last map."""
         due = self._fetch_next
@@ -328,6 +362,13 @@ class Agent:
         if cmd == "shutdown":
             self._stop.set()
             return {"ok": True}
+        if cmd == "rotate-keys":
+            try:
+                rotated = await self._rotate()
+            except MeshctlError as exc:
+                return {"ok": False, "error": exc.message, "hint": exc.hint, "exit_code": exc.exit_code}
+            ok = await self._pass()
+            return {"ok": ok, **rotated, "error": self.last_error, "exit_code": self.last_exit_code}
         for ext in self.extensions:
             reply = await ext.handle(request)
             if reply is not None:

@@ -8,9 +8,11 @@ from typing import Any, Final
 from meshctl.coord.endpoint_publish import Published, describe
 from meshctl.coord.endpoint_verify import EndpointView, freshness, keys_match
 from meshctl.coord.netmap import NetMap, Peer
+from meshctl.coord.records import format_time
 from meshctl.wg.config import HANDSHAKE_FRESH_S, DeviceState
 
 STALE_AFTER_S: Final = 300  # five missed one-minute syncs
+EXPIRY_WARNING_S: Final = 14 * 86400  # a membership that ends within this is warned about
 
 
 def record_status(view: EndpointView | None, peer: Peer, now: int) -> str | None:
@@ -84,6 +86,8 @@ def build_status(
             "rx_bytes": ps.rx_bytes if ps else 0,
             "tx_bytes": ps.tx_bytes if ps else 0,
             "record": record_status(endpoints, p, now),
+            "membership_expires": p.expires,
+            "enrolled_with": p.enrolled_with or None,
         })
     coordination_error = last_sync.get("coordination_error")
     stale = fetched_at is None or now - fetched_at > STALE_AFTER_S or bool(coordination_error)
@@ -100,6 +104,8 @@ def build_status(
             "nat": dict(agent.get("nat", {})),
             "up": device is not None,
             "endpoint_record": _published_status(published, now),
+            "membership_expires": me.expires if me else None,
+            "enrolled_with": (me.enrolled_with or None) if me else None,
         },
         "coordination": {
             "serial": netmap.serial,
@@ -110,7 +116,25 @@ def build_status(
         },
         "relays": relays,
         "peers": peers,
+        "refused_enrollments": dict(endpoints.enroll_refused) if endpoints is not None else {},
+        "warnings": membership_warnings(netmap, now),
     }
+
+
+def membership_warnings(netmap: NetMap, now: int) -> list[str]:
+    """This device's membership ending within EXPIRY_WARNING_S, or ended (`admin approve --expires`)."""
+    name = netmap.self_name
+    me = netmap.self_peer
+    ended = dict(netmap.dropped).get(name or "")
+    if ended is not None:
+        return [f"{name} is no longer a member: {ended}; an admin renews it: "
+                f"meshctl admin renew {name} --expires 180d"]
+    if me is None or me.expires is None or me.expires - now > EXPIRY_WARNING_S:
+        return []
+    days = max(0, me.expires - now) / 86400
+    when = f"in {days:.0f} days" if days >= 1 else f"in {max(0, me.expires - now) // 3600} hours"
+    return [f"the membership of {name} expires at {format_time(me.expires)} ({when}): an admin renews it "
+            f"with `meshctl admin renew {name} --expires 180d`"]
 
 
 def _published_status(pub: Published | None, now: int) -> dict[str, Any] | None:
@@ -142,6 +166,8 @@ def render_status(doc: Mapping[str, Any], now: int) -> str:
         f"{'  STALE' if coord['stale'] else ''}"
         f"{'  (' + coord['error'] + ')' if coord.get('error') else ''}",
     ]
+    lines += [f"warning: {w}" for w in doc.get("warnings", [])]
+    lines += [f"enrollment on endpoints/{name} refused: {why}" for name, why in doc.get("refused_enrollments", {}).items()]
     record = me.get("endpoint_record")
     if record:
         lines.append(f"endpoint record: {record['summary']}")

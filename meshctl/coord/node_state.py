@@ -13,6 +13,7 @@
 - enrollments.json: the enrolled devices this node accepted (their files, so that a withheld branch
   drops nobody and a replaced one swaps nobody), which single-use key each used, and the last
   decision (coord/delegation.py).
+- rotation.json: how often this device rotates its keys by itself (`rotate-keys --rotate-every`).
 - own-enrollment.json: this device's own enrollment (`join --auth-key`), published on its branch
   until an admin absorbs it.
 
@@ -281,6 +282,23 @@ class NodeState:
             self.own_enrollment_path.unlink(missing_ok=True)
             return
         atomic_write(self.own_enrollment_path, json.dumps(_candidate_to(candidate)).encode(), mode=0o600)
+
+
+    # --- rotation.json
+    @property
+    def rotation_path(self) -> Path:
+        return self.dir / "rotation.json"
+
+    def load_rotate_every(self) -> int | None:
+        """Seconds between automatic key rotations (`rotate-keys --rotate-every`), or None."""
+        try:
+            every = json.loads(self.rotation_path.read_text()).get("every")
+            return int(every) if every else None
+        except (FileNotFoundError, ValueError, TypeError, AttributeError):
+            return None
+
+    def save_rotate_every(self, every: int | None) -> None:
+        atomic_write(self.rotation_path, (json.dumps({"every": every}) + "\n").encode())
 
 
 @dataclass
