@@ -167,7 +167,8 @@ def render_status(doc: Mapping[str, Any], now: int) -> str:
         f"{'  (' + coord['error'] + ')' if coord.get('error') else ''}",
     ]
     lines += [f"warning: {w}" for w in doc.get("warnings", [])]
-    lines += [f"enrollment on endpoints/{name} refused: {why}" for name, why in doc.get("refused_enrollments", {}).items()]
+    refused = doc.get("refused_enrollments", {})
+    lines += [f"enrollment on endpoints/{name} refused: {why}" for name, why in refused.items()]
     record = me.get("endpoint_record")
     if record:
         lines.append(f"endpoint record: {record['summary']}")
