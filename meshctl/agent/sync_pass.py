@@ -203,8 +203,11 @@ def run_pass(settings: Settings, now: int, *, dry_run: bool = False, fetch: bool
     record_pass(settings.state_dir, now, netmap.serial, coord.error, result.errors, fetch)
     # The record is only as good as its inputs: they must describe the map just applied.
     clean = not result.errors and netmap.state_sha256 == memory.state_sha256
+    from meshctl.coord.effective import next_change
+
     noop_pass.remember_full_pass(settings.state_dir, settings.interface, inputs if clean else None,
-                                 result.device, reconciler.backend.name, now, _resolves_names(netmap))
+                                 result.device, reconciler.backend.name, now, _resolves_names(netmap),
+                                 next_change(netmap, now))
     return PassResult(netmap.serial, result.plan, coord.accepted, coord.error, tuple(result.errors),
                       load_netmap=lambda: netmap, endpoints=coord.endpoints, published=published)
 

@@ -75,9 +75,9 @@ def join(
         return yes or typer.confirm("Trust this root?", default=False)
 
     if auth_key is not None:
-        if endpoint or rename:
-            raise UsageError("--auth-key joins without a request: --endpoint and --rename do not apply")
-        _enroll(settings, repo_url, name, root, confirm, auth_key, tag, ssh_key)
+        if rename:
+            raise UsageError("--auth-key joins without a request: --rename does not apply")
+        _enroll(settings, repo_url, name, root, confirm, auth_key, tag, ssh_key, tuple(endpoint or ()))
         return
     if tag:
         raise UsageError("--tag goes with --auth-key (an admin gives tags with `meshctl admin approve --tag`)")
@@ -136,7 +136,7 @@ def _read_auth_key(value: str) -> SigningKey:
 
 
 def _enroll(settings: Settings, repo_url: str, name: str | None, root: str | None, confirm: Callable[[str], bool],
-            auth_key: str, tags: list[str] | None, ssh_key: str | None) -> None:
+            auth_key: str, tags: list[str] | None, ssh_key: str | None, endpoints: tuple[str, ...]) -> None:
     from meshctl.coord.enroll import enroll
     from meshctl.netaddrs import ipv4_interfaces, local_candidates
 
@@ -145,7 +145,7 @@ def _enroll(settings: Settings, repo_url: str, name: str | None, root: str | Non
     try:
         result = enroll(settings.state_dir, settings.repo_dir, settings.keys_dir, repo_url, name, root, confirm,
                         secret, int(time.time()), tags=tags, default_name=_default_name(), ssh_key=ssh_key,
-                        candidates=candidates)
+                        candidates=candidates, endpoints=endpoints)
     except GitError as exc:
         raise GitError(exc.message, exc.hint if "authentication" in exc.message else
                        "check the URL and that this machine reaches the git host") from None

@@ -100,3 +100,13 @@ def apply_view(base: NetMap, view: EndpointView | None, now: int,
     if view is not None and view.enrollments:
         enrolled = decide(base, {}, view.enrollments, view.used, now).accepted
     return effective_netmap(base, enrolled, view.records if view is not None else {}, now, own_keys)
+
+
+def next_change(netmap: NetMap, now: int) -> int | None:
+    """When the clock alone next changes this map in force: a membership that expires, or the auth key
+    of an enrolled device that expires (None: never)."""
+    keys = {k.id: k.expires for k in netmap.authkeys}
+    times = [p.expires for p in netmap.peers if p.expires is not None]
+    times += [keys[p.enrolled_with] for p in netmap.peers if p.enrolled_with in keys]
+    future = [t for t in times if t > now]
+    return min(future) if future else None

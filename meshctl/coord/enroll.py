@@ -24,11 +24,19 @@ from meshctl.coord import repo as gitrepo
 from meshctl.coord.delegation import Candidate, Enrolled
 from meshctl.coord.endpoint_record import branch_of
 from meshctl.coord.endpoint_sync import enrollment_files
-from meshctl.coord.join import Fetched, check_name, chosen_name, fetch_mesh, kept_credential, make_request
+from meshctl.coord.join import (
+    Fetched,
+    check_endpoints,
+    check_name,
+    chosen_name,
+    fetch_mesh,
+    kept_credential,
+    make_request,
+)
 from meshctl.coord.netmap import NetMap
 from meshctl.coord.node_state import NodeConfig
 from meshctl.coord.records import AuthKey
-from meshctl.errors import GitError, MeshctlError, UsageError
+from meshctl.errors import GitError, MeshctlError, ParseError, UsageError
 from meshctl.identity import DeviceKeys, load_or_create_device_keys
 from meshctl.keys import SigningKey
 
@@ -64,9 +72,11 @@ def scope_problem(key: AuthKey | None, key_id: str, tags: Sequence[str] | None, 
 def enroll(state_dir: Path, repo_dir: Path, keys_dir: Path, url: str, name: str | None, pinned: str | None,
            confirm_root: Callable[[str], bool], auth_key: SigningKey, now: int, *, tags: Sequence[str] | None = None,
            default_name: str = "device", ssh_key: str | None = None,
-           candidates: tuple[str, ...] = ()) -> EnrollResult:
-    """Enroll this device (see the module docstring). `candidates`: its first endpoint record's."""
+           candidates: tuple[str, ...] = (), endpoints: tuple[str, ...] = ()) -> EnrollResult:
+    """Enroll this device (see the module docstring). `candidates`: its first endpoint record's;
+    `endpoints`: static HOST:PORT endpoints for its peer record (`--endpoint`)."""
     check_name(name)
+    check_endpoints(endpoints)
     got = fetch_mesh(state_dir, repo_dir, url, pinned, confirm_root, now, ssh_key, endpoints=True)
     verified, netmap = got.verified, got.verified.netmap
     key_id = auth_key.public().key_id()
@@ -101,9 +111,9 @@ def enroll(state_dir: Path, repo_dir: Path, keys_dir: Path, url: str, name: str 
         raise UsageError(f"single-use auth key {key.id} was used by {used_by[0]} already",
                          "nothing was published; ask an admin for another key (or a --reusable one)")
     own = got.node.load_own_enrollment(name)
-    ours = own if own is not None and _still_good(own, netmap, key, accepted, now) else None
+    ours = own if own is not None and _still_good(own, netmap, key, accepted, endpoints, now) else None
     if ours is None:
-        ours = _new_enrollment(keys, auth_key, key, netmap, name, accepted.values(), tags, now)
+        ours = _new_enrollment(keys, auth_key, key, netmap, name, accepted.values(), tags, endpoints, now)
     verdict = delegation.decide(netmap, {**others, name: ours}, {}, {}, now)
     if name not in verdict.accepted:
         raise UsageError(f"endpoints/{name}: nodes would refuse this enrollment: {verdict.refused.get(name)}",
@@ -115,22 +125,29 @@ def enroll(state_dir: Path, repo_dir: Path, keys_dir: Path, url: str, name: str 
     return replace(base, addresses=tuple(map(str, e.enrollment.addresses)), tags=e.tags, again=ours is own)
 
 
-def _still_good(own: Candidate, netmap: NetMap, key: AuthKey, others: Mapping[str, Enrolled], now: int) -> bool:
-    """This device's earlier enrollment, with the same key, would still be accepted: publish it again
-    (its address does not change on a re-run)."""
+def _still_good(own: Candidate, netmap: NetMap, key: AuthKey, others: Mapping[str, Enrolled],
+                endpoints: tuple[str, ...], now: int) -> bool:
+    """This device's earlier enrollment, with the same key and endpoints, would still be accepted:
+    publish it again (its address does not change on a re-run)."""
+    try:
+        if records.parse_peer(own.peer, "peer.json").endpoints != endpoints:
+            return False
+    except ParseError:
+        return False
     verdict = delegation.decide(netmap, {**{n: e.candidate for n, e in others.items()}, own.name: own}, {}, {}, now)
     e = verdict.accepted.get(own.name)
     return e is not None and e.key.id == key.id
 
 
 def _new_enrollment(keys: DeviceKeys, auth_key: SigningKey, key: AuthKey, netmap: NetMap, name: str,
-                    others: Iterable[Enrolled], tags: Sequence[str] | None, now: int) -> Candidate:
+                    others: Iterable[Enrolled], tags: Sequence[str] | None, endpoints: tuple[str, ...],
+                    now: int) -> Candidate:
     v4 = delegation.choose_address(netmap, key, others, keys.identity.public(), now)
     if not isinstance(v4, ipaddress.IPv4Address):
         raise UsageError(f"auth key {key.id}'s pool {key.pool} has no free address left",
                          "ask an admin for a key with a larger --pool")
     network_id = netmap.network.network_id
-    peer, peer_sig = make_request(keys, network_id, name, (), now)
+    peer, peer_sig = make_request(keys, network_id, name, endpoints, now)
     doc = enrollment.Enrollment(network_id, key.id, name, hashlib.sha256(peer).hexdigest(),
                                 (v4, addressing.mesh_ipv6_for(netmap.network.ipv6_prefix, v4)), now,
                                 tuple(tags) if tags is not None else None)

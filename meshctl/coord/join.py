@@ -164,14 +164,18 @@ def check_name(name: str | None) -> None:
         raise UsageError(f"--name {name!r}: use lowercase letters, digits and '-' (a DNS label)")
 
 
+def check_endpoints(endpoints: tuple[str, ...]) -> None:
+    for ep in endpoints:
+        if not records.HOSTPORT_RE.match(ep):
+            raise UsageError(f"--endpoint {ep!r}: expected HOST:PORT")
+
+
 def join(state_dir: Path, repo_dir: Path, keys_dir: Path, url: str, name: str | None, pinned: str | None,
          confirm_root: Callable[[str], bool], endpoints: tuple[str, ...], now: int, *,
          default_name: str = "device", ssh_key: str | None = None, rename: bool = False) -> JoinResult:
     """Clone and verify the mesh, create keys, push `join/<name>` with the request."""
     check_name(name)
-    for ep in endpoints:
-        if not records.HOSTPORT_RE.match(ep):
-            raise UsageError(f"--endpoint {ep!r}: expected HOST:PORT")
+    check_endpoints(endpoints)
     got = fetch_mesh(state_dir, repo_dir, url, pinned, confirm_root, now, ssh_key)
     node, previous, repo, creds, heads = got.node, got.previous, got.repo, got.creds, got.heads
     branch, tip, pinned, verified, ssh_key = got.branch, got.tip, got.pinned, got.verified, got.ssh_key
