@@ -96,6 +96,7 @@ def apply_view(base: NetMap, view: EndpointView | None, now: int,
     """The map in force from the signed state's and what the devices' branches said (as far as this
     node accepted it): the accepted enrollments are judged again against `base` and `now` (an auth
     key that expired or left the state drops its devices at once)."""
+    base = base.signed or base
     enrolled: Mapping[str, Enrolled] = {}
     if view is not None and view.enrollments:
         enrolled = decide(base, {}, view.enrollments, view.used, now).accepted
