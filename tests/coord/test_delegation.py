@@ -305,3 +305,15 @@ def test_an_enrollment_parses_back_to_what_was_signed() -> None:
     assert doc.tags == ("tag:web",)
     assert doc.authkey == SERVER.id
     assert doc.addresses[1] == ipaddress.IPv6Address("fd7a:115c:a1e0::6440:105")
+
+
+def test_the_key_text_is_never_repeated_in_an_error() -> None:
+    from meshctl.coord.enrollment import key_text, parse_key_text
+    from meshctl.errors import UsageError
+
+    secret = key_text(authkey().secret)
+    for bent in (secret[:-1] + ("0" if secret[-1] != "0" else "1"), secret + "x", secret.upper(), "x" + secret):
+        with pytest.raises(UsageError) as got:
+            parse_key_text(bent)
+        assert secret[-64:][:40] not in got.value.message and secret[-64:][:40] not in str(got.value.hint)
+    assert parse_key_text(f"  {secret}\n").public() == parse_key_text(secret).public()

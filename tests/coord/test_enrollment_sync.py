@@ -110,3 +110,22 @@ def test_revoking_the_key_drops_the_devices_it_added(host: Host, tmp_path: Path)
     view, netmap = laptop.fetch(host.mesh)
     assert netmap.peer("web-1") is None
     assert "is not in the signed state (made up, or revoked)" in view.enroll_refused["web-1"]
+
+
+def test_join_never_races_a_single_use_key_already_used(host: Host) -> None:
+    key = host.new_key()
+    host.enroll("web-1", key)
+    with pytest.raises(UsageError, match="single-use auth key .* was used by web-1 already"):
+        host.enroll("web-2", key)
+    assert "refs/heads/endpoints/web-2" not in list(pygit2.Repository(str(host.bare)).references)
+
+
+def test_a_rerun_publishes_the_same_enrollment_again(host: Host) -> None:
+    key = host.new_key()
+    state = host.enroll("web-1", key)
+    first = host.branch("web-1")
+    repo = pygit2.Repository(str(host.bare))
+    before = repo.revparse_single("endpoints/web-1").peel(pygit2.Tree)["enrollment.json"].id
+    assert host.enroll("web-1", key) == state  # e.g. cloud-init running runcmd again after a reboot
+    after = repo.revparse_single("endpoints/web-1").peel(pygit2.Tree)["enrollment.json"].id
+    assert after == before and host.branch("web-1") != first  # one more publish, the same enrollment
