@@ -7,6 +7,7 @@ import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from lab.git_host import plant_branch as plant_branch  # re-exported: the coord tests plant branches too
 from meshctl.coord import addressing, records, signing
 from meshctl.coord.delegation import Candidate
 from meshctl.coord.enrollment import Enrollment, sign_enrollment
@@ -94,19 +95,3 @@ def branch_files(c: Candidate, keys: DeviceKeys, network: str = NETWORK) -> dict
                                False, NOW, NOW * 1000, None)
     return {**files, "peer.json": c.peer, "peer.json.sig": c.peer_sig, "enrollment.json": c.enrollment,
             "enrollment.json.sig": c.enrollment_sig}
-
-
-def plant_branch(repo_path: str, branch: str, files: dict[str, bytes]) -> str:
-    """A parentless commit holding `files` as `refs/heads/<branch>` of the repository (what a device, or
-    the git host, can put there)."""
-    import pygit2
-
-    repo = pygit2.Repository(repo_path)
-    index = pygit2.Index()
-    for path, data in sorted(files.items()):
-        index.add(pygit2.IndexEntry(path, repo.create_blob(data), pygit2.enums.FileMode.BLOB))
-    tree = index.write_tree(repo)
-    sig = pygit2.Signature("device", "device@example.com")
-    commit = repo.create_commit(None, sig, sig, "planted", tree, [])
-    repo.references.create(f"refs/heads/{branch}", commit, force=True)
-    return str(commit)

@@ -13,12 +13,11 @@ import pygit2
 import pytest
 
 from lab import Lab, Node, lab_unavailable
+from lab.git_host import branch_files, plant_branch
 from lab.scenario import MeshScenario, build_nat_mesh
 from meshctl.coord import signing
 from meshctl.coord.endpoint_publish import build_record
 from meshctl.identity import load_device_keys
-
-GIT_SIG = pygit2.Signature("host", "host@example.com")
 
 
 def need_lab() -> None:
@@ -60,17 +59,10 @@ class GitHost:
         return json.loads(repo[commit.tree["endpoint.json"].id].data), str(commit.id)
 
     def files(self, name: str) -> dict[str, bytes]:
-        repo = pygit2.Repository(str(self.repo_dir))
-        tree = repo.revparse_single(f"endpoints/{name}").peel(pygit2.Tree)
-        return {e.name: repo[e.id].data for e in tree}
+        return branch_files(self.repo_dir, f"endpoints/{name}")
 
     def plant(self, name: str, files: dict[str, bytes]) -> None:
-        repo = pygit2.Repository(str(self.repo_dir))
-        builder = repo.TreeBuilder()
-        for path, data in files.items():
-            builder.insert(path, repo.create_blob(data), pygit2.enums.FileMode.BLOB)
-        commit = repo.create_commit(None, GIT_SIG, GIT_SIG, "planted", builder.write(), [])
-        repo.references.create(f"refs/heads/endpoints/{name}", commit, force=True)
+        plant_branch(self.repo_dir, f"endpoints/{name}", files)
 
     def refuse_pushes_of(self, branch: str) -> None:
         """A protected branch: the host refuses pushes to it (as a device without write access sees)."""

@@ -17,6 +17,7 @@ import pytest
 
 from lab import Lab, Node, lab_unavailable
 from lab.core import meshctl_argv
+from lab.git_host import branch_files, plant_branch
 from lab.scenario import Member, MeshScenario
 from lab.topology import OneLan, one_lan
 from meshctl.coord import addressing, signing
@@ -25,8 +26,6 @@ from meshctl.coord.enrollment import Enrollment, parse_key_text, sign_enrollment
 from meshctl.coord.join import make_request
 from meshctl.identity import DeviceKeys
 from meshctl.keys import DiscoPrivate, NodePrivate, SigningKey
-
-GIT_SIG = pygit2.Signature("host", "host@example.com")
 
 
 def need_lab() -> None:
@@ -98,17 +97,10 @@ class GitHost:
     repo_dir: Path
 
     def files(self, branch: str) -> dict[str, bytes]:
-        repo = pygit2.Repository(str(self.repo_dir))
-        tree = repo.revparse_single(branch).peel(pygit2.Tree)
-        return {e.name: repo[e.id].data for e in tree}
+        return branch_files(self.repo_dir, branch)
 
     def plant(self, branch: str, files: dict[str, bytes]) -> None:
-        repo = pygit2.Repository(str(self.repo_dir))
-        builder = repo.TreeBuilder()
-        for path, data in files.items():
-            builder.insert(path, repo.create_blob(data), pygit2.enums.FileMode.BLOB)
-        commit = repo.create_commit(None, GIT_SIG, GIT_SIG, "planted", builder.write(), [])
-        repo.references.create(f"refs/heads/{branch}", commit, force=True)
+        plant_branch(self.repo_dir, branch, files)
 
     def branches(self) -> list[str]:
         return sorted(r for r in pygit2.Repository(str(self.repo_dir)).references if r.startswith("refs/heads/"))
