@@ -74,13 +74,17 @@ def join(
     if result.push_error == "already a member":
         typer.echo(f"{result.name} is already a member of {result.mesh}; run `meshctl up` or `meshctl sync`")
         return
+    fingerprint = (f"key fingerprint {result.fingerprint}: give it to your admin, who approves with "
+                   f"`meshctl admin approve {result.name} --expect-key {result.fingerprint}`")
     if result.already_pushed:
         typer.echo(f"join request for {result.name} is already on branch {result.branch}; nothing to push")
+        typer.echo(fingerprint)
         if result.pr_url:
             typer.echo(f"open the pull request: {result.pr_url}")
         return
     if result.pushed:
         typer.echo(f"join request for {result.name} pushed to branch {result.branch}")
+        typer.echo(fingerprint)
         if result.pr_url:
             typer.echo(f"open the pull request: {result.pr_url}")
         else:
@@ -88,6 +92,7 @@ def join(
                        f"`meshctl admin approve {result.name}` on it")
         return
     typer.echo(f"could not push branch {result.branch}: {result.push_error}")
+    typer.echo(fingerprint)
     typer.echo("Hand these two files to an admin; they go in the coordination repository as:")
     for path, data in ((f"requests/{result.name}.json", result.record),
                        (f"requests/{result.name}.json.sig", result.signature)):

@@ -15,8 +15,9 @@ PACKAGE = Path(__file__).resolve().parents[2] / "meshctl"
 
 PURE_MODULES = [
     "coord/records.py", "coord/signing.py", "coord/strictjson.py", "coord/verify.py", "coord/netmap.py",
-    "coord/netmap_json.py", "coord/pr_check.py", "coord/trust.py", "coord/endpoint_record.py",
-    "coord/endpoint_verify.py", "coord/endpoint_publish.py", "agent/record_poll.py",
+    "coord/netmap_json.py", "coord/pr_check.py", "coord/trust.py", "coord/baseline.py", "coord/state_diff.py",
+    "coord/signed_change.py", "coord/changes.py", "coord/endpoint_record.py", "coord/endpoint_verify.py",
+    "coord/endpoint_publish.py", "agent/record_poll.py",
     "policy/hujson.py", "policy/parse.py", "policy/compile.py", "policy/model.py", "policy/addrset.py",
     "policy/protocols.py", "policy/evaluate.py", "policy/approvers.py", "policy/check.py", "firewall/nft.py",
     "nat/stun.py", "nat/disco.py", "nat/packet.py", "nat/paths.py", "nat/addr.py",
