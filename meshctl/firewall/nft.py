@@ -1,12 +1,13 @@
-"""PacketFilter -> the nftables table that enforces it, as nft JSON and text (pure).
+"""PacketFilter -> the nftables tables that enforce it, as nft JSON and text (pure).
 
-The rules are ruleset.py's; this module puts them into meshctl's own table, in one of two
+The rules are ruleset.py's; this module puts them into meshctl's own tables, in one of two
 layouts:
 
-DEVICE (Linux 5.16 and newer), the default: hooks on the mesh interface itself, so no other
-packet of the host ever passes meshctl's rules (an inet hook costs every packet of the host
-about 0.3 us here: 12 % of a small-packet flood that has nothing to do with the mesh, and
-half of the filter's cost to a WireGuard flow, whose encrypted packets pass it too)::
+DEVICE (Linux 5.16 and newer), the default: the mesh filter hooks the mesh interface itself,
+so no other packet of the host passes those rules (an inet hook costs every packet of the
+host about 0.3 us here: 12 % of a small-packet flood that has nothing to do with the mesh,
+and half of the filter's cost to a WireGuard flow, whose encrypted packets pass it too); the
+strong host model, which must see every interface, is one short inet chain::
 
     table netdev meshctl {
         set udp4-replies, udp6-replies   # (peer, peer port, own address, own port), 2 min
@@ -15,12 +16,18 @@ half of the filter's cost to a WireGuard flow, whose encrypted packets pass it t
         chain egress  { type filter hook egress device IF priority filter; policy accept;
                         ruleset.outbound_rules (non-UDP accept first) }
     }
+    table inet meshctl {
+        chain strong-host { type filter hook prerouting priority -500; policy accept;
+                            ruleset.strong_host_rules (the mesh interface and loopback accepted
+                            first; elsewhere mesh destinations and mesh sources dropped) }
+    }
 
 HOOKS (kernels without the netdev egress hook): the same rules behind inet hooks that
-every packet passes, with the interface matched by name::
+every packet passes, with the interface matched by name, in one table::
 
     table inet meshctl {
         set udp4-replies, udp6-replies
+        chain strong-host { type filter hook prerouting priority -500; ruleset.strong_host_rules }
         chain prerouting  { type filter hook prerouting priority mangle; iifname IF jump mesh-in }
         chain postrouting { type filter hook postrouting priority 300; oifname IF udp jump mesh-out }
         chain mesh-out { ruleset.outbound_rules }
@@ -37,8 +44,8 @@ A device-bound chain goes with its device: Linux 6.1 removes it when the interfa
 every pass and the interface comes up only after the filter is in place, so a recreated
 interface gets its filter again before it carries anything.
 
-A replace keeps the reply sets' elements when the table's layout is unchanged: the
-transaction flushes the table's rules and adds the new ones (`flush table` leaves set
+A replace keeps the reply sets' elements when the tables' layout is unchanged: the
+transaction flushes the tables' rules and adds the new ones (`flush table` leaves set
 elements alone). Otherwise (the first time, a changed layout, an older meshctl's table) it
 deletes both of meshctl's tables (`add` first, so the delete cannot fail) and builds the new
 one. Either way it is one kernel transaction.
@@ -60,6 +67,7 @@ from meshctl.firewall.ruleset import (
     inbound_rules,
     l4proto,
     outbound_rules,
+    strong_host_rules,
 )
 from meshctl.policy.protocols import PROTO_UDP
 
@@ -69,6 +77,7 @@ if TYPE_CHECKING:
 TABLE: Final = "meshctl"
 CHAIN: Final = "mesh-in"
 CHAIN_OUT: Final = "mesh-out"
+CHAIN_STRONG_HOST: Final = "strong-host"
 # The names nft uses for priorities, per family (netdev knows only "filter").
 PRIORITY_NAMES: Final = {"inet": {-150: "mangle", 0: "filter"}, "netdev": {0: "filter"}}
 REPLY_SET_SIZE: Final = 65535  # when full, new flows' replies are dropped (as with a full conntrack table)
@@ -99,28 +108,63 @@ class _Base:
     priority: int
     interface_match: str | None  # HOOKS: "iifname"/"oifname" then a jump; DEVICE: bound, no match
     target: str | None  # the chain the HOOKS base chain jumps to
+    hook: str = ""  # "" = the chain's name
+
+    @property
+    def hook_name(self) -> str:
+        return self.hook or self.name
 
 
-def _bases(layout: Layout) -> tuple[_Base, _Base]:
+# Before everything else on the host (raw -300, conntrack -200, other tables' mangle and filter):
+# a packet for the mesh's addresses from elsewhere is gone before anything keeps state about it.
+STRONG_HOST: Final = _Base(CHAIN_STRONG_HOST, -500, None, None, hook="prerouting")
+
+
+def _families(layout: Layout) -> tuple[str, ...]:
+    """meshctl's tables in this layout, in FAMILIES order (as read_table lists them)."""
+    return FAMILIES if layout is Layout.DEVICE else (Layout.HOOKS.family,)
+
+
+def _holds_filter(layout: Layout, family: str) -> bool:
+    """The table with the mesh filter and its reply sets (the other only keeps the strong host)."""
+    return family == layout.family
+
+
+def _bases(layout: Layout, family: str) -> tuple[_Base, ...]:
+    if not _holds_filter(layout, family):
+        return (STRONG_HOST,)
     if layout is Layout.DEVICE:
         return _Base("ingress", -150, None, None), _Base("egress", 0, None, None)
     # mangle (-150) runs before destination NAT undoes a masquerade; 300 after source NAT.
-    return _Base("prerouting", -150, "iifname", CHAIN), _Base("postrouting", 300, "oifname", CHAIN_OUT)
+    return (STRONG_HOST, _Base("prerouting", -150, "iifname", CHAIN),
+            _Base("postrouting", 300, "oifname", CHAIN_OUT))
 
 
-def _rules_of(pf: PacketFilter, interface: str, layout: Layout) -> list[tuple[str, Rule]]:
-    inbound, outbound = _bases(layout)
+def _filter_rules(pf: PacketFilter, interface: str, layout: Layout) -> list[tuple[str, Rule]]:
     if layout is Layout.DEVICE:
-        return ([(inbound.name, r) for r in inbound_rules(pf, netdev=True)]
-                + [(outbound.name, r) for r in outbound_rules(netdev=True)])
+        return ([("ingress", r) for r in inbound_rules(pf, netdev=True)]
+                + [("egress", r) for r in outbound_rules(netdev=True)])
     jumps = []
-    for base in (inbound, outbound):
-        assert base.interface_match is not None and base.target is not None
+    for base in _bases(layout, layout.family):
+        if base.target is None:
+            continue
+        assert base.interface_match is not None
         matches = (eq({"meta": {"key": base.interface_match}}, interface, f'{base.interface_match} "{interface}"'),
                    *((l4proto([PROTO_UDP]),) if base.target == CHAIN_OUT else ()))  # only UDP is recorded
         jumps.append((base.name, Rule(matches, f"jump:{base.target}")))
     return [*jumps, *((CHAIN_OUT, r) for r in outbound_rules(netdev=False)),
             *((CHAIN, r) for r in inbound_rules(pf, netdev=False))]
+
+
+def _rules_of(pf: PacketFilter, interface: str, layout: Layout) -> list[tuple[str, str, Rule]]:
+    """(family, chain, rule) for every rule of every table, tables in FAMILIES order."""
+    out: list[tuple[str, str, Rule]] = []
+    for family in _families(layout):
+        if family == Layout.HOOKS.family:  # the inet table: the strong host first
+            out += [(family, CHAIN_STRONG_HOST, r) for r in strong_host_rules(pf, interface)]
+        if _holds_filter(layout, family):
+            out += [(family, chain, r) for chain, r in _filter_rules(pf, interface, layout)]
+    return out
 
 
 def _verdict_json(verdict: str) -> list[Json]:
@@ -139,18 +183,20 @@ def _table(family: str) -> dict[str, Json]:
     return {"family": family, "name": TABLE}
 
 
-def _rule_json(layout: Layout, chain: str, rule: Rule) -> dict[str, Json]:
-    body: dict[str, Json] = {"family": layout.family, "table": TABLE, "chain": chain}
+def _rule_json(family: str, chain: str, rule: Rule) -> dict[str, Json]:
+    body: dict[str, Json] = {"family": family, "table": TABLE, "chain": chain}
     body["expr"] = [m.json for m in rule.matches] + _verdict_json(rule.verdict)
     if rule.comment:
         body["comment"] = rule.comment
     return body
 
 
-def _sets(layout: Layout) -> list[dict[str, Json]]:
+def _sets(layout: Layout, family: str) -> list[dict[str, Json]]:
+    if not _holds_filter(layout, family):
+        return []
     return [
         {
-            "family": layout.family,
+            "family": family,
             "name": name,
             "table": TABLE,
             "type": [f"ipv{version}_addr", "inet_service", f"ipv{version}_addr", "inet_service"],
@@ -162,48 +208,58 @@ def _sets(layout: Layout) -> list[dict[str, Json]]:
     ]
 
 
-def _chains(layout: Layout, interface: str | None) -> list[dict[str, Json]]:
+def _chains(layout: Layout, family: str, interface: str | None) -> list[dict[str, Json]]:
     """The chains as nft lists them (interface None), or as they are added (the device named)."""
     chains: list[dict[str, Json]] = []
-    for base in _bases(layout):
-        chain: dict[str, Json] = {"family": layout.family, "table": TABLE, "name": base.name, "type": "filter",
-                                  "hook": base.name, "prio": base.priority, "policy": "accept"}
-        if layout is Layout.DEVICE and interface is not None:
+    for base in _bases(layout, family):
+        chain: dict[str, Json] = {"family": family, "table": TABLE, "name": base.name, "type": "filter",
+                                  "hook": base.hook_name, "prio": base.priority, "policy": "accept"}
+        if family == Layout.DEVICE.family and interface is not None:
             chain["dev"] = interface  # nft 1.0.6 does not list it back
         chains.append(chain)
     if layout is Layout.HOOKS:
-        chains += [{"family": layout.family, "table": TABLE, "name": name} for name in (CHAIN_OUT, CHAIN)]
+        chains += [{"family": family, "table": TABLE, "name": name} for name in (CHAIN_OUT, CHAIN)]
     return chains
 
 
 def _skeleton(layout: Layout, interface: str | None = None) -> list[dict[str, Json]]:
-    """The table, its sets and chains: everything but the rules."""
-    objects: list[dict[str, Json]] = [{"table": _table(layout.family)}]
-    objects += [{"set": s} for s in _sets(layout)]
-    objects += [{"chain": c} for c in _chains(layout, interface)]
+    """The tables, their sets and chains: everything but the rules, table by table."""
+    objects: list[dict[str, Json]] = []
+    for family in _families(layout):
+        objects.append({"table": _table(family)})
+        objects += [{"set": s} for s in _sets(layout, family)]
+        objects += [{"chain": c} for c in _chains(layout, family, interface)]
     return objects
 
 
 def table_objects(pf: PacketFilter, interface: str, layout: Layout = Layout.DEVICE) -> list[dict[str, Json]]:
-    """The table, its sets, chains and rules as nft lists them (`{"chain": {...}}`, ...)."""
-    return _skeleton(layout) + [{"rule": _rule_json(layout, chain, rule)}
-                                for chain, rule in _rules_of(pf, interface, layout)]
+    """The tables, their sets, chains and rules as nft lists them (`{"chain": {...}}`, ...)."""
+    objects: list[dict[str, Json]] = []
+    rules = _rules_of(pf, interface, layout)
+    for family in _families(layout):
+        objects.append({"table": _table(family)})
+        objects += [{"set": s} for s in _sets(layout, family)]
+        objects += [{"chain": c} for c in _chains(layout, family, None)]
+        objects += [{"rule": _rule_json(f, chain, rule)} for f, chain, rule in rules if f == family]
+    return objects
 
 
 def replace_document(pf: PacketFilter, interface: str, current: list[dict[str, Json]] | None = None,
                      layout: Layout = Layout.DEVICE) -> dict[str, Json]:
-    """One `nft -j -f -` transaction that makes meshctl's table enforce `pf` on `interface`.
+    """One `nft -j -f -` transaction that makes meshctl's tables enforce `pf` on `interface`.
 
     `current` is what meshctl's tables hold now (listed_objects of both). When it is this
-    layout's table with the sets and chains wanted, only the rules are replaced and the UDP
+    layout's tables with the sets and chains wanted, only the rules are replaced and the UDP
     flows recorded so far stay.
     """
-    table = _table(layout.family)
-    rules: list[Json] = [{"add": {"rule": _rule_json(layout, chain, rule)}}
-                         for chain, rule in _rules_of(pf, interface, layout)]
+    rules: list[Json] = [{"add": {"rule": _rule_json(family, chain, rule)}}
+                         for family, chain, rule in _rules_of(pf, interface, layout)]
     head: list[Json] = [{"metainfo": {"json_schema_version": JSON_SCHEMA_VERSION}}]
     if current is not None and [o for o in current if "rule" not in o] == _skeleton(layout):
-        return {"nftables": [*head, {"add": {"table": table}}, {"flush": {"table": table}}, *rules]}
+        flushes: list[Json] = []
+        for family in _families(layout):
+            flushes += [{"add": {"table": _table(family)}}, {"flush": {"table": _table(family)}}]
+        return {"nftables": [*head, *flushes, *rules]}
     commands = head + _delete_commands()
     commands += [{"add": obj} for obj in _skeleton(layout, interface)]
     return {"nftables": commands + rules}
@@ -237,28 +293,32 @@ def _priority_text(family: str, prio: int) -> str:
 
 def render_text(pf: PacketFilter, interface: str, layout: Layout = Layout.DEVICE) -> str:
     """The same ruleset as an nft script (for `--dry-run`, logs and golden tests)."""
-    by_chain: dict[str, list[Rule]] = {}
-    for chain, rule in _rules_of(pf, interface, layout):
-        by_chain.setdefault(chain, []).append(rule)
-    lines = [f"table {layout.family} {TABLE} {{"]
-    for s in _sets(layout):
-        types = " . ".join(str(t) for t in s["type"])  # type: ignore[union-attr]
-        lines += [f"\tset {s['name']} {{", f"\t\ttype {types}", f"\t\tsize {s['size']}",
-                  "\t\tflags dynamic,timeout", f"\t\ttimeout {REPLY_TIMEOUT_S}s", "\t}"]
-    bases = {b.name: b for b in _bases(layout)}
-    for chain in (*bases, *(() if layout is Layout.DEVICE else (CHAIN_OUT, CHAIN))):
-        lines.append(f"\tchain {chain} {{")
-        if chain in bases:
-            device = f' device "{interface}"' if layout is Layout.DEVICE else ""
-            priority = _priority_text(layout.family, bases[chain].priority)
-            lines.append(f"\t\ttype filter hook {chain}{device} priority {priority}; policy accept;")
-        for rule in by_chain.get(chain, []):
-            parts = [m.text for m in rule.matches] + _verdict_text(rule.verdict)
-            if rule.comment:
-                parts.append(f'comment "{rule.comment}"')
-            lines.append("\t\t" + " ".join(parts))
-        lines.append("\t}")
-    lines.append("}")
+    by_chain: dict[tuple[str, str], list[Rule]] = {}
+    for family, chain, rule in _rules_of(pf, interface, layout):
+        by_chain.setdefault((family, chain), []).append(rule)
+    lines: list[str] = []
+    for family in _families(layout):
+        lines.append(f"table {family} {TABLE} {{")
+        for s in _sets(layout, family):
+            types = " . ".join(str(t) for t in s["type"])  # type: ignore[union-attr]
+            lines += [f"\tset {s['name']} {{", f"\t\ttype {types}", f"\t\tsize {s['size']}",
+                      "\t\tflags dynamic,timeout", f"\t\ttimeout {REPLY_TIMEOUT_S}s", "\t}"]
+        bases = {b.name: b for b in _bases(layout, family)}
+        regular = (CHAIN_OUT, CHAIN) if layout is Layout.HOOKS and _holds_filter(layout, family) else ()
+        for chain in (*bases, *regular):
+            lines.append(f"\tchain {chain} {{")
+            if chain in bases:
+                device = f' device "{interface}"' if family == Layout.DEVICE.family else ""
+                priority = _priority_text(family, bases[chain].priority)
+                lines.append(f"\t\ttype filter hook {bases[chain].hook_name}{device} priority {priority}; "
+                             "policy accept;")
+            for rule in by_chain.get((family, chain), []):
+                parts = [m.text for m in rule.matches] + _verdict_text(rule.verdict)
+                if rule.comment:
+                    parts.append(f'comment "{rule.comment}"')
+                lines.append("\t\t" + " ".join(parts))
+            lines.append("\t}")
+        lines.append("}")
     return "\n".join(lines) + "\n"
 
 
