@@ -68,9 +68,9 @@ def build_status(
         fresh = hs is not None and now - hs < HANDSHAKE_FRESH_S
         info = paths.get(p.name, {})
         path = info.get("path") or ("direct" if fresh else "none")
-        if path == "none" and fresh:
-            # A tunnel that works is a path, whatever the probes say: a peer with no agent (a
-            # server synced from cron) answers none, yet WireGuard reached its endpoint.
+        if path == "none" and fresh and _runs_no_agent(endpoints, p.name):
+            # A peer with no agent (a server synced from cron) answers no probe: its working
+            # tunnel is the only evidence of its path, and WireGuard reached its endpoint.
             path, info = "direct", {**info, "endpoint": ps.endpoint if ps else None}
         peers.append({
             "name": p.name,
@@ -111,6 +111,11 @@ def build_status(
         "relays": relays,
         "peers": peers,
     }
+
+
+def _runs_no_agent(view: EndpointView | None, name: str) -> bool:
+    record = view.records.get(name) if view is not None else None
+    return record is not None and not record.agent
 
 
 def _published_status(pub: Published | None, now: int) -> dict[str, Any] | None:
