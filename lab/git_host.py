@@ -25,4 +25,9 @@ def branch_files(repo_dir: Path | str, branch: str) -> dict[str, bytes]:
     """The files at the tip of `branch` (a flat tree)."""
     repo = pygit2.Repository(str(repo_dir))
     tree = repo.revparse_single(branch).peel(pygit2.Tree)
-    return {e.name: repo[e.id].data for e in tree}
+    out = {}
+    for entry in tree:
+        blob = repo[entry.id]
+        assert isinstance(blob, pygit2.Blob), entry.name
+        out[str(entry.name)] = blob.data
+    return out

@@ -70,9 +70,9 @@ def build_status(
         fresh = hs is not None and now - hs < HANDSHAKE_FRESH_S
         info = paths.get(p.name, {})
         path = info.get("path") or ("direct" if fresh else "none")
-        if path == "none" and fresh:
-            # A tunnel that works is a path, whatever the probes say: a peer with no agent (a
-            # server synced from cron) answers none, yet WireGuard reached its endpoint.
+        if path == "none" and fresh and _runs_no_agent(endpoints, p.name):
+            # A peer with no agent (a server synced from cron) answers no probe: its working
+            # tunnel is the only evidence of its path, and WireGuard reached its endpoint.
             path, info = "direct", {**info, "endpoint": ps.endpoint if ps else None}
         peers.append({
             "name": p.name,
@@ -135,6 +135,11 @@ def membership_warnings(netmap: NetMap, now: int) -> list[str]:
     when = f"in {days:.0f} days" if days >= 1 else f"in {max(0, me.expires - now) // 3600} hours"
     return [f"the membership of {name} expires at {format_time(me.expires)} ({when}): an admin renews it "
             f"with `meshctl admin renew {name} --expires 180d`"]
+
+
+def _runs_no_agent(view: EndpointView | None, name: str) -> bool:
+    record = view.records.get(name) if view is not None else None
+    return record is not None and not record.agent
 
 
 def _published_status(pub: Published | None, now: int) -> dict[str, Any] | None:

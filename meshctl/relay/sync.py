@@ -94,7 +94,11 @@ def listing_problem(listed: tuple[Relay, ...], name: str, identity: VerifyKey | 
                 f"restart it with --name {other}")
     same_name = [r for r in listed if r.name == name]
     if same_name:
-        if same_name[0].identity_key is None or identity is None:
+        if same_name[0].identity_key is None:
+            key = f" --identity-key {identity.text()}" if identity is not None else ""
+            return (f"relay {name}: the coordination state lists it without its identity key; members never "
+                    f"use such a relay: list it again with meshctl admin relay add {name} HOST:PORT{key}")
+        if identity is None:
             return None
         return (f"relay {name}: the coordination state lists relay {name!r} with identity key "
                 f"{same_name[0].identity_key.short()}, not this relay's {identity.short()}; members refuse it")

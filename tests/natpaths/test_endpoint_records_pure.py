@@ -86,12 +86,15 @@ def test_each_listed_relay_with_its_state_and_last_error() -> None:
     assert doc["self"]["endpoint_record"]["push_rights"] is False
 
 
-def test_a_working_tunnel_is_a_path_even_when_no_probe_answers() -> None:
-    """A peer with no agent (cron) answers no disco: the agent says none, WireGuard says direct."""
+def test_the_tunnel_of_a_peer_without_an_agent_is_its_path() -> None:
+    """A peer with no agent (cron) answers no disco: the agent says none, WireGuard says direct.
+    For a peer that runs an agent, only the probes tell (a tunnel may work while pongs do not)."""
     nm = netmap()
+    agentless = EndpointView({"b": rec(("203.0.113.11:51820",), agent=False)})
+    none = {"paths": {"b": {"path": "none", "endpoint": None}}}
     device = DeviceState(None, 51820, (PeerState(WG, "203.0.113.11:51820", (), 25, NOW - 5, 100, 200),))
-    doc = build_status(nm, device, {}, NOW, {}, NOW, {"paths": {"b": {"path": "none", "endpoint": None}}})
+    doc = build_status(nm, device, {}, NOW, {}, NOW, none, agentless)
     assert doc["peers"][0]["path"] == "direct" and doc["peers"][0]["endpoint"] == "203.0.113.11:51820"
+    assert build_status(nm, device, {}, NOW, {}, NOW, none, EndpointView({"b": rec(())}))["peers"][0]["path"] == "none"
     stale = DeviceState(None, 51820, (PeerState(WG, "203.0.113.11:51820", (), 25, NOW - 3600, 100, 200),))
-    doc = build_status(nm, stale, {}, NOW, {}, NOW, {"paths": {"b": {"path": "none", "endpoint": None}}})
-    assert doc["peers"][0]["path"] == "none"
+    assert build_status(nm, stale, {}, NOW, {}, NOW, none, agentless)["peers"][0]["path"] == "none"

@@ -88,7 +88,7 @@ OTHER = SigningKey.generate().public()
     ((Relay("lab", "203.0.113.5:3340", KEY),), "lists this relay (identity " + KEY.short() + ") as 'lab'; "
      "members refuse it, since it introduces itself as 'relay': restart it with --name lab"),
     ((Relay("relay", "203.0.113.5:3340", KEY),), None),
-    ((Relay("relay", "203.0.113.5:3340", None),), None),
+    ((Relay("relay", "203.0.113.5:3340", None),), "without its identity key; members never use such a relay"),
     ((Relay("relay", "203.0.113.5:3340", OTHER),), "with identity key " + OTHER.short()),
     ((Relay("lab", "203.0.113.5:3340", None),), "lists no relay named 'relay' (it lists 'lab')"),
     ((), "lists no relay named 'relay' (it lists none)"),
