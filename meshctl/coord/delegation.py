@@ -133,7 +133,8 @@ def _signed_by(sig_data: bytes, key: VerifyKey, file_type: str, network_id: str,
 
 def check(c: Candidate, scope: _Scope, now: int) -> Enrolled | str:
     """The enrollment on branch `endpoints/<c.name>` by the rules that concern it alone: the
-    Enrolled, or why not (one line). Raises AlreadyMember for a device the state lists already."""
+    Enrolled, or why not (one line). Raises AlreadyMember for a device the state lists already
+    (the scope's map is the signed state's, never a map in force)."""
     netmap = scope.netmap
     network_id = netmap.network.network_id
     try:
@@ -146,7 +147,7 @@ def check(c: Candidate, scope: _Scope, now: int) -> Enrolled | str:
     if record.network_id != network_id or enr.network_id != network_id:
         return "made for another mesh (network_id)"
     member = netmap.peer(c.name)
-    if member is not None and member.identity_key == record.identity_key and not member.enrolled_with:
+    if member is not None and member.identity_key == record.identity_key:
         raise AlreadyMember(c.name)
     if not _signed_by(c.peer_sig, record.identity_key, "peer", network_id, c.peer, enrollment.PEER_SIG_FILE):
         return f"{enrollment.PEER_FILE} is not signed by its identity key"
@@ -210,6 +211,7 @@ def decide(netmap: NetMap, candidates: Mapping[str, Candidate], remembered: Mapp
     the ones this node accepted before (kept, so a withheld branch drops nobody and a replaced
     one swaps nobody); `used`: single-use key id -> the name that used it; `extra_keys`: member
     keys besides their records' (a rotation through an endpoint record)."""
+    netmap = netmap.signed or netmap  # judged against the signed state, never a map in force
     scope = _scope(netmap, now, extra_keys or {})
     refused: dict[str, str] = {}
     chosen: dict[str, tuple[Enrolled, bool]] = {}  # name -> (enrollment, accepted before)

@@ -43,6 +43,9 @@ def test_a_server_joins_from_a_script_and_every_node_accepts_it_on_its_next_sync
         assert mesh.ping(src, web_ip), src
         assert mesh.ping("web", mesh.members[src].mesh_ipv4), src
     assert em.peers_of("desk")["web"]["enrolled_with"] is not None
+    mesh.up("web", "--sync-interval", str(SYNC_S))  # the enrolled server's own agent: a member to itself too
+    assert mesh.status("web")["self"]["enrolled_with"] is not None
+    assert wait_for(lambda: mesh.ping("web", mesh.members["desk"].mesh_ipv4, 1, 1), 10.0) is not None
     # The next admin signing command makes it an ordinary member (in its diff); the single-use key is used up.
     out = mesh.admin("admin", "renew")
     assert "+ member web: 100.64.1." in out and "tags tag:server" in out and "- authkey" in out, out
