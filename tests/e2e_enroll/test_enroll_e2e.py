@@ -31,7 +31,9 @@ def test_a_server_joins_from_a_script_and_every_node_accepts_it_on_its_next_sync
     assert mesh.meshctl("cron", "sync").returncode == 0
     key = em.create_key("--tag", "tag:server", "--pool", "100.64.1.0/24")
     web = em.server("web")
+    began = time.monotonic()
     proc = em.enroll_by_script(web, "web", key)
+    scripted = time.monotonic() - began
     assert proc.returncode == 0, proc.stderr
     assert "enrolled web in enroll with auth key" in proc.stdout and "tags tag:server" in proc.stdout
     web_ip = mesh.members["web"].mesh_ipv4
@@ -42,6 +44,8 @@ def test_a_server_joins_from_a_script_and_every_node_accepts_it_on_its_next_sync
     for src in ("desk", "cron"):
         assert mesh.ping(src, web_ip), src
         assert mesh.ping("web", mesh.members[src].mesh_ipv4), src
+    print(f"join --auth-key + sync on the server: {scripted:.1f} s; its script's start to both nodes' pings "
+          f"answered: {time.monotonic() - began:.1f} s (agent sync interval {SYNC_S} s)")
     assert em.peers_of("desk")["web"]["enrolled_with"] is not None
     mesh.up("web", "--sync-interval", str(SYNC_S))  # the enrolled server's own agent: a member to itself too
     assert mesh.status("web")["self"]["enrolled_with"] is not None
