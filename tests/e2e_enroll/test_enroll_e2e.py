@@ -150,6 +150,16 @@ def test_after_rotate_keys_a_running_peer_regains_its_tunnel_within_one_sync(lab
     cron_ip = mesh.members["cron"].mesh_ipv4
     assert wait_for(lambda: mesh.ping("desk", cron_ip, 1, 1), 2 * SYNC_S + 8.0) is not None
     assert em.peers_of("desk")["cron"]["wg_public_key"] == cron_after
+    # Automatic rotation from cron: `sync` rotates once the keys are older than --rotate-every.
+    mesh.meshctl("cron", "rotate-keys", "--rotate-every", "3s")
+    assert "rotated keys" not in mesh.meshctl("cron", "sync").stdout  # not due yet
+    time.sleep(3.5)
+    out = mesh.meshctl("cron", "sync").stdout
+    assert "rotated keys: WireGuard" in out, out
+    auto = interface_key(em, "cron")
+    assert auto != cron_after and auto == mesh.status("cron")["self"]["wg_public_key"]
+    assert wait_for(lambda: em.peers_of("desk")["cron"]["wg_public_key"] == auto, 3 * SYNC_S) is not None
+    assert wait_for(lambda: mesh.ping("desk", cron_ip, 1, 1), 2 * SYNC_S + 8.0) is not None
     print(f"tunnel back {took:.1f} s after rotate-keys began (sync interval {SYNC_S} s)")
 
 
