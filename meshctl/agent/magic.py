@@ -75,6 +75,9 @@ PING_TIMEOUT_S: Final = 1.0  # `meshctl ping`: one attempt
 # cron): fall back to its published endpoint. Not sooner: two agents behind bare masquerade NATs
 # can be silent for a while (paths.py recovery rounds), and WireGuard's full-TTL handshakes to the
 # other NAT would poison its conntrack again. 150 s is past the rounds' worst case (143 s).
+# A peer whose endpoint record says it runs no agent (`meshctl sync` published it) needs no such
+# guess: its endpoint is used at once (static_fallback). This wait is left for a peer without
+# a record (no push rights), which may run an agent or not.
 STATIC_FALLBACK_AFTER_S: Final = 150.0
 PING_ATTEMPTS: Final = 3
 MAX_RECV_PER_WAKEUP: Final = 512  # yield to the loop after this many packets
