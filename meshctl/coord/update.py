@@ -84,8 +84,15 @@ def _endpoints(repo: pygit2.Repository, node: NodeState, cfg: NodeConfig, state_
 
     own = node.load_own_enrollment(cfg.name)
     if own is not None:
+        from meshctl.coord.records import parse_peer
+
         base = load_netmap()
-        if base is not None and base.peer(cfg.name) is not None:
+        member = base.peer(cfg.name) if base is not None else None
+        try:
+            mine = parse_peer(own.peer, "own-enrollment.json: peer.json").identity_key
+        except MeshctlError:
+            mine = None  # the rules refuse it with the reason; the device sees it in status
+        if member is not None and member.identity_key == mine:
             node.save_own_enrollment(None)  # an admin absorbed it: the signed state speaks for this device now
             own = None
     return read_endpoints(repo, node, cfg.network_id, state_sha256, load_netmap, cfg.name, now, own)

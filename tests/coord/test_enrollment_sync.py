@@ -129,3 +129,17 @@ def test_a_rerun_publishes_the_same_enrollment_again(host: Host) -> None:
     assert host.enroll("web-1", key) == state  # e.g. cloud-init running runcmd again after a reboot
     after = repo.revparse_single("endpoints/web-1").peel(pygit2.Tree)["enrollment.json"].id
     assert after == before and host.branch("web-1") != first  # one more publish, the same enrollment
+
+
+def test_once_absorbed_the_device_stops_publishing_its_enrollment(host: Host) -> None:
+    from meshctl.coord.node_state import NodeState
+    from meshctl.coord.update import fetch_and_verify
+
+    web = host.enroll("web-1", host.new_key())
+    pygit2.Repository(str(host.mesh.path)).remotes.create("origin", str(host.bare))
+    host.sign(lambda s: changes.renew(s.baseline))  # the next signing command absorbs it
+    assert "web-1" in host.mesh.checkout.state.peers
+    assert NodeState(web).load_own_enrollment("web-1") is not None
+    result = fetch_and_verify(web, web / "repo.git", int(time.time()), endpoints=True)
+    assert result.netmap is not None and result.netmap.self_peer is not None  # a member of the signed state
+    assert NodeState(web).load_own_enrollment("web-1") is None
