@@ -6,18 +6,23 @@ Two kinds of change reach the host, and they never overlap (one lock):
 - WireGuard-only updates from the path engine, when a peer's endpoint changes.
 SIGTERM stops the agent but leaves the interface up, so a restart does not disturb
 tunnels; `meshctl down` is what removes it. Timers: the sync interval here, the engine's
-keepalives, probes and STUN refresh there; nothing polls.
+keepalives, probes and STUN refresh there; nothing polls. The sync timer is a deadline, not a
+delay (a pass for another reason never pushes the next fetch back), and comes sooner while a
+peer has no path at all (record_poll.py: its endpoint record may give it one).
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import logging
 import os
 import signal
 import time
-from typing import Any, Final, Protocol
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any, Final, Protocol, TypeVar
 
 from meshctl.agent import control, heap
 from meshctl.agent.inputs import NotAMember
@@ -25,13 +30,17 @@ from meshctl.agent.lock import state_lock
 from meshctl.agent.magicdns import MAGIC_INTERFACE_ADDRESS, MagicDns
 from meshctl.agent.paths.engine import EndpointWrites, PathEngine
 from meshctl.agent.reconcile import Reconciler
-from meshctl.agent.sync_pass import DesiredMemo, PassResult, peek_netmap, run_pass
+from meshctl.agent.record_poll import RecordPoll
+from meshctl.agent.sync_pass import DesiredMemo, PassResult, Peek, peek_netmap, run_pass
+from meshctl.coord.endpoint_publish import PublishRequest
+from meshctl.coord.endpoint_verify import EndpointView
 from meshctl.coord.netmap import NetMap
 from meshctl.errors import EXIT_FAILURE, EXIT_OK, MeshctlError
 from meshctl.fsutil import atomic_write, ensure_private_dir
 from meshctl.settings import Settings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DEFAULT_SYNC_INTERVAL_S: Final = 60.0
 RETRY_AFTER_FAILURE_S: Final = 10.0
@@ -79,6 +88,10 @@ class Agent:
         self._device = asyncio.Lock()  # full passes and endpoint updates, one at a time
         self._endpoint_writes: EndpointWrites = {}
         self._writer: asyncio.Task[None] | None = None
+        self._poll = RecordPoll(sync_interval_s)
+        self._last_fetch_at = float("-inf")  # loop time of the last pass that fetched
+        self._started_wall = int(time.time())
+        self._published_since_start = False
 
     # --- the loop -------------------------------------------------------------------------
 
@@ -94,16 +107,15 @@ class Agent:
         self._loop = loop
         try:
             while not self._stop.is_set():
+                await self._rotate_if_due()
                 ok = await self._pass()
-                delay = self.sync_interval_s if ok else min(self._retry_delay(), self.sync_interval_s)
-                if await self._sleep(delay):
-                    self._fetch_next = True  # the sync timer fired: pull the repository
+                # Deadlines, not delays: a pass for a path change must not push the next fetch back.
+                interval = self.sync_interval_s if ok else min(self._retry_delay(), self.sync_interval_s)
+                wake = min(self._last_fetch_at + interval, self._poll.deadline() or float("inf"))
+                if await self._sleep(max(0.0, wake - loop.time())):
+                    self._fetch_next = True  # the sync timer (or the record poll) fired: pull the repository
         finally:
-            for ext in self.extensions:
-                try:
-                    await ext.stop()
-                except Exception:  # noqa: BLE001 - shutting down: log and go on
-                    log.exception("unexpected: stopping %s failed", type(ext).__name__)
+            await self._stop_extensions()
             server.close()
             await server.wait_closed()
             self.settings.control_socket.unlink(missing_ok=True)
@@ -133,8 +145,11 @@ class Agent:
         async with self._device:
             endpoints = self.engine.endpoints() if self.engine is not None else {}
             serve_dns = self.dns is not None and self.dns.serving
+            fetched = self._fetch_due()
+            if fetched:
+                self._last_fetch_at = asyncio.get_running_loop().time()
             try:
-                result = await asyncio.to_thread(self._pass_blocking, endpoints, serve_dns, self._fetch_due())
+                result = await asyncio.to_thread(self._pass_blocking, endpoints, serve_dns, fetched)
             except MeshctlError as exc:
                 self._not_member = isinstance(exc, NotAMember)
                 self._failed(exc.message, exc.exit_code)
@@ -151,6 +166,7 @@ class Agent:
             ext.update_netmap(result.netmap)
         if self.dns is not None and result.dns_upstreams is not None:
             self.dns.set_upstreams(result.dns_upstreams)
+        self._after_signalling(result, fetched)
         errors = ([result.coordination_error] if result.coordination_error else []) + list(result.apply_errors)
         if errors:
             self._failed(errors[0].message, errors[0].exit_code)
@@ -166,16 +182,93 @@ class Agent:
             log.warning("sync failed: %s", message)
         self.last_error, self.last_exit_code = message, exit_code
 
+    def _after_signalling(self, result: PassResult, fetched: bool) -> None:
+        """Endpoint records to the path engine; whether to look for records sooner (record_poll)."""
+        if self.engine is None:
+            return
+        news: frozenset[str] = frozenset()
+        if result.endpoints is not None:
+            news = self.engine.update_endpoints(result.endpoints.records)
+        pub = result.published
+        if pub is not None and pub.tried_at is not None and pub.tried_at >= self._started_wall:
+            self._published_since_start = True
+        now = asyncio.get_running_loop().time()
+        if fetched:
+            self._poll.fetched(now)
+        pathless = self.engine.pathless()
+        self._poll.update(pathless, bool(news & pathless), now)
+
+    def _publish_request(self, view: EndpointView | None) -> PublishRequest | None:
+        """On the loop: what our endpoint record would say now (asked by the pass when it gets
+        there: the first netcheck often settles while the first pass starts wireguard-go)."""
+        request = self.engine.publish_request() if self.engine is not None else None
+        if request is None:
+            return None
+        return replace(request, started=not self._published_since_start,
+                       replaced=view is not None and view.own_replaced)
+
+    def _on_loop(self, fn: Callable[[], T]) -> T:
+        """Run `fn` on the event loop from the pass's thread and wait for its value (the loop is
+        free meanwhile: it only waits for the pass)."""
+        assert self._loop is not None
+        done: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+        def call() -> None:
+            try:
+                done.set_result(fn())
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+                done.set_exception(exc)
+
+        self._loop.call_soon_threadsafe(call)
+        return done.result(timeout=LOCK_WAIT_S)
+
     def _pass_blocking(self, endpoints: dict[str, str | None], serve_dns: bool, fetch: bool) -> PassResult:
         with state_lock(self.settings.state_dir, LOCK_WAIT_S):
             result = run_pass(self.settings, int(time.time()), reconciler=self.reconciler, endpoints=endpoints,
                               fetch=fetch, extra_addresses=(MAGIC_INTERFACE_ADDRESS,) if self.accept_dns else (),
                               serve_dns=serve_dns, known_netmap=self.last.netmap if self.last else None,
-                              desired_of=self._desired)
+                              desired_of=self._desired,
+                              publish=lambda view: self._on_loop(lambda: self._publish_request(view)))
         # Here, in the pass's thread: ctypes lets go of the GIL, and the event loop (disco, DNS)
         # never waits for the trim. A pass's garbage (git packs, parsed maps) leaves the C heap.
         heap.trim()
         return result
+
+    # --- key rotation (`meshctl rotate-keys`, `--rotate-every`) ---------------------------------
+
+    async def _rotate_if_due(self) -> None:
+        from meshctl.coord.rotate import due
+
+        if due(self.settings.state_dir, self.settings.keys_dir, int(time.time())):
+            try:
+                await self._rotate()
+            except MeshctlError as exc:  # retried on the next pass; the keys in force stay
+                log.warning("automatic key rotation: %s", exc.message)
+
+    async def _rotate(self) -> dict[str, Any]:
+        """New keys announced and in force (coord/rotate.py); the extensions start again with them
+        (disco sealing, relay logins), and the caller's next pass switches the interface."""
+        from meshctl.coord.rotate import rotate_keys
+
+        def blocking() -> dict[str, Any]:
+            with state_lock(self.settings.state_dir, LOCK_WAIT_S):
+                done = rotate_keys(self.settings.state_dir, self.settings.repo_dir, self.settings.keys_dir,
+                                   int(time.time()))
+            return {"old_wireguard": done.old_wireguard.b64(), "new_wireguard": done.new_wireguard.b64(),
+                    "counter": done.counter}
+
+        reply = await asyncio.to_thread(blocking)
+        await self._stop_extensions()
+        self._published_since_start = False
+        return reply
+
+    async def _stop_extensions(self) -> None:
+        for ext in self.extensions:
+            try:
+                await ext.stop()
+            except Exception:  # noqa: BLE001 - stopping: log and go on
+                log.exception("unexpected: stopping %s failed", type(ext).__name__)
+        self.extensions, self.engine, self.dns, self._extensions_started = [], None, None, False
 
     def _fetch_due(self) -> bool:
         """Fetch on the sync timer and on request; other passes only re-apply the last map."""
@@ -218,6 +311,7 @@ class Agent:
         (DESIGN.md: conntrack poisoning), and chooses which endpoints WireGuard may use.
         """
         self._extensions_started = True
+        peek: Peek | None
         try:
             peek = await asyncio.to_thread(self._peek_blocking)
         except MeshctlError:
@@ -226,7 +320,8 @@ class Agent:
         if self.accept_dns:
             self.dns = MagicDns(self.settings, lambda: self.request_pass())
             candidates.append(self.dns)
-        self.engine = PathEngine(self.settings, self.apply_endpoints, self.reconciler.device_endpoint)
+        self.engine = PathEngine(self.settings, self.apply_endpoints, self.reconciler.device_endpoint,
+                                 lambda: self.request_pass())
         candidates.append(self.engine)
         for ext in candidates:
             try:
@@ -239,13 +334,15 @@ class Agent:
                     self.dns = None
                 continue
             self.extensions.append(ext)
-        if peek is not None and peek.self_peer is not None:
+        if peek is not None and peek.netmap.self_peer is not None:
             if self.engine is not None:
-                self.engine.update_netmap(peek)
+                self.engine.update_netmap(peek.netmap)
+                if peek.endpoints is not None:
+                    self.engine.update_endpoints(peek.endpoints.records)
             if self.dns is not None:
-                await self.dns.serve(peek)  # the first pass already points the OS at it
+                await self.dns.serve(peek.netmap)  # the first pass already points the OS at it
 
-    def _peek_blocking(self) -> NetMap:
+    def _peek_blocking(self) -> Peek:
         """The newest map, fetched: the extensions (relay clients above all) start from it."""
         with state_lock(self.settings.state_dir, LOCK_WAIT_S):
             return peek_netmap(self.settings, int(time.time()))
@@ -291,6 +388,13 @@ class Agent:
         if cmd == "shutdown":
             self._stop.set()
             return {"ok": True}
+        if cmd == "rotate-keys":
+            try:
+                rotated = await self._rotate()
+            except MeshctlError as exc:
+                return {"ok": False, "error": exc.message, "hint": exc.hint, "exit_code": exc.exit_code}
+            ok = await self._pass()
+            return {"ok": ok, **rotated, "error": self.last_error, "exit_code": self.last_exit_code}
         for ext in self.extensions:
             reply = await ext.handle(request)
             if reply is not None:

@@ -38,13 +38,23 @@ class NotAMember(MeshctlError):
     """This device is not in the verified state: not approved yet, or removed."""
 
 
-def require_member(netmap: NetMap, cfg: NodeConfig, was_member: bool) -> None:
-    """A map without this node: not approved yet, or removed (said so, once it had been in)."""
+def require_member(netmap: NetMap, cfg: NodeConfig, was_member: bool, enrollment: str | None = None) -> None:
+    """A map without this node: not approved yet, expired, or removed (said so, once it had been
+    in). `netmap`: the map in force (coord/effective.py); `enrollment`: how this device's own
+    enrollment stands, when it has one ("is published ...", or why it is refused)."""
     if netmap.self_peer is not None:
         return
+    dropped = dict(netmap.dropped).get(cfg.name)
+    if dropped is not None:
+        raise NotAMember(f"{cfg.name} is no longer a member of mesh {netmap.network.name}: {dropped}",
+                         f"an admin renews it: meshctl admin renew {cfg.name} --expires 180d")
     if was_member:
         raise NotAMember(f"{cfg.name} was removed from mesh {netmap.network.name} at serial {netmap.serial}",
                          "an admin revoked this device; `meshctl down` removes its interface")
+    if enrollment is not None:
+        raise NotAMember(f"{cfg.name} is not a member of mesh {netmap.network.name} yet: its enrollment "
+                         f"(branch endpoints/{cfg.name}) {enrollment}",
+                         "a refused enrollment needs a valid auth key: run join again with --auth-key")
     raise NotAMember(
         f"{cfg.name} is not a member of mesh {netmap.network.name} yet (serial {netmap.serial})",
         f"the join request on branch join/{cfg.name} must be approved and merged by an admin",
@@ -53,9 +63,9 @@ def require_member(netmap: NetMap, cfg: NodeConfig, was_member: bool) -> None:
 
 def load_inputs(keys_dir: Path, cfg: NodeConfig, netmap: NetMap, listen_port: int, *,
                 endpoints: Mapping[str, str | None] | None = None, extra_addresses: Addresses = (),
-                serve_dns: bool = False, was_member: bool = False) -> Inputs:
+                serve_dns: bool = False, was_member: bool = False, enrollment: str | None = None) -> Inputs:
     """`endpoints` None: a pass without an agent, which uses the peers' static endpoints."""
-    require_member(netmap, cfg, was_member)
+    require_member(netmap, cfg, was_member, enrollment)
     if endpoints is None:
         from meshctl.agent.endpoints import static_endpoints
 

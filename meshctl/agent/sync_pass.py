@@ -1,7 +1,8 @@
 """One pass: coordination, inputs, desired state, plan, apply. Shared by `sync` and the agent.
 
-    coordination (fetch + verify, or the accepted state) -> load_inputs -> desired (pure)
-        -> Reconciler: read every subsystem -> plan (pure) -> apply
+    coordination (fetch + verify main and the devices' branches, or the accepted state)
+        -> publish this device's endpoint record when due -> the map in force (coord/effective.py)
+        -> load_inputs -> desired (pure) -> Reconciler: read every subsystem -> plan (pure) -> apply
 
 There is one pass and no shortcut around it: a pass that changes nothing reads every
 subsystem and plans nothing, which is how drift is healed by the very next pass.
@@ -28,8 +29,13 @@ from meshctl.fsutil import atomic_write
 from meshctl.settings import Settings
 
 if TYPE_CHECKING:
+    from meshctl.coord.endpoint_publish import Published, PublishRequest
+    from meshctl.coord.endpoint_verify import EndpointView
     from meshctl.coord.netmap import NetMap
     from meshctl.dns.resolvconf import Endpoint
+
+# What this device would publish, given what the devices' branches say (None: nothing).
+PublishPlan = Callable[["EndpointView | None"], "PublishRequest | None"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +50,8 @@ class PassResult:
     coordination_error: MeshctlError | None  # fetch/verify failed: the last good map was used
     apply_errors: tuple[MeshctlError, ...] = ()
     dns_upstreams: tuple[Endpoint, ...] | None = None
+    endpoints: EndpointView | None = None  # the devices' branches, when this pass fetched them
+    published: Published | None = None  # this device's own record, when this pass looked at it
 
     @property
     def serial(self) -> int:
@@ -56,6 +64,7 @@ class Coordination:
     netmap: NetMap | None  # built in this pass, if it was
     accepted: bool
     error: MeshctlError | None
+    endpoints: EndpointView | None = None  # the devices' own branches, fetched with main
 
 
 def update_coordination(settings: Settings, cfg: NodeConfig, now: int, fetch: bool = True) -> Coordination:
@@ -63,8 +72,8 @@ def update_coordination(settings: Settings, cfg: NodeConfig, now: int, fetch: bo
     node = NodeState(settings.state_dir)
     if fetch:
         try:
-            result = fetch_and_verify(settings.state_dir, settings.repo_dir, now, cfg=cfg)
-            return Coordination(result.memory, result.netmap, result.changed, None)
+            result = fetch_and_verify(settings.state_dir, settings.repo_dir, now, cfg=cfg, endpoints=True)
+            return Coordination(result.memory, result.netmap, result.changed, None, result.endpoints)
         except (GitError, VerificationError) as exc:
             memory = node.load_memory()
             if memory is None or not node.has_netmap():
@@ -79,14 +88,14 @@ def update_coordination(settings: Settings, cfg: NodeConfig, now: int, fetch: bo
 
 def netmap_in_force(settings: Settings, cfg: NodeConfig, coord: Coordination, now: int,
                     known: NetMap | None = None) -> NetMap:
-    """The map of the accepted state: just verified, the caller's (`known`, the agent's last),
-    or netmap.json, re-verified from the repository if that is damaged or out of step with
-    trust.json (a crash between the two writes)."""
+    """The map of the accepted (signed) state: just verified, the caller's (`known`, the agent's
+    last, whose signed map is used), or netmap.json, re-verified from the repository if that is
+    damaged or out of step with trust.json (a crash between the two writes)."""
     if coord.netmap is not None:
         return coord.netmap
     memory = coord.memory
     if known is not None and known.state_sha256 == memory.state_sha256:
-        return known
+        return known.signed or known
     cached = NodeState(settings.state_dir).load_netmap()
     if cached is not None and cached.state_sha256 == memory.state_sha256:
         return cached.with_self(cfg.name)
@@ -100,11 +109,43 @@ def netmap_in_force(settings: Settings, cfg: NodeConfig, coord: Coordination, no
     return rebuilt
 
 
-def peek_netmap(settings: Settings, now: int) -> NetMap:
+def in_force(settings: Settings, signed: NetMap, view: EndpointView | None, now: int) -> NetMap:
+    """The map this node configures from: the signed state's with the enrolled devices, rotated keys
+    and expired memberships the devices' branches and the clock say (coord/effective.py)."""
+    from meshctl.coord.effective import apply_view
+    from meshctl.identity import load_public_keys
+
+    return apply_view(signed, view, now, load_public_keys(settings.keys_dir)).netmap
+
+
+def endpoint_view(settings: Settings, cfg: NodeConfig, coord: Coordination) -> EndpointView:
+    """What the devices' branches said: fetched in this pass, else as remembered (no git)."""
+    if coord.endpoints is not None:
+        return coord.endpoints
+    return NodeState(settings.state_dir).load_endpoint_view(cfg.network_id)
+
+
+def own_enrollment(settings: Settings, cfg: NodeConfig, view: EndpointView | None) -> str | None:
+    """How this device's own enrollment stands, if it has one not yet absorbed (for require_member)."""
+    if NodeState(settings.state_dir).load_own_enrollment(cfg.name) is None:
+        return None
+    why = view.enroll_refused.get(cfg.name) if view is not None else None
+    return f"is refused: {why}" if why else "is published; no node has judged it yet"
+
+
+@dataclass(frozen=True, slots=True)
+class Peek:
+    netmap: NetMap  # the map in force
+    endpoints: EndpointView | None  # the devices' branches, fetched
+
+
+def peek_netmap(settings: Settings, now: int) -> Peek:
     """The newest map in force (fetched and verified), without touching the host: what the
     agent shows its path engine and DNS before its first pass."""
     cfg = NodeState(settings.state_dir).load_config()
-    return netmap_in_force(settings, cfg, update_coordination(settings, cfg, now), now)
+    coord = update_coordination(settings, cfg, now)
+    signed = netmap_in_force(settings, cfg, coord, now)
+    return Peek(in_force(settings, signed, endpoint_view(settings, cfg, coord), now), coord.endpoints)
 
 
 class DesiredMemo:
@@ -126,26 +167,73 @@ def run_pass(settings: Settings, now: int, *, dry_run: bool = False, fetch: bool
              reconciler: Reconciler | None = None, endpoints: Mapping[str, str | None] | None = None,
              extra_addresses: Addresses = (), serve_dns: bool = False,
              before_apply: Callable[[], None] | None = None, known_netmap: NetMap | None = None,
-             desired_of: Callable[[Inputs], Desired] = desired) -> PassResult:
+             desired_of: Callable[[Inputs], Desired] = desired, publish: PublishPlan | None = None) -> PassResult:
     """`endpoints` None: a pass without an agent (static endpoints of the records);
     `before_apply` runs before the host is touched (the CLI's preflight); `known_netmap`: the
-    agent's map from its previous pass, reused while still in force."""
+    agent's map from its previous pass, reused while still in force; `publish` says what this
+    device's own endpoint record would say (pushed when due)."""
     cfg = NodeState(settings.state_dir).load_config()
     coord = update_coordination(settings, cfg, now, fetch)
-    netmap = netmap_in_force(settings, cfg, coord, now, known_netmap)
+    signed = netmap_in_force(settings, cfg, coord, now, known_netmap)
+    published = None if dry_run or publish is None else publish_own_record(settings, cfg, publish, coord, signed, now)
+    view = endpoint_view(settings, cfg, coord)
+    netmap = in_force(settings, signed, view, now)
     inputs = load_inputs(settings.keys_dir, cfg, netmap, settings.listen_port, endpoints=endpoints,
                          extra_addresses=extra_addresses, serve_dns=serve_dns,
-                         was_member=was_member(settings.state_dir, known_netmap))
+                         was_member=was_member(settings.state_dir, known_netmap),
+                         enrollment=own_enrollment(settings, cfg, view))
     wanted = desired_of(inputs)
     reconciler = reconciler or Reconciler(settings.interface, settings.wg_backend, settings.state_dir)
     if dry_run:
-        return PassResult(netmap, reconciler.dry_run(wanted, now), coord.accepted, coord.error)
+        return PassResult(netmap, reconciler.dry_run(wanted, now), coord.accepted, coord.error,
+                          endpoints=coord.endpoints)
     if before_apply is not None:
         before_apply()
     result = reconciler.apply(wanted, now)
     record_pass(settings.state_dir, now, netmap.serial, coord.error, result.errors, fetch)
     return PassResult(netmap, result.plan, coord.accepted, coord.error, tuple(result.errors),
-                      result.dns_upstreams)
+                      result.dns_upstreams, coord.endpoints, published)
+
+
+def cron_publish_plan(settings: Settings, now: int) -> PublishPlan:
+    """What `meshctl sync` (cron, no agent) publishes: its local addresses with WireGuard's port,
+    saying no agent answers disco here, so peers use its static endpoint or candidates at once.
+    Its record is refreshed for a peer that published after it (that peer may be looking)."""
+    def plan(view: EndpointView | None) -> PublishRequest:
+        from meshctl.coord.endpoint_publish import PublishRequest, newer_fresh_record
+        from meshctl.netaddrs import ipv4_interfaces, local_candidates
+
+        published = NodeState(settings.state_dir).load_published()
+        candidates = local_candidates(ipv4_interfaces(settings.interface), settings.listen_port)
+        looking = view is not None and newer_fresh_record(view.records.values(), published.at, now)
+        return PublishRequest(candidates, agent=False, someone_looking=looking,
+                              replaced=view is not None and view.own_replaced)
+
+    return plan
+
+
+def publish_own_record(settings: Settings, cfg: NodeConfig, plan: PublishPlan, coord: Coordination,
+                       signed: NetMap, now: int) -> Published | None:
+    """Push this device's endpoint record when due (coord/endpoint_publish.py). Only a member
+    (or a device enrolled and not yet absorbed) publishes, and never while the repository could
+    not be reached in this pass."""
+    from meshctl.coord.endpoint_sync import enrollment_files, publish_if_due
+    from meshctl.identity import load_device_keys
+
+    if coord.error is not None:
+        return None
+    request = plan(coord.endpoints)
+    if request is None:
+        return None
+    node = NodeState(settings.state_dir)
+    own = node.load_own_enrollment(cfg.name)
+
+    def member() -> bool:  # enrolled: the branch is how nodes learn of this device
+        return own is not None or signed.peer(cfg.name) is not None
+
+    return publish_if_due(settings.repo_dir, cfg.repo_url, node, lambda: load_device_keys(settings.keys_dir),
+                          cfg.network_id, cfg.name, request, now, member, cfg.ssh_key,
+                          enrollment_files(own) if own is not None else {})
 
 
 def was_member(state_dir: Path, known: NetMap | None) -> bool:

@@ -14,6 +14,7 @@ from meshctl.cli.common import command, settings_of
 if TYPE_CHECKING:
     from meshctl.agent.plan import Plan
     from meshctl.coord.netmap import NetMap
+    from meshctl.settings import Settings
 
 
 @command
@@ -25,7 +26,7 @@ def sync(
 ) -> None:
     """Fetch the coordination repository, verify it and apply it to this node. Quiet when nothing changed."""
     from meshctl.agent.lock import state_lock
-    from meshctl.agent.sync_pass import run_pass
+    from meshctl.agent.sync_pass import cron_publish_plan, run_pass
     from meshctl.cli import preflight
     from meshctl.errors import VerificationError
 
@@ -41,9 +42,12 @@ def sync(
             typer.echo(f"warning: {clock}", err=True)
         return
     with state_lock(settings.state_dir, wait):
+        if not dry_run:
+            _rotate_if_due(settings, now)
         try:
+            publish = None if dry_run else cron_publish_plan(settings, now)
             result = run_pass(settings, now, dry_run=dry_run, before_apply=lambda: preflight.network_preflight(
-                settings.interface, settings.listen_port))
+                settings.interface, settings.listen_port), publish=publish)
         except VerificationError as exc:
             raise VerificationError(exc.message, clock or exc.hint) from None
     if dry_run:
@@ -62,6 +66,21 @@ def sync(
         raise error
     if not dry_run and result.apply_errors:
         raise result.apply_errors[0]
+
+
+def _rotate_if_due(settings: Settings, now: int) -> None:
+    """`rotate-keys --rotate-every`: from cron too. A failure keeps the keys in force (said, not fatal)."""
+    from meshctl.coord import rotate
+    from meshctl.errors import MeshctlError
+
+    if not rotate.due(settings.state_dir, settings.keys_dir, now):
+        return
+    try:
+        done = rotate.rotate_keys(settings.state_dir, settings.repo_dir, settings.keys_dir, now)
+    except MeshctlError as exc:
+        typer.echo(f"warning: automatic key rotation: {exc.message}", err=True)
+        return
+    typer.echo(f"rotated keys: WireGuard {done.old_wireguard.b64()} -> {done.new_wireguard.b64()}")
 
 
 def _render_dry_run(ifname: str, netmap: NetMap, plan: Plan) -> str:

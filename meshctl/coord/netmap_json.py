@@ -7,13 +7,17 @@ from binascii import a2b_base64 as b64decode  # base64.b64decode adds a Python l
 from typing import Any
 
 from meshctl.coord.netmap import IPAddress, NetMap, NetworkSettings, Peer, Relay
+from meshctl.coord.records import AuthKey, Revoked
 from meshctl.keys import DiscoPublic, NodePublic, VerifyKey
 
 
 def peer_to_json(p: Peer) -> list[Any]:
     # Compact on purpose: a no-op sync at 10,000 peers reads this back and must stay fast.
-    return [p.name, p.identity_key.b64(), p.wg_public_key.b64(), p.disco_key.b64(),
-            [[a.version, int(a)] for a in p.addresses], list(p.tags), p.owner, list(p.endpoints)]
+    out: list[Any] = [p.name, p.identity_key.b64(), p.wg_public_key.b64(), p.disco_key.b64(),
+                      [[a.version, int(a)] for a in p.addresses], list(p.tags), p.owner, list(p.endpoints)]
+    if p.expires is not None:
+        out.append(p.expires)
+    return out
 
 
 def _address(version: int, value: int) -> IPAddress:
@@ -30,7 +34,27 @@ def peer_from_json(v: list[Any]) -> Peer:
         tags=tuple(v[5]),
         owner=v[6],
         endpoints=tuple(v[7]),
+        expires=int(v[8]) if len(v) > 8 else None,
     )
+
+
+def _authkey_to_json(k: AuthKey) -> list[Any]:
+    return [k.id, k.public_key.b64(), list(k.tags), str(k.pool), k.expires, k.reusable]
+
+
+def _authkey_from_json(v: list[Any]) -> AuthKey:
+    return AuthKey(str(v[0]), VerifyKey(b64decode(v[1])), tuple(v[2]), ipaddress.IPv4Network(v[3]), int(v[4]),
+                   bool(v[5]))
+
+
+def _revoked_to_json(r: Revoked) -> list[Any]:
+    return [r.name, r.identity_key.b64(), r.wg_public_key.b64(), r.disco_key.b64(),
+            [[a.version, int(a)] for a in r.addresses], r.at]
+
+
+def _revoked_from_json(v: list[Any]) -> Revoked:
+    return Revoked(str(v[0]), VerifyKey(b64decode(v[1])), NodePublic(b64decode(v[2])), DiscoPublic(b64decode(v[3])),
+                   tuple(_address(ver, val) for ver, val in v[4]), int(v[5]))
 
 
 def netmap_to_json(nm: NetMap) -> dict[str, Any]:
@@ -54,6 +78,8 @@ def netmap_to_json(nm: NetMap) -> dict[str, Any]:
         ],
         "stun": list(nm.stun_servers),
         "policy": nm.policy_text,
+        "authkeys": [_authkey_to_json(k) for k in nm.authkeys],
+        "revoked": [_revoked_to_json(r) for r in nm.revoked],
     }
 
 
@@ -76,4 +102,7 @@ def netmap_from_json(doc: dict[str, Any]) -> NetMap:
         stun_servers=tuple(doc["stun"]),
         policy_text=doc["policy"],
         self_name=doc["self"],
+        # Required: a cache from before they were kept fails to load and is rebuilt from the repository.
+        authkeys=tuple(_authkey_from_json(v) for v in doc["authkeys"]),
+        revoked=tuple(_revoked_from_json(v) for v in doc["revoked"]),
     )

@@ -548,6 +548,7 @@ def build_netmap(root: RootDoc, state: StateDoc, state_sha256: str,
             tags=state.peers[name].tags,
             owner=state.peers[name].owner,
             endpoints=recs[name].endpoints,
+            expires=state.peers[name].expires,
         )
         for name in sorted(recs)
     )
@@ -561,6 +562,8 @@ def build_netmap(root: RootDoc, state: StateDoc, state_sha256: str,
         relays=tuple(Relay(r.name, r.address, r.identity_key) for r in state.relays),
         stun_servers=state.stun,
         policy_text=policy_text,
+        authkeys=tuple(state.authkeys[k] for k in sorted(state.authkeys)),
+        revoked=state.revoked,
     )
 
 

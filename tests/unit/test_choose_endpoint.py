@@ -23,6 +23,7 @@ OLD = "203.0.113.9:41641"  # a direct endpoint written before; that path died si
 ONLINK = "192.168.7.20:51820"
 STATIC = "198.51.100.7:51820"
 CHANNEL = "198.51.100.1:40002"
+RECORDED = "198.51.100.8:51820"  # from a peer's endpoint record saying no agent runs there (cron)
 T0 = 1000.0  # the peer entered the map
 
 RELAY_UP = {"relays_listed": True, "relay_up": True}
@@ -83,6 +84,16 @@ CASES = [
      Choice(Via.RELAY, None, T0 + STATIC_FALLBACK_AFTER_S)),
     ("a peer that spoke disco runs an agent: never its published endpoint", facts(static=STATIC, heard=True),
      T0 + 10 * STATIC_FALLBACK_AFTER_S, Choice(Via.NONE)),
+    # 5. endpoint records through the git host: a record saying no agent runs there (cron sync)
+    ("its record says no agent: its endpoint at once, no 150 s wait", facts(initiator=False, no_agent=STATIC,
+     static=STATIC), T0, Choice(Via.STATIC, STATIC)),
+    ("... a record candidate when it lists no static endpoint", facts(no_agent=RECORDED), T0,
+     Choice(Via.STATIC, RECORDED)),
+    ("... before the relay", facts(no_agent=RECORDED, **RELAY_UP), T0, Choice(Via.STATIC, RECORDED)),
+    ("... but on our subnet first", facts(no_agent=RECORDED, on_link_static=ONLINK), T0,
+     Choice(Via.STATIC, ONLINK)),
+    ("... and a proven direct path before all", facts(no_agent=RECORDED, direct=DIRECT, direct_since=T0), T0,
+     Choice(Via.DIRECT, DIRECT)),
 ]
 
 
@@ -101,7 +112,8 @@ endpoints = st.sampled_from([None, DIRECT, OLD, STATIC])
 
 @given(st.builds(PeerFacts, initiator=st.booleans(), first_seen=st.floats(0, 1e6), direct=endpoints,
                  direct_since=st.none() | st.floats(0, 1e6), last_direct=endpoints,
-                 on_link_static=st.sampled_from([None, ONLINK]), static=endpoints, heard=st.booleans(),
+                 on_link_static=st.sampled_from([None, ONLINK]), no_agent=st.sampled_from([None, RECORDED, STATIC]),
+                 static=endpoints, heard=st.booleans(),
                  relays_listed=st.booleans(), relay_up=st.booleans(), proxied=st.booleans(),
                  channel=st.sampled_from([None, CHANNEL])),
        st.floats(0, 2e6))
@@ -109,7 +121,8 @@ def test_invariants(peer: PeerFacts, now: float) -> None:
     choice = choose_endpoint(peer, now)
     assert choice.recheck_at is None or choice.recheck_at > now  # a recheck is in the future: no busy loop
     if choice.via is Via.STATIC:  # never a published endpoint without a reason it is safe
-        assert choice.endpoint == peer.on_link_static or (not peer.heard and choice.endpoint == peer.static)
+        assert choice.endpoint in (peer.on_link_static, peer.no_agent) or (
+            not peer.heard and choice.endpoint == peer.static)
     if choice.via in (Via.RELAY, Via.CHANNEL):  # never a relay before one was reached
         assert peer.relays_listed and (peer.relay_up or peer.proxied)
     if choice.via is Via.CHANNEL:

@@ -8,11 +8,14 @@ In order of preference (each rule is a case an end-to-end test found):
    arrived and WireGuard has roamed there by itself (two handshakes at once cost WireGuard's
    5 s retry).
 2. A published (static) endpoint that needs no proof: one in a subnet we are connected to (no
-   NAT between, nothing to poison), at once; or that of a peer which never spoke disco for
-   STATIC_FALLBACK_AFTER_S: it runs no agent (a server synced from cron), so no probe can
-   ever prove a path to it, and WireGuard's own handshake is the only way in. Not sooner:
-   two agents behind bare masquerade NATs can stay silent for a while (the recovery rounds
-   of paths.py), and a full-TTL handshake would poison the other NAT's conntrack again.
+   NAT between, nothing to poison), at once; that of a peer whose endpoint record says it runs
+   no agent (`meshctl sync` from cron published it), at once: its static endpoint, else one of
+   the record's candidates (ours first); or that of a peer which never spoke disco for
+   STATIC_FALLBACK_AFTER_S and has no such record (no push rights): it may run no agent, so
+   no probe can ever prove a path to it, and WireGuard's own handshake is the only way in. Not
+   sooner: two agents behind bare masquerade NATs can stay silent for a while (the recovery
+   rounds of paths.py), and a full-TTL handshake would poison the other NAT's conntrack again.
+   A peer without an agent never sends first, so nothing of it can be poisoned.
 3. The relay, when one is listed and connected (or the peer had its proxy already: it stays
    through a relay restart, and the flow resumes when a client reconnects): the relay's
    channel port once the channel is READY in this relayed spell, else the loopback proxy.
@@ -60,6 +63,7 @@ class PeerFacts:
     direct_since: float | None = None  # when it was proved
     last_direct: str | None = None  # the direct endpoint last written for this peer
     on_link_static: str | None = None  # a literal static endpoint in one of our connected subnets
+    no_agent: str | None = None  # its endpoint record says it runs no agent: its endpoint to use at once
     static: str | None = None  # its first static endpoint, resolved
     heard: bool = False  # it spoke disco (directly or relayed): it runs an agent
     relays_listed: bool = False
@@ -79,6 +83,8 @@ def _static(peer: PeerFacts, now: float) -> tuple[str | None, float | None]:
     """Rule 2: the static endpoint usable now, or when it may become usable."""
     if peer.on_link_static is not None:
         return peer.on_link_static, None
+    if peer.no_agent is not None:
+        return peer.no_agent, None
     if peer.heard or peer.static is None:
         return None, None
     due = peer.first_seen + STATIC_FALLBACK_AFTER_S

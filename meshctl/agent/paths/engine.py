@@ -18,7 +18,9 @@ What it owns (all driven by the agent's asyncio loop; one timer, no polling):
   (direct paths), its relay and channel state and what WireGuard was told.
 
 Events: a datagram (a pong, a ping, call-me-maybe, a STUN answer), a relayed disco packet, a
-relay client's state or a channel's READY, a new map, a static endpoint resolved, and the
+relay client's state or a channel's READY, a new map, the devices' endpoint records fetched
+from the git host (their fresh candidates go to the peers' cores like a call-me-maybe; a
+record saying no agent runs there makes its endpoint usable at once), a static endpoint resolved, and the
 single timer, armed at the earliest deadline any part asked for (probes, heartbeats, STUN
 refresh, channel binds, and the moments a choice may change by itself: `Choice.recheck_at`).
 After each, the affected records are served: their outputs sent, their events logged, and
@@ -28,6 +30,9 @@ to wherever the peer's packets come from, so while the two sides switch one afte
 other it may roam back to the path being left. A peer on a relay channel whose packet comes
 through the proxy has roamed off the channel for certain: its endpoint is written again at
 once (at most every ROAM_REASSERT_S). The agent's full pass, for a new map, uses `endpoints()`.
+The engine asks the agent for a pass (`request_pass`) only when our own endpoint record would
+say something new (our first netcheck settled, our candidates changed: the pass publishes it)
+or when a peer gains or loses every path (the agent then looks for records sooner).
 """
 
 from __future__ import annotations
@@ -44,8 +49,10 @@ from typing import Any, Final
 from meshctl.agent.desired import KEEPALIVE_S
 from meshctl.agent.paths.choose import Via, choose_endpoint
 from meshctl.agent.paths.own import OwnEndpoints, nat_status
-from meshctl.agent.paths.record import PeerRecord, on_link
+from meshctl.agent.paths.record import PeerRecord, on_link, record_candidates, record_text, unproven_candidate
 from meshctl.agent.paths.relays import RelayLinks
+from meshctl.coord.endpoint_publish import PublishRequest
+from meshctl.coord.endpoint_record import EndpointRecord
 from meshctl.coord.netmap import NetMap
 from meshctl.identity import DeviceKeys, load_device_keys
 from meshctl.keys import DiscoPublic, NodePublic
@@ -113,13 +120,19 @@ class PathEngine:
     """The agent extension (daemon.Extension) for NAT traversal, relays and endpoints."""
 
     def __init__(self, settings: Settings, apply_endpoints: Callable[[EndpointWrites], None],
-                 device_endpoint: Callable[[NodePublic], str | None] = lambda key: None) -> None:
+                 device_endpoint: Callable[[NodePublic], str | None] = lambda key: None,
+                 request_pass: Callable[[], None] = lambda: None) -> None:
         """`apply_endpoints`: write endpoints to WireGuard (alone); `device_endpoint`: the endpoint
         WireGuard uses for a peer now (blocking: called in a thread), for a ping when the engine
-        knows no path yet but WireGuard found one by itself."""
+        knows no path yet but WireGuard found one by itself; `request_pass`: a pass soon (it
+        publishes our endpoint record, and looks for records while a peer has no path)."""
         self.settings = settings
         self._apply_endpoints = apply_endpoints
         self._device_endpoint = device_endpoint
+        self._request_pass = request_pass
+        self._endpoint_records: Mapping[str, EndpointRecord] = {}  # the devices' records (git host)
+        # (settled, candidates) of our own endpoints when a pass was last asked to publish them
+        self._published_as: tuple[bool, tuple[AddrPort, ...]] = (False, ())
         self._loop: asyncio.AbstractEventLoop | None = None
         self._keys: DeviceKeys | None = None
         self._our_key: NodePublic | None = None
@@ -198,6 +211,7 @@ class PathEngine:
             elif rec.paths is not None:
                 rec.paths.add_static_endpoints(rec.literal_statics, now)
             rec.on_link_static = next((str(e) for e in rec.literal_statics if on_link(e, self._own.local)), None)
+        self._apply_records(now)
         self._by_key = {r.wg_key.raw: r for r in self._records.values()}
         self._by_disco = {r.disco_key: r for r in self._records.values()}
         self._relays.update(netmap, self._by_key)
@@ -212,6 +226,64 @@ class PathEngine:
         if wanted != self._kernel_filter and self._sock is not None:
             self._sock.set_filter(*wanted)
             self._kernel_filter = wanted
+
+    # --- endpoint records through the git host (issue 18) -----------------------------------
+
+    def update_endpoints(self, records: Mapping[str, EndpointRecord]) -> frozenset[str]:
+        """The devices' records as a pass fetched them; returns the peers whose usable candidates
+        changed (new to try: the agent looks for records faster again)."""
+        self._endpoint_records = records
+        if self._loop is None:
+            return frozenset()
+        changed, moved = self._apply_records(self._loop.time())
+        self._service(moved)
+        return changed
+
+    def _apply_records(self, now: float) -> tuple[frozenset[str], set[str]]:
+        """Each peer's record: its fresh candidates to its core (none once stale), and whether it
+        says no agent runs there. Returns (candidates changed, records whose choice may move)."""
+        wall = int(time.time())
+        local = self._own.local if self._own is not None else []
+        changed: set[str] = set()
+        moved: set[str] = set()
+        for rec in self._records.values():
+            er = self._endpoint_records.get(rec.name)
+            usable = record_candidates(er, rec.wg_key, rec.disco_key, wall) if er is not None else ()
+            if usable != rec.record_candidates:
+                if usable:
+                    log.info("%s: endpoint record: %s", rec.name, " ".join(map(str, usable)))
+                rec.record_candidates = usable
+                if rec.paths is not None:
+                    rec.paths.set_record_candidates(usable, now)
+                changed.add(rec.name)
+            before = rec.no_agent_endpoint()
+            rec.endpoint_record = er
+            rec.unproven = unproven_candidate(usable, local)
+            if rec.no_agent_endpoint() != before:
+                moved.add(rec.name)
+        return frozenset(changed), moved | changed
+
+    def publish_request(self) -> PublishRequest | None:
+        """What our own endpoint record would say now; None until the first netcheck settled
+        (publishing the local addresses alone would cost a second push a second later)."""
+        if self._own is None or not self._own.settled or self._loop is None:
+            return None
+        looking = any(r.record_candidates and r.pathless for r in self._records.values())
+        return PublishRequest(record_text(self._own.candidates), agent=True, someone_looking=looking)
+
+    def pathless(self) -> frozenset[str]:
+        """Peers with no path at all (no direct path, no relay): the agent looks for their records."""
+        return frozenset(n for n, r in self._records.items() if r.pathless)
+
+    def _ask_pass_if_published_moved(self) -> None:
+        """Our record would say something new (first netcheck settled, candidates changed): a pass publishes it."""
+        if self._own is None:
+            return
+        now_as = (self._own.settled, self._own.candidates)
+        if now_as != self._published_as:
+            self._published_as = now_as
+            if self._own.settled:
+                self._request_pass()
 
     def endpoints(self) -> dict[str, str | None]:
         """Every peer's endpoint as chosen now (None: leave WireGuard alone), for a full pass."""
@@ -327,8 +399,10 @@ class PathEngine:
             self._loop.call_soon(self._service, set(self._records))
 
     def _own_changed(self) -> None:
-        """New STUN servers resolved or a netcheck report: the kernel filter and every peer."""
+        """New STUN servers resolved, a netcheck report, new local candidates: the kernel filter,
+        every peer, and our endpoint record."""
         self._update_kernel_filter()
+        self._ask_pass_if_published_moved()
         self._poke()
 
     # --- sending -------------------------------------------------------------------------
@@ -360,6 +434,7 @@ class PathEngine:
             if now >= self._started_at + STUN_FIRST_MAX_WAIT_S:
                 log.info("no netcheck result after %.0f s: setting up peers anyway", STUN_FIRST_MAX_WAIT_S)
                 own.settled = True
+                self._ask_pass_if_published_moved()
                 dirty = set(self._records)
             else:
                 deadlines.append(self._started_at + STUN_FIRST_MAX_WAIT_S)
@@ -388,6 +463,8 @@ class PathEngine:
                                           our_nat_hard=own.hard, first_probe_delay_s=PUNCH_LEAD_S,
                                           wall_clock_offset_s=time.time() - now)
             rec.paths_since = now
+            if rec.record_candidates:
+                paths.set_record_candidates(rec.record_candidates, now)
             dirty = True
         if paths is not None:
             paths.set_our_nat_hard(own.hard)
@@ -423,6 +500,9 @@ class PathEngine:
     def _on_path_event(self, rec: PeerRecord, event: PathChanged | NoDirectPath, now: float) -> bool:
         match event:
             case PathChanged(path, initiator):
+                if (path.kind is PathKind.NONE) != (rec.kind is PathKind.NONE):
+                    self._request_pass()  # the agent looks for endpoint records faster while a peer has none
+                rec.kind = path.kind
                 if path.kind is PathKind.DIRECT:
                     log.info("%s: path -> direct %s (%.1f ms%s)", rec.name, path.endpoint,
                              (path.latency_s or 0) * 1000, ", we initiate" if initiator else "")

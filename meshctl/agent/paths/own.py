@@ -4,7 +4,9 @@ A `netcheck.Netcheck` core runs against the map's STUN servers; its packets leav
 engine's raw socket on WireGuard's port, so the mapping it learns is WireGuard's, and the
 answers come back through the engine's one receive entry point. The STUN-mapped endpoint
 and the local addresses are the candidates told to every peer (call-me-maybe); a mapping
-that varies by destination marks our NAT as hard (we then start the handshakes).
+that varies by destination marks our NAT as hard (we then start the handshakes). A mesh that
+lists no STUN servers (a LAN): the candidates are the local addresses alone, looked at again
+every RESTUN_INTERVAL_S.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import asyncio
 import ipaddress
 import logging
 import os
-import socket
 from collections.abc import Callable, Iterable
 from typing import Any, Final
 
@@ -49,22 +50,10 @@ def nat_status(report: netcheck.NetcheckReport | None) -> dict[str, Any]:
 
 def local_ipv4_interfaces(exclude_ifname: str) -> list[ipaddress.IPv4Interface]:
     """Global IPv4 addresses of this host with their prefixes, except loopback and the mesh
-    interface (netlink)."""
-    from meshctl.netlink import IPRoute
+    interface (one netlink dump)."""
+    from meshctl.netaddrs import ipv4_interfaces
 
-    out = []
-    with IPRoute() as ipr:
-        names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
-        for msg in ipr.get_addr(family=socket.AF_INET):
-            if names.get(msg["index"]) == exclude_ifname:
-                continue
-            text = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
-            if text is None:
-                continue
-            iface = ipaddress.IPv4Interface(f"{text}/{msg['prefixlen']}")
-            if not (iface.ip.is_loopback or iface.ip.is_link_local):
-                out.append(iface)
-    return out
+    return ipv4_interfaces(exclude_ifname)
 
 
 class OwnEndpoints:
@@ -76,7 +65,7 @@ class OwnEndpoints:
         self.port = port
         self._send = send
         self._changed = changed
-        self._specs: tuple[str, ...] = ()
+        self._specs: tuple[str, ...] | None = None  # none asked yet: an empty list settles at once
         self._servers: list[netcheck.StunServer] = []
         self._core: netcheck.Netcheck | None = None
         self._next_run = 0.0
@@ -92,12 +81,14 @@ class OwnEndpoints:
         """The STUN servers asked (resolved): the only sources STUN answers may come from."""
         return self._servers
 
-    async def refresh_local(self) -> None:
-        # pyroute2's synchronous API runs its own event loop: keep it off ours
+    async def refresh_local(self, update_candidates: bool = False) -> None:
+        """Our local addresses (off the loop); `update_candidates`: no STUN, they are our candidates."""
         try:
             self.local = await asyncio.to_thread(local_ipv4_interfaces, self.interface)
         except (OSError, MeshctlError) as exc:
             log.warning("cannot list local addresses: %s", exc)
+        if update_candidates and self._set_candidates(own_candidates((i.ip for i in self.local), self.port, None)):
+            self._changed()
 
     def set_servers(self, specs: tuple[str, ...]) -> None:
         """The map's STUN servers (resolved off the loop); none settles at once."""
@@ -136,7 +127,7 @@ class OwnEndpoints:
             self._core = netcheck.Netcheck(self._servers, now, os.urandom, NETCHECK_TIMEOUT_S)
         core = self._core
         if core is None:
-            return self._next_run if self._servers else None
+            return self._next_run if self._servers else self._refresh_local_only(now)
         for payload, dst in core.datagrams_to_send(now):
             self._send(payload, dst)
         if core.done(now):
@@ -152,12 +143,25 @@ class OwnEndpoints:
             log.info("netcheck: udp %s, mapping varies by destination %s, preferred %s",
                      report.udp, report.mapping_varies_by_dest, report.preferred_endpoint)
         self.hard = bool(report.mapping_varies_by_dest)
-        new = own_candidates((i.ip for i in self.local), self.port, report)
-        if new != self.candidates:
-            log.info("own endpoints: %s", " ".join(map(str, new)) or "(none)")
-            self.candidates = new
+        self._set_candidates(own_candidates((i.ip for i in self.local), self.port, report))
         self._settle()
         self._changed()
+
+    def _set_candidates(self, new: tuple[AddrPort, ...]) -> bool:
+        if new == self.candidates:
+            return False
+        log.info("own endpoints: %s", " ".join(map(str, new)) or "(none)")
+        self.candidates = new
+        return True
+
+    def _refresh_local_only(self, now: float) -> float | None:
+        """No STUN server listed: our local addresses are our candidates, every RESTUN_INTERVAL_S."""
+        if not self.settled:
+            return None  # the map's servers are not known yet
+        if now >= self._next_run:
+            self._next_run = now + RESTUN_INTERVAL_S
+            asyncio.get_running_loop().create_task(self.refresh_local(update_candidates=True))
+        return self._next_run
 
     def _settle(self) -> None:
         self.settled = True

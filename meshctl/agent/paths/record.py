@@ -11,6 +11,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from meshctl.agent.paths.choose import Choice, PeerFacts, Via
+from meshctl.coord.endpoint_record import MAX_CANDIDATES as MAX_RECORD_CANDIDATES
+from meshctl.coord.endpoint_record import EndpointRecord, canonical_candidate
+from meshctl.coord.endpoint_verify import usable_candidates
 from meshctl.coord.netmap import Peer
 from meshctl.errors import ParseError
 from meshctl.keys import DiscoPublic, NodePublic
@@ -35,6 +38,39 @@ def on_link(endpoint: AddrPort, networks: Iterable[ipaddress.IPv4Interface]) -> 
                for net in networks)
 
 
+def record_candidates(record: EndpointRecord, wg_key: NodePublic, disco_key: DiscoPublic,
+                      now: int) -> tuple[AddrPort, ...]:
+    """A record's candidates this node may probe now (fresh, made for the member's keys), IPv4."""
+    out = []
+    for text in usable_candidates(record, wg_key, disco_key, now):
+        try:
+            addr = parse_addr_port(text)
+        except ParseError:
+            continue
+        if addr.ip.version == 4:  # the raw socket that punches and probes is IPv4
+            out.append(addr)
+    return tuple(out)
+
+
+def record_text(candidates: Iterable[AddrPort]) -> tuple[str, ...]:
+    """Our candidates as an endpoint record holds them (canonical text; anything else left out)."""
+    out = []
+    for c in candidates:
+        try:
+            out.append(canonical_candidate(str(c)))
+        except ValueError:
+            continue
+    return tuple(dict.fromkeys(out))[:MAX_RECORD_CANDIDATES]
+
+
+def unproven_candidate(candidates: tuple[AddrPort, ...], local: Iterable[ipaddress.IPv4Interface]) -> str | None:
+    """For a peer without an agent and without a static endpoint: the candidate WireGuard may use
+    unproven, one on our own subnet first, else its first (its public address, STUN-mapped or local)."""
+    near = next((c for c in candidates if on_link(c, local)), None)
+    pick = near or next(iter(candidates), None)
+    return str(pick) if pick is not None else None
+
+
 @dataclass
 class PeerRecord:
     """Everything the engine knows about one peer."""
@@ -50,10 +86,14 @@ class PeerRecord:
     static: str | None = None  # the first static endpoint of its record, resolved
     on_link_static: str | None = None
     heard: bool = False  # any disco from it, direct or relayed: it runs an agent
+    endpoint_record: EndpointRecord | None = None  # its newest accepted endpoint record (git host)
+    record_candidates: tuple[AddrPort, ...] = ()  # what that record gave its core (fresh only)
+    unproven: str | None = None  # of those candidates, the one to use when no agent runs there
     told: tuple[AddrPort, ...] = ()  # the candidates its core has told it (call-me-maybe)
     direct_since: float | None = None
     last_direct: str | None = None
     no_direct_reported: bool = False
+    kind: PathKind = PathKind.NONE  # the path kind its core last reported
     proxied: bool = False  # it has had its relay proxy as WireGuard endpoint
     relayed_since: float | None = None  # when its current relayed spell began
     ready_at: float = float("-inf")  # when a relay last said its channel is READY
@@ -71,6 +111,19 @@ class PeerRecord:
         return cls(peer.name, peer.wg_public_key, peer.disco_key,
                    str(peer.ipv4 or peer.ipv6) if peer.addresses else None, literal_endpoints(peer), now)
 
+    def no_agent_endpoint(self) -> str | None:
+        """Its record says no agent answers disco there (`meshctl sync` from cron): no probe ever
+        will, and it never sends first, so nothing of it can be poisoned: its static endpoint,
+        else a candidate of its record, is used at once."""
+        if self.endpoint_record is None or self.endpoint_record.agent:
+            return None
+        return self.static or self.unproven
+
+    @property
+    def pathless(self) -> bool:
+        """No path at all (neither direct nor relayed) as its core sees it."""
+        return self.paths is None or self.paths.path.kind is PathKind.NONE
+
     def same_peer(self, peer: Peer) -> bool:
         """Keys unchanged: the record (and its paths) still describe this member."""
         return peer.wg_public_key == self.wg_key and peer.disco_key == self.disco_key
@@ -86,5 +139,6 @@ class PeerRecord:
         return PeerFacts(
             initiator=self.initiator(ours, our_nat_hard), first_seen=self.first_seen, direct=direct,
             direct_since=self.direct_since if direct else None, last_direct=self.last_direct,
-            on_link_static=self.on_link_static, static=self.static, heard=self.heard,
+            on_link_static=self.on_link_static, no_agent=self.no_agent_endpoint(), static=self.static,
+            heard=self.heard,
             relays_listed=relays_listed, relay_up=relay_up, proxied=self.proxied, channel=self.channel)
