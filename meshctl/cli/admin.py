@@ -69,20 +69,54 @@ def approve(
     tag: Annotated[list[str] | None,
                    typer.Option("--tag", help="A tag for access rules, e.g. tag:server (repeatable).")] = None,
     owner: Annotated[str, typer.Option("--owner", help="Owner, e.g. alice@example.com.")] = "",
+    routes: Annotated[str | None, typer.Option(
+        "--routes", metavar="all|exit|none|CIDR[,CIDR...]",
+        help="Approve exactly these advertised routes (`exit`: the exit node). Without it, what was approved "
+             "and is still advertised stays, and the policy's autoApprovers add theirs.")] = None,
     repo: RepoOpt = Path("."),
     admin_key: KeyOpt = None,
     no_commit: NoCommitOpt = False,
 ) -> None:
-    """Approve a join request: move it to peers/, assign addresses, sign the new state."""
+    """Approve a join request (move it to peers/, assign addresses), a member's update request, or routes."""
     from meshctl.coord import admin
+    from meshctl.coord.route_approval import approval_notes, parse_routes_option
+
+    choice = parse_routes_option(routes) if routes is not None else None
+    co = admin.open_checkout(repo)
+    before = co.state.peers.get(name)
+    state, changed, removed = admin.approve(co, name, admin_keys(admin_key), int(time.time()), ip,
+                                            tag or [], owner, choice)
+    after = state.peers[name]
+    if before is None:
+        typer.echo(f"approved {name}: {' '.join(str(a) for a in after.addresses)}")
+    elif any(p.startswith("peers/") for p in changed):
+        typer.echo(f"approved the update of {name} (record replaced; addresses, tags and owner kept)")
+    for line in approval_notes(name, before.routes if before else (), after.routes):
+        typer.echo(line)
+    what = "Approve" if before is None else "Approve update of" if removed else "Approve routes of"
+    commit(repo, changed, removed, f"{what} {name} (serial {state.serial})", no_commit)
+    print_signature_status(state.serial, repo)
+
+
+@admin_app.command("routes")
+@command
+def routes_cmd(
+    name: Annotated[str | None, typer.Argument(help="Only this member.")] = None,
+    repo: RepoOpt = Path("."),
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List the routes members advertise, which are approved, and pending updates."""
+    import json
+
+    from meshctl.coord import admin
+    from meshctl.coord.route_approval import render_rows
+    from meshctl.errors import UsageError
 
     co = admin.open_checkout(repo)
-    state, changed, removed = admin.approve(co, name, admin_keys(admin_key), int(time.time()), ip,
-                                            tag or [], owner)
-    addrs = " ".join(str(a) for a in state.peers[name].addresses)
-    typer.echo(f"approved {name}: {addrs}")
-    commit(repo, changed, removed, f"Approve {name} (serial {state.serial})", no_commit)
-    print_signature_status(state.serial, repo)
+    if name is not None and name not in co.state.peers and not (repo / "requests" / f"{name}.json").exists():
+        raise UsageError(f"{name!r}: no member or request of that name")
+    rows = [r for r in admin.route_rows(co) if name is None or r.member == name]
+    typer.echo(json.dumps([r.as_json() for r in rows], indent=2) if as_json else render_rows(rows))
 
 
 @admin_app.command("revoke")

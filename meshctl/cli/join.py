@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from meshctl.cli.common import command, settings_of
+from meshctl.cli.route_flags import AdvertiseExitOpt, AdvertiseRoutesOpt, parse_bool
 from meshctl.errors import GitError, UsageError
 
 
@@ -35,8 +36,11 @@ def join(
         typer.Option("--endpoint", help="HOST:PORT where peers can always reach this device, e.g. a server's "
                                         "public name and WireGuard port (repeatable)."),
     ] = None,
+    advertise_routes: AdvertiseRoutesOpt = None,
+    advertise_exit_node: AdvertiseExitOpt = None,
 ) -> None:
     """Join a mesh: keys stay on this device; the request goes to a pull-request branch."""
+    from meshctl.coord.advertise import Advertised, offer_from_flags
     from meshctl.coord.join import join as do_join
 
     settings = settings_of(ctx)
@@ -51,14 +55,19 @@ def join(
         typer.echo("Compare it with the one your admin gave you.")
         return yes or typer.confirm("Trust this root?", default=False)
 
+    offer = offer_from_flags(Advertised(), advertise_routes, parse_bool(advertise_exit_node, "--advertise-exit-node"))
     try:
         result = do_join(settings.state_dir, settings.repo_dir, settings.keys_dir, repo_url,
-                         name or _default_name(), root, confirm, tuple(endpoint or ()), int(time.time()))
+                         name or _default_name(), root, confirm, tuple(endpoint or ()), int(time.time()),
+                         offer)
     except GitError as exc:  # nothing to keep yet: say how to check the URL instead
         raise GitError(exc.message, f"check the URL and that this machine reaches the git host: "
                                     f"git ls-remote {repo_url}") from None
     if result.push_error == "already a member":
         typer.echo(f"{result.name} is already a member of {result.mesh}; run `meshctl up` or `meshctl sync`")
+        if offer != Advertised():
+            typer.echo("to change the routes it advertises: meshctl set --advertise-routes CIDR,... "
+                       "[--advertise-exit-node]")
         return
     if result.pushed:
         typer.echo(f"join request for {result.name} pushed to branch {result.branch}")

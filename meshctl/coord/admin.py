@@ -16,9 +16,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Final
 
-from meshctl.coord import records, signing, verify
+from meshctl.coord import records, route_approval, signing, verify
 from meshctl.coord.fs_snapshot import FsSnapshot
 from meshctl.coord.records import Assignment, RootDoc, StateDoc
+from meshctl.coord.route_approval import RoutesChoice
+from meshctl.coord.routes import Prefix
 from meshctl.coord.trust import STATE_LIFETIME_S as STATE_LIFETIME_S  # re-exported: tests, bench
 from meshctl.errors import MeshctlError, ParseError, UsageError, VerificationError
 from meshctl.keys import SigningKey, VerifyKey, load_signing_key, write_private_key
@@ -194,7 +196,13 @@ def next_ipv4(state: StateDoc) -> ipaddress.IPv4Address:
 
 
 def approve(co: Checkout, name: str, keys: Sequence[SigningKey], now: int, ip: str | None = None,
-            tags: Sequence[str] = (), owner: str = "") -> tuple[StateDoc, list[str], list[str]]:
+            tags: Sequence[str] = (), owner: str = "",
+            routes: RoutesChoice | None = None) -> tuple[StateDoc, list[str], list[str]]:
+    """A join request (requests/NAME.json for a new name): move it to peers/, assign addresses,
+    tags, owner and routes. For a member: its update request (a changed record, the same identity
+    key) replaces its record, and/or its approved routes change; addresses, tags and owner stay."""
+    if name in co.state.peers:
+        return _approve_member(co, name, keys, now, routes, given=bool(ip or tags or owner))
     req = co.path / "requests" / f"{name}.json"
     if not req.exists():
         pending = sorted(p.stem for p in (co.path / "requests").glob("*.json"))
@@ -204,9 +212,6 @@ def approve(co: Checkout, name: str, keys: Sequence[SigningKey], now: int, ip: s
     rec, digest = verify.verify_record(FsSnapshot(co.path), f"requests/{name}.json",
                                        co.root.network_id, files)
     state = co.state
-    if name in state.peers:
-        raise UsageError(f"requests/{name}.json: {name!r} is already a member",
-                         "pick another name, or revoke the old device first")
     for tag in tags:
         if not records.TAG_RE.match(tag):
             raise UsageError(f"--tag {tag!r}: tags look like tag:server")
@@ -221,7 +226,8 @@ def approve(co: Checkout, name: str, keys: Sequence[SigningKey], now: int, ip: s
             raise UsageError(f"--ip {ip}: outside the mesh prefix {state.ipv4_cidr}")
     else:
         v4 = next_ipv4(state)
-    assignment = Assignment(digest, (v4, _ipv6_for(state, v4)), tuple(tags), owner)
+    approved = _decide_routes(co, rec, (), routes, _Identity(tuple(tags), owner))
+    assignment = Assignment(digest, (v4, _ipv6_for(state, v4)), tuple(tags), owner, approved)
     peers = dict(state.peers)
     peers[name] = assignment
     candidate = replace(state, peers=peers)
@@ -229,6 +235,7 @@ def approve(co: Checkout, name: str, keys: Sequence[SigningKey], now: int, ip: s
     existing = {n: records.parse_peer((co.path / "peers" / f"{n}.json").read_bytes(), n)
                 for n in state.peers}
     verify.check_unique(candidate, existing | {name: rec})
+    _check_routes(candidate, name)
     (co.path / "peers").mkdir(exist_ok=True)  # git does not keep empty directories
     for suffix in ("", ".sig"):
         (co.path / "requests" / f"{name}.json{suffix}").rename(co.path / "peers" / f"{name}.json{suffix}")
@@ -236,6 +243,103 @@ def approve(co: Checkout, name: str, keys: Sequence[SigningKey], now: int, ip: s
     moved = [f"peers/{name}.json", f"peers/{name}.json.sig"]
     removed = [f"requests/{name}.json", f"requests/{name}.json.sig"]
     return new, moved + ["state.json", "state.json.sig"], removed
+
+
+@dataclass(frozen=True, slots=True)
+class _Identity:
+    """Who a device is to the policy's autoApprovers: its tags, else its owner."""
+
+    tags: tuple[str, ...]
+    owner: str
+
+
+def _decide_routes(co: Checkout, rec: records.PeerRecord, current: Sequence[Prefix],
+                   choice: RoutesChoice | None, who: _Identity) -> tuple[Prefix, ...]:
+    """The approved routes after this approval; a plain one asks the policy's autoApprovers."""
+    auto_routes: tuple[Prefix, ...] = ()
+    auto_exit = False
+    if choice is None and (rec.advertise_routes or rec.advertise_exit_node):
+        from meshctl.policy.approvers import auto_approved
+        from meshctl.policy.parse import parse_policy
+
+        try:
+            policy = parse_policy((co.path / "policy.hujson").read_text())
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"policy.hujson: unreadable ({exc})") from None
+        except ParseError as exc:
+            raise UsageError(exc.message, "fix the policy, or name the routes with --routes") from None
+        auto = auto_approved(policy, who, rec.advertise_routes, rec.advertise_exit_node)
+        auto_routes, auto_exit = auto.routes, auto.exit_node
+    return route_approval.decide(rec, current, choice, auto_routes, auto_exit)
+
+
+def _check_routes(state: StateDoc, member: str) -> None:
+    """Refuse to sign routes that break coord/routes.py's rules (nodes would refuse the state)."""
+    try:
+        verify.check_routes(state, member)
+    except VerificationError as exc:
+        raise UsageError(exc.message.removeprefix("state.json: "), exc.hint) from None
+
+
+def _approve_member(co: Checkout, name: str, keys: Sequence[SigningKey], now: int,
+                    choice: RoutesChoice | None, given: bool) -> tuple[StateDoc, list[str], list[str]]:
+    if given:
+        raise UsageError(f"--ip, --tag and --owner are for join requests; {name!r} is already a member",
+                         "revoke it and approve a new join request to change them")
+    state = co.state
+    current = state.peers[name]
+    snap = FsSnapshot(co.path)
+    files = snap.files()
+    member, _ = verify.verify_record(snap, f"peers/{name}.json", co.root.network_id, files)
+    request = f"requests/{name}.json"
+    record, digest = member, current.record_sha256
+    if request in files:
+        record, digest = verify.verify_record(snap, request, co.root.network_id, files)
+        if record.identity_key != member.identity_key:
+            raise VerificationError(
+                f"{request}: signed by identity key {record.identity_key.short()}, but member {name} is "
+                f"{member.identity_key.short()}", "an update comes from the device itself; a new device joins "
+                "under a new name")
+    approved = _decide_routes(co, record, current.routes, choice, _Identity(current.tags, current.owner))
+    if request not in files and approved == current.routes:
+        raise UsageError(f"nothing to approve: {name} is a member with no pending update "
+                         f"(requests/{name}.json) and its routes stay {route_approval.describe_routes(approved)}",
+                         "fetch its update/NAME branch first, or name the routes with --routes")
+    peers = dict(state.peers)
+    peers[name] = replace(current, record_sha256=digest, routes=approved)
+    candidate = replace(state, peers=peers)
+    existing = {n: records.parse_peer((co.path / "peers" / f"{n}.json").read_bytes(), n)
+                for n in state.peers if n != name}
+    verify.check_unique(candidate, existing | {name: record})
+    _check_routes(candidate, name)
+    changed = ["state.json", "state.json.sig"]
+    removed: list[str] = []
+    if request in files:
+        for suffix in ("", ".sig"):
+            (co.path / f"{request}{suffix}").replace(co.path / "peers" / f"{name}.json{suffix}")
+        changed += [f"peers/{name}.json", f"peers/{name}.json.sig"]
+        removed = [request, f"{request}.sig"]
+    new = write_state(co, candidate, keys, now)
+    return new, changed, removed
+
+
+def route_rows(co: Checkout) -> list[route_approval.RouteRow]:
+    """`meshctl admin routes`: every member's routes, with its pending update request if any."""
+    snap = FsSnapshot(co.path)
+    files = snap.files()
+    recs, pending = {}, {}
+    for name in co.state.peers:
+        path = f"peers/{name}.json"
+        if path in files:
+            recs[name] = verify.verify_record(snap, path, co.root.network_id, files)[0]
+    for path in sorted(p for p in files if verify.REQUEST_RE.match(p)):
+        try:
+            rec = verify.verify_record(snap, path, co.root.network_id, files)[0]
+        except VerificationError:
+            continue  # `repo verify` reports it; this list shows what could be approved
+        if rec.name in co.state.peers or rec.advertise_routes or rec.advertise_exit_node:
+            pending[rec.name] = rec
+    return route_approval.route_rows(co.state.peers, recs, pending)
 
 
 def revoke(co: Checkout, name: str, keys: Sequence[SigningKey], now: int) -> tuple[StateDoc, list[str], list[str]]:

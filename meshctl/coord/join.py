@@ -8,6 +8,7 @@ from pathlib import Path
 
 from meshctl.coord import records, signing, verify
 from meshctl.coord import repo as gitrepo
+from meshctl.coord.advertise import Advertised, check_advertised
 from meshctl.coord.node_state import NodeConfig, NodeState
 from meshctl.errors import GitError, UsageError
 from meshctl.identity import DeviceKeys, load_or_create_device_keys
@@ -37,16 +38,23 @@ def pull_request_url(repo_url: str, branch: str) -> str | None:
 
 
 def make_request(keys: DeviceKeys, network_id: str, name: str, endpoints: tuple[str, ...],
-                 now: int) -> tuple[bytes, bytes]:
+                 now: int, advertise: Advertised | None = None) -> tuple[bytes, bytes]:
+    offer = advertise or Advertised()
     rec = records.PeerRecord(network_id, name, keys.identity.public(), keys.wireguard.public(),
-                             keys.disco.public(), endpoints, now)
+                             keys.disco.public(), endpoints, now, offer.routes, offer.exit_node)
+    return sign_record(keys, rec)
+
+
+def sign_record(keys: DeviceKeys, rec: records.PeerRecord) -> tuple[bytes, bytes]:
+    """The record's canonical bytes and its self-signature (the identity key's)."""
     data = records.marshal_peer(rec)
-    sig = signing.marshal_signatures([signing.sign(keys.identity, "peer", network_id, data)])
+    sig = signing.marshal_signatures([signing.sign(keys.identity, "peer", rec.network_id, data)])
     return data, sig
 
 
 def join(state_dir: Path, repo_dir: Path, keys_dir: Path, url: str, name: str, pinned: str | None,
-         confirm_root: object, endpoints: tuple[str, ...], now: int) -> JoinResult:
+         confirm_root: object, endpoints: tuple[str, ...], now: int,
+         advertise: Advertised | None = None) -> JoinResult:
     """Clone and verify the mesh, create keys, push `join/<name>` with the request."""
     if not records.NAME_RE.match(name):
         raise UsageError(f"--name {name!r}: use lowercase letters, digits and '-' (a DNS label)")
@@ -76,7 +84,9 @@ def join(state_dir: Path, repo_dir: Path, keys_dir: Path, url: str, name: str, p
         if rec.identity_key != keys.identity.public():
             raise UsageError(f"peers/{name}.json: the name {name!r} is taken by another device",
                              "choose another --name")
-    data, sig = make_request(keys, verified.root.network_id, name, endpoints, now)
+    if advertise is not None:
+        check_advertised(advertise, (verified.state.ipv4_cidr, verified.state.ipv6_prefix))
+    data, sig = make_request(keys, verified.root.network_id, name, endpoints, now, advertise)
     node.save_config(NodeConfig(name, url, branch, pinned, verified.root.network_id))
     node.save_memory(verified.memory(tip), now)
     gitrepo.set_trusted(repo, tip)

@@ -12,8 +12,11 @@ from meshctl.keys import DiscoPublic, NodePublic, VerifyKey
 
 def peer_to_json(p: Peer) -> list[Any]:
     # Compact on purpose: a no-op sync at 10,000 peers reads this back and must stay fast.
-    return [p.name, p.identity_key.b64(), p.wg_public_key.b64(), p.disco_key.b64(),
-            [[a.version, int(a)] for a in p.addresses], list(p.tags), p.owner, list(p.endpoints)]
+    out: list[Any] = [p.name, p.identity_key.b64(), p.wg_public_key.b64(), p.disco_key.b64(),
+           [[a.version, int(a)] for a in p.addresses], list(p.tags), p.owner, list(p.endpoints)]
+    if p.approved_routes or p.exit_node:  # absent for nearly every member
+        out += [[str(r) for r in p.approved_routes], p.exit_node]
+    return out
 
 
 def _address(version: int, value: int) -> IPAddress:
@@ -30,6 +33,8 @@ def peer_from_json(v: list[Any]) -> Peer:
         tags=tuple(v[5]),
         owner=v[6],
         endpoints=tuple(v[7]),
+        approved_routes=tuple(ipaddress.ip_network(r) for r in v[8]) if len(v) > 8 else (),
+        exit_node=bool(v[9]) if len(v) > 9 else False,
     )
 
 

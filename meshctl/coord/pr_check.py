@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from meshctl.coord import records, verify
+from meshctl.coord import records, routes, verify
 from meshctl.coord.verify import Snapshot, TrustMemory, Verified
 from meshctl.errors import MeshctlError
 
@@ -35,22 +35,28 @@ def _base_memory(base: Snapshot) -> tuple[str, TrustMemory]:
 
 
 def check_requests(head: Snapshot, verified: Verified) -> list[str]:
+    """Join requests (a new name) and update requests (a member's changed record, signed by the
+    member's own identity key: `meshctl set --advertise-routes ...`)."""
     problems: list[str] = []
     files = head.files()
     seen: dict[object, str] = {}
     for rec in verified.records.values():
         for value in (rec.identity_key, rec.wg_public_key, rec.disco_key):
             seen[value] = f"member {rec.name}"
+    mesh = (verified.state.ipv4_cidr, verified.state.ipv6_prefix)
     for path in sorted(p for p in files if verify.REQUEST_RE.match(p)):
         try:
             rec, _digest = verify.verify_record(head, path, verified.root.network_id, files)
         except MeshctlError as exc:
             problems.append(exc.message)
             continue
-        if rec.name in verified.state.peers:
-            problems.append(f"{path}: {rec.name!r} is already a member")
+        member = verified.records.get(rec.name)
+        if member is not None and rec.identity_key != member.identity_key:
+            problems.append(f"{path}: {rec.name!r} is already a member (an update must be signed by its own "
+                            "identity key)")
+        problems += [f"{path}: advertise_routes: {p}" for p in routes.advertised_problems(rec.advertise_routes, mesh)]
         for value in (rec.identity_key, rec.wg_public_key, rec.disco_key):
-            if value in seen:
+            if value in seen and not (member is not None and seen[value] == f"member {rec.name}"):
                 problems.append(f"{path}: key {value.short()} is already used by {seen[value]}")
             seen[value] = f"request {rec.name}"
     return problems

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from meshctl.coord import routes as routing
 from meshctl.coord import strictjson
 from meshctl.errors import ParseError
 from meshctl.keys import DiscoPublic, NodePublic, VerifyKey
@@ -130,6 +131,23 @@ class _Reader:
             raise self.fail(key, "has duplicate items")
         return tuple(items)
 
+    def routes(self, key: str) -> tuple[routing.Prefix, ...]:
+        """Optional list of canonical networks, no duplicates; stored sorted (routes.canonical)."""
+        texts = self.str_list(key, routing.MAX_ROUTES)
+        out = []
+        for text in texts:
+            try:
+                out.append(routing.parse_route(text))
+            except ValueError as exc:
+                raise self.fail(key, str(exc)) from None
+        return routing.canonical(out)  # canonical text: str_list's duplicate check covers networks
+
+    def flag(self, key: str) -> bool:
+        value = self.doc.get(key, False)
+        if not isinstance(value, bool):
+            raise self.fail(key, "must be true or false")
+        return value
+
     def obj(self, key: str) -> dict[str, Any]:
         value = self.doc.get(key)
         if not isinstance(value, dict):
@@ -222,12 +240,16 @@ class PeerRecord:
     disco_key: DiscoPublic
     endpoints: tuple[str, ...] = ()
     created: int = 0
+    # Issue 19: what the device offers to route for others; only the admin-signed state's
+    # approval (Assignment.routes) makes any of it used.
+    advertise_routes: tuple[routing.Prefix, ...] = ()  # subnet routes, never a default route
+    advertise_exit_node: bool = False
 
 
 def parse_peer(data: bytes, name: str) -> PeerRecord:
     r = _Reader(strictjson.loads(data, name=name, max_bytes=MAX_PEER_BYTES), name)
     r.only({"type", "network_id", "name", "identity_key", "wg_public_key", "disco_key", "created"},
-           {"endpoints"})
+           {"endpoints", "advertise_routes", "advertise_exit_node"})
     _type_check(r, PEER_TYPE)
     try:
         wg_key = NodePublic.from_b64(r.text("wg_public_key"))
@@ -241,6 +263,9 @@ def parse_peer(data: bytes, name: str) -> PeerRecord:
     for ep in endpoints:
         if not 1 <= int(ep.rsplit(":", 1)[1]) <= 65535:
             raise r.fail("endpoints", f"invalid port in {ep!r}")
+    advertised = r.routes("advertise_routes")
+    if any(routing.is_exit_route(x) for x in advertised):
+        raise r.fail("advertise_routes", "a default route is exit-node use (advertise_exit_node)")
     return PeerRecord(
         network_id=r.text("network_id", NETWORK_ID_RE),
         name=r.text("name", NAME_RE),
@@ -249,6 +274,8 @@ def parse_peer(data: bytes, name: str) -> PeerRecord:
         disco_key=disco,
         endpoints=endpoints,
         created=r.time("created"),
+        advertise_routes=advertised,
+        advertise_exit_node=r.flag("advertise_exit_node"),
     )
 
 
@@ -264,6 +291,10 @@ def marshal_peer(rec: PeerRecord) -> bytes:
     }
     if rec.endpoints:
         doc["endpoints"] = list(rec.endpoints)
+    if rec.advertise_routes:
+        doc["advertise_routes"] = [str(x) for x in routing.canonical(rec.advertise_routes)]
+    if rec.advertise_exit_node:
+        doc["advertise_exit_node"] = True
     return strictjson.dumps(doc)
 
 
@@ -278,6 +309,9 @@ class Assignment:
     addresses: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]
     tags: tuple[str, ...] = ()
     owner: str = ""
+    # Approved routes (issue 19): used only where the member's record also advertises them;
+    # 0.0.0.0/0 and ::/0, always together, approve it as an exit node.
+    routes: tuple[routing.Prefix, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,7 +338,7 @@ class StateDoc:
 
 def _parse_assignment(doc: Any, name: str, peer: str) -> Assignment:
     r = _Reader(doc, name, f"peers.{peer}.")
-    r.only({"record_sha256", "addresses"}, {"tags", "owner"})
+    r.only({"record_sha256", "addresses"}, {"tags", "owner", "routes"})
     texts = r.str_list("addresses", 2)
     try:
         addrs = tuple(parse_ip(t) for t in texts)
@@ -317,7 +351,16 @@ def _parse_assignment(doc: Any, name: str, peer: str) -> Assignment:
         addresses=addrs,
         tags=r.str_list("tags", MAX_TAGS, TAG_RE),
         owner=r.text("owner", OWNER_RE, default=""),
+        routes=_approved_routes(r),
     )
+
+
+def _approved_routes(r: _Reader) -> tuple[routing.Prefix, ...]:
+    approved = r.routes("routes")
+    exits = [x for x in approved if routing.is_exit_route(x)]
+    if exits and len(exits) != len(routing.EXIT_ROUTES):
+        raise r.fail("routes", "0.0.0.0/0 and ::/0 are approved together (exit node)")
+    return approved
 
 
 def _parse_relay(doc: Any, name: str, i: int) -> RelayEntry:
@@ -379,6 +422,8 @@ def marshal_state(doc: StateDoc) -> bytes:
             entry["tags"] = list(a.tags)
         if a.owner:
             entry["owner"] = a.owner
+        if a.routes:
+            entry["routes"] = [str(x) for x in routing.canonical(a.routes)]
         peers[peer_name] = entry
     out: dict[str, Any] = {
         "type": STATE_TYPE,

@@ -52,8 +52,11 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Final
 
+from meshctl.firewall import routed
+from meshctl.firewall.routed import RouterSettings
 from meshctl.firewall.ruleset import (
     REPLY_SETS,
+    ROUTED_CHAIN,
     Json,  # re-exported: the JSON type of every nft object here
     Rule,
     eq,
@@ -70,7 +73,7 @@ TABLE: Final = "meshctl"
 CHAIN: Final = "mesh-in"
 CHAIN_OUT: Final = "mesh-out"
 # The names nft uses for priorities, per family (netdev knows only "filter").
-PRIORITY_NAMES: Final = {"inet": {-150: "mangle", 0: "filter"}, "netdev": {0: "filter"}}
+PRIORITY_NAMES: Final = {"inet": {-150: "mangle", 0: "filter", 100: "srcnat"}, "netdev": {0: "filter"}}
 REPLY_SET_SIZE: Final = 65535  # when full, new flows' replies are dropped (as with a full conntrack table)
 REPLY_TIMEOUT_S: Final = 120  # conntrack's timeout for a UDP flow that has seen replies
 JSON_SCHEMA_VERSION: Final = 1
@@ -87,44 +90,87 @@ class Layout(Enum):
 
 FAMILIES: Final = tuple(layout.family for layout in Layout)
 
-__all__ = ["FAMILIES", "TABLE", "Json", "Layout", "delete_document", "listed_objects", "probe_document",
-           "render_text", "replace_document", "table_objects"]
+__all__ = ["FAMILIES", "TABLE", "Json", "Layout", "RouterSettings", "delete_document", "listed_objects",
+           "probe_document", "render_text", "replace_document", "table_objects"]
 
 
 @dataclass(frozen=True, slots=True)
-class _Base:
-    """A base chain: its hook, priority, and how it reaches the rules."""
+class _Chain:
+    """One chain of meshctl's tables: a base chain on a hook, or a regular one reached by jump."""
 
+    family: str
     name: str
-    priority: int
-    interface_match: str | None  # HOOKS: "iifname"/"oifname" then a jump; DEVICE: bound, no match
-    target: str | None  # the chain the HOOKS base chain jumps to
+    hook: str | None = None
+    priority: int = 0
+    kind: str = "filter"
+
+    def listed(self, interface: str | None) -> dict[str, Json]:
+        """As nft lists it (interface None), or as it is added (a device-bound chain names it)."""
+        chain: dict[str, Json] = {"family": self.family, "table": TABLE, "name": self.name}
+        if self.hook is not None:
+            chain |= {"type": self.kind, "hook": self.hook, "prio": self.priority, "policy": "accept"}
+            if self.family == Layout.DEVICE.family and interface is not None:
+                chain["dev"] = interface  # nft 1.0.6 does not list it back
+        return chain
 
 
-def _bases(layout: Layout) -> tuple[_Base, _Base]:
+def _filter_chains(layout: Layout) -> tuple[_Chain, ...]:
+    family = layout.family
     if layout is Layout.DEVICE:
-        return _Base("ingress", -150, None, None), _Base("egress", 0, None, None)
+        return _Chain(family, "ingress", "ingress", -150), _Chain(family, "egress", "egress", 0)
     # mangle (-150) runs before destination NAT undoes a masquerade; 300 after source NAT.
-    return _Base("prerouting", -150, "iifname", CHAIN), _Base("postrouting", 300, "oifname", CHAIN_OUT)
+    return (_Chain(family, "prerouting", "prerouting", -150), _Chain(family, "postrouting", "postrouting", 300),
+            _Chain(family, CHAIN_OUT), _Chain(family, CHAIN))
 
 
-def _rules_of(pf: PacketFilter, interface: str, layout: Layout) -> list[tuple[str, Rule]]:
-    inbound, outbound = _bases(layout)
+def _router_chains(layout: Layout, pf: PacketFilter, router: RouterSettings | None) -> list[_Chain]:
+    """A router's chains: the routed policy beside the filter, forwarding and NAT in table inet."""
+    if router is None or not routed.carries_routes(pf):
+        return []
+    inet = Layout.HOOKS.family
+    chains = [_Chain(layout.family, ROUTED_CHAIN), _Chain(inet, routed.FORWARD_CHAIN, "forward", -150)]
+    if routed.needs_snat(pf, router):
+        chains.append(_Chain(inet, routed.SNAT_CHAIN, "postrouting", 100, "nat"))
+    return chains
+
+
+def _chains(pf: PacketFilter, layout: Layout, router: RouterSettings | None) -> list[_Chain]:
+    """Every chain, tables in FAMILIES order (as read_table lists them), in creation order."""
+    chains = [*_filter_chains(layout), *_router_chains(layout, pf, router)]
+    return [c for family in FAMILIES for c in chains if c.family == family]
+
+
+def _families(chains: list[_Chain]) -> list[str]:
+    return [f for f in FAMILIES if any(c.family == f for c in chains)]
+
+
+def _rules_of(pf: PacketFilter, interface: str, layout: Layout,
+              router: RouterSettings | None) -> dict[tuple[str, str], list[Rule]]:
+    """(family, chain) -> its rules."""
+    family = layout.family
+    out: dict[tuple[str, str], list[Rule]] = {}
     if layout is Layout.DEVICE:
-        return ([(inbound.name, r) for r in inbound_rules(pf, netdev=True)]
-                + [(outbound.name, r) for r in outbound_rules(netdev=True)])
-    jumps = []
-    for base in (inbound, outbound):
-        assert base.interface_match is not None and base.target is not None
-        matches = (eq({"meta": {"key": base.interface_match}}, interface, f'{base.interface_match} "{interface}"'),
-                   *((l4proto([PROTO_UDP]),) if base.target == CHAIN_OUT else ()))  # only UDP is recorded
-        jumps.append((base.name, Rule(matches, f"jump:{base.target}")))
-    return [*jumps, *((CHAIN_OUT, r) for r in outbound_rules(netdev=False)),
-            *((CHAIN, r) for r in inbound_rules(pf, netdev=False))]
+        out[(family, "ingress")] = inbound_rules(pf, netdev=True)
+        out[(family, "egress")] = outbound_rules(netdev=True)
+    else:
+        jumps = [("prerouting", "iifname", CHAIN), ("postrouting", "oifname", CHAIN_OUT)]
+        for base, key, target in jumps:
+            matches = (eq({"meta": {"key": key}}, interface, f'{key} "{interface}"'),
+                       *((l4proto([PROTO_UDP]),) if target == CHAIN_OUT else ()))  # only UDP is recorded
+            out[(family, base)] = [Rule(matches, f"jump:{target}")]
+        out[(family, CHAIN_OUT)] = outbound_rules(netdev=False)
+        out[(family, CHAIN)] = inbound_rules(pf, netdev=False)
+    if router is not None and routed.carries_routes(pf):
+        inet = Layout.HOOKS.family
+        out[(family, ROUTED_CHAIN)] = routed.routed_rules(pf)
+        out[(inet, routed.FORWARD_CHAIN)] = routed.forward_rules(interface, router)
+        if routed.needs_snat(pf, router):
+            out[(inet, routed.SNAT_CHAIN)] = routed.snat_rules(interface, router)
+    return out
 
 
 def _verdict_json(verdict: str) -> list[Json]:
-    if not verdict:  # a statement-only rule (the reply sets' updates)
+    if not verdict:  # a statement-only rule (the reply sets' updates, the MSS clamp)
         return []
     if verdict.startswith("jump:"):
         return [{"jump": {"target": verdict[5:]}}]
@@ -139,18 +185,18 @@ def _table(family: str) -> dict[str, Json]:
     return {"family": family, "name": TABLE}
 
 
-def _rule_json(layout: Layout, chain: str, rule: Rule) -> dict[str, Json]:
-    body: dict[str, Json] = {"family": layout.family, "table": TABLE, "chain": chain}
+def _rule_json(family: str, chain: str, rule: Rule) -> dict[str, Json]:
+    body: dict[str, Json] = {"family": family, "table": TABLE, "chain": chain}
     body["expr"] = [m.json for m in rule.matches] + _verdict_json(rule.verdict)
     if rule.comment:
         body["comment"] = rule.comment
     return body
 
 
-def _sets(layout: Layout) -> list[dict[str, Json]]:
+def _sets(family: str) -> list[dict[str, Json]]:
     return [
         {
-            "family": layout.family,
+            "family": family,
             "name": name,
             "table": TABLE,
             "type": [f"ipv{version}_addr", "inet_service", f"ipv{version}_addr", "inet_service"],
@@ -162,50 +208,62 @@ def _sets(layout: Layout) -> list[dict[str, Json]]:
     ]
 
 
-def _chains(layout: Layout, interface: str | None) -> list[dict[str, Json]]:
-    """The chains as nft lists them (interface None), or as they are added (the device named)."""
-    chains: list[dict[str, Json]] = []
-    for base in _bases(layout):
-        chain: dict[str, Json] = {"family": layout.family, "table": TABLE, "name": base.name, "type": "filter",
-                                  "hook": base.name, "prio": base.priority, "policy": "accept"}
-        if layout is Layout.DEVICE and interface is not None:
-            chain["dev"] = interface  # nft 1.0.6 does not list it back
-        chains.append(chain)
-    if layout is Layout.HOOKS:
-        chains += [{"family": layout.family, "table": TABLE, "name": name} for name in (CHAIN_OUT, CHAIN)]
-    return chains
-
-
-def _skeleton(layout: Layout, interface: str | None = None) -> list[dict[str, Json]]:
-    """The table, its sets and chains: everything but the rules."""
-    objects: list[dict[str, Json]] = [{"table": _table(layout.family)}]
-    objects += [{"set": s} for s in _sets(layout)]
-    objects += [{"chain": c} for c in _chains(layout, interface)]
+def _skeleton(pf: PacketFilter, layout: Layout, router: RouterSettings | None,
+              interface: str | None = None) -> list[dict[str, Json]]:
+    """The tables, their sets and chains: everything but the rules, table by table."""
+    chains = _chains(pf, layout, router)
+    objects: list[dict[str, Json]] = []
+    for family in _families(chains):
+        objects.append({"table": _table(family)})
+        objects += [{"set": s} for s in (_sets(family) if family == layout.family else [])]
+        objects += [{"chain": c.listed(interface)} for c in chains if c.family == family]
     return objects
 
 
-def table_objects(pf: PacketFilter, interface: str, layout: Layout = Layout.DEVICE) -> list[dict[str, Json]]:
-    """The table, its sets, chains and rules as nft lists them (`{"chain": {...}}`, ...)."""
-    return _skeleton(layout) + [{"rule": _rule_json(layout, chain, rule)}
-                                for chain, rule in _rules_of(pf, interface, layout)]
+def _ordered_rules(pf: PacketFilter, interface: str, layout: Layout,
+                   router: RouterSettings | None) -> list[tuple[str, str, Rule]]:
+    """(family, chain, rule) in the order nft lists them: table by table, chain by chain."""
+    rules = _rules_of(pf, interface, layout, router)
+    return [(c.family, c.name, r) for c in _chains(pf, layout, router) for r in rules.get((c.family, c.name), [])]
+
+
+def table_objects(pf: PacketFilter, interface: str, layout: Layout = Layout.DEVICE,
+                  router: RouterSettings | None = None) -> list[dict[str, Json]]:
+    """The tables, their sets, chains and rules as nft lists them (`{"chain": {...}}`, ...)."""
+    objects: list[dict[str, Json]] = []
+    rules = _ordered_rules(pf, interface, layout, router)
+    skeleton = _skeleton(pf, layout, router)
+    for family in _families(_chains(pf, layout, router)):
+        objects += [o for o in skeleton if _family_of(o) == family]
+        objects += [{"rule": _rule_json(f, chain, rule)} for f, chain, rule in rules if f == family]
+    return objects
+
+
+def _family_of(obj: dict[str, Json]) -> Json:
+    body = next(iter(obj.values()))
+    assert isinstance(body, dict)
+    return body.get("family")
 
 
 def replace_document(pf: PacketFilter, interface: str, current: list[dict[str, Json]] | None = None,
-                     layout: Layout = Layout.DEVICE) -> dict[str, Json]:
-    """One `nft -j -f -` transaction that makes meshctl's table enforce `pf` on `interface`.
+                     layout: Layout = Layout.DEVICE, router: RouterSettings | None = None) -> dict[str, Json]:
+    """One `nft -j -f -` transaction that makes meshctl's tables enforce `pf` on `interface`.
 
-    `current` is what meshctl's tables hold now (listed_objects of both). When it is this
-    layout's table with the sets and chains wanted, only the rules are replaced and the UDP
+    `current` is what meshctl's tables hold now (listed_objects of both). When they are this
+    layout's tables with the sets and chains wanted, only the rules are replaced and the UDP
     flows recorded so far stay.
     """
-    table = _table(layout.family)
-    rules: list[Json] = [{"add": {"rule": _rule_json(layout, chain, rule)}}
-                         for chain, rule in _rules_of(pf, interface, layout)]
+    rules: list[Json] = [{"add": {"rule": _rule_json(family, chain, rule)}}
+                         for family, chain, rule in _ordered_rules(pf, interface, layout, router)]
     head: list[Json] = [{"metainfo": {"json_schema_version": JSON_SCHEMA_VERSION}}]
-    if current is not None and [o for o in current if "rule" not in o] == _skeleton(layout):
-        return {"nftables": [*head, {"add": {"table": table}}, {"flush": {"table": table}}, *rules]}
+    skeleton = _skeleton(pf, layout, router)
+    if current is not None and [o for o in current if "rule" not in o] == skeleton:
+        flushes: list[Json] = []
+        for family in _families(_chains(pf, layout, router)):
+            flushes += [{"add": {"table": _table(family)}}, {"flush": {"table": _table(family)}}]
+        return {"nftables": [*head, *flushes, *rules]}
     commands = head + _delete_commands()
-    commands += [{"add": obj} for obj in _skeleton(layout, interface)]
+    commands += [{"add": obj} for obj in _skeleton(pf, layout, router, interface)]
     return {"nftables": commands + rules}
 
 
@@ -235,30 +293,31 @@ def _priority_text(family: str, prio: int) -> str:
     return PRIORITY_NAMES[family].get(prio, str(prio))
 
 
-def render_text(pf: PacketFilter, interface: str, layout: Layout = Layout.DEVICE) -> str:
+def render_text(pf: PacketFilter, interface: str, layout: Layout = Layout.DEVICE,
+                router: RouterSettings | None = None) -> str:
     """The same ruleset as an nft script (for `--dry-run`, logs and golden tests)."""
-    by_chain: dict[str, list[Rule]] = {}
-    for chain, rule in _rules_of(pf, interface, layout):
-        by_chain.setdefault(chain, []).append(rule)
-    lines = [f"table {layout.family} {TABLE} {{"]
-    for s in _sets(layout):
-        types = " . ".join(str(t) for t in s["type"])  # type: ignore[union-attr]
-        lines += [f"\tset {s['name']} {{", f"\t\ttype {types}", f"\t\tsize {s['size']}",
-                  "\t\tflags dynamic,timeout", f"\t\ttimeout {REPLY_TIMEOUT_S}s", "\t}"]
-    bases = {b.name: b for b in _bases(layout)}
-    for chain in (*bases, *(() if layout is Layout.DEVICE else (CHAIN_OUT, CHAIN))):
-        lines.append(f"\tchain {chain} {{")
-        if chain in bases:
-            device = f' device "{interface}"' if layout is Layout.DEVICE else ""
-            priority = _priority_text(layout.family, bases[chain].priority)
-            lines.append(f"\t\ttype filter hook {chain}{device} priority {priority}; policy accept;")
-        for rule in by_chain.get(chain, []):
-            parts = [m.text for m in rule.matches] + _verdict_text(rule.verdict)
-            if rule.comment:
-                parts.append(f'comment "{rule.comment}"')
-            lines.append("\t\t" + " ".join(parts))
-        lines.append("\t}")
-    lines.append("}")
+    rules = _rules_of(pf, interface, layout, router)
+    chains = _chains(pf, layout, router)
+    lines: list[str] = []
+    for family in _families(chains):
+        lines.append(f"table {family} {TABLE} {{")
+        for s in (_sets(family) if family == layout.family else []):
+            types = " . ".join(str(t) for t in s["type"])  # type: ignore[union-attr]
+            lines += [f"\tset {s['name']} {{", f"\t\ttype {types}", f"\t\tsize {s['size']}",
+                      "\t\tflags dynamic,timeout", f"\t\ttimeout {REPLY_TIMEOUT_S}s", "\t}"]
+        for chain in (c for c in chains if c.family == family):
+            lines.append(f"\tchain {chain.name} {{")
+            if chain.hook is not None:
+                device = f' device "{interface}"' if family == Layout.DEVICE.family else ""
+                lines.append(f"\t\ttype {chain.kind} hook {chain.hook}{device} priority "
+                             f"{_priority_text(family, chain.priority)}; policy accept;")
+            for rule in rules.get((family, chain.name), []):
+                parts = [m.text for m in rule.matches] + _verdict_text(rule.verdict)
+                if rule.comment:
+                    parts.append(f'comment "{rule.comment}"')
+                lines.append("\t\t" + " ".join(parts))
+            lines.append("\t}")
+        lines.append("}")
     return "\n".join(lines) + "\n"
 
 
