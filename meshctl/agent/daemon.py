@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Mapping
 from typing import Any, Final, Protocol
 
 from meshctl.agent import control, heap
@@ -20,7 +21,7 @@ from meshctl.agent.lock import state_lock
 from meshctl.agent.magicdns import MAGIC_INTERFACE_ADDRESS
 from meshctl.agent.reconcile import Reconciler
 from meshctl.agent.sync_pass import PassResult, run_pass
-from meshctl.coord.netmap import NetMap
+from meshctl.coord.netmap import NetMap, Prefix
 from meshctl.errors import EXIT_FAILURE, EXIT_OK, MeshctlError
 from meshctl.fsutil import atomic_write, ensure_private_dir
 from meshctl.settings import Settings
@@ -43,6 +44,10 @@ class Extension(Protocol):
 
     def endpoint_overrides(self) -> dict[str, str | None]: ...
 
+    def route_choices(self) -> Mapping[Prefix, str]:
+        """For prefixes several routers carry, the one to use (agent/failover.py; others: none)."""
+        ...
+
     def status(self) -> dict[str, Any]: ...
 
     async def handle(self, request: dict[str, Any]) -> dict[str, Any] | None:
@@ -57,10 +62,14 @@ def default_extensions(agent: Agent) -> list[Extension]:
         from meshctl.agent.magicdns import MagicDns
 
         out.append(MagicDns(agent.settings))
+    from meshctl.agent.failover import RouteFailover
     from meshctl.agent.magic import Magic
     from meshctl.agent.relaying import Relaying  # relays and the relayed path, around Magic
 
-    out.append(Relaying(agent.settings, agent.request_pass, Magic(agent.settings, agent.request_pass)))
+    magic = Magic(agent.settings, agent.request_pass)
+    out.append(Relaying(agent.settings, agent.request_pass, magic))
+    out.append(RouteFailover(magic.liveness, agent.request_pass, magic.ping_via_relay, magic.is_direct,
+                             agent.accepts_routes))
     return out
 
 
@@ -81,6 +90,7 @@ class Agent:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._fetch_next = True
         self._extensions_started = False
+        self._accept_routes = False
 
     # --- the loop -------------------------------------------------------------------------
 
@@ -150,15 +160,26 @@ class Agent:
             log.info("accepted serial %d", result.netmap.serial)
         return not errors
 
+    def accepts_routes(self) -> bool:
+        """Whether this node uses subnet routes (prefs.json, read on each pass)."""
+        return self._accept_routes
+
     def _pass_blocking(self) -> PassResult:
+        from meshctl.agent.prefs import load_prefs
+
         overrides: dict[str, str | None] = {}
+        choices: dict[Prefix, str] = {}
         for ext in self.extensions:
             overrides.update(ext.endpoint_overrides())
+            choices.update(ext.route_choices())
+        prefs = load_prefs(self.settings.state_dir)
+        self._accept_routes = prefs.accept_routes
         with state_lock(self.settings.state_dir, LOCK_WAIT_S):
             result = run_pass(self.settings, int(time.time()), reconciler=self.reconciler,
                               endpoint_overrides=overrides, fetch=self._fetch_due(),
                               extra_addresses=(MAGIC_INTERFACE_ADDRESS,) if self.accept_dns else (),
-                              known_netmap=self.last.netmap if self.last else None)
+                              known_netmap=self.last.netmap if self.last else None,
+                              prefs=prefs, route_choices=choices)
             result.netmap  # noqa: B018 - a no-op pass loads its map lazily: here, where errors are caught
         # Here, in the pass's thread: ctypes lets go of the GIL, and the event loop (disco, DNS)
         # never waits for the trim. A pass's garbage (git packs, parsed maps) leaves the C heap.

@@ -33,7 +33,8 @@ REPORT_FILE: Final = "dry-run-report.json"
 
 def pass_inputs(settings: Settings, self_name: str, memory: TrustMemory,
                 endpoint_overrides: Mapping[str, str | None],
-                extra_addresses: tuple[ipaddress.IPv4Interface | ipaddress.IPv6Interface, ...]) -> str | None:
+                extra_addresses: tuple[ipaddress.IPv4Interface | ipaddress.IPv6Interface, ...],
+                routes: str = "") -> str | None:
     """The inputs digest of a pass; None when it cannot be known cheaply (then: full pass)."""
     try:
         key_file = (settings.keys_dir / WIREGUARD_FILE).read_bytes()
@@ -42,7 +43,8 @@ def pass_inputs(settings: Settings, self_name: str, memory: TrustMemory,
     return inputs_digest(state_sha256=memory.state_sha256, self_name=self_name,
                          interface=settings.interface, backend_choice=settings.wg_backend,
                          listen_port=settings.listen_port, wireguard_key_file=key_file,
-                         endpoint_overrides=endpoint_overrides, extra_addresses=extra_addresses)
+                         endpoint_overrides=endpoint_overrides, extra_addresses=extra_addresses,
+                         routes=routes)
 
 
 def load_applied(state_dir: Path) -> Applied | None:

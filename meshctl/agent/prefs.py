@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from meshctl.coord.records import NAME_RE
 from meshctl.errors import MeshctlError, UsageError
 from meshctl.fsutil import atomic_write
-from meshctl.router.policy_routing import RoutePrefs
+
+if TYPE_CHECKING:  # a no-op pass reads prefs.json: nothing heavier than json here
+    from meshctl.router.policy_routing import RoutePrefs
 
 PREFS_FILE: Final = "prefs.json"
 MAX_PREFS_BYTES: Final = 4096
@@ -32,6 +34,8 @@ class Prefs:
     snat_subnet_routes: bool = True
 
     def route_prefs(self) -> RoutePrefs:
+        from meshctl.router.policy_routing import RoutePrefs
+
         return RoutePrefs(self.accept_routes, self.exit_node, self.exit_node_allow_lan_access)
 
     def digest_text(self) -> str:
@@ -40,12 +44,13 @@ class Prefs:
 
 
 DEFAULT_PREFS: Final = Prefs()
+_NAME_RE: Final = re.compile(r"\A[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")  # records.NAME_RE, without its imports
 _KINDS: Final = {f.name: (str if f.name == "exit_node" else bool) for f in fields(Prefs)}
 
 
 def check_exit_node(value: str, flag: str = "--exit-node") -> str:
     """A member's name or mesh address, or "" (none)."""
-    if value == "" or NAME_RE.match(value):
+    if value == "" or _NAME_RE.match(value):
         return value
     try:
         return str(ipaddress.ip_address(value))

@@ -54,23 +54,33 @@ def set_(
         _advertise(settings, advertise_routes, offer_exit)
 
 
-def apply_prefs(settings: Settings, changes: dict[str, object]) -> None:
-    """Save the choices (after checking an exit node against the accepted map) and tell a running agent."""
-    from meshctl.agent.control import query_agent
+def save_route_prefs(settings: Settings, changes: dict[str, object]) -> bool:
+    """Save the flags given (after checking an exit node against the accepted map); True when a
+    choice changed (then it was printed)."""
     from meshctl.agent.lock import state_lock
     from meshctl.agent.prefs import update_prefs
     from meshctl.fsutil import ensure_private_dir
 
+    if all(v is None for v in changes.values()):
+        return False
     exit_node = changes.get("exit_node")
     if isinstance(exit_node, str) and exit_node:
         _check_exit_node(settings, exit_node)
     ensure_private_dir(settings.state_dir)
     with state_lock(settings.state_dir, 30):
         before, after = update_prefs(settings.state_dir, **changes)
-    if before == after:
+    if before != after:
+        typer.echo(describe_prefs(after))
+    return before != after
+
+
+def apply_prefs(settings: Settings, changes: dict[str, object]) -> None:
+    """`meshctl set`: save the choices and have a running agent apply them now."""
+    from meshctl.agent.control import query_agent
+
+    if not save_route_prefs(settings, changes):
         typer.echo("route settings unchanged")
         return
-    typer.echo(describe_prefs(after))
     reply = query_agent(settings.control_socket, {"cmd": "sync"}, timeout=120)
     if reply is not None and reply.get("error"):
         typer.echo(f"warning: the agent's pass: {reply['error']}", err=True)

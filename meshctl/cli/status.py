@@ -44,10 +44,16 @@ def status(
         if link_kind(settings.interface) is not None:
             backend, _ = open_backend(settings.interface, device_info.get("backend", "auto"))
             device = backend.read()
+    from dataclasses import asdict
+
+    from meshctl.agent.prefs import load_prefs
+    from meshctl.agent.status import ROUTES_FILE
+
     agent = query_agent(settings.control_socket, {"cmd": "status"})
     now = int(time.time())
     doc = build_status(netmap, device, device_info, node.fetched_at(),
-                       _read_json(settings.state_dir / "last-sync.json"), now, agent)
+                       _read_json(settings.state_dir / "last-sync.json"), now, agent,
+                       _read_json(settings.state_dir / ROUTES_FILE), asdict(load_prefs(settings.state_dir)))
     typer.echo(json.dumps(doc, indent=2) if as_json else render_status(doc, now))
 
 

@@ -148,9 +148,10 @@ def _rules_of(pf: PacketFilter, interface: str, layout: Layout,
               router: RouterSettings | None) -> dict[tuple[str, str], list[Rule]]:
     """(family, chain) -> its rules."""
     family = layout.family
+    routing = router is not None and routed.carries_routes(pf)
     out: dict[tuple[str, str], list[Rule]] = {}
     if layout is Layout.DEVICE:
-        out[(family, "ingress")] = inbound_rules(pf, netdev=True)
+        out[(family, "ingress")] = inbound_rules(pf, netdev=True, routed=routing)
         out[(family, "egress")] = outbound_rules(netdev=True)
     else:
         jumps = [("prerouting", "iifname", CHAIN), ("postrouting", "oifname", CHAIN_OUT)]
@@ -159,8 +160,8 @@ def _rules_of(pf: PacketFilter, interface: str, layout: Layout,
                        *((l4proto([PROTO_UDP]),) if target == CHAIN_OUT else ()))  # only UDP is recorded
             out[(family, base)] = [Rule(matches, f"jump:{target}")]
         out[(family, CHAIN_OUT)] = outbound_rules(netdev=False)
-        out[(family, CHAIN)] = inbound_rules(pf, netdev=False)
-    if router is not None and routed.carries_routes(pf):
+        out[(family, CHAIN)] = inbound_rules(pf, netdev=False, routed=routing)
+    if router is not None and routing:
         inet = Layout.HOOKS.family
         out[(family, ROUTED_CHAIN)] = routed.routed_rules(pf)
         out[(inet, routed.FORWARD_CHAIN)] = routed.forward_rules(interface, router)

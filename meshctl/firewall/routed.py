@@ -81,14 +81,17 @@ def routed_rules(pf: PacketFilter) -> list[Rule]:
     """ROUTED_CHAIN: the policy for traffic to the routes this node carries (module docstring)."""
     rules = [Rule((not_a_bare_syn(),), "accept", "part of a connection: only a bare SYN opens one"),
              *replies_and_fragments()]
+    echo: dict[str, Rule] = {}  # one per (sources, destinations): a rule's several ports share it
     for rule in pf.forward.rules:
         for version in (4, 6):
             family = family_of(version)
             sources = [p for p in rule.sources if p.version == version]
             dests = [d for d in rule.destinations if d.version == version]
             if sources and dests:
-                rules.append(Rule((*source_match(family, sources), addr_match(family, "daddr", dests),
-                                   icmp_type(family, ["echo-request"])), "accept", "echo"))
+                matches = (*source_match(family, sources), addr_match(family, "daddr", dests),
+                           icmp_type(family, ["echo-request"]))
+                echo.setdefault(" ".join(m.text for m in matches), Rule(matches, "accept", "echo"))
+    rules += echo.values()
     for rule in pf.forward.rules:
         rules.extend(policy_rules(rule))
     rules.append(Rule((), "drop", "routed: default deny"))

@@ -256,18 +256,20 @@ def replies_and_fragments() -> list[Rule]:
     return rules
 
 
-def inbound_rules(pf: PacketFilter, netdev: bool) -> list[Rule]:
+def inbound_rules(pf: PacketFilter, netdev: bool, routed: bool = False) -> list[Rule]:
     """What a node accepts on its mesh interface, first match wins, default deny last.
 
     `netdev`: for a netdev-family chain, which sees every packet of the interface (no `meta
     nfproto` there: `meta protocol` says the same). Its non-IP packets are let through after the
     connection packets, which imply IP and are nearly all of the traffic.
+    `routed`: the table has a ROUTED_CHAIN for the routes this node carries (a subnet router or
+    exit node); without it, such packets meet the drop of what is not for this node.
     """
     rules = [
         *_connection_packets(pf),
         *((_non_ip(),) if netdev else ()),
         Rule((icmp_type("ip6", ND_TYPES),), "accept", "neighbour discovery"),
-        *_to_routes(pf),
+        *(_to_routes(pf) if routed else ()),
         *_own_addresses_only(pf, netdev),
         *replies_and_fragments(),
     ]
