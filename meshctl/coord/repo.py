@@ -310,7 +310,8 @@ def commit_tree_changes(
     message: str,
     ref: str | None = None,
 ) -> str:
-    """A new commit = parent's tree with `changes` (path -> bytes, or None to delete)."""
+    """A new commit = parent's tree with `changes` (path -> bytes, or None to delete); `ref`, if
+    given, is set to it whatever it pointed to before (a request branch is replaced, not extended)."""
     base = repo[pygit2.Oid(hex=parent)].peel(pygit2.Tree) if parent else None
     index = pygit2.Index()
     if base is not None:
@@ -324,7 +325,9 @@ def commit_tree_changes(
     tree = index.write_tree(repo)
     sig = pygit2.Signature(*COMMITTER)
     parents = [pygit2.Oid(hex=parent)] if parent else []
-    oid = repo.create_commit(ref, sig, sig, message, tree, parents)
+    oid = repo.create_commit(None, sig, sig, message, tree, parents)
+    if ref is not None:
+        repo.references.create(ref, oid, force=True)
     return str(oid)
 
 
