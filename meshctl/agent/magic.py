@@ -150,21 +150,9 @@ def wanted_override(path: Path, initiator: bool, direct_since: float | None, now
 def local_ipv4_interfaces(exclude_ifname: str) -> list[ipaddress.IPv4Interface]:
     """Global IPv4 addresses of this host with their prefixes, except loopback and the mesh
     interface (netlink)."""
-    from meshctl.netlink import IPRoute
+    from meshctl.router.linux import interface_addresses
 
-    out = []
-    with IPRoute() as ipr:
-        names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
-        for msg in ipr.get_addr(family=socket.AF_INET):
-            if names.get(msg["index"]) == exclude_ifname:
-                continue
-            text = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
-            if text is None:
-                continue
-            iface = ipaddress.IPv4Interface(f"{text}/{msg['prefixlen']}")
-            if not (iface.ip.is_loopback or iface.ip.is_link_local):
-                out.append(iface)
-    return out
+    return [i for i in interface_addresses(exclude_ifname, socket.AF_INET) if isinstance(i, ipaddress.IPv4Interface)]
 
 
 # --- the engine ------------------------------------------------------------------------------

@@ -77,9 +77,13 @@ def join(
             typer.echo(f"open a pull request from {result.branch}, or ask an admin to run "
                        f"`meshctl admin approve {result.name}` on it")
         return
-    typer.echo(f"could not push branch {result.branch}: {result.push_error}")
+    print_handover(result.name, result.branch, result.push_error, result.record, result.signature)
+
+
+def print_handover(name: str, branch: str, push_error: str | None, record: bytes, signature: bytes) -> None:
+    """Without push rights: the two request files, as here-documents an admin can paste."""
+    typer.echo(f"could not push branch {branch}: {push_error}")
     typer.echo("Hand these two files to an admin; they go in the coordination repository as:")
-    for path, data in ((f"requests/{result.name}.json", result.record),
-                       (f"requests/{result.name}.json.sig", result.signature)):
+    for path, data in ((f"requests/{name}.json", record), (f"requests/{name}.json.sig", signature)):
         typer.echo(f"\ncat > {path} <<'EOF'\n{data.decode().rstrip()}\nEOF")
-    typer.echo(f"\nthen: meshctl admin approve {result.name}")
+    typer.echo(f"\nthen: meshctl admin approve {name}")

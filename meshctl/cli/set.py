@@ -118,6 +118,7 @@ def _offered(a: Advertised) -> str:
 
 def _advertise(settings: Settings, routes_text: str | None, exit_flag: bool | None) -> None:
     from meshctl.agent.lock import state_lock
+    from meshctl.cli.join import print_handover
     from meshctl.coord.advertise import request_update
 
     with state_lock(settings.state_dir, 60):
@@ -134,9 +135,4 @@ def _advertise(settings: Settings, routes_text: str | None, exit_flag: bool | No
             typer.echo(f"open the pull request: {result.pr_url}")
         typer.echo(f"an admin approves it: meshctl admin approve {result.name} [--routes all|exit|CIDR,...]")
         return
-    typer.echo(f"could not push branch {result.branch}: {result.push_error}")
-    typer.echo("Hand these two files to an admin; they go in the coordination repository as:")
-    for path, data in ((f"requests/{result.name}.json", result.record),
-                       (f"requests/{result.name}.json.sig", result.signature)):
-        typer.echo(f"\ncat > {path} <<'EOF'\n{data.decode().rstrip()}\nEOF")
-    typer.echo(f"\nthen: meshctl admin approve {result.name}")
+    print_handover(result.name, result.branch, result.push_error, result.record, result.signature)

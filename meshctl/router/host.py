@@ -7,7 +7,6 @@ the routes of table TABLE_ID, the forwarding switches it turned on itself (forwa
 
 from __future__ import annotations
 
-import errno
 import ipaddress
 import json
 import logging
@@ -24,6 +23,7 @@ from meshctl.errors import MeshctlError
 from meshctl.fsutil import atomic_write
 from meshctl.router.config import RTPROT_MESHCTL
 from meshctl.router.forwarding import ForwardingState, SetForwarding, owned_after
+from meshctl.router.linux import interface_addresses, run_ops
 from meshctl.router.policy_routing import (
     PRIORITIES,
     TABLE_ID,
@@ -53,8 +53,6 @@ RESOLVE_CACHE_S: Final = 300.0  # names of the git host, relays and STUN servers
 _FAMILIES: Final = {4: socket.AF_INET, 6: socket.AF_INET6}
 _KINDS: Final = {1: UNICAST, 7: UNREACHABLE, 9: THROW}  # rtm_type: RTN_UNICAST, RTN_UNREACHABLE, RTN_THROW
 _FOREIGN: Final = "unicast-elsewhere"  # a unicast route of the table on another interface: replaced
-_ADD_DONE: Final = (errno.EEXIST,)
-_DEL_DONE: Final = (errno.ESRCH, errno.ENOENT)
 
 
 class PolicyRoutingError(MeshctlError):
@@ -139,23 +137,16 @@ def apply_policy_routing(ifname: str, plan: PolicyRoutingPlan) -> PolicyRoutingS
     """Run every operation (one failing does not stop the others), then read back."""
     if plan.is_empty():
         return read_policy_routing(ifname)
-    from meshctl.netlink import IPRoute, NetlinkError
+    from meshctl.netlink import IPRoute
 
-    failures: list[str] = []
     with IPRoute() as ipr:
         found = ipr.link_lookup(ifname=ifname)
         if not found and any(isinstance(op, AddTableRoute | ReplaceTableRoute) and op.route.kind == UNICAST
                              for op in plan.ops):
             raise PolicyRoutingError(f"interface {ifname} does not exist", read_policy_routing(ifname))
         idx = int(found[0]) if found else 0
-        for op in plan.ops:
-            try:
-                _run(ipr, idx, op)
-                log.info("%s", describe_policy_op(op, ifname))
-            except NetlinkError as exc:
-                done = _DEL_DONE if isinstance(op, DelTableRoute | DelRule) else _ADD_DONE
-                if exc.code not in done:
-                    failures.append(f"{describe_policy_op(op, ifname)}: {exc.args[-1] if exc.args else exc}")
+        failures = run_ops(plan.ops, lambda op: _run(ipr, idx, op), lambda op: describe_policy_op(op, ifname),
+                           lambda op: isinstance(op, DelTableRoute | DelRule))
     state = read_policy_routing(ifname)
     if failures:
         raise PolicyRoutingError(f"{len(failures)} of {len(plan.ops)} routing changes failed: "
@@ -251,22 +242,8 @@ def resolve(name: str) -> tuple[IPAddress, ...]:
 
 def connected_networks(exclude_ifname: str) -> tuple[Prefix, ...]:
     """The networks of this host's interfaces, but the mesh's own, loopback and link-local."""
-    from meshctl.netlink import IPRoute
-
-    out: set[Prefix] = set()
-    with IPRoute() as ipr:
-        names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
-        for msg in ipr.get_addr():
-            if names.get(msg["index"]) == exclude_ifname:
-                continue
-            text = msg.get_attr("IFA_ADDRESS") or msg.get_attr("IFA_LOCAL")
-            if text is None:
-                continue
-            iface = ipaddress.ip_interface(f"{text}/{msg['prefixlen']}")
-            if iface.ip.is_loopback or iface.ip.is_link_local or iface.network.prefixlen == 0:
-                continue
-            out.add(iface.network)
-    return tuple(sorted(out, key=lambda p: (p.version, int(p.network_address), p.prefixlen)))
+    nets = {i.network for i in interface_addresses(exclude_ifname) if i.network.prefixlen > 0}
+    return tuple(sorted(nets, key=lambda p: (p.version, int(p.network_address), p.prefixlen)))
 
 
 def system_resolvers(resolv_conf: Path = RESOLV_CONF) -> tuple[IPAddress, ...]:

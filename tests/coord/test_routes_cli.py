@@ -114,7 +114,8 @@ def run(tmp_path: Path, *args: str) -> tuple[int, str, str]:
 def test_set_keeps_route_choices(tmp_path: Path) -> None:
     code, out, _ = run(tmp_path, "set", "--accept-routes", "--exit-node", "ex", "--exit-node-allow-lan-access")
     assert code == 0, out
-    assert out.splitlines()[0] == "accept routes: yes; exit node: ex (local networks allowed); SNAT of subnet routes: yes"
+    assert out.splitlines()[0] == ("accept routes: yes; exit node: ex (local networks allowed); "
+                                   "SNAT of subnet routes: yes")
     assert load_prefs(tmp_path) == Prefs(True, "ex", True, True)
     code, out, _ = run(tmp_path, "set", "--snat-subnet-routes=false")  # others stay as they were
     assert load_prefs(tmp_path) == Prefs(True, "ex", True, False)

@@ -6,20 +6,16 @@ interface, and small readers of a node's routing state.
 from __future__ import annotations
 
 import json
-import selectors
 import socket
 import sys
-import threading
 import time
-from collections import Counter
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "e2e_acl"))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "e2e"))
 
-from acl_e2e_support import family_of, ns_socket  # noqa: E402
+from acl_e2e_support import EchoService, family_of, ns_socket  # noqa: E402
 
 from lab import Lab, Node  # noqa: E402
 
@@ -27,59 +23,16 @@ CONNECT_TIMEOUT_S: Final = 1.5
 LEAK_TABLE: Final = "leakwatch"
 
 
-class WhoService:
+class WhoService(EchoService):
     """TCP on `ports` (IPv4 and IPv6) in namespace `ns`: each connection gets back the address it
     came from, one line, and is closed. Counts the connections per port."""
 
-    def __init__(self, ns: str, ports: Sequence[int]) -> None:
-        self.accepts: Counter[int] = Counter()
-        self._lock = threading.Lock()
-        self._sel = selectors.DefaultSelector()
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._sel.register(self._wake_r, selectors.EVENT_READ, None)
-        for port in ports:
-            for family, host in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
-                srv = ns_socket(ns, family)
-                srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                if family == socket.AF_INET6:
-                    srv.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                srv.bind((host, port))
-                srv.listen(64)
-                srv.setblocking(False)
-                self._sel.register(srv, selectors.EVENT_READ, port)
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def accepted(self, port: int) -> int:
-        with self._lock:
-            return self.accepts[port]
-
-    def _run(self) -> None:
-        while True:
-            for key, _ in self._sel.select():
-                if key.data is None:
-                    return
-                sock = key.fileobj
-                assert isinstance(sock, socket.socket)
-                try:
-                    conn, addr = sock.accept()
-                except BlockingIOError:
-                    continue
-                with self._lock:
-                    self.accepts[key.data] += 1
-                try:
-                    conn.sendall(f"{addr[0]}\n".encode())
-                except OSError:
-                    pass
-                conn.close()
-
-    def close(self) -> None:
-        self._wake_w.send(b"x")
-        self._thread.join(5)
-        for key in list(self._sel.get_map().values()):
-            key.fileobj.close()  # type: ignore[union-attr]
-        self._sel.close()
-        self._wake_w.close()
+    def serve(self, conn: socket.socket, peer: str, port: int) -> None:
+        try:
+            conn.sendall(f"{peer}\n".encode())
+        except OSError:
+            pass
+        conn.close()
 
 
 def ask_who(ns: str, ip: str, port: int, timeout_s: float = CONNECT_TIMEOUT_S) -> str | None:
