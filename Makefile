@@ -4,7 +4,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 # Debian packages the suite and the demo use for real (no mocks): installed when run as root.
 APT_PACKAGES := wireguard-go wireguard-tools nftables coturn iproute2 dnsutils git openssh-server \
-                iperf3 iputils-ping procps conntrack psmisc binutils openssh-client systemd faketime
+                iperf3 iputils-ping procps conntrack psmisc binutils openssh-client systemd faketime \
+                sudo curl
 PYTEST_ARGS ?=
 
 .PHONY: all test deps venv binary lint demo test-kernel bench clean

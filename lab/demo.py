@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 import time
 
-from lab import lab_unavailable, open_lab
+from lab import LabError, LabInterrupted, lab_unavailable, open_lab
 from lab.scenario import build_lan_mesh
 
 
@@ -26,7 +26,8 @@ def main() -> int:
     started = time.monotonic()
     with open_lab("mdemo") as lab:
         say("building the lab: 3 devices and a git server on one LAN (network namespaces)")
-        say("admin: meshctl init; devices: meshctl join (pull-request branches); admin: approve + merge")
+        say("admin: meshctl init --remote; devices: meshctl join (pull-request branches); "
+            "admin: meshctl admin approve NAME")
         mesh = build_lan_mesh(lab, 3, name="demo")
         print(f"mesh 'demo' served at {mesh.git_url}, root {mesh.fingerprint[:23]}…")
         print(mesh.git("log", "--oneline", "main"))
@@ -57,5 +58,19 @@ def main() -> int:
     return 0 if ok else 1
 
 
+def run() -> int:
+    """main(), with Ctrl-C (or SIGTERM) ending the demo in one line: the lab's own cleanup has
+    already removed every namespace and process by the time the interrupt arrives here."""
+    try:
+        return main()
+    except KeyboardInterrupt as exc:  # LabInterrupted too: SIGTERM, SIGHUP
+        what = str(exc) if isinstance(exc, LabInterrupted) and "SIGINT" not in str(exc) else "Ctrl-C"
+        print(f"\ndemo interrupted ({what}); the lab is removed", file=sys.stderr, flush=True)
+        return 130
+    except LabError as exc:
+        print(f"\ndemo failed: {exc}; the lab is removed", file=sys.stderr, flush=True)
+        return 1
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())

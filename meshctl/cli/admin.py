@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from meshctl.cli.admin_common import KeyOpt, NoCommitOpt, RepoOpt, admin_keys, commit, print_signature_status
 from meshctl.cli.admin_relay import relay_admin_app
 from meshctl.cli.common import command
+
+if TYPE_CHECKING:
+    from meshctl.coord.approve_remote import Approval
+    from meshctl.coord.records import Assignment, StateDoc
 
 admin_app = typer.Typer(help="Admin commands, run in a checkout of the coordination repository.",
                         no_args_is_help=True)
@@ -25,6 +29,9 @@ def init(
     admin_key: KeyOpt = None,
     root_threshold: Annotated[int, typer.Option(help="Root signatures needed to rotate root.")] = 1,
     admin_threshold: Annotated[int, typer.Option(help="Admin signatures needed on state.json.")] = 1,
+    remote: Annotated[str | None, typer.Option(
+        "--remote", help="The (empty) repository on your git host, e.g. git@github.com:acme/acme-mesh.git: "
+                         "added as origin and pushed, so the invite names it.")] = None,
 ) -> None:
     """Create a new mesh: the coordination repository, root of trust and first signed state."""
     from meshctl.coord import admin
@@ -46,8 +53,23 @@ def init(
     gitrepo.commit_workdir(directory, changed, [], f"meshctl init {name}")
     typer.echo(f"created mesh {name!r} in {directory} (network {co.root.network_id[:8]}…, "
                f"{co.state.ipv4_cidr}, {co.state.ipv6_prefix}, domain {co.state.domain})")
-    typer.echo("next: push it to a git host, then give devices the invite:")
-    typer.echo("  " + admin.invite_text(co, None))
+    if remote is None:
+        typer.echo("next: push it to a git host, then give devices the invite:")
+        typer.echo("  " + admin.invite_text(co, None))
+        return
+    from meshctl.errors import GitError
+
+    try:
+        gitrepo.publish_checkout(directory, remote)
+    except gitrepo.PushRefused as exc:
+        raise GitError(exc.message, f"the mesh is created in {directory}; --remote must name an empty repository "
+                                    f"(then: git -C {directory} push -u origin main)") from None
+    except GitError as exc:
+        raise GitError(exc.message, f"the mesh is created in {directory} with origin {remote}; push it when "
+                                    f"the git host answers: git -C {directory} push -u origin main") from None
+    typer.echo(f"pushed main to {remote}")
+    typer.echo("give devices the invite (`meshctl admin invite` prints it again):")
+    typer.echo("  " + admin.invite_text(co, remote))
 
 
 @admin_app.command("invite")
@@ -77,15 +99,42 @@ def approve(
     admin_key: KeyOpt = None,
     no_commit: NoCommitOpt = False,
 ) -> None:
-    """Approve a join request (move it to peers/, assign addresses), a member's update request, or routes."""
+    """Approve a join request (move it to peers/, assign addresses), a member's update request (its
+    changed record), or a member's routes; sign the new state.
+
+    When the request is not in the checkout, it is fetched from origin (branch join/NAME, or
+    update/NAME for a member's changed record), approved on an up-to-date main, committed and
+    pushed; where main cannot be pushed to, the approval goes to the request branch (a pull request).
+    A member with no update waiting only has its routes changed, in the checkout.
+    """
     from meshctl.coord import admin
-    from meshctl.coord.route_approval import approval_notes, parse_routes_option
+    from meshctl.coord.approve_remote import approve_from_origin, origin_has_branch, request_files
+    from meshctl.coord.route_approval import parse_routes_option
 
     choice = parse_routes_option(routes) if routes is not None else None
-    co = admin.open_checkout(repo)
-    before = co.state.peers.get(name)
-    state, changed, removed = admin.approve(co, name, admin_keys(admin_key), int(time.time()), ip,
-                                            tag or [], owner, choice)
+    keys = admin_keys(admin_key)
+    now = int(time.time())
+    before = admin.open_checkout(repo).state.peers.get(name)  # "not a coordination repository" first
+
+    def approve_in(co: admin.Checkout) -> tuple[StateDoc, list[str], list[str]]:
+        return admin.approve(co, name, keys, now, ip, tag or [], owner, choice)
+
+    here = (repo / request_files(name)[0]).exists()  # in the checkout already (offline, or the branch checked out)
+    if here or (before is not None and origin_has_branch(repo, f"update/{name}") is not True):
+        state, changed, removed = approve_in(admin.open_checkout(repo))
+        _say_approved(name, before, state, changed)
+        what = "Approve" if before is None else "Approve update of" if removed else "Approve routes of"
+        commit(repo, changed, removed, f"{what} {name} (serial {state.serial})", no_commit)
+        print_signature_status(state.serial, repo)
+        return
+    result = approve_from_origin(repo, name, approve_in, commit=not no_commit)
+    _say_approved(name, before, result.state, ["peers/"] if before is not None else [])
+    _say_published(result)
+
+
+def _say_approved(name: str, before: Assignment | None, state: StateDoc, changed: list[str]) -> None:
+    from meshctl.coord.route_approval import approval_notes
+
     after = state.peers[name]
     if before is None:
         typer.echo(f"approved {name}: {' '.join(str(a) for a in after.addresses)}")
@@ -93,9 +142,25 @@ def approve(
         typer.echo(f"approved the update of {name} (record replaced; addresses, tags and owner kept)")
     for line in approval_notes(name, before.routes if before else (), after.routes):
         typer.echo(line)
-    what = "Approve" if before is None else "Approve update of" if removed else "Approve routes of"
-    commit(repo, changed, removed, f"{what} {name} (serial {state.serial})", no_commit)
-    print_signature_status(state.serial, repo)
+
+
+def _say_published(result: Approval) -> None:
+    from meshctl.errors import MeshctlError
+
+    serial, branch, main = result.state.serial, result.branch, result.main
+    if result.outcome == "merged":
+        typer.echo(f"pushed {main} (serial {serial}); {branch} is merged")
+    elif result.outcome == "not-committed":
+        typer.echo(f"written to the working tree on {main} (--no-commit): nothing committed or pushed")
+    elif result.outcome == "not-pushed":
+        raise MeshctlError(f"the approval (serial {serial}) is committed on local branch {branch} but not pushed: "
+                           f"{result.reason}", f"push it when the git host answers: git push origin {branch}")
+    else:
+        typer.echo(f"{main} not pushed ({result.reason}); the approval is on branch {branch}")
+        if result.outcome == "cosign":
+            typer.echo(f"another admin must add a signature on {branch}: meshctl admin sign --cosign")
+        typer.echo(f"merge the pull request: {result.pr_url}" if result.pr_url
+                   else f"merge {branch} into {main} (a pull request), then nodes see it")
 
 
 @admin_app.command("routes")

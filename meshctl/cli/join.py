@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import socket
 import time
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from meshctl.cli.common import command, settings_of
 from meshctl.cli.route_flags import AdvertiseExitOpt, AdvertiseRoutesOpt, parse_bool
 from meshctl.errors import GitError, UsageError
+
+if TYPE_CHECKING:
+    from meshctl.coord.join import JoinResult
 
 
 def _default_name() -> str:
@@ -23,9 +26,11 @@ def _default_name() -> str:
 @command
 def join(
     ctx: typer.Context,
-    repo_url: Annotated[str, typer.Argument(help="The coordination repository (path, git://, https://, ssh://).")],
+    repo_url: Annotated[str, typer.Argument(
+        help="The coordination repository (path, git://, https://, ssh://, git@host:path).")],
     name: Annotated[str | None, typer.Option(
-        "--name", help="This device's name in the mesh (default: the hostname); also its MagicDNS name.")] = None,
+        "--name", help="This device's name in the mesh, also its MagicDNS name (default: the name it asked for "
+                       "before, else the hostname).")] = None,
     root: Annotated[str | None, typer.Option(
         "--root", help="The root fingerprint `meshctl admin invite` printed (sha256:...): the mesh you trust.")] = None,
     trust_on_first_use: Annotated[bool, typer.Option("--trust-on-first-use",
@@ -36,6 +41,11 @@ def join(
         typer.Option("--endpoint", help="HOST:PORT where peers can always reach this device, e.g. a server's "
                                         "public name and WireGuard port (repeatable)."),
     ] = None,
+    ssh_key: Annotated[str | None, typer.Option(
+        "--ssh-key", help="SSH private key (no passphrase) for the git host; kept in STATE_DIR/node.json for "
+                          "later syncs (cron, systemd). Default: your agent and ~/.ssh keys, also under sudo.")] = None,
+    rename: Annotated[bool, typer.Option(
+        "--rename", help="Ask under a new --name and withdraw this device's earlier request.")] = False,
     advertise_routes: AdvertiseRoutesOpt = None,
     advertise_exit_node: AdvertiseExitOpt = None,
 ) -> None:
@@ -57,17 +67,25 @@ def join(
 
     offer = offer_from_flags(Advertised(), advertise_routes, parse_bool(advertise_exit_node, "--advertise-exit-node"))
     try:
-        result = do_join(settings.state_dir, settings.repo_dir, settings.keys_dir, repo_url,
-                         name or _default_name(), root, confirm, tuple(endpoint or ()), int(time.time()),
-                         offer)
+        result = do_join(settings.state_dir, settings.repo_dir, settings.keys_dir, repo_url, name, root, confirm,
+                         tuple(endpoint or ()), int(time.time()), default_name=_default_name(),
+                         ssh_key=ssh_key, rename=rename, advertise=offer)
     except GitError as exc:  # nothing to keep yet: say how to check the URL instead
-        raise GitError(exc.message, f"check the URL and that this machine reaches the git host: "
-                                    f"git ls-remote {repo_url}") from None
+        raise GitError(exc.message, exc.hint if "authentication" in exc.message else
+                       "check the URL and that this machine reaches the git host") from None
+    _say_credentials(result)
+    if result.withdrawn:
+        typer.echo(f"withdrew the request for {result.withdrawn} (branch join/{result.withdrawn})")
     if result.push_error == "already a member":
         typer.echo(f"{result.name} is already a member of {result.mesh}; run `meshctl up` or `meshctl sync`")
         if offer != Advertised():
             typer.echo("to change the routes it advertises: meshctl set --advertise-routes CIDR,... "
                        "[--advertise-exit-node]")
+        return
+    if result.already_pushed:
+        typer.echo(f"join request for {result.name} is already on branch {result.branch}; nothing to push")
+        if result.pr_url:
+            typer.echo(f"open the pull request: {result.pr_url}")
         return
     if result.pushed:
         typer.echo(f"join request for {result.name} pushed to branch {result.branch}")
@@ -87,3 +105,14 @@ def print_handover(name: str, branch: str, push_error: str | None, record: bytes
     for path, data in ((f"requests/{name}.json", record), (f"requests/{name}.json.sig", signature)):
         typer.echo(f"\ncat > {path} <<'EOF'\n{data.decode().rstrip()}\nEOF")
     typer.echo(f"\nthen: meshctl admin approve {name}")
+
+
+def _say_credentials(result: JoinResult) -> None:
+    """Which SSH credential later syncs use, when it is not the obvious one (stderr: notes)."""
+    import os
+
+    if result.ssh_key is not None and os.environ.get("SUDO_USER"):
+        typer.echo(f"git over ssh: {result.ssh_key} (kept for later syncs)", err=True)
+    elif result.ssh_agent is not None:
+        typer.echo(f"note: the git host accepted a key from the ssh-agent at {result.ssh_agent}; syncs that "
+                   "run without it (cron, systemd) need a key file: run join again with --ssh-key PATH", err=True)

@@ -111,15 +111,17 @@ def request_update(state_dir: Path, repo_dir: Path, keys_dir: Path, routes_text:
         rec = dataclasses.replace(old, advertise_routes=after.routes, advertise_exit_node=after.exit_node,
                                   created=now)
         data, sig = sign_record(keys, rec)
+        creds = gitrepo.Credentials(cfg.ssh_key)
         try:
-            base = gitrepo.fetch(repo, cfg.branch)  # the request goes on top of the newest main
+            base = gitrepo.fetch(repo, cfg.branch, creds)  # the request goes on top of the newest main
         except GitError:
             base = trusted
-        gitrepo.commit_tree_changes(repo, base, {f"requests/{cfg.name}.json": data,
-                                                 f"requests/{cfg.name}.json.sig": sig},
-                                    f"Update request: {cfg.name}", ref=f"refs/heads/{branch}")
+        commit = gitrepo.commit_tree_changes(repo, base, {f"requests/{cfg.name}.json": data,
+                                                          f"requests/{cfg.name}.json.sig": sig},
+                                             f"Update request: {cfg.name}")
+        gitrepo.set_ref(repo, f"refs/heads/{branch}", commit)  # a new update replaces the last one
         try:
-            gitrepo.push(repo, f"+refs/heads/{branch}:refs/heads/{branch}")
+            gitrepo.push(repo, f"+refs/heads/{branch}:refs/heads/{branch}", creds)
         except GitError as exc:
             return UpdateResult(cfg.name, branch, before, after, False, exc.message, None, data, sig)
         return UpdateResult(cfg.name, branch, before, after, True, None,

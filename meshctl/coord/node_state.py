@@ -1,6 +1,7 @@
 """What a node keeps in its state directory about the coordination plane.
 
-- node.json: which mesh this node joined (repo URL, branch, pinned root, name).
+- node.json: which mesh this node joined (repo URL, branch, pinned root, name, the SSH key file
+  that reaches the git host).
 - trust.json: the (root hashes, serial, state hash, commit, expiry) it last accepted; only moves
   forward. It is all a no-op pass reads about the coordination state.
 - netmap.json: the last accepted NetMap (so a no-op sync needs no re-verification).
@@ -33,6 +34,7 @@ class NodeConfig:
     branch: str
     root_fingerprint: str
     network_id: str
+    ssh_key: str | None = None  # the key file git over ssh used at join (or --ssh-key): for cron and systemd
 
 
 _RECORD_FIELDS = 8  # entries of a records-cache.json record (_record_to_list)

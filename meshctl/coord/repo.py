@@ -1,4 +1,6 @@
-"""The only module that runs git (via pygit2): clone, fetch, read trees, commit, push.
+"""git through pygit2: clone, fetch, read trees, commit, push; every network operation bounded
+in time and offered the right SSH credentials (coord/ssh_auth.py). The admin's checkout has a
+few more operations of its own in coord/workdir.py, built on these.
 
 meshctl keeps its own bare clone in the state directory. The fetched tip lands
 in `refs/meshctl/fetched`; only after verification does it move
@@ -10,17 +12,23 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Mapping
+import re
+import socket
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import pygit2
 
+from meshctl.coord import ssh_auth
+from meshctl.coord.ssh_auth import SshCredential
 from meshctl.errors import GitError, VerificationError
+
+T = TypeVar("T")
 
 FETCHED_REF: Final = "refs/meshctl/fetched"
 TRUSTED_REF: Final = "refs/meshctl/trusted"
-MAX_CREDENTIAL_TRIES: Final = 3  # libgit2 asks again forever when credentials fail
 MAX_TREE_ENTRIES: Final = 250_001
 MAX_TREE_DEPTH: Final = 4
 COMMITTER: Final = ("meshctl", "meshctl@localhost")
@@ -30,6 +38,11 @@ MAX_PACKS: Final = 8  # fetches each leave a pack; past this many they are merge
 # What one fetch may download. A 10,000-peer repository's first clone is 5.5 MB; the bound
 # only stops a hostile or broken host from filling the node's disk before verification.
 MAX_FETCH_BYTES: Final = 256 * 1024**2
+# An unreachable git host is given up on within about 20 s (join, sync, admin approve): the name
+# lookup, then the connection (per address of the host), then silence from a connected host.
+RESOLVE_TIMEOUT_S: Final = 5.0
+CONNECT_TIMEOUT_MS: Final = 7000
+IO_TIMEOUT_MS: Final = 10000
 
 
 class _FetchTooLarge(Exception):
@@ -38,12 +51,39 @@ class _FetchTooLarge(Exception):
 
 
 class Credentials(pygit2.RemoteCallbacks):
-    """SSH key file (MESHCTL_SSH_KEY or ~/.ssh/id_ed25519|id_rsa) or agent; bounded retries;
-    a fetch bounded to MAX_FETCH_BYTES."""
+    """Callbacks for one command's git operations: SSH credentials offered one at a time (which,
+    and in which order: coord/ssh_auth.py), refused ref updates collected, and a fetch bounded
+    to MAX_FETCH_BYTES.
 
-    def __init__(self) -> None:
+    Pass the same object to every operation of a command: the credentials are looked up
+    once, and `accepted` is the one the git host took last (join records a key file).
+    """
+
+    def __init__(self, ssh_key: str | None = None) -> None:
         super().__init__()
-        self.tries = 0
+        self.ssh_key = ssh_key
+        self.url = ""
+        self.accepted: SshCredential | None = None
+        self.rejected: dict[str, str] = {}
+        self._found: list[SshCredential] | None = None
+        self._next = 0
+        self._saved_sock: str | None = None
+
+    def begin(self, url: str) -> None:
+        """Before each operation: offer the credentials from the first again."""
+        self.url, self._next, self.rejected, self.accepted = url, 0, {}, None
+        self._saved_sock = os.environ.get("SSH_AUTH_SOCK")
+
+    def end(self) -> None:
+        """After each operation: the agent chosen for it does not stay in this process's environment."""
+        if self._saved_sock is None:
+            os.environ.pop("SSH_AUTH_SOCK", None)
+        else:
+            os.environ["SSH_AUTH_SOCK"] = self._saved_sock
+
+    @property
+    def offered(self) -> list[SshCredential]:
+        return (self._found or [])[: self._next]
 
     def transfer_progress(self, stats: Any) -> None:
         """libgit2 calls this as the pack arrives (about once per object): a host that sends
@@ -51,39 +91,103 @@ class Credentials(pygit2.RemoteCallbacks):
         if stats.received_bytes > MAX_FETCH_BYTES:
             raise _FetchTooLarge(MAX_FETCH_BYTES)
 
+    def push_update_reference(self, refname: str, message: str | None) -> None:
+        """The host's answer for each pushed ref: a message means refused (a hook, a protected branch).
+        Without this callback libgit2 reports a refused push as a success."""
+        if message:
+            self.rejected[refname] = message
+
     def credentials(self, url: str, username_from_url: str | None, allowed_types: Any) -> Any:
-        self.tries += 1
-        if self.tries > MAX_CREDENTIAL_TRIES:
-            raise GitError(f"{url}: authentication failed after {MAX_CREDENTIAL_TRIES} attempts",
-                           "check the SSH key (MESHCTL_SSH_KEY) or the token in the URL")
         user = username_from_url or "git"
         if allowed_types & pygit2.enums.CredentialType.SSH_KEY:
-            key = _ssh_key_path()
-            if key is not None and self.tries == 1:
-                pub = key.with_name(key.name + ".pub")
-                return pygit2.Keypair(user, str(pub) if pub.exists() else None, str(key), "")
-            return pygit2.KeypairFromAgent(user)
+            if self._found is None:
+                self._found = ssh_auth.discover(self.ssh_key)
+            if self._next >= len(self._found):  # each refusal asks again, forever
+                raise self.auth_error()
+            cred = self._found[self._next]
+            self._next += 1
+            self.accepted = cred
+            if cred.kind == "agent":
+                os.environ["SSH_AUTH_SOCK"] = cred.path  # where libssh2 looks for the agent
+                return pygit2.KeypairFromAgent(user)
+            pub = Path(cred.path + ".pub")
+            return pygit2.Keypair(user, str(pub) if pub.exists() else None, cred.path, "")
         if allowed_types & pygit2.enums.CredentialType.USERNAME:
             return pygit2.Username(user)
         raise GitError(f"{url}: the server asks for credentials meshctl cannot provide",
                        "use an ssh:// URL with a key, or put a token in the https:// URL")
 
-
-def _ssh_key_path() -> Path | None:
-    env = os.environ.get("MESHCTL_SSH_KEY")
-    if env:
-        return Path(env)
-    for name in ("id_ed25519", "id_ecdsa", "id_rsa"):
-        candidate = Path.home() / ".ssh" / name
-        if candidate.exists():
-            return candidate
-    return None
+    def auth_error(self) -> GitError:
+        tried = self.offered
+        what = ", ".join(c.describe() for c in tried) if tried else "no SSH key or agent was found"
+        return GitError(f"{self.url}: authentication failed (tried: {what})",
+                        ssh_auth.hint(tried, ssh_auth.invoking_user(os.environ, os.geteuid())))
 
 
-def _git_error(url: str, exc: Exception) -> GitError:
+KEPT: Final = "nothing was changed; the last good configuration is kept"
+
+
+def _git_error(url: str, exc: Exception, creds: Credentials | None = None, failure: str = "repository unreachable",
+               hint: str | None = KEPT) -> GitError:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return GitError(f"{url}: repository unreachable: {text}",
-                    "nothing was changed; the last good configuration is kept")
+    if creds is not None and creds.offered and "authenticat" in text.lower():
+        return creds.auth_error()
+    return GitError(f"{url}: {failure}: {text}", hint)
+
+
+def url_host(url: str) -> str | None:
+    """The host a git URL connects to; None for a local path or file://."""
+    m = re.match(r"^([a-z][a-z0-9+.-]*)://(?:[^@/]*@)?(\[[^\]/]*\]|[^:/]*)", url, re.IGNORECASE)
+    if m:
+        return None if m[1].lower() == "file" else (m[2].strip("[]") or None)
+    m = re.match(r"^(?:[^@/:]+@)?(\[[^\]/]*\]|[^:/]+):", url)  # scp-like: user@host:path
+    return m[1].strip("[]") if m else None
+
+
+def _resolve_within(host: str, timeout: float) -> str | None:
+    """None when `host` resolves in time, else why not. libgit2 cannot bound a name lookup (a
+    DNS server that does not answer holds it 10 s for each server in resolv.conf), so the lookup
+    is made first in a thread, which is left behind when it takes too long."""
+    result: list[str | None] = []
+
+    def lookup() -> None:
+        try:
+            socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+            result.append(None)
+        except (OSError, UnicodeError) as exc:
+            result.append(f"cannot resolve {host}: {exc.args[-1] if exc.args else exc}")
+
+    worker = threading.Thread(target=lookup, name=f"resolve {host}", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    return result[0] if result else f"{host} did not resolve within {timeout:g} s"
+
+
+def remote_call(remote: Any, creds: Credentials | None, action: Callable[[Credentials], T], *,
+                failure: str = "repository unreachable", hint: str | None = KEPT) -> T:
+    """One network operation on `remote`, bounded in time (the name lookup RESOLVE_TIMEOUT_S, the
+    connection CONNECT_TIMEOUT_MS per address, then IO_TIMEOUT_MS of silence), credentials
+    offered, and every failure one GitError."""
+    url = str(remote.url)
+    pygit2.settings.server_connect_timeout = CONNECT_TIMEOUT_MS
+    pygit2.settings.server_timeout = IO_TIMEOUT_MS
+    host = url_host(url)
+    problem = _resolve_within(host, RESOLVE_TIMEOUT_S) if host else None
+    if problem:
+        raise GitError(f"{url}: {failure}: {problem}", hint)
+    creds = creds or Credentials()
+    creds.begin(url)
+    try:
+        return action(creds)
+    except GitError:
+        raise
+    except _FetchTooLarge as exc:
+        raise GitError(f"{url}: the fetch passed {exc.limit} bytes, more than a coordination "
+                       "repository needs; stopped", KEPT) from None
+    except (pygit2.GitError, OSError, ValueError, KeyError) as exc:
+        raise _git_error(url, exc, creds, failure, hint) from None
+    finally:
+        creds.end()
 
 
 def _trust_ca_file() -> None:
@@ -122,43 +226,45 @@ def opened(repo_dir: Path, url: str) -> Iterator[pygit2.Repository]:
         repo.free()
 
 
-def default_branch(repo: pygit2.Repository) -> str:
-    """The branch the remote's HEAD points to."""
+def remote_heads(repo: pygit2.Repository, creds: Credentials | None = None) -> dict[str, str]:
+    """The remote's refs as {name: commit id}, with "HEAD" naming the default branch's ref."""
     remote = repo.remotes["origin"]
-    try:
-        heads = remote.list_heads(callbacks=Credentials())
-    except GitError:
-        raise
-    except (pygit2.GitError, OSError, ValueError) as exc:
-        raise _git_error(str(remote.url), exc) from None
+    heads = remote_call(remote, creds, lambda cb: remote.list_heads(callbacks=cb))
+    out = {}
     for head in heads:
         if head.name == "HEAD" and head.symref_target:
-            return str(head.symref_target).removeprefix("refs/heads/")
-    names = {h.name for h in heads}
+            out["HEAD"] = str(head.symref_target)
+        elif str(head.name).startswith("refs/heads/"):
+            out[str(head.name)] = str(head.oid)
+    return out
+
+
+def default_branch(repo: pygit2.Repository, creds: Credentials | None = None,
+                   heads: Mapping[str, str] | None = None) -> str:
+    """The branch the remote's HEAD points to."""
+    heads = remote_heads(repo, creds) if heads is None else heads
+    if "HEAD" in heads:
+        return heads["HEAD"].removeprefix("refs/heads/")
     for guess in ("main", "master"):
-        if f"refs/heads/{guess}" in names:
+        if f"refs/heads/{guess}" in heads:
             return guess
-    raise GitError(f"{remote.url}: the repository has no branches yet",
+    raise GitError(f"{repo.remotes['origin'].url}: the repository has no branches yet",
                    "push the coordination repository created by `meshctl init` first")
 
 
-def fetch(repo: pygit2.Repository, branch: str) -> str:
-    """Fetch `branch` into FETCHED_REF; return the tip commit id."""
+def fetch_refs(repo: pygit2.Repository, refspecs: list[str], creds: Credentials | None = None) -> None:
+    """One fetch of `refspecs` from origin (bounded in size and time)."""
     remote = repo.remotes["origin"]
-    try:
-        remote.fetch([f"+refs/heads/{branch}:{FETCHED_REF}"], callbacks=Credentials())
-    except GitError:
-        raise
-    except _FetchTooLarge as exc:
-        raise GitError(f"{remote.url}: the fetch passed {exc.limit} bytes, more than a coordination "
-                       "repository needs; stopped",
-                       "nothing was changed; the last good configuration is kept") from None
-    except (pygit2.GitError, OSError, ValueError, KeyError) as exc:
-        raise _git_error(str(remote.url), exc) from None
+    remote_call(remote, creds, lambda cb: remote.fetch(refspecs, callbacks=cb))
+
+
+def fetch(repo: pygit2.Repository, branch: str, creds: Credentials | None = None) -> str:
+    """Fetch `branch` into FETCHED_REF; return the tip commit id."""
+    fetch_refs(repo, [f"+refs/heads/{branch}:{FETCHED_REF}"], creds)
     try:
         tip = str(repo.references[FETCHED_REF].target)
     except KeyError:
-        raise GitError(f"{remote.url}: branch {branch!r} not found") from None
+        raise GitError(f"{repo.remotes['origin'].url}: branch {branch!r} not found") from None
     compact_packs(repo)
     return tip
 
@@ -220,7 +326,16 @@ def check_descends(repo: pygit2.Repository, new: str, trusted: str | None) -> No
 
 
 def set_trusted(repo: pygit2.Repository, commit: str) -> None:
-    repo.references.create(TRUSTED_REF, pygit2.Oid(hex=commit), force=True)
+    set_ref(repo, TRUSTED_REF, commit)
+
+
+def set_ref(repo: pygit2.Repository, ref: str, commit: str) -> None:
+    repo.references.create(ref, pygit2.Oid(hex=commit), force=True)
+
+
+def delete_ref(repo: pygit2.Repository, ref: str) -> None:
+    if ref in repo.references:
+        repo.references.delete(ref)
 
 
 class GitSnapshot:
@@ -310,8 +425,7 @@ def commit_tree_changes(
     message: str,
     ref: str | None = None,
 ) -> str:
-    """A new commit = parent's tree with `changes` (path -> bytes, or None to delete); `ref`, if
-    given, is set to it whatever it pointed to before (a request branch is replaced, not extended)."""
+    """A new commit = parent's tree with `changes` (path -> bytes, or None to delete)."""
     base = repo[pygit2.Oid(hex=parent)].peel(pygit2.Tree) if parent else None
     index = pygit2.Index()
     if base is not None:
@@ -325,20 +439,34 @@ def commit_tree_changes(
     tree = index.write_tree(repo)
     sig = pygit2.Signature(*COMMITTER)
     parents = [pygit2.Oid(hex=parent)] if parent else []
-    oid = repo.create_commit(None, sig, sig, message, tree, parents)
-    if ref is not None:
-        repo.references.create(ref, oid, force=True)
+    oid = repo.create_commit(ref, sig, sig, message, tree, parents)
     return str(oid)
 
 
-def push(repo: pygit2.Repository, refspec: str) -> None:
+class PushRefused(GitError):
+    """The git host refused a ref update (a protected branch, a hook, not a fast-forward)."""
+
+
+def push(repo: pygit2.Repository, refspecs: str | list[str], creds: Credentials | None = None) -> None:
+    """Push to origin; every ref the host refuses is a PushRefused naming it and the host's reason."""
     remote = repo.remotes["origin"]
-    try:
-        remote.push([refspec], callbacks=Credentials())
-    except GitError:
-        raise
-    except (pygit2.GitError, OSError, ValueError) as exc:
-        raise GitError(f"{remote.url}: push refused: {str(exc).strip() or type(exc).__name__}") from None
+    specs = [refspecs] if isinstance(refspecs, str) else refspecs
+    creds = creds or Credentials()
+    remote_call(remote, creds, lambda cb: remote.push(specs, callbacks=cb), failure="push failed", hint=None)
+    if creds.rejected:
+        refused = "; ".join(f"{ref.removeprefix('refs/heads/')}: {why}" for ref, why in sorted(creds.rejected.items()))
+        raise PushRefused(f"{remote.url}: push refused: {refused}")
+
+
+def publish_checkout(workdir: Path, url: str) -> None:
+    """`git remote add origin URL && git push -u origin main` for a new checkout."""
+    repo = pygit2.Repository(str(workdir))
+    repo.remotes.create("origin", url)
+    branch = repo.head.shorthand
+    push(repo, f"refs/heads/{branch}:refs/heads/{branch}")
+    set_ref(repo, f"refs/remotes/origin/{branch}", str(repo.head.target))
+    repo.config[f"branch.{branch}.remote"] = "origin"
+    repo.config[f"branch.{branch}.merge"] = f"refs/heads/{branch}"
 
 
 def origin_url(workdir: Path) -> str | None:
@@ -350,8 +478,10 @@ def origin_url(workdir: Path) -> str | None:
         return None
 
 
-def commit_workdir(workdir: Path, changed: list[str], removed: list[str], message: str) -> str | None:
-    """Stage exactly these paths in a checkout and commit; None when `workdir` is not a git repo."""
+def commit_workdir(workdir: Path, changed: list[str], removed: list[str], message: str,
+                   merge: str | None = None) -> str | None:
+    """Stage exactly these paths in a checkout and commit; None when `workdir` is not a git repo.
+    With `merge`, that commit becomes a second parent (a branch whose content this commit takes in)."""
     try:
         repo = pygit2.Repository(str(workdir))
     except pygit2.GitError:
@@ -369,6 +499,8 @@ def commit_workdir(workdir: Path, changed: list[str], removed: list[str], messag
     except (KeyError, pygit2.GitError):
         author = pygit2.Signature(*COMMITTER)
     parents = [] if repo.head_is_unborn else [repo.head.target]
+    if merge is not None:
+        parents.append(pygit2.Oid(hex=merge))
     return str(repo.create_commit("HEAD", author, author, message, tree, parents))
 
 

@@ -39,7 +39,7 @@ def fetch_and_verify(state_dir: Path, repo_dir: Path, now: int, *, force: bool =
     cfg = node.load_config()
     memory = node.load_memory()
     with gitrepo.opened(repo_dir, cfg.repo_url) as repo:
-        tip = gitrepo.fetch(repo, cfg.branch)
+        tip = gitrepo.fetch(repo, cfg.branch, gitrepo.Credentials(cfg.ssh_key))
         trusted = gitrepo.trusted_tip(repo)
         gitrepo.check_descends(repo, tip, trusted)
         if (not force and memory is not None and memory.commit == tip and memory.expires is not None

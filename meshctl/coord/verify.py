@@ -182,8 +182,8 @@ def verify_roots(
         data = _read_bounded(snap, path, records.MAX_ROOT_BYTES)
         digest = sha256_hex(data)
         if version == 1 and "sha256:" + digest != pinned:
-            raise _refuse(f"{path}: fingerprint sha256:{digest[:16]}… does not match the pinned "
-                          f"root {pinned[:23]}…", "this is another mesh, or the repository was forged")
+            raise _refuse(f"{path}: fingerprint sha256:{digest} does not match the pinned root {pinned}",
+                          "this is another mesh, or the repository was forged")
         if version <= len(remembered) and remembered[version - 1] != digest:
             raise _refuse(f"{path}: root version {version} changed after it was accepted")
         root = _parse(records.parse_root, data, path)

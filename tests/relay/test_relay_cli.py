@@ -9,8 +9,8 @@ import typer
 from relay_support import RelayMesh
 from typer.testing import CliRunner
 
-from meshctl.cli.app import build_app
 from meshctl.cli.admin_relay import relay_admin_app
+from meshctl.cli.app import build_app
 from meshctl.coord import admin, relays_admin, verify
 from meshctl.coord.fs_snapshot import FsSnapshot
 from meshctl.errors import UsageError
