@@ -54,13 +54,21 @@ def test_advertise_at_join_then_update_by_push_then_by_hand(tmp_path: Path, admi
         r = meshctl("admin", "routes", "r1", "--json", cwd=coord)
         pending = {row["route"]: row["pending_update"] for row in json.loads(r.stdout)}
         assert pending == {"10.9.0.0/16": True, "192.168.50.0/24": False, "exit node": True}
+        git("checkout", "-q", "main", cwd=coord)
+        git("remote", "add", "origin", url, cwd=coord)
+        git("fetch", "-q", "origin", cwd=coord)
+        git("branch", "-q", "--set-upstream-to=origin/main", "main", cwd=coord)
+        # issue 21's loop: the update is fetched from origin, approved, merged and pushed in one command
         r = meshctl("admin", "approve", "r1", env=admin_env, cwd=coord)  # plain: keeps what stays offered
         assert r.returncode == 0, r.stderr
         assert "approved the update of r1 (record replaced; addresses, tags and owner kept)" in r.stdout
-        git("checkout", "-q", "main", cwd=coord)
-        git("merge", "-q", "--ff-only", "update/r1", cwd=coord)
-        git("push", "-q", url, "main", cwd=coord)
+        assert "pushed main" in r.stdout
         assert meshctl("sync", "--dry-run", env=node).returncode == 0
+        # a member with no update waiting: only its routes change, in the checkout
+        r = meshctl("admin", "approve", "r1", "--routes", "192.168.50.0/24,exit", env=admin_env, cwd=coord)
+        assert r.returncode == 0, r.stderr
+        assert "routes of r1: 192.168.50.0/24 -> 192.168.50.0/24, exit node" in r.stdout
+        git("push", "-q", "origin", "main", cwd=coord)
     # The git host is gone: the next change is handed over as files.
     r = meshctl("set", "--advertise-exit-node=false", env=node)
     assert r.returncode == 0, r.stderr
