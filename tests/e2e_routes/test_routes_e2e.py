@@ -254,3 +254,13 @@ def test_unapproving_drops_the_routes_on_the_next_sync(routed: Routed, services:
     forwarding = mesh.lab.run(site.r1, ["sysctl", "-n", "net.ipv4.ip_forward"]).stdout.strip()
     assert forwarding == "0"  # meshctl had turned it on; no route left, so it is off again
     assert "routed" not in mesh.lab.run(site.r1, ["nft", "list", "ruleset"]).stdout
+
+
+def test_down_removes_meshctls_rules_and_table(routed: Routed) -> None:
+    mesh, site = routed
+    lab, client = mesh.lab, site.client_a
+    assert any(r.startswith("10.77.0.0/24") for r in table_routes(lab, client))  # client-b's route, approved above
+    mesh.meshctl("client-a", "down")
+    assert table_routes(lab, client) == []
+    rules = lab.run(client, ["ip", "rule"]).stdout + lab.run(client, ["ip", "-6", "rule"]).stdout
+    assert not any(f"{prio}:" in rules for prio in (5300, 5310, 5320)), rules
