@@ -131,6 +131,47 @@ def test_the_routers_filter_denies_what_the_policy_denies(routed: Routed, servic
     assert denied.returncode == 4  # `acl check` agrees with the router: denied
 
 
+def test_snat_off_keeps_the_members_address(routed: Routed, services: tuple[WhoService, WhoService]) -> None:
+    """`--snat-subnet-routes=false` on the router: the LAN host sees the member's own mesh
+    address (and needs a route back to the mesh through the router)."""
+    mesh, site = routed
+    lab = mesh.lab
+    lab.run(site.lanhost, ["ip", "route", "add", "100.64.0.0/10", "via", R1_LAN])
+    try:
+        mesh.meshctl("r1", "set", "--snat-subnet-routes=false")
+        assert ask_who(site.client_a.ns, LANHOST, WHO_PORT) == mesh.members["client-a"].mesh_ipv4
+    finally:
+        mesh.meshctl("r1", "set", "--snat-subnet-routes")
+        lab.run(site.lanhost, ["ip", "route", "del", "100.64.0.0/10"])
+    assert ask_who(site.client_a.ns, LANHOST, WHO_PORT) == R1_LAN
+
+
+def test_the_router_clamps_the_lan_hosts_mss_to_the_tunnel(routed: Routed,
+                                                             services: tuple[WhoService, WhoService]) -> None:
+    """The LAN host (MTU 1500) offers an MSS of 1460; what reaches the client through the tunnel
+    offers at most 1380 (1420 - 40), counted on the client's mesh interface before any filter."""
+    mesh, site = routed
+    lab, client = mesh.lab, site.client_a
+    ifname = lab.meshctl_env(client)["MESHCTL_INTERFACE"]
+    lab.run(client, ["nft", "-f", "-"], input=f"""table netdev msswatch {{
+	counter big {{ }}
+	counter clamped {{ }}
+	chain in {{
+		type filter hook ingress device "{ifname}" priority -500; policy accept;
+		ip saddr {LANHOST} tcp flags & (syn | ack) == syn | ack tcp option maxseg size > 1380 counter name "big"
+		ip saddr {LANHOST} tcp flags & (syn | ack) == syn | ack tcp option maxseg size 1380 counter name "clamped"
+	}}
+}}
+""")
+    try:
+        assert ask_who(client.ns, LANHOST, WHO_PORT) == R1_LAN
+        listing = json.loads(lab.run(client, ["nft", "-j", "list", "counters", "table", "netdev", "msswatch"]).stdout)
+        counts = {i["counter"]["name"]: i["counter"]["packets"] for i in listing["nftables"] if "counter" in i}
+        assert counts == {"big": 0, "clamped": 1}, counts
+    finally:
+        lab.run(client, ["nft", "delete", "table", "netdev", "msswatch"], check=False)
+
+
 def test_an_advertised_but_unapproved_prefix_is_installed_nowhere(routed: Routed) -> None:
     mesh, site = routed
     for name in mesh.members:
