@@ -96,9 +96,10 @@ class MeshScenario:
 
     def join(self, node: Node, name: str, endpoint: str | None = None, *extra: str) -> str:
         """`meshctl join` on `node`; `extra`: more options, e.g. --advertise-routes CIDR."""
-        args = ["join", self.git_url, "--name", name, "--root", self.fingerprint, *extra]
+        args = ["join", self.git_url, "--name", name, "--root", self.fingerprint]
         if endpoint:
             args += ["--endpoint", endpoint]
+        args += extra
         self.members[name] = Member(node, name)
         return self.lab.meshctl(node, args).stdout
 

@@ -146,14 +146,15 @@ def test_cron_sync_beside_the_agent_keeps_magicdns(dns_mesh: DnsMesh) -> None:
 
 
 def test_rename_through_the_repository(dns_mesh: DnsMesh) -> None:
-    """node3 re-joins as node3b with its same keys; the admin revokes node3 and approves
-    node3b with the same address. After a sync, node3b resolves and node3 is NXDOMAIN."""
+    """The admin revokes node3; the device re-joins as node3b with its same keys (a member cannot
+    rename itself) and is approved with the same address. After a sync, node3b resolves and node3
+    is NXDOMAIN."""
     mesh, domain = dns_mesh.mesh, dns_mesh.domain
     old = mesh.members["node3"]
     old_key = next(p["wg_public_key"] for p in mesh.status("node1")["peers"] if p["name"] == "node3")
 
-    mesh.join(old.node, "node3b", endpoint=f"{old.node.ipv4}:51820")  # same device, same keys
     mesh.revoke("node3")
+    mesh.join(old.node, "node3b", f"{old.node.ipv4}:51820", "--rename")  # same device, same keys
     mesh.approve("node3b", "--ip", old.mesh_ipv4)
     agent_sync(mesh, "node1")
 
