@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import re
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -44,13 +43,16 @@ class Prefs:
 
 
 DEFAULT_PREFS: Final = Prefs()
-_NAME_RE: Final = re.compile(r"\A[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")  # records.NAME_RE, without its imports
 _KINDS: Final = {f.name: (str if f.name == "exit_node" else bool) for f in fields(Prefs)}
 
 
 def check_exit_node(value: str, flag: str = "--exit-node") -> str:
     """A member's name or mesh address, or "" (none)."""
-    if value == "" or _NAME_RE.match(value):
+    if value == "":
+        return value
+    from meshctl.coord.records import NAME_RE  # here: only a node with an exit node pays for the import
+
+    if NAME_RE.match(value):
         return value
     try:
         return str(ipaddress.ip_address(value))

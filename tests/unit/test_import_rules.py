@@ -23,6 +23,8 @@ PURE_MODULES = [
     "relay/metrics.py",
     "dns/zone.py", "dns/resolver.py", "dns/resolvconf.py",
     "wg/config.py", "wg/uapi.py", "wg/chunks.py", "router/config.py",
+    "coord/routes.py", "coord/route_approval.py", "router/policy_routing.py", "router/forwarding.py",
+    "firewall/routed.py",
     "agent/desired.py", "agent/status.py", "agent/applied.py", "errors.py", "keys.py",
 ]
 
