@@ -183,11 +183,7 @@ def _nat_mesh_with_lab_stun(lab: Lab, topo: Any, name: str) -> MeshScenario:
     addresses, for the mapping test) instead of the public STUN servers."""
     mesh = MeshScenario(lab, topo.git_url, topo.repo_dir, name)
     mesh.init()
-    state_path = mesh.checkout / "state.json"
-    state = json.loads(state_path.read_text())
-    state["stun"] = [f"{ip}:{topo.stun.rsplit(':', 1)[1]}" for ip in topo.internet.service_ips]
-    state_path.write_text(json.dumps(state))
-    mesh.admin("admin", "sign")
+    mesh.admin("admin", "stun", *(f"{ip}:{topo.stun.rsplit(':', 1)[1]}" for ip in topo.internet.service_ips))
     mesh.git("push", "-q", str(mesh.repo_dir), "main")
     return mesh
 

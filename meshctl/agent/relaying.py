@@ -125,6 +125,12 @@ def route_targets(heard: T | None, heard_ago_s: float | None, connected: Sequenc
     return list(connected)
 
 
+def usable_relays(relays: Sequence[Relay]) -> list[Relay]:
+    """The listed relays a node may use: each must prove its identity key at login, so a relay
+    listed without one (by an older meshctl) is never used, whoever answers at its address."""
+    return [r for r in relays if r.identity_key is not None]
+
+
 def relay_key(r: Relay) -> tuple[str, str, str | None]:
     return (r.name, r.address, r.identity_key.text() if r.identity_key is not None else None)
 
@@ -149,6 +155,7 @@ class Relaying:
         self._keys: Any = None  # identity.DeviceKeys, loaded in start()
         self._proxy: Any = None  # relay.proxy.RelayProxy
         self._clients: dict[tuple[str, str, str | None], Any] = {}  # relay_key -> RelayClient
+        self._keyless_warned: set[str] = set()  # relays listed without a key, warned about once
         self._home: Any = None
         self._heard: dict[bytes, _Heard] = {}  # peer WireGuard key (raw) -> last relay heard on
         self._netmap: NetMap | None = None
@@ -268,7 +275,12 @@ class Relaying:
     def _sync_clients(self, netmap: NetMap) -> None:
         from meshctl.relay.client import RelayClient, RelayClientConfig
 
-        wanted = {relay_key(r): r for r in netmap.relays}
+        wanted = {relay_key(r): r for r in usable_relays(netmap.relays)}
+        for r in netmap.relays:
+            if r.identity_key is None and r.name not in self._keyless_warned:
+                self._keyless_warned.add(r.name)
+                log.warning("relay %s is listed without its identity key: not used (an admin lists it again "
+                            "with `meshctl admin relay add --identity-key`)", r.name)
         for key in list(self._clients):
             if key not in wanted:
                 client = self._clients.pop(key)

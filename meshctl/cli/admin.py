@@ -1,4 +1,9 @@
-"""`meshctl init` and `meshctl admin ...`: run by an admin in a checkout of the coordination repo."""
+"""`meshctl init` and `meshctl admin ...`: run by an admin in a checkout of the coordination repo.
+
+Every command that signs verifies the checkout first, the way a node does, from this admin's own
+trust memory, signs only its own change, and shows what the new signed state changes
+(cli/admin_signing.py); each has --dry-run.
+"""
 
 from __future__ import annotations
 
@@ -8,17 +13,19 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from meshctl.cli.admin_common import KeyOpt, NoCommitOpt, RepoOpt, admin_keys, commit, print_signature_status
+from meshctl.cli.admin_common import DryRunOpt, KeyOpt, NoCommitOpt, RepoOpt, key_paths, run_signing, trust_of
 from meshctl.cli.admin_relay import relay_admin_app
 from meshctl.cli.common import command
 
 if TYPE_CHECKING:
     from meshctl.coord.approve_remote import Approval
-    from meshctl.coord.records import Assignment, StateDoc
+    from meshctl.coord.records import StateDoc
+    from meshctl.coord.signed_change import Change, Plan
 
 admin_app = typer.Typer(help="Admin commands, run in a checkout of the coordination repository.",
                         no_args_is_help=True)
 admin_app.add_typer(relay_admin_app, name="relay")
+
 
 @command
 def init(
@@ -37,20 +44,16 @@ def init(
     from meshctl.coord import admin
     from meshctl.coord import repo as gitrepo
 
-    paths = admin_key or [admin.default_admin_key_path()]
+    paths = key_paths(admin_key)
     keys = []
     for p in paths:
         key, created = admin.load_or_create_admin_key(p)
         typer.echo(f"{'created' if created else 'using'} admin key {p} ({key.public().short()})")
         keys.append(key)
-    co = admin.init_repo(directory, name, cidr, domain, keys, root_threshold, admin_threshold,
-                         int(time.time()))
-    import pygit2
-
-    pygit2.init_repository(str(directory), initial_head="main")
-    changed = sorted(str(p.relative_to(directory)) for p in directory.rglob("*")
-                     if p.is_file() and ".git" not in p.relative_to(directory).parts)
-    gitrepo.commit_workdir(directory, changed, [], f"meshctl init {name}")
+    now = int(time.time())
+    co = admin.init_repo(directory, name, cidr, domain, keys, root_threshold, admin_threshold, now)
+    admin.commit_new_checkout(directory, f"meshctl init {name}")
+    admin.remember(admin.open_session(directory, now, keys, trust_of(admin_key)), now)
     typer.echo(f"created mesh {name!r} in {directory} (network {co.root.network_id[:8]}…, "
                f"{co.state.ipv4_cidr}, {co.state.ipv6_prefix}, domain {co.state.domain})")
     if remote is None:
@@ -74,23 +77,52 @@ def init(
 
 @admin_app.command("invite")
 @command
-def invite(repo: RepoOpt = Path(".")) -> None:
-    """Print the command a device runs to join (it pins the root fingerprint)."""
+def invite(repo: RepoOpt = Path("."), admin_key: KeyOpt = None) -> None:
+    """Print the command a device runs to join (it pins the root fingerprint this admin trusts)."""
     from meshctl.coord import admin
     from meshctl.coord import repo as gitrepo
 
-    co = admin.open_checkout(repo)
-    typer.echo(admin.invite_text(co, gitrepo.origin_url(repo)))
+    fingerprint = admin.trusted_root(repo, trust_of(admin_key), int(time.time()))
+    typer.echo(f"meshctl join {gitrepo.origin_url(repo) or '<REPO_URL>'} --root {fingerprint}")
+
+
+@admin_app.command("pending")
+@command
+def pending(
+    repo: RepoOpt = Path("."),
+    admin_key: KeyOpt = None,
+    fetch: Annotated[bool, typer.Option("--fetch/--no-fetch",
+                                        help="Also list join/* branches of the remote `origin`.")] = True,
+) -> None:
+    """List pending join requests (in the checkout and on the remote's join/* branches) with their key
+    fingerprints, to compare with the one `meshctl join` printed on the device."""
+    from meshctl.coord import pending as pending_mod
+
+    found, errors = pending_mod.list_pending(repo, int(time.time()), trust_of(admin_key), fetch=fetch)
+    for error in errors:
+        typer.echo(f"warning: {error}", err=True)
+    if not found:
+        typer.echo("no pending join requests")
+        return
+    width = max(len(p.name) for p in found)
+    for p in found:
+        note = f"  ({p.note})" if p.note else ""
+        typer.echo(f"{p.name:<{width}}  key {p.fingerprint or '-':<16}  {p.where}{note}")
 
 
 @admin_app.command("approve")
 @command
 def approve(
     name: Annotated[str, typer.Argument(help="The device name of the join request.")],
-    ip: Annotated[str | None, typer.Option("--ip", help="Mesh IPv4 (default: next free).")] = None,
+    ip: Annotated[str | None, typer.Option("--ip", help="Mesh IPv4 (default: the next free one; a revoked "
+                                                        "device's address only when named here).")] = None,
     tag: Annotated[list[str] | None,
                    typer.Option("--tag", help="A tag for access rules, e.g. tag:server (repeatable).")] = None,
     owner: Annotated[str, typer.Option("--owner", help="Owner, e.g. alice@example.com.")] = "",
+    expect_key: Annotated[str | None, typer.Option(
+        "--expect-key", help="The key fingerprint `meshctl join` printed on the device: refuse any other.")] = None,
+    allow_revoked_key: Annotated[bool, typer.Option(
+        "--allow-revoked-key", help="Approve a request whose keys belonged to a revoked device.")] = False,
     routes: Annotated[str | None, typer.Option(
         "--routes", metavar="all|exit|none|CIDR[,CIDR...]",
         help="Approve exactly these advertised routes (`exit`: the exit node). Without it, what was approved "
@@ -98,6 +130,7 @@ def approve(
     repo: RepoOpt = Path("."),
     admin_key: KeyOpt = None,
     no_commit: NoCommitOpt = False,
+    dry_run: DryRunOpt = False,
 ) -> None:
     """Approve a join request (move it to peers/, assign addresses), a member's update request (its
     changed record), or a member's routes; sign the new state.
@@ -105,43 +138,48 @@ def approve(
     When the request is not in the checkout, it is fetched from origin (branch join/NAME, or
     update/NAME for a member's changed record), approved on an up-to-date main, committed and
     pushed; where main cannot be pushed to, the approval goes to the request branch (a pull request).
-    A member with no update waiting only has its routes changed, in the checkout.
+    A member with no update waiting only has its routes changed, in the checkout. Either way the
+    checkout is verified first and the change shown (`--dry-run`: only that; the request fetched
+    from origin is removed again).
     """
-    from meshctl.coord import admin
+    from meshctl.coord import admin, changes
     from meshctl.coord.approve_remote import approve_from_origin, origin_has_branch, request_files
     from meshctl.coord.route_approval import parse_routes_option
 
     choice = parse_routes_option(routes) if routes is not None else None
-    keys = admin_keys(admin_key)
-    now = int(time.time())
-    before = admin.open_checkout(repo).state.peers.get(name)  # "not a coordination repository" first
+
+    def build(session: admin.Session) -> Change:
+        return changes.approve(session.baseline, name, session.now, ip, tag or [], owner, expect_key,
+                               allow_revoked_key, choice)
+
+    member = name in admin.open_checkout(repo).state.peers  # "not a coordination repository" before any fetch
+    here = (repo / request_files(name)[0]).exists()  # in the checkout already (offline, or the branch checked out)
+    if here or (member and origin_has_branch(repo, f"update/{name}") is not True):
+        run_signing(repo, admin_key, build, dry_run=dry_run, no_commit=no_commit)
+        return
+
+    shown: list[str] = []  # the approval's lines: its first, then where it went, then the rest
 
     def approve_in(co: admin.Checkout) -> tuple[StateDoc, list[str], list[str]]:
-        return admin.approve(co, name, keys, now, ip, tag or [], owner, choice)
+        result = run_signing(co.path, admin_key, build, dry_run=dry_run, no_commit=True, status_line=False,
+                             echo=shown.append)
+        if dry_run:
+            raise _DryRunDone
+        return admin.paths_of(result)
 
-    here = (repo / request_files(name)[0]).exists()  # in the checkout already (offline, or the branch checked out)
-    if here or (before is not None and origin_has_branch(repo, f"update/{name}") is not True):
-        state, changed, removed = approve_in(admin.open_checkout(repo))
-        _say_approved(name, before, state, changed)
-        what = "Approve" if before is None else "Approve update of" if removed else "Approve routes of"
-        commit(repo, changed, removed, f"{what} {name} (serial {state.serial})", no_commit)
-        print_signature_status(state.serial, repo)
-        return
-    result = approve_from_origin(repo, name, approve_in, commit=not no_commit)
-    _say_approved(name, before, result.state, ["peers/"] if before is not None else [])
-    _say_published(result)
+    try:
+        result = approve_from_origin(repo, name, approve_in, commit=not no_commit)
+        typer.echo(shown.pop(0))
+        _say_published(result)
+    except _DryRunDone:
+        pass
+    finally:
+        for line in shown:
+            typer.echo(line)
 
 
-def _say_approved(name: str, before: Assignment | None, state: StateDoc, changed: list[str]) -> None:
-    from meshctl.coord.route_approval import approval_notes
-
-    after = state.peers[name]
-    if before is None:
-        typer.echo(f"approved {name}: {' '.join(str(a) for a in after.addresses)}")
-    elif any(p.startswith("peers/") for p in changed):
-        typer.echo(f"approved the update of {name} (record replaced; addresses, tags and owner kept)")
-    for line in approval_notes(name, before.routes if before else (), after.routes):
-        typer.echo(line)
+class _DryRunDone(Exception):
+    """Raised through approve_from_origin, which puts the fetched request back."""
 
 
 def _say_published(result: Approval) -> None:
@@ -191,29 +229,44 @@ def revoke(
     repo: RepoOpt = Path("."),
     admin_key: KeyOpt = None,
     no_commit: NoCommitOpt = False,
+    dry_run: DryRunOpt = False,
 ) -> None:
-    """Remove a member; nodes drop it on their next sync."""
-    from meshctl.coord import admin
+    """Remove a member; nodes drop it on their next sync. Its keys stay revoked, its addresses rest 30 days."""
+    from meshctl.coord import changes
 
-    co = admin.open_checkout(repo)
-    state, changed, removed = admin.revoke(co, name, admin_keys(admin_key), int(time.time()))
-    typer.echo(f"revoked {name}")
-    commit(repo, changed, removed, f"Revoke {name} (serial {state.serial})", no_commit)
-    print_signature_status(state.serial, repo)
+    run_signing(repo, admin_key, lambda s: changes.revoke(s.baseline, name, s.now),
+                dry_run=dry_run, no_commit=no_commit)
 
 
 @admin_app.command("renew")
 @command
-def renew(repo: RepoOpt = Path("."), admin_key: KeyOpt = None, no_commit: NoCommitOpt = False) -> None:
+def renew(repo: RepoOpt = Path("."), admin_key: KeyOpt = None, no_commit: NoCommitOpt = False,
+          dry_run: DryRunOpt = False) -> None:
     """Extend the state's expiry (bumps the serial)."""
-    from meshctl.coord import admin
+    from meshctl.coord import changes
     from meshctl.coord.records import format_time
 
-    co = admin.open_checkout(repo)
-    state = admin.renew(co, admin_keys(admin_key), int(time.time()))
-    typer.echo(f"renewed: expires {format_time(state.expires)}")
-    commit(repo, ["state.json", "state.json.sig"], [], f"Renew (serial {state.serial})", no_commit)
-    print_signature_status(state.serial, repo)
+    def lines(result: Plan) -> list[str]:
+        return [f"renewed: expires {format_time(result.state.expires)}"]
+
+    run_signing(repo, admin_key, lambda s: changes.renew(s.baseline), dry_run=dry_run, no_commit=no_commit,
+                lines=lines)
+
+
+@admin_app.command("stun")
+@command
+def stun(
+    servers: Annotated[list[str], typer.Argument(help="HOST:PORT of each STUN server, in order.")],
+    repo: RepoOpt = Path("."),
+    admin_key: KeyOpt = None,
+    no_commit: NoCommitOpt = False,
+    dry_run: DryRunOpt = False,
+) -> None:
+    """Set the STUN servers nodes ask for their public address (re-signs the state)."""
+    from meshctl.coord import changes
+
+    run_signing(repo, admin_key, lambda s: changes.set_stun(s.baseline, servers), dry_run=dry_run,
+                no_commit=no_commit)
 
 
 @admin_app.command("sign")
@@ -222,20 +275,27 @@ def sign(
     repo: RepoOpt = Path("."),
     admin_key: KeyOpt = None,
     cosign: Annotated[bool, typer.Option("--cosign", help="Add a signature without a new serial.")] = False,
+    update_pins: Annotated[bool, typer.Option(
+        "--update-pins", help="Also sign the current README.md and CI files (after editing them).")] = False,
     no_commit: NoCommitOpt = False,
+    dry_run: DryRunOpt = False,
 ) -> None:
-    """Re-sign state.json after a policy edit (bumps the serial), or co-sign it."""
-    from meshctl.coord import admin
+    """Sign state.json after a policy edit (bumps the serial; the policy must parse and pass its tests),
+    or co-sign the state another admin signed."""
+    from meshctl.coord import admin, changes
+    from meshctl.policy.check import check_policy
 
-    co = admin.open_checkout(repo)
-    keys = admin_keys(admin_key)
     if cosign:
-        good, threshold = admin.cosign(co, keys)
-        typer.echo(f"state.json serial {co.state.serial}: {good} of {threshold} admin signatures")
-        commit(repo, ["state.json.sig"], [], f"Co-sign serial {co.state.serial}", no_commit)
+        def cosigned(result: Plan) -> list[str]:
+            return [f"co-signing state.json serial {result.state.serial}"]
+
+        run_signing(repo, admin_key, lambda s: changes.cosign(s.baseline, admin.remembered_view(s)),
+                    dry_run=dry_run, no_commit=no_commit, cosign=True, lines=cosigned)
         return
-    state = admin.renew(co, keys, int(time.time()))
-    typer.echo(f"signed state serial {state.serial}")
-    commit(repo, ["state.json", "state.json.sig", "policy.hujson"], [], f"Sign (serial {state.serial})",
-            no_commit)
-    print_signature_status(state.serial, repo)
+
+    def signed(result: Plan) -> list[str]:
+        return [f"signed state serial {result.state.serial}"]
+
+    run_signing(repo, admin_key, lambda s: changes.sign_policy(s.baseline, update_pins),
+                inputs=changes.sign_inputs(update_pins), policy_check=check_policy,
+                dry_run=dry_run, no_commit=no_commit, lines=signed)

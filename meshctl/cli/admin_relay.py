@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from meshctl.cli.admin_common import KeyOpt, NoCommitOpt, RepoOpt, admin_keys, commit, print_signature_status
+from meshctl.cli.admin_common import DryRunOpt, KeyOpt, NoCommitOpt, RepoOpt, run_signing
 from meshctl.cli.common import command
 
 relay_admin_app = typer.Typer(help="The relays listed in state.json.", no_args_is_help=True)
@@ -19,20 +18,20 @@ relay_admin_app = typer.Typer(help="The relays listed in state.json.", no_args_i
 def add(
     name: Annotated[str, typer.Argument(help="Relay name (a DNS label).")],
     address: Annotated[str, typer.Argument(help="HOST:PORT clients dial (UDP, TCP fallback on the same port).")],
-    identity_key: Annotated[str | None, typer.Option("--identity-key",
-                                                     help="ed25519:... printed by `meshctl relay` at start.")] = None,
+    identity_key: Annotated[str | None, typer.Option(
+        "--identity-key", help="ed25519:... printed by `meshctl relay` at start (required: clients accept "
+                               "only the relay that proves it).")] = None,
     repo: RepoOpt = Path("."),
     admin_key: KeyOpt = None,
     no_commit: NoCommitOpt = False,
+    dry_run: DryRunOpt = False,
 ) -> None:
     """List a relay in state.json (re-signs the state)."""
-    from meshctl.coord import admin, relays_admin
+    from meshctl.coord import relays_admin
 
-    co = admin.open_checkout(repo)
-    state, changed = relays_admin.add_relay(co, name, address, identity_key, admin_keys(admin_key), int(time.time()))
-    typer.echo(f"added relay {name} at {address}")
-    commit(repo, changed, [], f"Add relay {name} (serial {state.serial})", no_commit)
-    print_signature_status(state.serial, repo)
+    entry = relays_admin.parse_relay(name, address, identity_key)
+    run_signing(repo, admin_key, lambda s: relays_admin.add_change(s.baseline, entry), dry_run=dry_run,
+                no_commit=no_commit)
 
 
 @relay_admin_app.command("remove")
@@ -42,15 +41,13 @@ def remove(
     repo: RepoOpt = Path("."),
     admin_key: KeyOpt = None,
     no_commit: NoCommitOpt = False,
+    dry_run: DryRunOpt = False,
 ) -> None:
     """Remove a relay from state.json (re-signs the state)."""
-    from meshctl.coord import admin, relays_admin
+    from meshctl.coord import relays_admin
 
-    co = admin.open_checkout(repo)
-    state, changed = relays_admin.remove_relay(co, name, admin_keys(admin_key), int(time.time()))
-    typer.echo(f"removed relay {name}")
-    commit(repo, changed, [], f"Remove relay {name} (serial {state.serial})", no_commit)
-    print_signature_status(state.serial, repo)
+    run_signing(repo, admin_key, lambda s: relays_admin.remove_change(s.baseline, name), dry_run=dry_run,
+                no_commit=no_commit)
 
 
 @relay_admin_app.command("list")

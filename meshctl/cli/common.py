@@ -34,7 +34,8 @@ def command(fn: Callable[P, R]) -> Callable[P, R]:
         try:
             return fn(*args, **kwargs)
         except MeshctlError as exc:
-            typer.echo(f"meshctl: {exc.message}", err=True)
+            for line in exc.message.splitlines() or [""]:  # several problems: one line each
+                typer.echo(f"meshctl: {line}", err=True)
             if exc.hint:
                 typer.echo(f"hint: {exc.hint}", err=True)
             raise typer.Exit(exc.exit_code) from None

@@ -82,25 +82,32 @@ def join(
             typer.echo("to change the routes it advertises: meshctl set --advertise-routes CIDR,... "
                        "[--advertise-exit-node]")
         return
+    fingerprint = (f"key fingerprint {result.fingerprint}: give it to your admin, who approves with "
+                   f"`meshctl admin approve {result.name} --expect-key {result.fingerprint}`")
     if result.already_pushed:
         typer.echo(f"join request for {result.name} is already on branch {result.branch}; nothing to push")
+        typer.echo(fingerprint)
         if result.pr_url:
             typer.echo(f"open the pull request: {result.pr_url}")
         return
     if result.pushed:
         typer.echo(f"join request for {result.name} pushed to branch {result.branch}")
+        typer.echo(fingerprint)
         if result.pr_url:
             typer.echo(f"open the pull request: {result.pr_url}")
         else:
             typer.echo(f"open a pull request from {result.branch}, or ask an admin to run "
                        f"`meshctl admin approve {result.name}` on it")
         return
-    print_handover(result.name, result.branch, result.push_error, result.record, result.signature)
+    print_handover(result.name, result.branch, result.push_error, result.record, result.signature, fingerprint)
 
 
-def print_handover(name: str, branch: str, push_error: str | None, record: bytes, signature: bytes) -> None:
+def print_handover(name: str, branch: str, push_error: str | None, record: bytes, signature: bytes,
+                   note: str | None = None) -> None:
     """Without push rights: the two request files, as here-documents an admin can paste."""
     typer.echo(f"could not push branch {branch}: {push_error}")
+    if note:
+        typer.echo(note)
     typer.echo("Hand these two files to an admin; they go in the coordination repository as:")
     for path, data in ((f"requests/{name}.json", record), (f"requests/{name}.json.sig", signature)):
         typer.echo(f"\ncat > {path} <<'EOF'\n{data.decode().rstrip()}\nEOF")

@@ -1,7 +1,10 @@
-"""Admin operations on a checkout of the coordination repository.
+"""Admin operations on a checkout of the coordination repository (the shell).
 
-Each operation reads the checkout, computes the new files (pure), writes them
-and commits. Signing needs the admin's private key, which never enters the repo.
+Every signing operation takes one path (coord/signed_change.py): verify the checkout the way a node
+does, from the admin's own trust memory (coord/admin_trust.py), build the command's own change
+from what valid signatures cover, sign it in memory, verify the result again, show what it changes,
+and only then write the files, remember the new state and commit exactly what was verified.
+Signing needs the admin's private key, which never enters the repo.
 """
 
 from __future__ import annotations
@@ -11,25 +14,36 @@ import os
 import secrets
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Final
 
-from meshctl.coord import records, route_approval, signing, verify
+from meshctl.coord import changes, records, route_approval, signing, verify
+from meshctl.coord import repo as gitrepo
+from meshctl.coord.admin_trust import AdminTrust, Remembered
+from meshctl.coord.baseline import Baseline, verify_baseline
+from meshctl.coord.changes import MAGICDNS_IP as MAGICDNS_IP  # re-exported: tests
+from meshctl.coord.changes import next_ipv4 as next_ipv4  # re-exported: tests
 from meshctl.coord.fs_snapshot import FsSnapshot
-from meshctl.coord.records import Assignment, RootDoc, StateDoc
+from meshctl.coord.netmap import NetMap
+from meshctl.coord.records import RootDoc, StateDoc
 from meshctl.coord.route_approval import RoutesChoice
-from meshctl.coord.routes import Prefix
+from meshctl.coord.signed_change import Change, Plan, admin_signers, pinnable_hashes, plan
+from meshctl.coord.state_diff import StateView
 from meshctl.coord.trust import STATE_LIFETIME_S as STATE_LIFETIME_S  # re-exported: tests, bench
-from meshctl.errors import MeshctlError, ParseError, UsageError, VerificationError
+from meshctl.errors import ParseError, UsageError, VerificationError
 from meshctl.keys import SigningKey, VerifyKey, load_signing_key, write_private_key
 
 ROOT_LIFETIME_S: Final = 5 * 365 * 86400
 DEFAULT_CIDR: Final = "100.64.0.0/10"
-MAGICDNS_IP: Final = ipaddress.IPv4Address("100.100.100.100")
 DEFAULT_STUN: Final = ("stun.l.google.com:19302", "stun1.l.google.com:19302",
                        "stun.cloudflare.com:3478")
+REQUESTS_DIR: Final = "requests"
+
+# (policy text, the map it applies to) -> one line per problem: the policy's parse error or each
+# failed policy test. The CLI passes meshctl.policy.check.check_policy (coord does not import policy).
+PolicyCheck = Callable[[str, NetMap], list[str]]
 
 
 def template_dir() -> Path:
@@ -93,50 +107,14 @@ def open_checkout(path: Path) -> Checkout:
     return Checkout(path, root, hashes, state)
 
 
-def _sign_file(path: Path, file_type: str, network_id: str, keys: Sequence[SigningKey],
-               keep_existing: bool = False) -> None:
+def _sign_file(path: Path, file_type: str, network_id: str, keys: Sequence[SigningKey]) -> None:
     data = path.read_bytes()
     sigs = [signing.sign(k, file_type, network_id, data) for k in keys]
-    sig_path = path.with_name(path.name + ".sig")
-    if keep_existing and sig_path.exists():
-        old = signing.parse_signatures(sig_path.read_bytes(), name=str(sig_path))
-        sigs = list(old) + sigs
-    sig_path.write_bytes(signing.marshal_signatures(sigs))
+    path.with_name(path.name + ".sig").write_bytes(signing.marshal_signatures(sigs))
 
 
 def _admin_signers(co: Checkout, keys: Sequence[SigningKey]) -> list[SigningKey]:
-    allowed = set(co.root.admin_keys)
-    usable = [k for k in keys if k.public() in allowed]
-    if not usable:
-        raise UsageError("the admin key is not an admin key of this mesh",
-                         f"admin keys: {', '.join(k.short() for k in co.root.admin_keys)}")
-    return usable
-
-
-def write_state(co: Checkout, state: StateDoc, keys: Sequence[SigningKey], now: int,
-                bump: bool = True) -> StateDoc:
-    """Refresh serial, expiry and policy hash, then write and sign state.json."""
-    policy = (co.path / "policy.hujson").read_bytes()
-    new = replace(
-        state,
-        serial=state.serial + 1 if bump else state.serial,
-        expires=now + STATE_LIFETIME_S,
-        root_version=co.root.version,
-        policy_sha256=verify.sha256_hex(policy),
-    )
-    path = co.path / "state.json"
-    path.write_bytes(records.marshal_state(new))
-    _sign_file(path, "state", co.root.network_id, _admin_signers(co, keys))
-    return new
-
-
-def signature_status(co: Checkout) -> tuple[int, int]:
-    """(valid admin signatures on state.json, threshold)."""
-    data = (co.path / "state.json").read_bytes()
-    sig_path = co.path / "state.json.sig"
-    sigs = signing.parse_signatures(sig_path.read_bytes(), name=str(sig_path)) if sig_path.exists() else ()
-    good = signing.valid_signers(sigs, co.root.admin_keys, "state", co.root.network_id, data)
-    return len(good), co.root.admin_threshold
+    return admin_signers(co.root, keys)
 
 
 # --- init ------------------------------------------------------------------------------------
@@ -170,157 +148,188 @@ def init_repo(dest: Path, name: str, cidr: str, domain: str | None, admin_keys: 
     root_path.write_bytes(records.marshal_root(root))
     _sign_file(root_path, "root", network_id, admin_keys)
     ula = ipaddress.IPv6Network(((0xFD << 120) | (secrets.randbits(40) << 80), 48))
-    state = StateDoc(network_id, 0, 1, now, v4, ula, domain, "0" * 64, {}, (), DEFAULT_STUN)
+    state = StateDoc(network_id, 0, 1, now, v4, ula, domain, "0" * 64, {}, (), DEFAULT_STUN,
+                     pinned=pinnable_hashes(FsSnapshot(dest), {}))
     co = Checkout(dest, root, (verify.sha256_hex(root_path.read_bytes()),), state)
     write_state(co, state, admin_keys, now)
     return open_checkout(dest)
 
 
-# --- approve / revoke / renew / sign ---------------------------------------------------------
-
-
-def _ipv6_for(state: StateDoc, v4: ipaddress.IPv4Address) -> ipaddress.IPv6Address:
-    # The IPv4 address embedded in the ULA /48: stable and unique whenever the IPv4 is.
-    return state.ipv6_prefix[int(v4)]
-
-
-def next_ipv4(state: StateDoc) -> ipaddress.IPv4Address:
-    used = {a for asg in state.peers.values() for a in asg.addresses}
-    net = state.ipv4_cidr
-    first = 1 if net.num_addresses > 2 else 0
-    for i in range(first, min(net.num_addresses - 1, first + 1_000_000)):
-        candidate = net[i]
-        if candidate not in used and candidate != MAGICDNS_IP:
-            return candidate
-    raise MeshctlError(f"no free address left in {net}")
-
-
-def approve(co: Checkout, name: str, keys: Sequence[SigningKey], now: int, ip: str | None = None,
-            tags: Sequence[str] = (), owner: str = "",
-            routes: RoutesChoice | None = None) -> tuple[StateDoc, list[str], list[str]]:
-    """A join request (requests/NAME.json for a new name): move it to peers/, assign addresses,
-    tags, owner and routes. For a member: its update request (a changed record, the same identity
-    key) replaces its record, and/or its approved routes change; addresses, tags and owner stay."""
-    if name in co.state.peers:
-        return _approve_member(co, name, keys, now, routes, given=bool(ip or tags or owner))
-    req = co.path / "requests" / f"{name}.json"
-    if not req.exists():
-        pending = sorted(p.stem for p in (co.path / "requests").glob("*.json"))
-        raise UsageError(f"requests/{name}.json: no join request named {name!r}",
-                         f"pending requests: {', '.join(pending) or 'none'}")
-    files = FsSnapshot(co.path).files()
-    rec, digest = verify.verify_record(FsSnapshot(co.path), f"requests/{name}.json",
-                                       co.root.network_id, files)
-    state = co.state
-    for tag in tags:
-        if not records.TAG_RE.match(tag):
-            raise UsageError(f"--tag {tag!r}: tags look like tag:server")
-    if not records.OWNER_RE.match(owner):
-        raise UsageError(f"--owner {owner!r}: not a valid owner")
-    if ip is not None:
-        try:
-            v4 = ipaddress.IPv4Address(ip)
-        except ValueError:
-            raise UsageError(f"--ip {ip!r}: not an IPv4 address") from None
-        if v4 not in state.ipv4_cidr:
-            raise UsageError(f"--ip {ip}: outside the mesh prefix {state.ipv4_cidr}")
-    else:
-        v4 = next_ipv4(state)
-    approved = _decide_routes(co, rec, (), routes, _Identity(tuple(tags), owner))
-    assignment = Assignment(digest, (v4, _ipv6_for(state, v4)), tuple(tags), owner, approved)
-    peers = dict(state.peers)
-    peers[name] = assignment
-    candidate = replace(state, peers=peers)
-    # Check uniqueness against existing members before moving anything.
-    existing = {n: records.parse_peer((co.path / "peers" / f"{n}.json").read_bytes(), n)
-                for n in state.peers}
-    verify.check_unique(candidate, existing | {name: rec})
-    _check_routes(candidate, name)
-    (co.path / "peers").mkdir(exist_ok=True)  # git does not keep empty directories
-    for suffix in ("", ".sig"):
-        (co.path / "requests" / f"{name}.json{suffix}").rename(co.path / "peers" / f"{name}.json{suffix}")
-    new = write_state(co, candidate, keys, now)
-    moved = [f"peers/{name}.json", f"peers/{name}.json.sig"]
-    removed = [f"requests/{name}.json", f"requests/{name}.json.sig"]
-    return new, moved + ["state.json", "state.json.sig"], removed
+# --- the signing path ------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
-class _Identity:
-    """Who a device is to the policy's autoApprovers: its tags, else its owner."""
+class Session:
+    """A checkout verified for signing, with the admin's memory of this mesh."""
 
-    tags: tuple[str, ...]
-    owner: str
+    path: Path
+    now: int
+    baseline: Baseline
+    trust: AdminTrust | None
+    remembered: Remembered | None
 
-
-def _decide_routes(co: Checkout, rec: records.PeerRecord, current: Sequence[Prefix],
-                   choice: RoutesChoice | None, who: _Identity) -> tuple[Prefix, ...]:
-    """The approved routes after this approval; a plain one asks the policy's autoApprovers."""
-    auto_routes: tuple[Prefix, ...] = ()
-    auto_exit = False
-    if choice is None and (rec.advertise_routes or rec.advertise_exit_node):
-        from meshctl.policy.approvers import auto_approved
-        from meshctl.policy.parse import parse_policy
-
-        try:
-            policy = parse_policy((co.path / "policy.hujson").read_text())
-        except (OSError, UnicodeDecodeError) as exc:
-            raise UsageError(f"policy.hujson: unreadable ({exc})") from None
-        except ParseError as exc:
-            raise UsageError(exc.message, "fix the policy, or name the routes with --routes") from None
-        auto = auto_approved(policy, who, rec.advertise_routes, rec.advertise_exit_node)
-        auto_routes, auto_exit = auto.routes, auto.exit_node
-    return route_approval.decide(rec, current, choice, auto_routes, auto_exit)
+    @property
+    def first_use(self) -> bool:
+        return self.trust is not None and self.remembered is None
 
 
-def _check_routes(state: StateDoc, member: str) -> None:
-    """Refuse to sign routes that break coord/routes.py's rules (nodes would refuse the state)."""
+def _network_id(path: Path) -> str:
+    root1 = path / "root" / "1.root.json"
+    if not root1.exists():
+        raise UsageError(f"{path}: not a meshctl coordination repository (no root/1.root.json)",
+                         "run this inside the checkout or pass --repo DIR")
     try:
-        verify.check_routes(state, member)
+        return records.parse_root(root1.read_bytes(), "root/1.root.json").network_id
+    except ParseError as exc:
+        raise VerificationError(exc.message) from None
+
+
+def _check_head(path: Path) -> gitrepo.GitSnapshot | None:
+    """The commit the checkout's HEAD names, checked as a node checks a tree: known paths, bounded
+    sizes, no gitlink, symbolic link or executable file (the files on disk do not show those)."""
+    head = gitrepo.head_snapshot(path)
+    if head is None:
+        return None
+    try:
+        verify.check_paths(head)
     except VerificationError as exc:
-        raise UsageError(exc.message.removeprefix("state.json: "), exc.hint) from None
+        raise VerificationError(f"{exc.message} (in commit {head.commit[:12]}, HEAD)", exc.hint) from None
+    return head
 
 
-def _approve_member(co: Checkout, name: str, keys: Sequence[SigningKey], now: int,
-                    choice: RoutesChoice | None, given: bool) -> tuple[StateDoc, list[str], list[str]]:
-    if given:
-        raise UsageError(f"--ip, --tag and --owner are for join requests; {name!r} is already a member",
-                         "revoke it and approve a new join request to change them")
-    state = co.state
-    current = state.peers[name]
-    snap = FsSnapshot(co.path)
-    files = snap.files()
-    member, _ = verify.verify_record(snap, f"peers/{name}.json", co.root.network_id, files)
-    request = f"requests/{name}.json"
-    record, digest = member, current.record_sha256
-    if request in files:
-        record, digest = verify.verify_record(snap, request, co.root.network_id, files)
-        if record.identity_key != member.identity_key:
-            raise VerificationError(
-                f"{request}: signed by identity key {record.identity_key.short()}, but member {name} is "
-                f"{member.identity_key.short()}", "an update comes from the device itself; a new device joins "
-                "under a new name")
-    approved = _decide_routes(co, record, current.routes, choice, _Identity(current.tags, current.owner))
-    if request not in files and approved == current.routes:
-        raise UsageError(f"nothing to approve: {name} is a member with no pending update "
-                         f"(requests/{name}.json) and its routes stay {route_approval.describe_routes(approved)}",
-                         "fetch its update/NAME branch first, or name the routes with --routes")
-    peers = dict(state.peers)
-    peers[name] = replace(current, record_sha256=digest, routes=approved)
-    candidate = replace(state, peers=peers)
-    existing = {n: records.parse_peer((co.path / "peers" / f"{n}.json").read_bytes(), n)
-                for n in state.peers if n != name}
-    verify.check_unique(candidate, existing | {name: record})
-    _check_routes(candidate, name)
-    changed = ["state.json", "state.json.sig"]
-    removed: list[str] = []
-    if request in files:
-        for suffix in ("", ".sig"):
-            (co.path / f"{request}{suffix}").replace(co.path / "peers" / f"{name}.json{suffix}")
-        changed += [f"peers/{name}.json", f"peers/{name}.json.sig"]
-        removed = [request, f"{request}.sig"]
-    new = write_state(co, candidate, keys, now)
-    return new, changed, removed
+def open_session(path: Path, now: int, keys: Sequence[SigningKey] = (), trust: AdminTrust | None = None, *,
+                 cosign: bool = False, inputs: Collection[str] = ()) -> Session:
+    """Verify the checkout at `path` for signing (see coord/baseline.py); `inputs` are the files the
+    command supplies itself."""
+    network_id = _network_id(path)
+    remembered = trust.load(network_id) if trust is not None else None
+    memory = remembered.memory if remembered is not None else None
+    root1 = (path / "root" / "1.root.json").read_bytes()
+    pinned = "sha256:" + memory.root_hashes[0] if memory is not None else verify.fingerprint(root1)
+    head = _check_head(path)
+    snap = FsSnapshot(path)
+    signed_texts = {}
+    for text in (remembered.policy if remembered else None, _head_file(head, "policy.hujson")):
+        if text is not None:
+            signed_texts[verify.sha256_hex(text)] = text
+    baseline = verify_baseline(
+        snap, pinned, now, memory, own_keys=[k.public() for k in keys], cosign=cosign,
+        inputs=inputs, signed_texts=signed_texts,
+        remembered_state=remembered.state if remembered else None)
+    return Session(path, now, baseline, trust, remembered)
+
+
+def _head_file(head: gitrepo.GitSnapshot | None, path: str) -> bytes | None:
+    if head is None or path not in head.files() or head.size(path) > verify.MAX_POLICY_BYTES:
+        return None
+    return head.read(path)
+
+
+def plan_change(session: Session, change: Change, keys: Sequence[SigningKey], now: int,
+                policy_check: PolicyCheck | None = None) -> Plan:
+    """Sign in memory and verify the result; refuse a policy that does not parse or fails its tests."""
+    highest = session.remembered.memory.serial if session.remembered is not None else 0
+    try:
+        result = plan(session.baseline, change, keys, now, highest)
+    except VerificationError as exc:
+        raise VerificationError(exc.message, "nothing was signed or written: the new state would not "
+                                "verify") from None
+    if policy_check is not None and "policy.hujson" in change.files:
+        problems = policy_check(result.after.verified.policy_text, result.after.verified.netmap)
+        if problems:
+            raise UsageError("\n".join(problems), "nothing was signed or committed: fix policy.hujson first")
+    return result
+
+
+def apply_plan(session: Session, result: Plan, now: int, commit: bool) -> str | None:
+    """Write the files, remember the new state (it was signed here), and commit what was verified."""
+    path = session.path
+    for rel, data in result.files.items():
+        target = path / rel
+        if data is None:
+            target.unlink(missing_ok=True)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)  # git does not keep empty directories
+            target.write_bytes(data)
+    after = result.after
+    if session.trust is not None:
+        policy = result.files.get("policy.hujson") or _file(path / "policy.hujson")
+        session.trust.save(after.root.network_id, after.memory(), after.state_bytes, policy,
+                           after.state.policy_sha256, now)
+    if not commit:
+        return None
+    snap = after.snapshot  # the checkout with the change laid over it, as verified
+    verified = {p: snap.read(p) for p in sorted(snap.files()) if not p.startswith(REQUESTS_DIR + "/")}
+    dropped = [p for p, data in result.files.items() if data is None]
+    return gitrepo.commit_files(path, verified, REQUESTS_DIR, dropped, result.commit_message)
+
+
+def commit_new_checkout(path: Path, message: str) -> str | None:
+    """`init`: make the new directory a git checkout (branch main) and commit every file."""
+    gitrepo.init_checkout(path)
+    snap = FsSnapshot(path)
+    return gitrepo.commit_files(path, {p: snap.read(p) for p in sorted(snap.files())}, REQUESTS_DIR, (), message)
+
+
+def remember(session: Session, now: int) -> None:
+    """Record a checkout verified without signing (a new mesh): what it accepted only moves forward."""
+    base = session.baseline
+    if session.trust is not None and base.complete:
+        session.trust.save(base.root.network_id, base.memory(), base.state_bytes,
+                           _file(session.path / "policy.hujson"), base.state.policy_sha256, now)
+
+
+def _file(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def remembered_view(session: Session) -> StateView | None:
+    """The last state this admin accepted, as the start of a co-signature's diff."""
+    rem = session.remembered
+    if rem is None or rem.state is None:
+        return None
+    try:
+        state = records.parse_state(rem.state)
+    except ParseError:
+        return None
+    policy = rem.policy.decode("utf-8", "replace") if rem.policy is not None else None
+    return StateView(state, {}, policy)
+
+
+def run_change(path: Path, keys: Sequence[SigningKey], now: int, build: Callable[[Session], Change], *,
+               trust: AdminTrust | None = None, cosign: bool = False,
+               inputs: Collection[str] = (),
+               policy_check: PolicyCheck | None = None, write: bool = True, commit: bool = False,
+               ) -> tuple[Plan, str | None]:
+    """The whole signing path for one command: verify, build, plan; then (unless `write` is False,
+    a dry run) write, remember and (with `commit`) commit."""
+    session = open_session(path, now, keys, trust, cosign=cosign, inputs=inputs)
+    result = plan_change(session, build(session), keys, now, policy_check)
+    if not write:
+        return result, None
+    return result, apply_plan(session, result, now, commit)
+
+
+def paths_of(result: Plan) -> tuple[StateDoc, list[str], list[str]]:
+    written = sorted(p for p, d in result.files.items() if d is not None)
+    removed = sorted(p for p, d in result.files.items() if d is None)
+    return result.state, written, removed
+
+
+# --- approve / revoke / renew / sign (the library API; the CLI adds trust, dry runs and commits) ----
+
+
+def approve(co: Checkout, name: str, keys: Sequence[SigningKey], now: int, ip: str | None = None,
+            tags: Sequence[str] = (), owner: str = "", expect_key: str | None = None,
+            allow_revoked_key: bool = False,
+            routes: RoutesChoice | None = None) -> tuple[StateDoc, list[str], list[str]]:
+    """A join request, a member's update request, or a member's routes (changes.approve)."""
+    result, _ = run_change(co.path, keys, now, lambda s: changes.approve(
+        s.baseline, name, s.now, ip, tags, owner, expect_key, allow_revoked_key, routes))
+    return paths_of(result)
 
 
 def route_rows(co: Checkout) -> list[route_approval.RouteRow]:
@@ -343,31 +352,61 @@ def route_rows(co: Checkout) -> list[route_approval.RouteRow]:
 
 
 def revoke(co: Checkout, name: str, keys: Sequence[SigningKey], now: int) -> tuple[StateDoc, list[str], list[str]]:
-    if name not in co.state.peers:
-        raise UsageError(f"state.json: no member named {name!r}")
-    peers = dict(co.state.peers)
-    del peers[name]
-    removed = [f"peers/{name}.json", f"peers/{name}.json.sig"]
-    for path in removed:
-        (co.path / path).unlink(missing_ok=True)
-    new = write_state(co, replace(co.state, peers=peers), keys, now)
-    return new, ["state.json", "state.json.sig"], removed
-
-
-def set_relays(co: Checkout, relays: Sequence[records.RelayEntry], keys: Sequence[SigningKey],
-               now: int) -> StateDoc:
-    return write_state(co, replace(co.state, relays=tuple(relays)), keys, now)
+    result, _ = run_change(co.path, keys, now, lambda s: changes.revoke(s.baseline, name, s.now))
+    return paths_of(result)
 
 
 def renew(co: Checkout, keys: Sequence[SigningKey], now: int) -> StateDoc:
-    return write_state(co, co.state, keys, now)
+    result, _ = run_change(co.path, keys, now, lambda s: changes.renew(s.baseline))
+    return result.state
 
 
-def cosign(co: Checkout, keys: Sequence[SigningKey]) -> tuple[int, int]:
+def sign(co: Checkout, keys: Sequence[SigningKey], now: int, update_pins: bool = False,
+         policy_check: PolicyCheck | None = None) -> StateDoc:
+    """Sign the checkout's policy.hujson (refused if `policy_check` finds a problem)."""
+    result, _ = run_change(co.path, keys, now, lambda s: changes.sign_policy(s.baseline, update_pins),
+                           inputs=changes.sign_inputs(update_pins), policy_check=policy_check)
+    return result.state
+
+
+def cosign(co: Checkout, keys: Sequence[SigningKey], now: int | None = None) -> tuple[int, int]:
     """Add signatures to the current state.json without changing it (thresholds above 1)."""
+    import time
+
+    moment = int(time.time()) if now is None else now
+    result, _ = run_change(co.path, keys, moment, lambda s: changes.cosign(s.baseline, remembered_view(s)),
+                           cosign=True)
+    return result.signatures, result.threshold
+
+
+def write_state(co: Checkout, state: StateDoc, keys: Sequence[SigningKey], now: int,
+                bump: bool = True) -> StateDoc:
+    """Sign `state` as given (serial, expiry, root version and the policy on disk refreshed).
+
+    No verification: for tests and benches that build states directly. Commands go through
+    `run_change`, which signs only what valid signatures already cover plus the command's change.
+    """
+    policy = (co.path / "policy.hujson").read_bytes()
+    new = replace(
+        state,
+        serial=state.serial + 1 if bump else state.serial,
+        expires=now + STATE_LIFETIME_S,
+        root_version=co.root.version,
+        policy_sha256=verify.sha256_hex(policy),
+    )
     path = co.path / "state.json"
-    _sign_file(path, "state", co.root.network_id, _admin_signers(co, keys), keep_existing=True)
-    return signature_status(co)
+    path.write_bytes(records.marshal_state(new))
+    _sign_file(path, "state", co.root.network_id, _admin_signers(co, keys))
+    return new
+
+
+def signature_status(co: Checkout) -> tuple[int, int]:
+    """(valid admin signatures on state.json, threshold)."""
+    data = (co.path / "state.json").read_bytes()
+    sig_path = co.path / "state.json.sig"
+    sigs = signing.parse_signatures(sig_path.read_bytes(), name=str(sig_path)) if sig_path.exists() else ()
+    good = signing.valid_signers(sigs, co.root.admin_keys, "state", co.root.network_id, data)
+    return len(good), co.root.admin_threshold
 
 
 def rotate_root(co: Checkout, old_keys: Sequence[SigningKey], new_root_keys: Sequence[VerifyKey],
@@ -380,6 +419,17 @@ def rotate_root(co: Checkout, old_keys: Sequence[SigningKey], new_root_keys: Seq
     path.write_bytes(records.marshal_root(new))
     _sign_file(path, "root", co.root.network_id, list(old_keys) + list(signers))
     return new
+
+
+def trusted_root(path: Path, trust: AdminTrust | None, now: int) -> str:
+    """The root fingerprint devices should pin: the one this admin's memory holds (the checkout's
+    roots must match it), or, on first use, the checkout's own after its roots verify."""
+    network_id = _network_id(path)
+    remembered = trust.load(network_id) if trust is not None else None
+    root1 = (path / "root" / "1.root.json").read_bytes()
+    pinned = "sha256:" + remembered.memory.root_hashes[0] if remembered else verify.fingerprint(root1)
+    verify.verify_roots(FsSnapshot(path), pinned, remembered.memory.root_hashes if remembered else (), now)
+    return pinned
 
 
 def invite_text(co: Checkout, url: str | None) -> str:

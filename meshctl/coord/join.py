@@ -4,6 +4,11 @@ Running join again is safe: the same device asking under the same name re-sends 
 only when the one on the git host differs (an approval waiting on the branch is never
 overwritten by an identical request); asking under another name is refused unless
 `--rename` says so, which withdraws the first request instead of stranding it.
+
+A name is bound to a key visibly: join never overwrites another device's join/NAME branch or
+pending request (it refuses, before anything is written), never force-pushes (a new request of
+its own fast-forwards its branch), and prints the key fingerprint the admin checks
+(`meshctl admin approve NAME --expect-key FP`).
 """
 
 from __future__ import annotations
@@ -41,11 +46,12 @@ class JoinResult:
     withdrawn: str | None = None  # the name asked for before (--rename)
     ssh_key: str | None = None  # the key file recorded for later syncs
     ssh_agent: str | None = None  # the agent the git host accepted (not usable by cron or systemd)
+    fingerprint: str = ""  # of this device's identity key: the admin checks it (`approve --expect-key`)
 
 
 def pull_request_url(repo_url: str, branch: str) -> str | None:
     """Where to open the pull request, for GitHub and GitLab remotes."""
-    m = re.match(r"^(?:https://|ssh://git@|git@)(github\.com|gitlab\.com)[/:](.+?)(?:\.git)?/?$", repo_url)
+    m = re.match(r"\A(?:https://|ssh://git@|git@)(github\.com|gitlab\.com)[/:](.+?)(?:\.git)?/?\Z", repo_url)
     if not m:
         return None
     host, path = m.groups()
@@ -161,6 +167,9 @@ def join(state_dir: Path, repo_dir: Path, keys_dir: Path, url: str, name: str | 
     if advertise is not None:
         check_advertised(advertise, (verified.state.ipv4_cidr, verified.state.ipv6_prefix))
     data, sig = make_request(keys, verified.root.network_id, name, endpoints, now, advertise)
+    # Before anything is written: a name whose request is another device's is refused.
+    on_host = None if member is not None else _own_request_on_host(repo, heads, snap, name, keys,
+                                                                  verified.root.network_id, creds)
     if ssh_key is None and accepted is not None and accepted.kind == "key":
         ssh_key = accepted.path
     agent = accepted.path if accepted is not None and accepted.kind == "agent" and ssh_key is None else None
@@ -169,20 +178,21 @@ def join(state_dir: Path, repo_dir: Path, keys_dir: Path, url: str, name: str | 
     gitrepo.set_trusted(repo, tip)
     join_branch = f"join/{name}"
     result = JoinResult(name, verified.root.name, join_branch, False, None, None, data, sig,
-                        ssh_key=ssh_key, ssh_agent=agent)
+                        ssh_key=ssh_key, ssh_agent=agent, fingerprint=keys.identity.public().key_id())
     if withdraw is not None:
         result = replace(result, withdrawn=withdraw)
         _withdraw(repo, heads, withdraw, keys, verified.root.network_id, creds)
     if member is not None:
         return replace(result, push_error="already a member")
-    on_host = _request_on_host(repo, heads, name, creds)
-    if on_host is not None and _same_request(on_host[0], data) and _signed_by(keys, verified.root.network_id, on_host):
+    if on_host is not None and _same_request(on_host[0], data):
         return replace(result, pushed=True, already_pushed=True, pr_url=pull_request_url(url, join_branch))
+    earlier = (on_host[2],) if on_host is not None else ()
     commit = gitrepo.commit_tree_changes(
-        repo, tip, {f"requests/{name}.json": data, f"requests/{name}.json.sig": sig}, f"Join request: {name}")
-    gitrepo.set_ref(repo, f"refs/heads/{join_branch}", commit)  # a re-run replaces its own branch
-    try:
-        gitrepo.push(repo, f"+refs/heads/{join_branch}:refs/heads/{join_branch}", creds)
+        repo, tip, {f"requests/{name}.json": data, f"requests/{name}.json.sig": sig}, f"Join request: {name}",
+        extra_parents=earlier)  # this device's earlier request is a parent: the push is a fast-forward
+    gitrepo.set_ref(repo, f"refs/heads/{join_branch}", commit)
+    try:  # no '+': what the host holds is never replaced, only moved on
+        gitrepo.push(repo, f"refs/heads/{join_branch}:refs/heads/{join_branch}", creds)
     except GitError as exc:
         return replace(result, push_error=exc.message)
     return replace(result, pushed=True, pr_url=pull_request_url(url, join_branch))
@@ -195,20 +205,63 @@ def _previous_config(node: NodeState) -> NodeConfig | None:
 
 
 def _request_on_host(repo: pygit2.Repository, heads: Mapping[str, str], name: str,
-                     creds: gitrepo.Credentials) -> tuple[bytes, bytes] | None:
-    """requests/NAME.json and its .sig on the host's join/NAME branch, if there are both."""
+                     creds: gitrepo.Credentials, directory: str = "requests") -> tuple[bytes, bytes] | None:
+    """requests/NAME.json and its .sig on the host's join/NAME branch, if there are both (with
+    directory "peers": the record an admin approved on the branch)."""
     ref = f"refs/heads/join/{name}"
     if ref not in heads:
         return None
     gitrepo.fetch_refs(repo, [f"+{ref}:{REQUEST_REF}"], creds)
-    snap = gitrepo.GitSnapshot(repo, str(repo.references[REQUEST_REF].target))
-    path = f"requests/{name}.json"
+    tip = str(repo.references[REQUEST_REF].target)
+    try:
+        gitrepo.require_commit(repo, tip, f"branch join/{name}")
+    except MeshctlError:
+        return None
+    snap = gitrepo.GitSnapshot(repo, tip)
+    path = f"{directory}/{name}.json"
     try:
         if path not in snap.files() or f"{path}.sig" not in snap.files():
             return None
         return snap.read(path), snap.read(f"{path}.sig")
     except MeshctlError:
         return None
+
+
+def _own_request_on_host(repo: pygit2.Repository, heads: Mapping[str, str], snap: gitrepo.GitSnapshot,
+                         name: str, keys: DeviceKeys, network_id: str,
+                         creds: gitrepo.Credentials) -> tuple[bytes, bytes, str] | None:
+    """This device's own request for NAME on the host's join/NAME branch, and the branch's tip
+    (None: no such branch).
+    A pending request on the default branch, or a join/NAME branch, that is not this device's
+    (not signed by its identity key) is refused: join never takes another device's name."""
+    path = f"requests/{name}.json"
+    if path in snap.files():
+        pending = (verify.read_bounded(snap, path, records.MAX_PEER_BYTES),
+                   snap.read(f"{path}.sig") if f"{path}.sig" in snap.files() else b"")
+        if not _signed_by(keys, network_id, pending):
+            raise UsageError(f"{path}: another device's join request (key {_owner(pending[0])}) is pending "
+                             f"under the name {name!r}", "choose another --name")
+    if f"refs/heads/join/{name}" not in heads:
+        return None
+    on_host = _request_on_host(repo, heads, name, creds)
+    if on_host is None:
+        approved = _request_on_host(repo, heads, name, creds, "peers")
+        if approved is not None and _signed_by(keys, network_id, approved):
+            raise UsageError(f"branch join/{name} holds an admin's approval of this device's request: it waits "
+                             "to be merged", "nothing to send again; once it is merged, `meshctl up`")
+    if on_host is None or not _signed_by(keys, network_id, on_host):
+        owner = _owner(on_host[0]) if on_host is not None else "unreadable"
+        raise UsageError(f"branch join/{name} already holds another device's join request (key {owner})",
+                         "choose another --name; meshctl never overwrites another device's join branch")
+    return on_host[0], on_host[1], str(repo.references[REQUEST_REF].target)
+
+
+def _owner(record: bytes) -> str:
+    """The key fingerprint of a request's identity key."""
+    try:
+        return records.parse_peer(record, "request").identity_key.key_id()
+    except MeshctlError:
+        return "unreadable"
 
 
 def _same_request(on_host: bytes, ours: bytes) -> bool:

@@ -32,16 +32,24 @@ MAX_TAGS: Final = 32
 MAX_PEERS: Final = 100_000
 MAX_RELAYS: Final = 64
 MAX_STUN: Final = 16
+MAX_REVOKED: Final = 100_000
+MAX_PINNED: Final = 64
 
-NAME_RE: Final = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
-TAG_RE: Final = re.compile(r"^tag:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+# Every pattern is anchored with \A and \Z: `$` also matches before a trailing newline, so
+# "laptop\n" would pass for a name. [0-9], not \d: \d matches every Unicode digit.
+NAME_RE: Final = re.compile(r"\A[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
+TAG_RE: Final = re.compile(r"\Atag:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
 LABEL: Final = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
-DOMAIN_RE: Final = re.compile(rf"^(?=.{{1,200}}$){LABEL}(?:\.{LABEL})*$")
-NETWORK_ID_RE: Final = re.compile(r"^[0-9a-f]{32}$")
-SHA256_RE: Final = re.compile(r"^[0-9a-f]{64}$")
-TIME_RE: Final = re.compile(r"^(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)Z$")
-HOSTPORT_RE: Final = re.compile(r"^(?:\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]{1,253}):\d{1,5}$")
-OWNER_RE: Final = re.compile(r"^[A-Za-z0-9._%+@-]{0,128}$")
+DOMAIN_RE: Final = re.compile(rf"\A(?=.{{1,200}}\Z){LABEL}(?:\.{LABEL})*\Z")
+NETWORK_ID_RE: Final = re.compile(r"\A[0-9a-f]{32}\Z")
+SHA256_RE: Final = re.compile(r"\A[0-9a-f]{64}\Z")
+TIME_RE: Final = re.compile(r"\A([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})Z\Z")
+HOSTPORT_RE: Final = re.compile(r"\A(?:\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]{1,253}):[0-9]{1,5}\Z")
+OWNER_RE: Final = re.compile(r"\A[A-Za-z0-9._%+@-]{0,128}\Z")
+# Files nodes never read (the README, CI configuration): state.json pins them by hash, so a change
+# to them is signed like any other (`meshctl admin sign --update-pins`) or reported by name.
+PINNABLE_RE: Final = re.compile(
+    r"\A(?:README\.md|\.gitignore|\.gitlab-ci\.yml|\.github/workflows/[A-Za-z0-9_.-]{1,64}\.ya?ml)\Z")
 
 
 class RecordError(ParseError):
@@ -160,6 +168,18 @@ class _Reader:
         except ParseError as exc:
             raise self.fail(key, str(exc)) from None
 
+    def node_public(self, key: str) -> NodePublic:
+        try:
+            return NodePublic.from_b64(self.text(key))
+        except ParseError as exc:
+            raise self.fail(key, str(exc)) from None
+
+    def disco_public(self, key: str) -> DiscoPublic:
+        try:
+            return DiscoPublic.from_b64(self.text(key))
+        except ParseError as exc:
+            raise self.fail(key, str(exc)) from None
+
     def verify_keys(self, key: str) -> tuple[VerifyKey, ...]:
         texts = self.str_list(key, MAX_KEYS)
         try:
@@ -251,14 +271,8 @@ def parse_peer(data: bytes, name: str) -> PeerRecord:
     r.only({"type", "network_id", "name", "identity_key", "wg_public_key", "disco_key", "created"},
            {"endpoints", "advertise_routes", "advertise_exit_node"})
     _type_check(r, PEER_TYPE)
-    try:
-        wg_key = NodePublic.from_b64(r.text("wg_public_key"))
-    except ParseError as exc:
-        raise r.fail("wg_public_key", str(exc)) from None
-    try:
-        disco = DiscoPublic.from_b64(r.text("disco_key"))
-    except ParseError as exc:
-        raise r.fail("disco_key", str(exc)) from None
+    wg_key = r.node_public("wg_public_key")
+    disco = r.disco_public("disco_key")
     endpoints = r.str_list("endpoints", MAX_ENDPOINTS, HOSTPORT_RE)
     for ep in endpoints:
         if not 1 <= int(ep.rsplit(":", 1)[1]) <= 65535:
@@ -322,6 +336,24 @@ class RelayEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class Revoked:
+    """A device `admin revoke` removed: its keys do not come back unnoticed under another name, and
+    its addresses are not handed out again for a quarantine period (rules written by IP carry over)."""
+
+    name: str
+    identity_key: VerifyKey
+    wg_public_key: NodePublic
+    disco_key: DiscoPublic
+    addresses: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]
+    at: int  # when it was revoked
+
+    def matches(self, rec: PeerRecord) -> bool:
+        """Does a record use any key of this revoked device?"""
+        return (rec.identity_key == self.identity_key or rec.wg_public_key == self.wg_public_key
+                or rec.disco_key == self.disco_key)
+
+
+@dataclass(frozen=True, slots=True)
 class StateDoc:
     network_id: str
     serial: int
@@ -334,16 +366,14 @@ class StateDoc:
     peers: dict[str, Assignment] = field(default_factory=dict)
     relays: tuple[RelayEntry, ...] = ()
     stun: tuple[str, ...] = ()
+    revoked: tuple[Revoked, ...] = ()
+    pinned: dict[str, str] = field(default_factory=dict)  # path of a file nodes never read -> sha256
 
 
 def _parse_assignment(doc: Any, name: str, peer: str) -> Assignment:
     r = _Reader(doc, name, f"peers.{peer}.")
     r.only({"record_sha256", "addresses"}, {"tags", "owner", "routes"})
-    texts = r.str_list("addresses", 2)
-    try:
-        addrs = tuple(parse_ip(t) for t in texts)
-    except ValueError:
-        raise r.fail("addresses", "must be IP addresses") from None
+    addrs = _addresses(r, "addresses")
     if not addrs:
         raise r.fail("addresses", "needs at least one address")
     return Assignment(
@@ -373,10 +403,36 @@ def _parse_relay(doc: Any, name: str, i: int) -> RelayEntry:
     )
 
 
+def _addresses(r: _Reader, key: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]:
+    texts = r.str_list(key, 2)
+    try:
+        return tuple(parse_ip(t) for t in texts)
+    except ValueError:
+        raise r.fail(key, "must be IP addresses") from None
+
+
+def _parse_revoked(doc: Any, name: str, i: int) -> Revoked:
+    r = _Reader(doc, name, f"revoked[{i}].")
+    r.only({"name", "identity_key", "wg_public_key", "disco_key", "addresses", "at"})
+    return Revoked(r.text("name", NAME_RE), r.verify_key("identity_key"), r.node_public("wg_public_key"),
+                   r.disco_public("disco_key"), _addresses(r, "addresses"), r.time("at"))
+
+
+def _parse_pinned(doc: Any, name: str) -> dict[str, str]:
+    r = _Reader(doc, name, "pinned.")
+    if len(r.doc) > MAX_PINNED:
+        raise RecordError(f"{name}: field pinned: more than {MAX_PINNED} files")
+    for path in r.doc:
+        if not PINNABLE_RE.match(path):
+            raise RecordError(f"{name}: field pinned: {path[:80]!r} is not a file meshctl pins")
+        r.text(path, SHA256_RE)
+    return dict(r.doc)
+
+
 def parse_state(data: bytes, name: str = "state.json") -> StateDoc:
     r = _Reader(strictjson.loads(data, name=name, max_bytes=MAX_STATE_BYTES), name)
     r.only({"type", "network_id", "serial", "root_version", "expires", "network", "policy_sha256",
-            "peers"}, {"relays", "stun"})
+            "peers"}, {"relays", "stun", "revoked", "pinned"})
     _type_check(r, STATE_TYPE)
     net = _Reader(r.obj("network"), name, "network.")
     net.only({"ipv4", "ipv6", "domain"})
@@ -397,6 +453,7 @@ def parse_state(data: bytes, name: str = "state.json") -> StateDoc:
             raise r.fail("peers", f"invalid peer name {peer_name[:80]!r}")
         peers[peer_name] = _parse_assignment(assignment, name, peer_name)
     relays = r.items("relays", MAX_RELAYS, default=[])
+    revoked = r.items("revoked", MAX_REVOKED, default=[])
     return StateDoc(
         network_id=r.text("network_id", NETWORK_ID_RE),
         serial=r.integer("serial", 1, 2**63 - 1),
@@ -409,6 +466,8 @@ def parse_state(data: bytes, name: str = "state.json") -> StateDoc:
         peers=peers,
         relays=tuple(_parse_relay(x, name, i) for i, x in enumerate(relays)),
         stun=r.str_list("stun", MAX_STUN, HOSTPORT_RE),
+        revoked=tuple(_parse_revoked(x, name, i) for i, x in enumerate(revoked)),
+        pinned=_parse_pinned(r.doc["pinned"], name) if "pinned" in r.doc else {},
     )
 
 
@@ -443,4 +502,13 @@ def marshal_state(doc: StateDoc) -> bytes:
         ]
     if doc.stun:
         out["stun"] = list(doc.stun)
+    if doc.revoked:
+        out["revoked"] = [
+            {"name": x.name, "identity_key": x.identity_key.text(), "wg_public_key": x.wg_public_key.b64(),
+             "disco_key": x.disco_key.b64(), "addresses": [str(a) for a in x.addresses],
+             "at": format_time(x.at)}
+            for x in doc.revoked
+        ]
+    if doc.pinned:
+        out["pinned"] = {path: doc.pinned[path] for path in sorted(doc.pinned)}
     return strictjson.dumps(out)

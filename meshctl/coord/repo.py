@@ -15,7 +15,7 @@ import os
 import re
 import socket
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -265,8 +265,69 @@ def fetch(repo: pygit2.Repository, branch: str, creds: Credentials | None = None
         tip = str(repo.references[FETCHED_REF].target)
     except KeyError:
         raise GitError(f"{repo.remotes['origin'].url}: branch {branch!r} not found") from None
+    require_commit(repo, tip, f"{repo.remotes['origin'].url}: branch {branch!r}")
     compact_packs(repo)
     return tip
+
+
+def require_commit(repo: pygit2.Repository, oid: str, what: str) -> None:
+    """A branch tip must be a commit: a tag, tree or blob there is refused before anything trusts it
+    (a tag's id kept as the trusted tip would make every later sync look like rewritten history)."""
+    try:
+        kind, _size = repo.odb.read_header(pygit2.Oid(hex=oid))
+    except (KeyError, ValueError):
+        raise _missing(what, oid) from None
+    if kind != pygit2.enums.ObjectType.COMMIT:
+        name = {pygit2.enums.ObjectType.TAG: "tag", pygit2.enums.ObjectType.TREE: "tree",
+                pygit2.enums.ObjectType.BLOB: "blob"}.get(kind, "object")
+        raise VerificationError(f"{what} points to a {name} ({oid[:12]}), not a commit",
+                                "the git host serves a branch meshctl cannot use; nothing was changed")
+
+
+def remote_branches(heads: Mapping[str, str], prefix: str) -> dict[str, str]:
+    """Of the remote's heads (`remote_heads`), the branches whose name starts with `prefix`
+    (e.g. "join/"): name -> advertised tip."""
+    return {ref.removeprefix("refs/heads/"): oid for ref, oid in heads.items()
+            if ref.startswith("refs/heads/" + prefix)}
+
+
+def fetch_branches(repo: pygit2.Repository, branches: Collection[str], into: str,
+                   creds: Credentials | None = None) -> dict[str, str]:
+    """Fetch these branches of `origin` into refs `<into>/<branch>`; branch -> tip commit (branches whose
+    tip is not a commit are left out)."""
+    if not branches:
+        return {}
+    fetch_refs(repo, [f"+refs/heads/{b}:{into}/{b}" for b in branches], creds)
+    out = {}
+    for branch in branches:
+        ref = repo.references.get(f"{into}/{branch}")
+        if ref is None:
+            continue
+        try:
+            require_commit(repo, str(ref.target), f"branch {branch!r}")
+        except VerificationError:
+            continue
+        out[branch] = str(ref.target)
+    return out
+
+
+def read_file_at(repo: pygit2.Repository, commit: str, path: str, limit: int) -> bytes | None:
+    """One plain file of a commit, looked up by path (not by walking the tree), at most `limit` bytes;
+    None when it is absent, not a plain file, or larger."""
+    try:
+        node: Any = repo[pygit2.Oid(hex=commit)].peel(pygit2.Tree)
+        for part in path.split("/"):
+            if not isinstance(node, pygit2.Tree) or part not in node:
+                return None
+            node = node[part]
+        if node.filemode != pygit2.enums.FileMode.BLOB:
+            return None
+        kind, size = repo.odb.read_header(node.id)
+        if kind != pygit2.enums.ObjectType.BLOB or size > limit:
+            return None
+        return bytes(repo.odb.read(node.id)[1])
+    except (pygit2.GitError, KeyError, ValueError):
+        return None
 
 
 def compact_packs(repo: pygit2.Repository, max_packs: int = MAX_PACKS) -> bool:
@@ -376,6 +437,9 @@ class GitSnapshot:
                     stack.append((path + "/", entry.id, depth + 1))
                 elif entry.filemode == pygit2.enums.FileMode.LINK:
                     raise VerificationError(f"{path}: symbolic links are not allowed")
+                elif entry.filemode == pygit2.enums.FileMode.BLOB_EXECUTABLE:
+                    # Nothing here is a program: an executable bit is a change no signature covers.
+                    raise VerificationError(f"{path}: executable files are not allowed")
                 elif entry.type_str == "blob":
                     out[path] = str(entry.id)
                 else:
@@ -424,8 +488,10 @@ def commit_tree_changes(
     changes: Mapping[str, bytes | None],
     message: str,
     ref: str | None = None,
+    extra_parents: Sequence[str] = (),
 ) -> str:
-    """A new commit = parent's tree with `changes` (path -> bytes, or None to delete)."""
+    """A new commit = parent's tree with `changes` (path -> bytes, or None to delete); `extra_parents`
+    join it to other histories (a branch it must fast-forward)."""
     base = repo[pygit2.Oid(hex=parent)].peel(pygit2.Tree) if parent else None
     index = pygit2.Index()
     if base is not None:
@@ -439,6 +505,7 @@ def commit_tree_changes(
     tree = index.write_tree(repo)
     sig = pygit2.Signature(*COMMITTER)
     parents = [pygit2.Oid(hex=parent)] if parent else []
+    parents += [pygit2.Oid(hex=p) for p in extra_parents]
     oid = repo.create_commit(ref, sig, sig, message, tree, parents)
     return str(oid)
 
@@ -476,6 +543,87 @@ def origin_url(workdir: Path) -> str | None:
         return str(repo.remotes["origin"].url)
     except (pygit2.GitError, KeyError):
         return None
+
+
+def checkout_repo(workdir: Path) -> pygit2.Repository | None:
+    """The git repository whose work tree is exactly `workdir` (not one found further up), if any."""
+    try:
+        repo = pygit2.Repository(str(workdir))
+    except pygit2.GitError:
+        return None
+    if repo.workdir is None or Path(repo.workdir).resolve() != workdir.resolve():
+        return None
+    return repo
+
+
+def init_checkout(workdir: Path) -> None:
+    """A new git repository in `workdir`, on branch main."""
+    pygit2.init_repository(str(workdir), initial_head="main")
+
+
+def head_snapshot(workdir: Path) -> GitSnapshot | None:
+    """The files of the commit a checkout's HEAD names (None: not a git checkout, or no commit yet)."""
+    repo = checkout_repo(workdir)
+    if repo is None or repo.head_is_unborn:
+        return None
+    return GitSnapshot(repo, str(repo.head.peel(pygit2.Commit).id))
+
+
+def uncommitted(workdir: Path) -> list[str]:
+    """Paths whose working-tree file differs from HEAD (changed, deleted, or new and not ignored)."""
+    repo = checkout_repo(workdir)
+    if repo is None:
+        return []
+    try:
+        status = repo.status()
+    except pygit2.GitError:
+        return []
+    return sorted(path for path, flags in status.items() if flags != pygit2.enums.FileStatus.IGNORED)
+
+
+def commit_files(workdir: Path, files: Mapping[str, bytes], keep_under: str, drop: Collection[str],
+                 message: str) -> str | None:
+    """Commit on HEAD a tree of exactly `files` (mode 100644) plus HEAD's entries under `keep_under`
+    other than `drop`; the index follows the new commit. None when `workdir` is not a git checkout,
+    or when the tree is HEAD's already.
+
+    An admin's change commits what was verified (the checkout as files, with the change), not
+    whatever else HEAD or the index hold: a gitlink, a symlink or an unverified edit in HEAD does
+    not ride along. Only `keep_under` (pending join requests, which no signature covers and no node
+    reads) is carried over from HEAD as it is.
+    """
+    repo = checkout_repo(workdir)
+    if repo is None:
+        return None
+    index = pygit2.Index()
+    in_head: set[pygit2.Oid] = set()
+    if not repo.head_is_unborn:
+        tree = repo.head.peel(pygit2.Tree)
+        head_index = pygit2.Index()
+        head_index.read_tree(tree)
+        in_head = {entry.id for entry in head_index}
+        if keep_under in tree and isinstance(sub := tree[keep_under], pygit2.Tree):
+            for entry in sub:
+                path = f"{keep_under}/{entry.name}"
+                if path not in drop and path not in files and entry.filemode == pygit2.enums.FileMode.BLOB:
+                    index.add(pygit2.IndexEntry(path, entry.id, pygit2.enums.FileMode.BLOB))
+    for path, data in files.items():
+        oid = pygit2.hash(data)  # a file HEAD has already is not written again (10,000s of members)
+        if oid not in in_head:
+            oid = repo.create_blob(data)
+        index.add(pygit2.IndexEntry(path, oid, pygit2.enums.FileMode.BLOB))
+    new_tree = index.write_tree(repo)
+    if not repo.head_is_unborn and repo.head.peel(pygit2.Tree).id == new_tree:
+        return None  # nothing changed (a signature added twice)
+    try:
+        author = repo.default_signature
+    except (KeyError, pygit2.GitError):
+        author = pygit2.Signature(*COMMITTER)
+    parents = [] if repo.head_is_unborn else [repo.head.target]
+    commit = repo.create_commit("HEAD", author, author, message, new_tree, parents)
+    repo.index.read_tree(repo[new_tree])
+    repo.index.write()
+    return str(commit)
 
 
 def commit_workdir(workdir: Path, changed: list[str], removed: list[str], message: str,

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Collection, Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
 
@@ -30,17 +30,16 @@ from meshctl.coord.records import PeerRecord, RootDoc, StateDoc
 from meshctl.coord.sigbatch import SignatureCheck
 from meshctl.coord.trust import TrustMemory as TrustMemory  # re-exported: it lived here first
 from meshctl.errors import ParseError, VerificationError
+from meshctl.keys import VerifyKey
 
 MAX_FILES: Final = 250_000  # 2 files per peer at MAX_PEERS, plus requests: refuse a million-file repo early
 MAX_POLICY_BYTES: Final = 1024 * 1024
 MAX_OTHER_BYTES: Final = 256 * 1024  # README, CI files
 
-ROOT_RE: Final = re.compile(r"^root/([1-9][0-9]{0,5})\.root\.json$")
-PEER_RE: Final = re.compile(r"^peers/([a-z0-9-]{1,63})\.json$")
-REQUEST_RE: Final = re.compile(r"^requests/([a-z0-9-]{1,63})\.json$")
-OTHER_FILES: Final = frozenset({"README.md", ".gitignore", ".gitlab-ci.yml", "policy.hujson",
-                                "state.json", "state.json.sig"})
-WORKFLOW_RE: Final = re.compile(r"^\.github/workflows/[A-Za-z0-9_.-]{1,64}\.ya?ml$")
+ROOT_RE: Final = re.compile(r"\Aroot/([1-9][0-9]{0,5})\.root\.json\Z")
+PEER_RE: Final = re.compile(r"\Apeers/([a-z0-9-]{1,63})\.json\Z")
+REQUEST_RE: Final = re.compile(r"\Arequests/([a-z0-9-]{1,63})\.json\Z")
+OTHER_FILES: Final = frozenset({"policy.hujson", "state.json", "state.json.sig"})
 
 
 class Snapshot(Protocol):
@@ -51,6 +50,22 @@ class Snapshot(Protocol):
     def size(self, path: str) -> int: ...
 
     def read(self, path: str) -> bytes: ...
+
+
+class MemorySnapshot:
+    """A snapshot of files held in memory (a request read from a branch, tests)."""
+
+    def __init__(self, files: Mapping[str, bytes]) -> None:
+        self._data = dict(files)
+
+    def files(self) -> dict[str, str | None]:
+        return dict.fromkeys(self._data)
+
+    def size(self, path: str) -> int:
+        return len(self._data[path])
+
+    def read(self, path: str) -> bytes:
+        return self._data[path]
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +100,8 @@ def _refuse(message: str, hint: str | None = None) -> VerificationError:
 
 
 def classify_path(path: str) -> str:
-    """'root' | 'peer' | 'request' | 'sig' | 'other'; raises for a path meshctl does not know."""
+    """'root' | 'peer' | 'request' | 'sig' | 'other' | 'pinnable' (a file nodes never read);
+    raises for a path meshctl does not know."""
     if path.endswith(".sig"):
         base = path[: -len(".sig")]
         if ROOT_RE.match(base) or PEER_RE.match(base) or REQUEST_RE.match(base) or base == "state.json":
@@ -96,13 +112,15 @@ def classify_path(path: str) -> str:
         return "peer"
     elif REQUEST_RE.match(path):
         return "request"
-    elif path in OTHER_FILES or WORKFLOW_RE.match(path):
+    elif path in OTHER_FILES:
         return "other"
+    elif records.PINNABLE_RE.match(path):
+        return "pinnable"
     raise _refuse(f"{path}: unknown path in the coordination repository",
                   "only root/, peers/, requests/, state.json, policy.hujson and CI files belong here")
 
 
-def _read_bounded(snap: Snapshot, path: str, limit: int) -> bytes:
+def read_bounded(snap: Snapshot, path: str, limit: int) -> bytes:
     size = snap.size(path)
     if size > limit:
         raise _refuse(f"{path}: file is {size} bytes, more than the limit of {limit}")
@@ -147,7 +165,7 @@ def _signatures(snap: Snapshot, path: str, files: Mapping[str, object]) -> tuple
         raise _refuse(f"{sig_path}: signature file is missing")
     try:
         return signing.parse_signatures(
-            _read_bounded(snap, sig_path, signing.MAX_SIG_FILE_BYTES), name=sig_path
+            read_bounded(snap, sig_path, signing.MAX_SIG_FILE_BYTES), name=sig_path
         )
     except ParseError as exc:
         raise _refuse(str(exc)) from None
@@ -161,9 +179,30 @@ def _parse(fn: object, data: bytes, name: str) -> object:
 
 
 def verify_roots(
-    snap: Snapshot, pinned: str, remembered: tuple[str, ...] = ()
+    snap: Snapshot, pinned: str, remembered: tuple[str, ...] = (), now: int | None = None
 ) -> tuple[RootDoc, tuple[str, ...]]:
-    """Walk root/1..N; return the newest root and the hash of every version."""
+    """Walk root/1..N; return the newest root and the hash of every version.
+
+    With `now`, the newest root must not have expired: its keys are what a node trusts, and
+    trust in them lasts only as long as the root says.
+    """
+    roots, hashes = walk_roots(snap, pinned, remembered)
+    if now is not None:
+        check_root_expiry(roots[-1], now)
+    return roots[-1], hashes
+
+
+def check_root_expiry(newest: RootDoc, now: int) -> None:
+    if newest.expires <= now:
+        raise _refuse(f"root/{newest.version}.root.json: expired at {records.format_time(newest.expires)}",
+                      f"the root keys must publish root/{newest.version + 1}.root.json, signed by both "
+                      "versions' root thresholds")
+
+
+def walk_roots(
+    snap: Snapshot, pinned: str, remembered: tuple[str, ...] = ()
+) -> tuple[list[RootDoc], tuple[str, ...]]:
+    """Every root version, each checked against the pin, the memory and the signature thresholds."""
     files = snap.files()
     versions = sorted(int(m.group(1)) for p in files if (m := ROOT_RE.match(p)))
     if not versions:
@@ -176,10 +215,10 @@ def verify_roots(
             "was accepted before (rollback)"
         )
     hashes: list[str] = []
-    prev: RootDoc | None = None
+    roots: list[RootDoc] = []
     for version in versions:
         path = f"root/{version}.root.json"
-        data = _read_bounded(snap, path, records.MAX_ROOT_BYTES)
+        data = read_bounded(snap, path, records.MAX_ROOT_BYTES)
         digest = sha256_hex(data)
         if version == 1 and "sha256:" + digest != pinned:
             raise _refuse(f"{path}: fingerprint sha256:{digest} does not match the pinned root {pinned}",
@@ -191,6 +230,7 @@ def verify_roots(
         if root.version != version:
             raise _refuse(f"{path}: field version is {root.version}, expected {version}")
         sigs = _signatures(snap, path, files)
+        prev = roots[-1] if roots else None
         signers = [root] if prev is None else [prev, root]
         for signer in signers:
             if prev is not None and root.network_id != prev.network_id:
@@ -203,33 +243,48 @@ def verify_roots(
                     f"threshold is {signer.root_threshold}"
                 )
         hashes.append(digest)
-        prev = root
-    assert prev is not None
-    return prev, tuple(hashes)
+        roots.append(root)
+    return roots, tuple(hashes)
 
 
 # --- state and peers ------------------------------------------------------------------------
 
 
-def verify_state_doc(snap: Snapshot, root: RootDoc, now: int) -> tuple[StateDoc, str]:
+def read_state_signers(snap: Snapshot, root: RootDoc) -> tuple[bytes, set[VerifyKey], bool]:
+    """state.json's bytes, the admin keys of `root` with a valid signature on them, and whether
+    there are signature entries at all (a missing .sig file is refused here)."""
     files = snap.files()
     if "state.json" not in files:
         raise _refuse("state.json: missing")
-    data = _read_bounded(snap, "state.json", records.MAX_STATE_BYTES)
-    # Signature before parsing: unsigned bytes never reach the parser's deeper checks.
+    data = read_bounded(snap, "state.json", records.MAX_STATE_BYTES)
     sigs = _signatures(snap, "state.json", files)
-    good = signing.valid_signers(sigs, root.admin_keys, "state", root.network_id, data)
-    if len(good) < root.admin_threshold:
-        if sigs and not good:
-            why = f"no valid signature by an admin key of root version {root.version}"
-        else:
-            why = f"signed by {len(good)} admin keys, threshold is {root.admin_threshold}"
-        raise _refuse(f"state.json.sig: {why}", "state.json must be signed with `meshctl admin sign`")
+    return data, signing.valid_signers(sigs, root.admin_keys, "state", root.network_id, data), bool(sigs)
+
+
+def unsigned_state_error(root: RootDoc, good: int, any_entries: bool) -> VerificationError:
+    if any_entries and not good:
+        why = f"no valid signature by an admin key of root version {root.version}"
+    else:
+        why = f"signed by {good} admin keys, threshold is {root.admin_threshold}"
+    return _refuse(f"state.json.sig: {why}", "state.json must be signed with `meshctl admin sign`")
+
+
+def parse_signed_state(data: bytes, root: RootDoc) -> StateDoc:
+    """Parse state.json (only after its signatures were checked) and bind it to `root`."""
     state = _parse(records.parse_state, data, "state.json")
     assert isinstance(state, StateDoc)
     if state.network_id != root.network_id:
         raise _refuse(f"state.json: field network_id {state.network_id} is not this mesh's "
                       f"({root.network_id})")
+    return state
+
+
+def verify_state_doc(snap: Snapshot, root: RootDoc, now: int) -> tuple[StateDoc, str]:
+    # Signature before parsing: unsigned bytes never reach the parser's deeper checks.
+    data, good, any_entries = read_state_signers(snap, root)
+    if len(good) < root.admin_threshold:
+        raise unsigned_state_error(root, len(good), any_entries)
+    state = parse_signed_state(data, root)
     if state.root_version != root.version:
         raise _refuse(f"state.json: field root_version is {state.root_version}, the newest root is "
                       f"{root.version}", "re-sign the state after a root rotation")
@@ -268,7 +323,7 @@ def read_record(
     snap: Snapshot, path: str, network_id: str, files: Mapping[str, object]
 ) -> tuple[PeerRecord, str, SignatureCheck]:
     """Parse a peers/ or requests/ file; its self-signature is returned as a check still to run."""
-    data = _read_bounded(snap, path, records.MAX_PEER_BYTES)
+    data = read_bounded(snap, path, records.MAX_PEER_BYTES)
     rec = _parse(records.parse_peer, data, path)
     assert isinstance(rec, PeerRecord)
     stem = path.rsplit("/", 1)[1][: -len(".json")]
@@ -393,7 +448,7 @@ def _read_policy(snap: Snapshot, sha256: str | None) -> str:
     files = snap.files()
     if "policy.hujson" not in files:
         raise _refuse("policy.hujson: missing")
-    data = _read_bounded(snap, "policy.hujson", MAX_POLICY_BYTES)
+    data = read_bounded(snap, "policy.hujson", MAX_POLICY_BYTES)
     if sha256 is not None and sha256_hex(data) != sha256:
         raise _refuse("policy.hujson: sha256 differs from policy_sha256 in state.json",
                       "after editing the policy, run `meshctl admin sign`")
@@ -449,6 +504,84 @@ def _peer(name: str, rec: PeerRecord, assignment: records.Assignment) -> Peer:
     )
 
 
+def pin_problems(snap: Snapshot, state: StateDoc, kinds: Mapping[str, str],
+                 skip: Collection[str] = ()) -> list[str]:
+    """Files nodes never read (README, CI configuration) against the hashes state.json pins, one line
+    per file that differs, is missing or is not pinned. Nodes do not check these; admins' tools and
+    `meshctl repo verify` do, so that no unsigned change to them goes unnoticed. A state from before
+    pins (none listed) has nothing to compare; the next state an admin signs pins them."""
+    if not state.pinned:
+        return []
+    problems = []
+    files = snap.files()
+    for path in sorted(state.pinned):
+        if path in skip:
+            continue
+        if path not in files:
+            problems.append(f"{path}: pinned in state.json but missing")
+        elif sha256_hex(read_bounded(snap, path, MAX_OTHER_BYTES)) != state.pinned[path]:
+            problems.append(f"{path}: sha256 differs from the hash pinned in state.json")
+    for path in sorted(p for p, kind in kinds.items() if kind == "pinnable"):
+        if path not in state.pinned and path not in skip:
+            problems.append(f"{path}: not pinned in state.json (no signature covers it)")
+    return problems
+
+
+def _entitled_keys(snap: Snapshot, verified: Verified, path: str) -> tuple[str, Sequence[VerifyKey]]:
+    """The file type and the keys that may sign `path` (the subject of a .sig file)."""
+    if path == "state.json":
+        roots, _ = walk_roots(snap, "sha256:" + verified.root_hashes[0])
+        return "state", [k for r in roots for k in r.admin_keys]  # one signed before a rotation too
+    if m := ROOT_RE.match(path):
+        roots, _ = walk_roots(snap, "sha256:" + verified.root_hashes[0])
+        version = int(m.group(1))
+        return "root", list(roots[version - 1].root_keys) + (list(roots[version - 2].root_keys) if version > 1 else [])
+    name = path.rsplit("/", 1)[1][: -len(".json")]
+    if path.startswith("peers/") and name in verified.records:
+        return "peer", (verified.records[name].identity_key,)
+    try:
+        return "peer", (records.parse_peer(read_bounded(snap, path, records.MAX_PEER_BYTES), path).identity_key,)
+    except ParseError:
+        return "peer", ()  # an unreadable record is reported by the record checks
+
+
+def signature_entry_problems(snap: Snapshot, verified: Verified, sig_paths: Iterable[str]) -> list[str]:
+    """Every entry of these .sig files is a valid signature by a key that may sign its file: a node
+    needs only enough valid entries, but nothing unsigned may hide in the others either."""
+    problems = []
+    files = snap.files()
+    for sig_path in sig_paths:
+        path = sig_path.removesuffix(".sig")
+        if sig_path not in files or path not in files:
+            continue  # a signature without its file (or the reverse) is the verifier's to name
+        try:
+            sigs = signing.parse_signatures(read_bounded(snap, sig_path, signing.MAX_SIG_FILE_BYTES), name=sig_path)
+        except ParseError as exc:
+            problems.append(exc.message)
+            continue
+        file_type, keys = _entitled_keys(snap, verified, path)
+        if file_type == "peer" and len(sigs) == 1 and keys and sigs[0].keyid == keys[0].key_id():
+            continue  # the one entry: the record checks verified it (no second Ed25519 check per member)
+        data = snap.read(path)
+        ids = [s.keyid for s in sigs]
+        for sig in sigs:
+            if ids.count(sig.keyid) > 1 or not signing.valid_signers([sig], keys, file_type,
+                                                                      verified.root.network_id, data):
+                problems.append(f"{sig_path}: entry {sig.keyid[:16]!r} is not a valid signature by a key that "
+                                f"may sign {path}")
+                break
+    return problems
+
+
+def signed_record(snap: Snapshot, path: str, network_id: str) -> tuple[PeerRecord, bytes, signing.Signature]:
+    """A peers/ or requests/ record, its bytes and the one signature entry that is its identity key's."""
+    rec, _digest, check = read_record(snap, path, network_id, snap.files())
+    good = [sig for sig in check.signatures if check.key.verify(sig, check.message)]
+    if not good:
+        raise _unsigned(path)
+    return rec, snap.read(path), signing.Signature(rec.identity_key.key_id(), good[0])
+
+
 def build_netmap(root: RootDoc, state: StateDoc, state_sha256: str,
                  recs: Mapping[str, PeerRecord], policy_text: str) -> NetMap:
     peers = tuple(_peer(name, recs[name], state.peers[name]) for name in sorted(recs))
@@ -486,7 +619,7 @@ def verify_members(snap: Snapshot, pinned: str, now: int) -> Verified:
 def _verify(snap: Snapshot, pinned: str, now: int, memory: TrustMemory | None,
             cache: MutableMapping[str, tuple[str, PeerRecord]] | None, signed_policy: bool) -> Verified:
     kinds = check_paths(snap)
-    root, root_hashes = verify_roots(snap, pinned, memory.root_hashes if memory else ())
+    root, root_hashes = verify_roots(snap, pinned, memory.root_hashes if memory else (), now)
     state, state_sha = verify_state_doc(snap, root, now)
     check_memory(state, state_sha, memory)
     check_routes(state)

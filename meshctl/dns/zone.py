@@ -21,7 +21,7 @@ MAX_REVERSE_ROUTING_DOMAINS: Final = 64  # 100.64.0.0/10 needs exactly 64 in-add
 DEFAULT_TTL_S: Final = 60  # short: renames and revocations should reach clients quickly
 MAX_LABEL_LEN: Final = 63  # RFC 1035 2.3.4
 MAX_NAME_LEN: Final = 253  # presentation form without the trailing dot
-_LABEL_RE: Final = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+_LABEL_RE: Final = re.compile(r"\A[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")  # \Z: `$` allows "name\n"
 # Octet / nibble boundaries: a reverse zone apex must sit on one of them.
 _V4_STEP: Final = 8
 _V6_STEP: Final = 4

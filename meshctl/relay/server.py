@@ -266,7 +266,9 @@ class RelayServer:
     def apply_netmap(self, nm: NetMap) -> None:
         old = self.netmap.serial if self.netmap else None
         self.netmap = nm
-        self.core.set_members(nm.network.network_id, members_of(nm), time.monotonic())
+        mono = time.monotonic()
+        # The state's expiry, moved to the monotonic clock the core runs on: past it, no new logins.
+        self.core.set_members(nm.network.network_id, members_of(nm), mono, mono + (nm.expires - time.time()))
         self.flush()  # log the drops under the names they had
         self._names = {p.identity_key: p.name for p in nm.peers}
         self.synced.set()
@@ -333,7 +335,7 @@ class RelayServer:
             if looks_like_frame(data):
                 core.receive((addr[0], addr[1]), data, now)
             elif stun.is_stun(data):
-                core.receive_stun((addr[0], addr[1]), data)
+                core.receive_stun((addr[0], addr[1]), data, now)
             else:
                 core.stats.drop("not_relay")
         self.flush()

@@ -91,8 +91,15 @@ SESSION_IDLE_TIMEOUT_S: Final = 45.0  # clients ping every PING_INTERVAL_S; thre
 DEFAULT_RATE_BYTES_PER_S: Final = 125_000_000  # 1 Gbit/s per client
 DEFAULT_BURST_BYTES: Final = 4 * 1024 * 1024  # a few ms of line rate; absorbs TCP bursts
 DEFAULT_MAX_SESSIONS: Final = 10_000
-# Replies to frames of unknown sessions are capped so a relay cannot be turned into a reflector.
-NO_SESSION_REPLIES_PER_S: Final = 200.0
+# Every reply to a frame that is not from a logged-in session (a challenge, a refusal, a version
+# mismatch, an unknown session) is rate-limited, so a relay cannot be turned into a reflector
+# toward spoofed addresses: per source address, and for all sources together.
+UNAUTH_REPLIES_PER_S: Final = 1000.0
+UNAUTH_REPLIES_PER_SOURCE_PER_S: Final = 20.0  # a login takes one challenge; members behind one NAT share it
+UNAUTH_SOURCE_BURST: Final = 40.0
+MAX_UNAUTH_SOURCES: Final = 4096  # per-source budgets kept at most (the oldest go first)
+NO_SESSION_REPLIES_PER_S: Final = 200.0  # of those, "no such session" (every stale client asks at once)
+STUN_REPLIES_PER_S: Final = 2000.0  # STUN answers, apart: every node asks every 25 s
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +177,7 @@ class RelayCore:
     """Admission and forwarding for every client of one relay (sans-IO).
 
     Inputs: `receive(conn, data, now)` (one datagram or one whole stream frame),
-    `receive_stun(addr, data)`, `receive_bind(port, addr, data, now)` (a channel port),
+    `receive_stun(addr, data, now)`, `receive_bind(port, addr, data, now)` (a channel port),
     `connection_lost(conn)`, `set_members(...)`, `handle_timer(now)`.
     Output: one queue, `take_output()`, of frames to send and session events, in the order
     they arose (a Denied frame comes before the event that hangs its stream up); `stats`.
@@ -194,15 +201,26 @@ class RelayCore:
         self._by_wg: dict[bytes, ServerSession] = {}
         self.stats = RelayStats()
         self._no_session = TokenBucket.full(NO_SESSION_REPLIES_PER_S, NO_SESSION_REPLIES_PER_S, 0.0)
+        self._unauth = TokenBucket.full(UNAUTH_REPLIES_PER_S, UNAUTH_REPLIES_PER_S, 0.0)
+        self._stun = TokenBucket.full(STUN_REPLIES_PER_S, STUN_REPLIES_PER_S, 0.0)
+        self._unauth_by_source: dict[Hashable, TokenBucket] = {}
+        self._admit_until: float | None = None  # the accepted state's expiry, on the monotonic clock
         self.channels = ChannelTable(ports or _NoPorts(), randbytes)
         self._out: list[Output] = []
 
     # -- membership ----------------------------------------------------------------------
 
-    def set_members(self, network_id: str, members: Mapping[VerifyKey, NodePublic], now: float) -> None:
-        """Replace the member set (from a verified NetMap); drop sessions no longer allowed."""
+    def set_members(self, network_id: str, members: Mapping[VerifyKey, NodePublic], now: float,
+                    admit_until: float | None = None) -> None:
+        """Replace the member set (from a verified NetMap); drop sessions no longer allowed.
+
+        `admit_until` (on the `now` clock): when the state these members come from expires. After
+        that nobody logs in until a newer state is accepted; sessions already open keep going, as
+        nodes keep their last configuration.
+        """
         self.network_id = network_id
         self._members = dict(members)
+        self._admit_until = admit_until
         for sess in list(self._by_conn.values()):
             if self._members.get(sess.identity) != sess.wg_key:
                 self._out.append((sess.conn, marshal_frame(Denied(DenyReason.REVOKED))))
@@ -227,15 +245,17 @@ class RelayCore:
 
     # -- input ---------------------------------------------------------------------------
 
-    def receive_stun(self, conn: tuple[str, int], data: bytes) -> None:
-        """Answer a STUN binding request from UDP address `conn` with that address."""
+    def receive_stun(self, conn: tuple[str, int], data: bytes, now: float) -> None:
+        """Answer a STUN binding request from UDP address `conn` with that address (rate-limited
+        like every answer to a sender no session vouches for)."""
         try:
             txid = stun.parse_binding_request(data)
         except stun.StunError:
             self.stats.drop("bad_stun")
             return
         self.stats.stun += 1
-        self._out.append((conn, stun.marshal_binding_response(txid, addr_port(conn[0], conn[1]))))
+        self._reply_unauthenticated(conn, stun.marshal_binding_response(txid, addr_port(conn[0], conn[1])), now,
+                                    self._stun)
 
     def receive(self, conn: ConnId, data: bytes, now: float) -> None:
         """One frame from `conn`. Garbage is counted and dropped; it never raises."""
@@ -249,11 +269,11 @@ class RelayCore:
         except RelayParseError as exc:
             self.stats.drop(_parse_drop_reason(exc))
             if isinstance(exc, UnsupportedVersionError):
-                self._out.append((conn, marshal_frame(Denied(DenyReason.UNSUPPORTED_VERSION))))
+                self._reply_unauthenticated(conn, marshal_frame(Denied(DenyReason.UNSUPPORTED_VERSION)), now)
             return
         match frame:
             case ClientHello():
-                self._out.append((conn, self._challenge(conn, frame.identity, frame.wg_key, now)))
+                self._reply_unauthenticated(conn, self._challenge(conn, frame.identity, frame.wg_key, now), now)
             case ChallengeResponse():
                 self._admit(conn, frame, now)
             case SendPacket() | KeepAlive() | Ping() | Close() | ChannelRequest():
@@ -309,25 +329,45 @@ class RelayCore:
         nonce = self._nonce(conn, identity, wg_key, int(now * 1000))
         return marshal_frame(Challenge(nonce, self.relay_name))
 
-    def _deny(self, conn: ConnId, reason: DenyReason) -> None:
+    def _deny(self, conn: ConnId, reason: DenyReason, now: float) -> None:
         self.stats.auth_failed += 1
-        self._out.append((conn, marshal_frame(Denied(reason))))
+        self._reply_unauthenticated(conn, marshal_frame(Denied(reason)), now)
+
+    def _reply_unauthenticated(self, conn: ConnId, frame: bytes, now: float,
+                               overall: TokenBucket | None = None) -> None:
+        """Send a reply to a frame no session vouches for, within the budgets of its source and of all."""
+        source = conn[0] if isinstance(conn, tuple) else conn  # UDP: the address, whatever the port
+        bucket = self._unauth_by_source.get(source)
+        if bucket is None:
+            if len(self._unauth_by_source) >= MAX_UNAUTH_SOURCES:
+                del self._unauth_by_source[next(iter(self._unauth_by_source))]
+            bucket = self._unauth_by_source[source] = TokenBucket.full(
+                UNAUTH_REPLIES_PER_SOURCE_PER_S, UNAUTH_SOURCE_BURST, now)
+        if bucket.take(1, now) and (overall or self._unauth).take(1, now):
+            self._out.append((conn, frame))
+        else:
+            self.stats.drop("unauthenticated_reply_limited")
 
     def _admit(self, conn: ConnId, resp: ChallengeResponse, now: float) -> None:
         stamp_ms = int.from_bytes(resp.nonce[:NONCE_TIME_LEN], "big")
         expected = self._nonce(conn, resp.identity, resp.wg_key, stamp_ms)
         if not hmac.compare_digest(expected, resp.nonce):
-            self._deny(conn, DenyReason.STALE_CHALLENGE)
+            self._deny(conn, DenyReason.STALE_CHALLENGE, now)
             return
         if not 0 <= now - stamp_ms / 1000 <= CHALLENGE_LIFETIME_S:
-            self._deny(conn, DenyReason.STALE_CHALLENGE)
+            self._deny(conn, DenyReason.STALE_CHALLENGE, now)
             return
         if self._members.get(resp.identity) != resp.wg_key:
-            self._deny(conn, DenyReason.AUTH_FAILED)
+            self._deny(conn, DenyReason.AUTH_FAILED, now)
+            return
+        if self._admit_until is not None and now >= self._admit_until:
+            # The membership comes from an expired state: it may list devices revoked since.
+            self.stats.drop("state_expired")
+            self._deny(conn, DenyReason.AUTH_FAILED, now)
             return
         msg = auth_message(self.network_id, self.relay_name, resp.nonce, resp.identity, resp.wg_key)
         if not resp.identity.verify(resp.signature, msg):
-            self._deny(conn, DenyReason.AUTH_FAILED)
+            self._deny(conn, DenyReason.AUTH_FAILED, now)
             return
         old = self._by_conn.get(conn)
         if old is not None:
@@ -336,7 +376,7 @@ class RelayCore:
         if other is not None:  # the same device from a new address: the newest login wins
             self._drop(other, "replaced")
         if len(self._by_conn) >= self.limits.max_sessions:
-            self._deny(conn, DenyReason.RELAY_FULL)
+            self._deny(conn, DenyReason.RELAY_FULL, now)
             return
         token = self._rand(TOKEN_LEN)
         sess = ServerSession(conn, resp.identity, resp.wg_key, token,
@@ -355,7 +395,7 @@ class RelayCore:
     def _unknown_session(self, conn: ConnId, now: float) -> None:
         self.stats.drop("no_session")
         if self._no_session.take(1, now):
-            self._out.append((conn, marshal_frame(Denied(DenyReason.NO_SESSION))))
+            self._reply_unauthenticated(conn, marshal_frame(Denied(DenyReason.NO_SESSION)), now)
 
     def _forward(self, sess: ServerSession, data: bytes, now: float) -> None:
         # The hot path: plain operations only (every call here costs relayed throughput).

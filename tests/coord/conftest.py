@@ -10,3 +10,4 @@ from mesh_builder import Mesh, make_mesh
 @pytest.fixture
 def mesh(tmp_path: Path) -> Iterator[Mesh]:
     yield make_mesh(tmp_path / "coord")
+

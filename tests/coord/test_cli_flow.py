@@ -28,6 +28,7 @@ def git(*args: str, cwd: Path) -> str:
 
 @pytest.fixture
 def admin_env(tmp_path: Path) -> dict[str, str]:
+    """The environment of an admin's meshctl and git commands (the key, and its trust/ beside it)."""
     return {"MESHCTL_ADMIN_KEY": str(tmp_path / "admin.key"), "GIT_AUTHOR_NAME": "a",
             "GIT_AUTHOR_EMAIL": "a@example.com", "GIT_COMMITTER_NAME": "a", "GIT_COMMITTER_EMAIL": "a@e.com"}
 
@@ -170,9 +171,10 @@ def test_bad_input_exit_codes(tmp_path: Path, admin_env: dict[str, str]) -> None
     r = meshctl("join", str(coord), "--name", "laptop", "--root", wrong, env={"MESHCTL_STATE_DIR": str(tmp_path / "s")})
     assert r.returncode == 3
     assert "does not match the pinned root" in r.stderr
-    # Tampered state in the checkout: repo verify refuses with exit 3 and one line.
+    # Tampered state in the commit: repo verify refuses with exit 3 and one line.
     state = coord / "state.json"
     state.write_text(state.read_text().replace('"serial": 1', '"serial": 7'))
+    git("commit", "-qam", "tampered", cwd=coord)
     r = meshctl("repo", "verify", str(coord))
     assert r.returncode == 3
     assert r.stderr == "error: state.json.sig: no valid signature by an admin key of root version 1\n"
@@ -200,12 +202,15 @@ def test_pull_request_may_only_add_requests(tmp_path: Path, admin_env: dict[str,
     git("checkout", "-q", "-B", "pr", "FETCH_HEAD", cwd=coord)
     # The requester also sneaks in a policy edit and a peer file.
     (coord / "policy.hujson").write_text('{"acls": []}\n')
+    git("commit", "-qam", "policy", cwd=coord)
     r = meshctl("repo", "verify", ".", "--base", "main", cwd=coord)
     assert r.returncode == 3
     assert "policy.hujson: sha256 differs from policy_sha256 in state.json" in r.stderr
-    git("checkout", "-q", "policy.hujson", cwd=coord)
+    git("reset", "-q", "--hard", "HEAD~1", cwd=coord)
     (coord / "peers").mkdir(exist_ok=True)
     (coord / "peers" / "laptop.json").write_bytes((coord / "requests" / "laptop.json").read_bytes())
+    git("add", "peers", cwd=coord)
+    git("commit", "-qm", "peer", cwd=coord)
     r = meshctl("repo", "verify", ".", "--base", "main", cwd=coord)
     assert r.returncode == 3
     assert "peers/laptop.json: not listed in state.json" in r.stderr

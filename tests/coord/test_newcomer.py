@@ -162,10 +162,20 @@ def test_join_under_a_new_name_is_refused_without_rename(served: Served) -> None
 
 
 def test_rename_never_withdraws_another_devices_request(served: Served) -> None:
-    """b asked as laptop first; a's request has since replaced it on join/laptop. When b renames
-    itself, join/laptop is a's: it stays."""
+    """b asked as laptop first; a's request has since replaced it on join/laptop (meshctl join
+    refuses to do that, issue 16: the host or a plain git push did). When b renames itself,
+    join/laptop is a's: it stays."""
     assert served.join("laptop", state="b").returncode == 0
-    assert served.join("laptop", state="a").returncode == 0
+    r = served.join("laptop", state="a")
+    assert r.returncode == 2 and "already holds another device's join request" in r.stderr, r.stderr
+    assert served.join("elsewhere", state="a").returncode == 0
+    host = served.tmp / "host"
+    subprocess.run(["git", "clone", "-q", "-b", "join/elsewhere", served.url, str(host)], check=True)
+    for suffix in ("", ".sig"):  # a's request, renamed by hand (its self-signature no longer matches)
+        (host / f"requests/elsewhere.json{suffix}").rename(host / f"requests/laptop.json{suffix}")
+    git("add", "-A", cwd=host)
+    git("-c", "user.name=a", "-c", "user.email=a@example.com", "commit", "-qm", "laptop", cwd=host)
+    git("push", "-q", "-f", "origin", "HEAD:join/laptop", cwd=host)
     a_request = git("rev-parse", "join/laptop", cwd=served.bare)
     r = served.join("desk", "--rename", state="b")
     assert r.returncode == 0, r.stderr

@@ -62,9 +62,14 @@ def test_advertise_at_join_then_update_by_push_then_by_hand(tmp_path: Path, admi
         r = meshctl("admin", "approve", "r1", env=admin_env, cwd=coord)  # plain: keeps what stays offered
         assert r.returncode == 0, r.stderr
         assert "approved the update of r1 (record replaced; addresses, tags and owner kept)" in r.stdout
+        assert "~ member r1: advertised routes 192.168.50.0/24 -> 10.9.0.0/16,192.168.50.0/24" in r.stdout  # the diff
+        assert "~ member r1: advertises an exit node False -> True" in r.stdout
         assert "pushed main" in r.stdout
         assert meshctl("sync", "--dry-run", env=node).returncode == 0
-        # a member with no update waiting: only its routes change, in the checkout
+        # a member with no update waiting: only its routes change, in the checkout (shown before signed)
+        r = meshctl("admin", "approve", "r1", "--routes", "none", "--dry-run", env=admin_env, cwd=coord)
+        assert r.returncode == 0, r.stderr
+        assert "~ member r1: routes 192.168.50.0/24 -> none" in r.stdout and "dry run" in r.stdout
         r = meshctl("admin", "approve", "r1", "--routes", "192.168.50.0/24,exit", env=admin_env, cwd=coord)
         assert r.returncode == 0, r.stderr
         assert "routes of r1: 192.168.50.0/24 -> 192.168.50.0/24, exit node" in r.stdout

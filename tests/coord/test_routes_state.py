@@ -168,8 +168,13 @@ AUTO = """{
 }"""
 
 
+def _sign_policy(mesh: Mesh, text: str) -> None:
+    (mesh.path / "policy.hujson").write_text(text)
+    admin.sign(mesh.checkout, mesh.admin_keys, NOW)  # autoApprovers are read from the signed policy
+
+
 def test_plain_approve_applies_auto_approvers(mesh: Mesh) -> None:
-    (mesh.path / "policy.hujson").write_text(AUTO)
+    _sign_policy(mesh, AUTO)
     mesh.request("r1", advertise=Advertised((N("192.168.50.0/24"), N("10.0.0.0/8")), True))
     state, _, _ = admin.approve(mesh.checkout, "r1", mesh.admin_keys, NOW, tags=["tag:router"])
     assert state.peers["r1"].routes == (N("192.168.50.0/24"),)  # 10/8 is nobody's to approve; no tag:exit
@@ -182,7 +187,7 @@ def test_plain_approve_applies_auto_approvers(mesh: Mesh) -> None:
 
 
 def test_explicit_routes_override_auto_approvers(mesh: Mesh) -> None:
-    (mesh.path / "policy.hujson").write_text(AUTO)
+    _sign_policy(mesh, AUTO)
     mesh.request("r1", advertise=Advertised((N("192.168.50.0/24"),)))
     state, _, _ = admin.approve(mesh.checkout, "r1", mesh.admin_keys, NOW, tags=["tag:router"],
                                 routes=parse_routes_option("none"))
@@ -272,7 +277,7 @@ def test_plain_approve_of_a_member_with_nothing_new_says_so(mesh: Mesh) -> None:
     mesh.add("r1")
     with pytest.raises(UsageError, match="nothing to approve: r1 is a member with no pending update"):
         admin.approve(mesh.checkout, "r1", mesh.admin_keys, NOW)
-    with pytest.raises(UsageError, match="--ip, --tag and --owner are for join requests"):
+    with pytest.raises(UsageError, match="--ip, --tag, --owner and --allow-revoked-key are for join requests"):
         admin.approve(mesh.checkout, "r1", mesh.admin_keys, NOW, tags=["tag:x"])
 
 

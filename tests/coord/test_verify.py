@@ -245,7 +245,10 @@ def test_unknown_path_and_oversized_file(mesh: Mesh) -> None:
 def test_policy_edit_needs_a_new_signature(mesh: Mesh) -> None:
     (mesh.path / "policy.hujson").write_text('{"acls": []}\n')
     assert refused(mesh) == "policy.hujson: sha256 differs from policy_sha256 in state.json"
-    admin.renew(mesh.checkout, mesh.admin_keys, NOW)
+    # Only `admin sign` signs a policy edit: any other signing command refuses the unsigned file.
+    with pytest.raises(VerificationError, match="^policy.hujson: sha256 differs from policy_sha256"):
+        admin.renew(mesh.checkout, mesh.admin_keys, NOW)
+    admin.sign(mesh.checkout, mesh.admin_keys, NOW)
     assert mesh.verify().policy_text == '{"acls": []}\n'
 
 

@@ -19,24 +19,11 @@ from mesh_builder import NOW, make_mesh
 
 from meshctl.coord import verify
 from meshctl.coord.fs_snapshot import FsSnapshot
+from meshctl.coord.verify import MemorySnapshot
 from meshctl.errors import VerificationError
 
 PER_EXAMPLE_S = 1.0
 SIGNED_OR_HASHED = ("root/1.root.json", "state.json", "peers/alpha.json", "peers/beta.json", "policy.hujson")
-
-
-class MemorySnapshot:
-    def __init__(self, files: dict[str, bytes]) -> None:
-        self._data = files
-
-    def files(self) -> dict[str, str | None]:
-        return dict.fromkeys(self._data)
-
-    def size(self, path: str) -> int:
-        return len(self._data[path])
-
-    def read(self, path: str) -> bytes:
-        return self._data[path]
 
 
 @pytest.fixture(scope="module")

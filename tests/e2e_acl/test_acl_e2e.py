@@ -9,6 +9,7 @@ also gets :22) with a connection kept open across the change, then V3 (ops loses
 from __future__ import annotations
 
 import subprocess
+import time
 from typing import Final
 
 import pytest
@@ -24,6 +25,8 @@ from acl_e2e_support import (
 
 from lab import meshctl_argv
 from lab.scenario import MeshScenario
+from meshctl.coord import admin
+from meshctl.keys import load_signing_key
 
 pytestmark = pytest.mark.netns
 
@@ -161,11 +164,24 @@ def test_policy_change_opens_22_and_keeps_open_443(acl_mesh: MeshScenario, prod_
 
 
 def test_repo_verify_rejects_an_edit_that_breaks_a_policy_test(acl_mesh: MeshScenario) -> None:
-    """A pull request that removes the operators' rule fails `meshctl repo verify`."""
+    """An edit that removes the operators' rule: `admin sign` refuses to sign it (nothing written,
+    nothing committed), and a pull request carrying such a state, signed some other way, fails
+    `meshctl repo verify`."""
     acl_mesh.git("checkout", "-q", "-b", "drop-ops")
     try:
         (acl_mesh.checkout / "policy.hujson").write_text(POLICY_BROKEN)
-        acl_mesh.admin("admin", "sign")
+        head = acl_mesh.git("rev-parse", "HEAD")
+        proc = admin_unchecked(acl_mesh, "admin", "sign")
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert any("oscar@example.com -> tag:prod:22" in line and "should be accepted" in line
+                   for line in proc.stderr.splitlines()), proc.stderr
+        assert acl_mesh.git("rev-parse", "HEAD") == head  # nothing committed
+        assert "state.json" not in acl_mesh.git("status", "--porcelain")  # nothing written
+        # The same edit signed with the library (as a careless tool would), committed as a pull request:
+        co = admin.open_checkout(acl_mesh.checkout)
+        key = load_signing_key(acl_mesh.admin_dir / "admin.key")
+        admin.write_state(co, co.state, [key], int(time.time()))
+        acl_mesh.git("commit", "-qam", "drop ops")
         proc = admin_unchecked(acl_mesh, "repo", "verify", ".", "--base", "main")
         assert proc.returncode == EXIT_REFUSED, proc.stdout + proc.stderr
         problems = proc.stderr.strip().splitlines()

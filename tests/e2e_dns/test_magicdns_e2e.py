@@ -155,7 +155,7 @@ def test_rename_through_the_repository(dns_mesh: DnsMesh) -> None:
 
     mesh.revoke("node3")
     mesh.join(old.node, "node3b", f"{old.node.ipv4}:51820", "--rename")  # same device, same keys
-    mesh.approve("node3b", "--ip", old.mesh_ipv4)
+    mesh.approve("node3b", "--ip", old.mesh_ipv4, "--allow-revoked-key")  # its keys, knowingly back
     agent_sync(mesh, "node1")
 
     new = [old.mesh_ipv4]

@@ -11,6 +11,7 @@ from meshctl.agent.relaying import (
     relay_for_status,
     relay_key,
     route_targets,
+    usable_relays,
 )
 from meshctl.coord.netmap import Relay
 
@@ -72,6 +73,14 @@ def test_a_relay_is_replaced_when_its_address_or_key_changes() -> None:
     assert relay_key(base) == relay_key(Relay("r1", "198.51.100.7:3340"))
     assert relay_key(base) != relay_key(Relay("r1", "198.51.100.8:3340"))
     assert relay_key(base) != relay_key(Relay("r1", "198.51.100.7:3340", key))
+
+
+def test_a_relay_listed_without_its_identity_key_is_never_used() -> None:
+    """Nobody else can answer for a relay: a node uses only relays it can check at login."""
+    from meshctl.keys import SigningKey
+
+    keyed = Relay("r1", "198.51.100.7:3340", SigningKey.generate().public())
+    assert usable_relays([Relay("r0", "198.51.100.6:3340"), keyed]) == [keyed]
 
 
 def test_a_peer_without_an_agent_gets_its_published_endpoint_over_the_relay() -> None:

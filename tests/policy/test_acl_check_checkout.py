@@ -148,6 +148,7 @@ def test_repo_verify_warns_about_ssh_and_passes(checkout: Mesh, tmp_path: Path) 
 
     co = checkout.checkout
     admin.write_state(co, co.state, checkout.admin_keys, NOW)
+    checkout.commit("the policy with ssh, signed")  # repo verify judges the commit HEAD names
     result = CliRunner().invoke(build_app(), ["repo", "verify", str(checkout.path)])
     assert result.exit_code == 0, result.stderr
     assert result.stderr == ("warning: policy.hujson:7:3: 'ssh' is ignored: meshctl does not run Tailscale SSH "

@@ -40,11 +40,12 @@ def test_add_list_remove(admin_cli: typer.Typer, relay_mesh: RelayMesh, admin_ke
     assert res.exit_code == 0, res.output
     assert "added relay home at 198.51.100.7:3340" in res.output
     assert f"committed: Add relay home (serial {serial + 1})" in res.output
-    res = runner.invoke(admin_cli, ["relay", "add", "backup", "relay2.example.com:443",
+    backup_key = SigningKey.generate().public().text()
+    res = runner.invoke(admin_cli, ["relay", "add", "backup", "relay2.example.com:443", "--identity-key", backup_key,
                                     "--repo", str(relay_mesh.path), "--admin-key", str(admin_key)])
     assert res.exit_code == 0, res.output
     res = runner.invoke(admin_cli, ["relay", "list", "--repo", str(relay_mesh.path)])
-    assert res.output == f"home\t198.51.100.7:3340\t{relay_key}\nbackup\trelay2.example.com:443\t-\n"
+    assert res.output == f"home\t198.51.100.7:3340\t{relay_key}\nbackup\trelay2.example.com:443\t{backup_key}\n"
     # The signed state verifies, and the NetMap carries the relays.
     nm = verify.verify_snapshot(FsSnapshot(relay_mesh.path), relay_mesh.fingerprint, relays_admin_now()).netmap
     assert [(r.name, r.address) for r in nm.relays] == [("home", "198.51.100.7:3340"),
@@ -67,6 +68,8 @@ def relays_admin_now() -> int:
     (["add", "home", "1.2.3.4"], "meshctl: relay address '1.2.3.4': expected HOST:PORT such as 198.51.100.7:3340"),
     (["add", "home", "1.2.3.4:0"], "meshctl: relay address '1.2.3.4:0': port must be 1..65535"),
     (["add", "home", "1.2.3.4:5", "--identity-key", "nope"], "meshctl: identity key must start with 'ed25519:'"),
+    # Without its key, clients would take whoever answers at that address for the relay.
+    (["add", "home", "1.2.3.4:5"], "meshctl: relay home: --identity-key is required"),
     (["remove", "nothere"], "meshctl: state.json: no relay named 'nothere'"),
 ])
 def test_errors(admin_cli: typer.Typer, relay_mesh: RelayMesh, admin_key: Path, args: list[str],
@@ -79,9 +82,10 @@ def test_errors(admin_cli: typer.Typer, relay_mesh: RelayMesh, admin_key: Path, 
 
 def test_duplicate_name_is_refused(relay_mesh: RelayMesh) -> None:
     co = relay_mesh.checkout
-    relays_admin.add_relay(co, "home", "1.2.3.4:5", None, relay_mesh.admin_keys, relays_admin_now())
+    key = SigningKey.generate().public().text()
+    relays_admin.add_relay(co, "home", "1.2.3.4:5", key, relay_mesh.admin_keys, relays_admin_now())
     with pytest.raises(UsageError, match="already listed"):
-        relays_admin.add_relay(relay_mesh.checkout, "home", "1.2.3.4:6", None, relay_mesh.admin_keys,
+        relays_admin.add_relay(relay_mesh.checkout, "home", "1.2.3.4:6", key, relay_mesh.admin_keys,
                                relays_admin_now())
 
 

@@ -342,6 +342,49 @@ def test_no_session_replies_are_rate_limited() -> None:
     assert replies <= server_core.NO_SESSION_REPLIES_PER_S + 1
 
 
+def _unauthenticated_frames(stranger: Member) -> dict[str, bytes]:
+    header = bytearray(marshal_frame(KeepAlive(TOKEN)))
+    header[4] = wire.VERSION + 1  # another protocol version: answered "unsupported version"
+    return {
+        "version mismatch": bytes(header),
+        "hello": marshal_frame(ClientHello(stranger.verify_key, stranger.wg)),
+        "bad challenge response": marshal_frame(ChallengeResponse(stranger.verify_key, stranger.wg, bytes(32),
+                                                                  bytes(64))),
+        "no session": marshal_frame(KeepAlive(TOKEN)),
+    }
+
+
+@pytest.mark.parametrize("kind", ["version mismatch", "hello", "bad challenge response", "no session"])
+def test_every_reply_to_an_unauthenticated_frame_is_rate_limited(kind: str) -> None:
+    """A relay is no reflector: a flood from one (spoofed) address gets a bounded answer, a flood
+    from many addresses too, and a member elsewhere still logs in meanwhile."""
+    a = Member.new()
+    core = make_core([a])
+    frame = _unauthenticated_frames(Member.new())[kind]
+    one_source = sum(len(feed(core, ("10.9.9.9", 1000 + i), frame, 1.0)) for i in range(2000))
+    assert 1 <= one_source <= server_core.UNAUTH_SOURCE_BURST
+    many = sum(len(feed(core, (f"10.{i // 250}.{i % 250}.1", 9), frame, 1.0)) for i in range(3000))
+    assert many <= server_core.UNAUTH_REPLIES_PER_S
+    assert core.stats.drops["unauthenticated_reply_limited"] > 0
+    # A second later the budget has refilled: a member logs in.
+    assert login(core, a, ("10.200.0.1", 1), now=2.5).state is ClientState.CONNECTED
+
+
+def test_an_expired_state_stops_admissions_but_keeps_sessions() -> None:
+    a, b = Member.new(), Member.new()
+    core = make_core([a, b])
+    core.set_members(NETWORK_ID, {m.verify_key: m.wg for m in (a, b)}, 1.0, admit_until=10.0)
+    sa = login(core, a, ("10.0.0.1", 1), now=5.0)
+    assert sa.state is ClientState.CONNECTED
+    sb = login(core, b, ("10.0.0.2", 2), now=10.0)  # the state has expired: no new logins
+    assert Refused(DenyReason.AUTH_FAILED) in list(sb.events())
+    assert core.sessions == 1 and core.stats.drops["state_expired"] == 1
+    frame = sa.send_packet(a.wg, b"still relayed")
+    assert frame is not None and feed(core, ("10.0.0.1", 1), frame, 11.0)  # a keeps its session
+    core.set_members(NETWORK_ID, {m.verify_key: m.wg for m in (a, b)}, 12.0, admit_until=100.0)  # renewed
+    assert login(core, b, ("10.0.0.2", 2), now=13.0).state is ClientState.CONNECTED
+
+
 def test_revocation_drops_the_session() -> None:
     a, b = Member.new(), Member.new()
     core = make_core([a, b])
@@ -413,12 +456,23 @@ def test_relay_full() -> None:
 def test_stun_is_answered_with_the_source_address() -> None:
     core = make_core([])
     txid = stun.new_txid(lambda n: bytes(range(n)))
-    core.receive_stun(("192.0.2.5", 40000), stun.marshal_binding_request(txid))
+    core.receive_stun(("192.0.2.5", 40000), stun.marshal_binding_request(txid), 1.0)
     [(dst, reply)] = drain(core)[0]
     assert dst == ("192.0.2.5", 40000)
     assert stun.parse_binding_response(reply) == (txid, addr_port("192.0.2.5", 40000))
-    core.receive_stun(("192.0.2.5", 1), b"\x00\x01junk")
+    core.receive_stun(("192.0.2.5", 1), b"\x00\x01junk", 1.0)
     assert drain(core) == ([], []) and core.stats.drops["bad_stun"] == 1
+
+
+def test_stun_answers_are_rate_limited_per_source() -> None:
+    """The relay answers STUN by design, but it is no reflector toward a spoofed address either."""
+    core = make_core([])
+    request = stun.marshal_binding_request(stun.new_txid(lambda n: bytes(range(n))))
+    for i in range(1000):
+        core.receive_stun(("192.0.2.5", 1000 + i), request, 1.0)
+    assert 1 <= len(drain(core)[0]) <= server_core.UNAUTH_SOURCE_BURST
+    core.receive_stun(("192.0.2.6", 1), request, 1.0)  # another address is answered
+    assert len(drain(core)[0]) == 1
 
 
 def test_relay_identity_is_checked_by_the_client() -> None:

@@ -15,7 +15,8 @@ PACKAGE = Path(__file__).resolve().parents[2] / "meshctl"
 
 PURE_MODULES = [
     "coord/records.py", "coord/signing.py", "coord/strictjson.py", "coord/verify.py", "coord/netmap.py",
-    "coord/netmap_json.py", "coord/pr_check.py", "coord/trust.py",
+    "coord/netmap_json.py", "coord/pr_check.py", "coord/trust.py", "coord/baseline.py", "coord/state_diff.py",
+    "coord/signed_change.py", "coord/changes.py",
     "policy/hujson.py", "policy/parse.py", "policy/compile.py", "policy/model.py", "policy/addrset.py",
     "policy/protocols.py", "policy/evaluate.py", "policy/approvers.py", "policy/check.py", "firewall/nft.py",
     "nat/stun.py", "nat/disco.py", "nat/packet.py", "nat/paths.py", "nat/addr.py",
