@@ -17,6 +17,7 @@ import argparse
 import json
 import shutil
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -26,6 +27,14 @@ from dataplane_common import load_note, median, require_root, table  # noqa: E40
 GOAL_RATIO = 0.9
 IPERF_PORT = 5201
 LANHOST = "192.168.50.12"
+
+
+def _received_mbps(text: str) -> float | None:
+    """iperf3 -J's receiver rate; None for a run that reports an error instead."""
+    try:
+        return float(json.loads(text)["end"]["sum_received"]["bits_per_second"]) / 1e6
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def main() -> None:
@@ -54,15 +63,17 @@ def main() -> None:
             for r in range(args.rounds):
                 order = list(targets) if r % 2 == 0 else list(reversed(targets))
                 for name in order:
-                    for _ in range(20):  # a server may still be starting
+                    for _ in range(20):  # a server may still be starting, or busy with the last run
                         proc = lab.run(site.client_a, ["iperf3", "-c", targets[name], "-p", str(IPERF_PORT), "-t",
                                                        str(args.seconds), "-J"], check=False,
                                        timeout=args.seconds + 60)
-                        if proc.returncode == 0:
+                        received = _received_mbps(proc.stdout) if proc.returncode == 0 else None
+                        if received is not None:
                             break
+                        time.sleep(1)
                     else:
                         sys.exit(f"iperf3 {name} failed: {proc.stdout[-500:]} {proc.stderr[-500:]}")
-                    results[name].append(json.loads(proc.stdout)["end"]["sum_received"]["bits_per_second"] / 1e6)
+                    results[name].append(received)
         finally:
             for member in mesh.members.values():
                 lab.meshctl(member.node, ["down"], check=False)
