@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 # Debian packages the suite and the demo use for real (no mocks): installed when run as root.
-APT_PACKAGES := wireguard-go wireguard-tools nftables coturn iproute2 dnsutils git openssh-server \
+APT_PACKAGES := wireguard-go wireguard-tools nftables coturn iproute2 dnsutils git openssh-server nebula tinc \
                 iperf3 iputils-ping procps conntrack psmisc binutils openssh-client systemd faketime \
                 sudo curl
 PYTEST_ARGS ?=
@@ -53,7 +53,7 @@ demo: deps venv
 # Kernel WireGuard in a VM booting Debian 12's kernel; the nft filter tests run there too, so the
 # ruleset is proven on the kernel most servers run, not only on this machine's.
 test-kernel: deps venv
-	bash scripts/test-kernel.sh tests/firewall/test_nft_apply.py tests/firewall/test_nft_golden.py
+	bash scripts/test-kernel.sh tests/firewall/test_nft_apply.py tests/firewall/test_nft_golden.py tests/firewall/test_strong_host.py
 
 bench: venv
 	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

@@ -7,9 +7,10 @@ client laptop (owner dana, group:dev) may reach the server (tag:prod) on iperf3'
 only. One long iperf3 TCP flow runs over the WireGuard tunnel (the nodes' mesh
 addresses) while the two set-ups take turns every BLOCK_S seconds:
 
-- filter:    table netdev meshctl as the agent applied it (hooked to the mesh interface; checked
-             by reading it back);
-- no filter: that table deleted on both nodes (the baseline).
+- filter:    meshctl's tables as the agent applied them (table netdev meshctl hooked to the mesh
+             interface, and table inet meshctl's strong-host chain that every packet of the host
+             passes, WireGuard's own included; checked by reading them back);
+- no filter: those tables deleted on both nodes (the baseline).
 
 Why one flow with the set-up switched under it, not separate runs: on this shared 2-core
 machine separate iperf3 runs of the same set-up differ by 10 % and more (TCP's start, the
@@ -22,8 +23,9 @@ The agents sync once an hour here, so they do not put the table back mid-run.
 
     sudo .venv/bin/python bench/acl_throughput.py [--seconds 240] [--parallel 1] [--variant V[,V...]]
 
---variant tells the parts of the cost apart: `hooks-only` runs the table's sets and base
-chains without a rule (what the hooks alone cost), `first-rules` only the rules a TCP flow's
+--variant tells the parts of the cost apart: `acl-only` the mesh filter without the strong
+host (what meshctl ran before issue 23: the strong host costs the difference), `hooks-only` runs
+the tables' sets and base chains without a rule (what the hooks alone cost), `first-rules` only the rules a TCP flow's
 packets stop at, `empty-table` an empty table (an A/A control: how far from 1.0 the method
 itself lands). Several variants take turns in one run (no filter, V1, no filter, V2, ...),
 each compared with the no-filter blocks next to it: controls measured under the same load.
@@ -81,15 +83,18 @@ class Block:
     mbit_per_s: float  # mean of the block's interval reports, its first one left out
 
 
-def _rules_kept(listing: str, keep: Callable[[str], bool]) -> str:
-    """The table with its sets and base chains, and only the rules `keep` picks."""
-    kept, in_chain = [], False
+TABLES: Final = ("netdev", "inet")  # meshctl's: the mesh filter, and the strong host (issue 23)
+
+
+def _rules_kept(listing: str, keep: Callable[[str, str], bool]) -> str:
+    """The tables with their sets and base chains, and only the rules `keep(chain, rule)` picks."""
+    kept, chain = [], ""
     for line in listing.splitlines():
         if line.startswith("\tchain "):
-            in_chain = True
+            chain = line.split()[1]
         elif line.startswith("\t}"):
-            in_chain = False
-        elif in_chain and not line.lstrip().startswith("type filter hook") and not keep(line):
+            chain = ""
+        elif chain and not line.lstrip().startswith("type filter hook") and not keep(chain, line):
             continue
         kept.append(line)
     return "\n".join(kept) + "\n"
@@ -97,25 +102,35 @@ def _rules_kept(listing: str, keep: Callable[[str], bool]) -> str:
 
 def _hooks_only(listing: str) -> str:
     """No rules at all: what the hooks alone cost."""
-    return _rules_kept(listing, lambda _line: False)
+    return _rules_kept(listing, lambda _chain, _line: False)
 
 
 def _first_rules(listing: str) -> str:
-    """Only the rules a TCP flow's packets stop at (the first of each chain): what they cost."""
-    return _rules_kept(listing, lambda line: "tcp flags != syn" in line or "meta l4proto != udp" in line)
+    """Only the rules a TCP flow's packets stop at (the first of each filter chain; the strong host's
+    rules are all passed by WireGuard's own packets): what they cost."""
+    return _rules_kept(listing, lambda chain, line: chain == "strong-host" or "tcp flags != syn" in line
+                       or "meta l4proto != udp" in line)
 
 
-# What the "filter" blocks run: meshctl's table, or controls that tell the parts apart.
+def _acl_only(listing: str) -> str:
+    """The mesh filter without the strong host (meshctl before issue 23): what the strong host costs."""
+    return listing.split("table inet meshctl {")[0]
+
+
+# What the "filter" blocks run: meshctl's tables, or controls that tell the parts apart.
 VARIANTS: dict[str, Callable[[str], str]] = {
     "meshctl": lambda listing: listing,
+    "acl-only": _acl_only,
     "hooks-only": _hooks_only,
     "first-rules": _first_rules,
     "empty-table": lambda listing: "table netdev meshctl {\n}\n",  # no hooks: an A/A control
 }
+# Deleting both tables in one transaction; `add` first, so a missing one is no error.
+DELETE_ALL: Final = "".join(f"add table {f} meshctl\ndelete table {f} meshctl\n" for f in TABLES)
 
 
 class FilterSwitch:
-    """Removes meshctl's table on the nodes and puts a variant of it back, byte-exact.
+    """Removes meshctl's tables on the nodes and puts a variant of them back, byte-exact.
 
     Both directions cost the same: one nft command per node, then one listing per node to
     check it took. The switch falls in the block's first second, which is left out; its
@@ -126,28 +141,30 @@ class FilterSwitch:
         self.lab = lab
         self.nodes = nodes
         applied = {n.ns: self._listing(n) for n in nodes}
-        if None in applied.values():
-            raise LabError("the agents did not apply table netdev meshctl")
+        if None in applied.values() or not all("table inet meshctl" in (t or "") for t in applied.values()):
+            raise LabError("the agents did not apply meshctl's tables netdev and inet")
         self.saved = {v: {ns: VARIANTS[v](text or "") for ns, text in applied.items()} for v in variants}
         self.current = "meshctl"  # as the agents left it (checked above)
         self.durations: dict[str, list[float]] = {}
 
     def _listing(self, node: Node) -> str | None:
-        listed = self.lab.run(node, ["nft", "-t", "list", "table", "netdev", "meshctl"], check=False)  # no set elements
-        return listed.stdout if listed.returncode == 0 else None
+        texts = []
+        for family in TABLES:  # -t: no set elements
+            listed = self.lab.run(node, ["nft", "-t", "list", "table", family, "meshctl"], check=False)
+            if listed.returncode == 0:
+                texts.append(listed.stdout)
+        return "".join(texts) or None
 
     def set(self, setup: str) -> None:
         if setup == self.current:
             return
         started = time.perf_counter()
         for node in self.nodes:
-            if self.current != NO_FILTER:
-                self.lab.run(node, ["nft", "delete", "table", "netdev", "meshctl"])
-            if setup != NO_FILTER:
-                self.lab.run(node, ["nft", "-f", "-"], input=self.saved[setup][node.ns])
+            load = DELETE_ALL + (self.saved[setup][node.ns] if setup != NO_FILTER else "")
+            self.lab.run(node, ["nft", "-f", "-"], input=load)
         for node in self.nodes:
             if self._listing(node) != (None if setup == NO_FILTER else self.saved[setup][node.ns]):
-                raise LabError(f"{node.name}: table netdev meshctl is not {setup}")
+                raise LabError(f"{node.name}: meshctl's tables are not {setup}")
         self.current = setup
         self.durations.setdefault(setup, []).append(time.perf_counter() - started)
 

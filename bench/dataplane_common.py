@@ -6,13 +6,16 @@ Not a benchmark itself. The benchmarks build their meshes with the network lab
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 ROOT = Path(__file__).resolve().parents[1]
 for extra in (ROOT, ROOT / "tests" / "e2e"):
@@ -45,6 +48,10 @@ def load_note() -> str:
     """The machine's load while the benchmark ran: figures on a busy box are pessimistic."""
     one, five, _ = os.getloadavg()
     return f"{os.cpu_count()} CPUs, load average {one:.1f} (1 min) {five:.1f} (5 min)"
+
+
+def load_average() -> float:
+    return os.getloadavg()[0]
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -80,3 +87,88 @@ def hand_side(lab: Lab, node: Node, ifname: str, keyfile: Path, port: int, addre
     run(node, ["ip", "addr", "add", f"{address}/32", "dev", ifname])
     run(node, ["ip", "link", "set", ifname, "up"])
     run(node, ["ip", "route", "add", f"{peer_address}/32", "dev", ifname])
+
+
+# --- the first echo reply through a tunnel ------------------------------------------------------
+
+# Runs in a node's namespace: an ICMP echo every 10 ms, prints the monotonic time of the first
+# reply (CLOCK_MONOTONIC is shared by all network namespaces). Sending fails with "no route"
+# until the tunnel's interface exists; that is expected.
+PROBER: Final = r"""
+import os, select, socket, struct, sys, time
+dst, deadline = sys.argv[1], time.monotonic() + float(sys.argv[2])
+ident = os.getpid() & 0xFFFF
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+def packet(seq):
+    head = struct.pack("!BBHHH", 8, 0, 0, ident, seq) + b"meshctl-bench!"  # even length
+    total = sum(struct.unpack(f"!{len(head) // 2}H", head))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return head[:2] + struct.pack("!H", ~total & 0xFFFF) + head[4:]
+print("ready", flush=True)
+seq = 0
+while time.monotonic() < deadline:
+    seq = (seq + 1) & 0xFFFF
+    try:
+        s.sendto(packet(seq), (dst, 0))
+    except OSError:
+        pass  # no route to the tunnel yet
+    end = time.monotonic() + 0.01
+    while (left := end - time.monotonic()) > 0:
+        if select.select([s], [], [], left)[0]:
+            data = s.recv(2048)
+            ihl = (data[0] & 15) * 4
+            if data[ihl] == 0 and struct.unpack("!H", data[ihl + 4:ihl + 6])[0] == ident:
+                print(time.monotonic(), flush=True)
+                sys.exit(0)
+sys.exit(1)
+"""
+
+
+def start_prober(lab: Lab, node: Node, dst: str, timeout_s: float) -> subprocess.Popen[str]:
+    """Start pinging `dst` from `node` every 10 ms; returns once the prober is ready."""
+    prober = lab.popen(node, [sys.executable, "-c", PROBER, dst, str(timeout_s)], stdout=subprocess.PIPE)
+    assert prober.stdout is not None
+    if prober.stdout.readline().strip() != "ready":
+        raise RuntimeError(f"the prober in {node.name} did not start: {lab.log_of(prober)}")
+    return prober
+
+
+def prober_reply(prober: subprocess.Popen[str], timeout_s: float) -> float | None:
+    """The monotonic time of the first echo reply, or None when none came before the prober gave up."""
+    assert prober.stdout is not None
+    line = prober.stdout.readline().strip()
+    try:
+        code = prober.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        return None
+    return float(line) if code == 0 and line else None
+
+
+# --- iperf3 --------------------------------------------------------------------------------------
+
+IPERF_PORT: Final = 5201
+
+
+@dataclass(frozen=True, slots=True)
+class IperfRun:
+    bits_per_second: float  # received, as iperf3's summary says
+    bytes: int  # received
+    seconds: float  # wall time of the client, start-up included
+
+
+def iperf3(lab: Lab, client: Node, server_ip: str, seconds: float, *, reverse: bool = False,
+           port: int = IPERF_PORT) -> IperfRun:
+    """One TCP iperf3 run from `client` to an `iperf3 -s` listening on `server_ip` (-R: the other way)."""
+    argv = ["iperf3", "-c", server_ip, "-p", str(port), "-t", f"{seconds:g}", "-J", "--connect-timeout", "5000"]
+    if reverse:
+        argv.append("-R")
+    start = time.monotonic()
+    proc = lab.run(client, argv, check=False, timeout=seconds + 30)
+    wall = time.monotonic() - start
+    try:
+        doc = json.loads(proc.stdout)
+        summary = doc["end"]["sum_received"]
+        return IperfRun(float(summary["bits_per_second"]), int(summary["bytes"]), wall)
+    except (ValueError, KeyError) as exc:
+        raise RuntimeError(f"iperf3 to {server_ip} failed: {(proc.stderr or proc.stdout)[-300:]}") from exc

@@ -14,7 +14,6 @@ Goals (issue 3): <= 0.5 % of one core and <= 60 MB RSS.
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import time
@@ -23,21 +22,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from dataplane_common import load_note, require_root, table  # noqa: E402
+from procstat import cpu_seconds as cpu_s  # noqa: E402
+from procstat import read_rss_kib  # noqa: E402
 
 GOAL_CPU_PCT = 0.5
 GOAL_RSS_MB = 60.0
-
-
-def cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def main() -> None:
@@ -71,7 +60,7 @@ def main() -> None:
             start = time.monotonic()
             while time.monotonic() - start < args.seconds:
                 for name, pid in pids.items():
-                    rss[name].append(rss_mb(pid))
+                    rss[name].append(read_rss_kib(pid) / 1024)
                 time.sleep(1.0)
             elapsed = time.monotonic() - start
             cpu = {name: (cpu_s(pid) - start_cpu[name]) / elapsed * 100 for name, pid in pids.items()}

@@ -23,18 +23,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from dataplane_common import hand_keys, hand_side, load_note, median, require_root, table  # noqa: E402
+from procstat import cpu_seconds  # noqa: E402
 
 GOAL_RATIO = 0.95
 HAND_PORT = 51900
 HAND_NET = "10.77.0"
 IPERF_PORT = 5201
-
-
-def cpu_seconds(pid: int) -> float:
-    import os
-
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> None:

@@ -30,7 +30,9 @@ from dataplane_common import (  # noqa: E402
     hand_side,
     load_note,
     median,
+    prober_reply,
     require_root,
+    start_prober,
     table,
     timed,
 )
@@ -38,38 +40,6 @@ from dataplane_common import (  # noqa: E402
 GOAL_S = 1.0
 PROBE_TIMEOUT_S = 30.0
 HAND_PORT = 51900
-
-# Runs in the node's namespace: ICMP echo every 10 ms, prints the monotonic time of the first
-# reply (CLOCK_MONOTONIC is shared by all network namespaces).
-PROBER = r"""
-import os, select, socket, struct, sys, time
-dst, deadline = sys.argv[1], time.monotonic() + float(sys.argv[2])
-ident = os.getpid() & 0xFFFF
-s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
-def packet(seq):
-    head = struct.pack("!BBHHH", 8, 0, 0, ident, seq) + b"meshctl-bench!"  # even length
-    total = sum(struct.unpack(f"!{len(head) // 2}H", head))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return head[:2] + struct.pack("!H", ~total & 0xFFFF) + head[4:]
-print("ready", flush=True)
-seq = 0
-while time.monotonic() < deadline:
-    seq = (seq + 1) & 0xFFFF
-    try:
-        s.sendto(packet(seq), (dst, 0))
-    except OSError:
-        pass  # no route to the mesh yet
-    end = time.monotonic() + 0.01
-    while (left := end - time.monotonic()) > 0:
-        if select.select([s], [], [], left)[0]:
-            data = s.recv(2048)
-            ihl = (data[0] & 15) * 4
-            if data[ihl] == 0 and struct.unpack("!H", data[ihl + 4:ihl + 6])[0] == ident:
-                print(time.monotonic(), flush=True)
-                sys.exit(0)
-sys.exit(1)
-"""
 
 
 def main() -> None:
@@ -85,19 +55,16 @@ def main() -> None:
 
     def first_reply(lab: Lab, node: Node, dst: str, action: list[str], env: dict[str, str]) -> tuple[float, float]:
         """(seconds until `action` exits, seconds until the first echo reply), from its start."""
-        prober = lab.popen(node, [sys.executable, "-c", PROBER, dst, str(PROBE_TIMEOUT_S)], stdout=subprocess.PIPE)
-        assert prober.stdout is not None
-        if prober.stdout.readline().strip() != "ready":
-            sys.exit(f"the prober did not start: {lab.log_of(prober)}")
+        prober = start_prober(lab, node, dst, PROBE_TIMEOUT_S)
         start = time.monotonic()
         proc = subprocess.run(["ip", "netns", "exec", node.ns, *action], env=env, capture_output=True, text=True)
         exited = time.monotonic() - start
         if proc.returncode != 0:
             sys.exit(f"{' '.join(action)} failed: {proc.stderr.strip()}")
-        line = prober.stdout.readline().strip()
-        if prober.wait(PROBE_TIMEOUT_S) != 0 or not line:
+        reply = prober_reply(prober, PROBE_TIMEOUT_S)
+        if reply is None:
             sys.exit(f"no echo reply from {dst} within {PROBE_TIMEOUT_S:g} s after {' '.join(action)}")
-        return exited, float(line) - start
+        return exited, reply - start
 
     rows = []
     with open_lab() as lab:

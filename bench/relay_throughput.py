@@ -34,40 +34,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "relay"))
+sys.path.insert(0, str(ROOT / "bench"))
 
+from procstat import cpu_seconds  # noqa: E402
 from relay_netns import WG_PORT, RelayLab, netns_missing  # noqa: E402
 from relay_support import make_relay_mesh  # noqa: E402
 
 from lab import Lab  # noqa: E402
 from lab.core import poll  # noqa: E402
-
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def _stat(pid: int) -> list[str]:
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-
-
-def cpu_seconds(pid: int) -> float:
-    """CPU time of `pid` and its descendants: the one-file binary runs Python in a child of the
-    bootloader process that was started (which only waits)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                children.setdefault(int(_stat(int(entry.name))[1]), []).append(int(entry.name))
-            except (FileNotFoundError, ProcessLookupError):
-                continue
-    total, todo = 0.0, [pid]
-    while todo:
-        current = todo.pop()
-        try:
-            fields = _stat(current)
-        except FileNotFoundError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
-        todo.extend(children.get(current, []))
-    return total
 
 
 def iperf(rl: RelayLab, a: object, b: object, seconds: int, parallel: int) -> float:

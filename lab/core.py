@@ -28,6 +28,7 @@ import sys
 import tempfile
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface
@@ -158,6 +159,12 @@ def meshctl_argv() -> list[str]:
     if custom:
         return shlex.split(custom)
     return [sys.executable, "-m", "meshctl"]
+
+
+def bridge_mac(run_id: str, n: int) -> str:
+    """A fixed, locally administered unicast MAC for a lab bridge: 02, the run id, a counter."""
+    tail = f"{zlib.crc32(run_id.encode()) & 0xFFFFFF:06x}{n & 0xFFFF:04x}"
+    return "02:" + ":".join(tail[i:i + 2] for i in range(0, 10, 2))
 
 
 def lab_unavailable() -> str | None:
@@ -566,6 +573,10 @@ class Lab:
         bridge = self.ifname(tag)
         # nf_call_iptables 0: traffic inside a LAN must not pass the router's nft hooks.
         self._ip(ns, "link", "add", bridge, "type", "bridge", "nf_call_iptables", "0")
+        # A bridge without an address of its own takes the lowest of its ports' and changes it when
+        # a lower one joins: hosts that resolved the gateway before then send to the old address
+        # until their neighbour entry expires (a relay's first fetch hung in SYN-SENT for 30 s).
+        self._ip(ns, "link", "set", bridge, "address", bridge_mac(self.run_id, next(self._counter)))
         self._ip(ns, "link", "set", bridge, "up")
         return bridge
 

@@ -9,7 +9,13 @@ What it owns (all driven by the agent's asyncio loop, one reader and one timer):
 - one sans-IO `paths.PeerPaths` per peer (created and removed by `update_netmap`),
   seeded with the peer's static endpoints from its signed record;
 - a `disco.DiscoBox` with this node's disco key; only disco keys of the verified map
-  may talk to us;
+  may talk to us (the socket's BPF program already drops other keys, and STUN from anyone
+  but the STUN servers we ask, in the kernel);
+- an `admission.Admission`: every packet the socket delivers is admitted by its source
+  (per-source token buckets, a shared one for sources we never sent to) before it is parsed
+  or unsealed; while packets are being refused, reading pauses FLOOD_PAUSE_S after each
+  wakeup, so a flood costs a batched read every few milliseconds instead of a wakeup per
+  packet (the socket buffer holds what arrives meanwhile);
 - a `netcheck.Netcheck` run against `netmap.stun_servers` every RESTUN_INTERVAL_S
   (below the 30 s NAT idle timeout): the mapped endpoint is a candidate, and a mapping
   that varies by destination marks our NAT as hard (we then start the handshakes).
@@ -39,14 +45,14 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Final
 
 from meshctl.coord.netmap import NetMap, Peer
 from meshctl.coord.routes import Liveness
 from meshctl.errors import MeshctlError, ParseError
 from meshctl.keys import DiscoPublic, NodePublic
-from meshctl.nat import disco, netcheck, stun
+from meshctl.nat import admission, disco, netcheck, stun
 from meshctl.nat.addr import AddrPort, parse_addr_port
 from meshctl.nat.paths import NoDirectPath, Path, PathChanged, PathKind, PeerPaths, SendDisco, SendPunch
 from meshctl.settings import Settings
@@ -69,7 +75,11 @@ PING_TIMEOUT_S: Final = 1.0  # `meshctl ping`: one attempt
 # other NAT would poison its conntrack again. 150 s is past the rounds' worst case (143 s).
 STATIC_FALLBACK_AFTER_S: Final = 150.0
 PING_ATTEMPTS: Final = 3
-MAX_RECV_PER_WAKEUP: Final = 256  # yield to the loop after this many packets
+MAX_RECV_PER_WAKEUP: Final = 512  # yield to the loop after this many packets
+# After a wakeup that refused a packet, reading waits this long: at most 100 wakeups a second
+# under a flood, each draining what queued (20,000 packets/s: 200 per wakeup, well inside the
+# socket's 1 MiB buffer); what is admitted waits at most this long.
+FLOOD_PAUSE_S: Final = 0.01
 DROP_LOG_EVERY: Final = 100  # log dropped packets once per this many (never per packet)
 # A peer without a direct path counts as alive while disco from it came this recently (the failover
 # monitor asks a relayed router every 2 s); one never heard from is UNKNOWN this long after it appeared.
@@ -204,6 +214,9 @@ class Magic:
         self._netmap: NetMap | None = None
         self._started_at = 0.0
         self._stun_settled = False
+        self._admission = admission.Admission()
+        self._kernel_filter: tuple[tuple[bytes, ...], tuple[AddrPort, ...]] | None = None
+        self._reading = False
 
     # --- Extension hooks ---------------------------------------------------------------------
 
@@ -217,7 +230,7 @@ class Magic:
         self._sock = SharedPortSocket(self.settings.listen_port)
         self._loop = asyncio.get_running_loop()
         self._started_at = self._loop.time()
-        self._loop.add_reader(self._sock.fileno(), self._on_readable)
+        self._resume_reading()
         await self._refresh_local()
         log.info("NAT traversal on port %d (disco %s)", self.settings.listen_port, self._box.public.short())
 
@@ -226,7 +239,7 @@ class Magic:
             self._timer.cancel()
             self._timer = None
         if self._sock is not None and self._loop is not None:
-            self._loop.remove_reader(self._sock.fileno())
+            self._pause_reading()
             self._sock.close()
             self._sock = None
         for fut in self._manual_pings.values():
@@ -243,7 +256,16 @@ class Magic:
         if not specs:
             self._stun_settled = True
         self._sync_peers()
+        self._update_kernel_filter()
         self._service()
+
+    def _update_kernel_filter(self) -> None:
+        """Disco only from the map's keys, STUN only from the servers we ask: in the kernel."""
+        keys = tuple(sorted(p.disco_key.raw for p in self._netmap.others())) if self._netmap else ()
+        wanted = (keys, tuple(s.addr for s in self._stun_servers))
+        if wanted != self._kernel_filter and self._sock is not None:
+            self._sock.set_filter(*wanted)
+            self._kernel_filter = wanted
 
     def _sync_peers(self) -> None:
         """Create and forget per-peer cores to match the last map.
@@ -294,7 +316,7 @@ class Magic:
         return {
             "paths": {name: path_status(p.paths.path) for name, p in self._peers.items()},
             "endpoints": [str(c) for c in self._candidates],
-            "nat": nat_status(self._report),
+            "nat": {**nat_status(self._report), "admission": asdict(self._admission.counts)},
         }
 
     async def handle(self, request: dict[str, Any]) -> dict[str, Any] | None:
@@ -432,26 +454,50 @@ class Magic:
             if self.send_via_relay is not None:
                 self.send_via_relay(peer.name, data)
             return
-        if self._sock is not None:
-            self._sock.send(data, dst)
+        self._send(data, dst)
+
+    def _send(self, payload: bytes, dst: AddrPort) -> None:
+        """A disco or STUN packet from WireGuard's port: what comes back from `dst` is expected."""
+        if self._sock is not None and self._loop is not None:
+            self._admission.expect(dst, self._loop.time())
+            self._sock.send(payload, dst)
 
     def send_from_wireguard_port(self, payload: bytes, dst: AddrPort) -> bool:
         """One datagram from WireGuard's listen port (a relay channel's bind): its NAT mapping."""
         return self._sock is not None and bool(self._sock.send(payload, dst))
 
     def _on_readable(self) -> None:
+        """The one way in for disco and STUN on WireGuard's port: admitted by source first."""
         assert self._loop is not None
-        for _ in range(MAX_RECV_PER_WAKEUP):
-            got = self._sock.recv() if self._sock is not None else None
+        now = self._loop.time()
+        if self._sock is None:
+            return
+        admitted, refused = self._sock.recv_admitted(
+            lambda raw: self._admission.admit(admission.source_key(raw), now), MAX_RECV_PER_WAKEUP)
+        for raw in admitted:
+            got = self._sock.parse(raw)
             if got is None:
-                break
-            now = self._loop.time()
+                continue
             if stun.is_stun(got.payload):
                 if self._netcheck is not None:
                     self._netcheck.receive_stun(got.payload, got.src, now)
             elif disco.looks_like_disco(got.payload):
                 self._on_disco(got.payload, got.src, now)
-        self._service()
+        if refused:
+            self._pause_reading()
+            self._loop.call_later(FLOOD_PAUSE_S, self._resume_reading)
+        if admitted:
+            self._service()
+
+    def _pause_reading(self) -> None:
+        if self._reading and self._sock is not None and self._loop is not None:
+            self._loop.remove_reader(self._sock.fileno())
+        self._reading = False
+
+    def _resume_reading(self) -> None:
+        if not self._reading and self._sock is not None and self._loop is not None:
+            self._loop.add_reader(self._sock.fileno(), self._on_readable)
+            self._reading = True
 
     def _on_disco(self, data: bytes, src: AddrPort, now: float) -> None:
         assert self._box is not None
@@ -523,6 +569,7 @@ class Magic:
             log.warning("STUN server %s: %s", spec, why)
         if specs == self._stun_specs:
             self._stun_servers = resolved
+            self._update_kernel_filter()
             self._next_restun = 0.0  # now
             if not resolved:
                 self._settle_stun()
@@ -556,8 +603,7 @@ class Magic:
         if nc is None:
             return [self._next_restun] if self._stun_servers else []
         for payload, dst in nc.datagrams_to_send(now):
-            if self._sock is not None:
-                self._sock.send(payload, dst)
+            self._send(payload, dst)
         if nc.done(now):
             self._apply_report(nc.report(), now)
             self._netcheck = None

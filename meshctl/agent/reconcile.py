@@ -2,9 +2,10 @@
 
 Order, and why:
 1. WireGuard device exists and has its key before peers (the key is in the same update).
-2. The packet filter (nft table netdev meshctl, hooked to the interface) before the link
-   comes up, so the interface never accepts a connection the policy forbids; after the
-   device exists, since the filter's chains are bound to it.
+2. The packet filter (nft table netdev meshctl hooked to the interface, and the strong host
+   model in table inet meshctl) before the link comes up, so the interface never accepts a
+   connection the policy forbids; after the device exists, since the filter's chains are
+   bound to it.
 3. Addresses/routes: routes need the link, and the link is brought up here, after
    the peers are configured.
 4. On a subnet router or exit node, IP forwarding: switched off (when no longer needed) before

@@ -1,8 +1,18 @@
-"""MagicDNS answers: query bytes + Zone -> what to send back (pure).
+"""MagicDNS answers: query bytes + who asks + Zone -> what to send back (pure).
 
 `answer()` decides, for one DNS message, whether to reply (A/AAAA/PTR, NXDOMAIN,
 NODATA, FORMERR, NOTIMP, REFUSED), to forward it upstream, or to drop it. It never
 raises: hostile bytes are dropped or answered FORMERR in time linear in their size.
+
+Who asks (`asker_of`, from the source address) decides what they may have:
+- the node itself (loopback, or one of its own mesh addresses or 100.100.100.100): mesh
+  names, and other names forwarded to this node's upstream resolvers (often private ones:
+  a home router, a corporate resolver, which other members have no business using);
+- a member (a source in the mesh's prefixes): mesh names only; other names REFUSED;
+- anyone else: nothing at all, not even a refusal (no reflection, nothing learnt).
+The source address can be believed: WireGuard lets a peer send only from its own mesh
+addresses, and the strong host model (firewall/ruleset.py) drops mesh sources arriving on
+any other interface.
 
 The wire parser here is our own, small and bounded (compression pointers may only
 point backwards, a name is at most 255 bytes); it raises `DnsParseError` subclasses
@@ -200,6 +210,22 @@ def parse_message(data: bytes) -> Message:
     return Message(msg_id, flags, labels, qtype, qclass, question_end, edns)
 
 
+class Asker(enum.Enum):
+    """Who sent a query, as far as MagicDNS is concerned (module docstring)."""
+
+    SELF = "self"
+    MEMBER = "member"
+    STRANGER = "stranger"
+
+
+def asker_of(source: ipaddress.IPv4Address | ipaddress.IPv6Address, zone: Zone) -> Asker:
+    if source.is_loopback or source in zone.own:
+        return Asker.SELF
+    if zone.is_mesh_address(source):
+        return Asker.MEMBER
+    return Asker.STRANGER
+
+
 class Action(enum.Enum):
     REPLY = "reply"  # send Reply.data back to the client
     FORWARD = "forward"  # send the query to an upstream resolver
@@ -214,12 +240,16 @@ class Reply:
     reason: str = ""  # why it was dropped or refused (for debug logs and stats)
 
 
-def answer(query: bytes, zone: Zone, *, forward: bool = False, tcp: bool = False) -> Reply:
-    """Decide what to do with one query. Never raises.
+def answer(query: bytes, zone: Zone, *, asker: Asker, forward: bool = False, tcp: bool = False) -> Reply:
+    """Decide what to do with one query from `asker`. Never raises.
 
-    forward: an upstream is configured, so names outside the mesh are forwarded
-    (else REFUSED). tcp: the query came over TCP, so no 512/EDNS size limit applies.
+    forward: an upstream is configured, so names outside the mesh are forwarded for the node
+    itself (else, and for members, REFUSED). tcp: the query came over TCP, so no 512/EDNS
+    size limit applies.
     """
+    if asker is Asker.STRANGER:
+        return Reply(Action.DROP, reason="not a member")
+    forward = forward and asker is Asker.SELF
     query = bytes(query)  # a bytearray would leak into dnslib's name cache (unhashable)
     if len(query) < HEADER_LEN:
         return Reply(Action.DROP, reason="shorter than a DNS header")

@@ -1,9 +1,12 @@
 """The MagicDNS listener: asyncio UDP and TCP on the given addresses (shell).
 
-Every decision is `resolver.answer()`; this module only moves bytes. Queries for
-names outside the mesh go to the upstream resolvers (UDP, retried over TCP when the
-reply is truncated), at most `max_forwards` at a time; when all upstreams fail or
-the limit is reached the client gets SERVFAIL at once, never silence.
+Every decision is `resolver.answer()`; this module only moves bytes. Who asks comes from the
+source address (`resolver.asker_of`): strangers are dropped before the query is parsed, each
+member address gets MEMBER_QUERIES_PER_S (a bounded table of token buckets, so a flood costs
+one dictionary lookup per query past its bucket), and only the node itself (not limited: it can
+reach its upstreams directly anyway) has names outside the mesh forwarded to the upstream
+resolvers (UDP, retried over TCP when the reply is truncated), at most `max_forwards` at a time;
+when all upstreams fail or the limit is reached it gets SERVFAIL at once, never silence.
 
 Sockets are bound with IP_FREEBIND, so the server can start before 100.100.100.100
 or the mesh address exists on the interface (the router adds them; ordering then
@@ -24,8 +27,9 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from meshctl.dns import resolver
-from meshctl.dns.resolver import Action
+from meshctl.dns.resolver import Action, Asker
 from meshctl.dns.zone import MAGIC_ADDRESS, Zone
+from meshctl.ratelimit import BucketTable
 
 __all__ = ["DEFAULT_PORT", "MAGIC_ADDRESS", "DnsServer", "Endpoint", "ServerStats"]
 from meshctl.errors import MeshctlError
@@ -38,6 +42,10 @@ MAX_CONCURRENT_FORWARDS: Final = 256  # beyond this, SERVFAIL instead of queuein
 MAX_TCP_CLIENTS: Final = 128
 TCP_IDLE_TIMEOUT_S: Final = 10.0  # RFC 7766 suggests seconds, not minutes
 UDP_BATCH: Final = 64  # datagrams read per wakeup before yielding to other tasks
+# A member's own MagicDNS answers its lookups; asking another node's is occasional (`dig @node`).
+MEMBER_QUERIES_PER_S: Final = 100.0
+MEMBER_QUERY_BURST: Final = 200.0
+MAX_TRACKED_SOURCES: Final = 4096  # buckets and who-asks answers kept (two addresses per member)
 _IP_FREEBIND: Final = 15  # linux/in.h; socket module lacks the name
 _IPV6_FREEBIND: Final = 78  # linux/in6.h (kernel >= 4.15)
 
@@ -53,6 +61,8 @@ class ServerStats:
     forwarded: int = 0
     dropped: int = 0
     servfail: int = 0
+    strangers: int = 0  # queries from outside the mesh, dropped unread
+    rate_limited: int = 0  # member queries past their bucket, dropped unread
 
 
 class DnsServer:
@@ -79,6 +89,9 @@ class DnsServer:
         self._tcp_writers: set[asyncio.StreamWriter] = set()
         self._bound: list[Endpoint] = []
         self._rng = random.SystemRandom()  # upstream query IDs must not be guessable
+        self._askers: dict[str, Asker] = {}
+        self._buckets: BucketTable[str] = BucketTable(MEMBER_QUERIES_PER_S, MEMBER_QUERY_BURST, MAX_TRACKED_SOURCES)
+        self._clock = 0.0  # the loop's time at the last wakeup
         self.stats = ServerStats()
 
     # -- public API -----------------------------------------------------------------
@@ -95,6 +108,7 @@ class DnsServer:
     def update_zone(self, zone: Zone) -> None:
         """Serve `zone` from the next query on (renames and revocations, no restart)."""
         self._zone = zone
+        self._askers.clear()  # a revoked member's address is a stranger's from now on
 
     def set_upstreams(self, upstreams: Sequence[Endpoint]) -> None:
         """Where non-mesh names go; empty means REFUSED for them (split DNS)."""
@@ -143,9 +157,33 @@ class DnsServer:
 
     # -- UDP ---------------------------------------------------------------------
 
+    def _asker(self, host: str) -> Asker:
+        who = self._askers.get(host)
+        if who is None:
+            try:
+                who = resolver.asker_of(ipaddress.ip_address(host.partition("%")[0]), self._zone)  # fe80::1%eth0
+            except ValueError:
+                return Asker.STRANGER
+            if len(self._askers) >= MAX_TRACKED_SOURCES:
+                self._askers.clear()
+            self._askers[host] = who
+        return who
+
+    def _admit(self, host: str) -> Asker | None:
+        """Who asks from `host`, or None: drop the query unread (a stranger, or a member past its rate)."""
+        who = self._asker(host)
+        if who is Asker.STRANGER:
+            self.stats.strangers += 1
+            return None
+        if who is Asker.MEMBER and not self._buckets.take(host, self._clock):
+            self.stats.rate_limited += 1
+            return None
+        return who
+
     def _on_udp_readable(self, sock: socket.socket) -> None:
         # Drain a batch per wakeup instead of one datagram per event-loop turn (what
         # asyncio's datagram transport does): several times the throughput under load.
+        self._clock = asyncio.get_running_loop().time()
         for _ in range(UDP_BATCH):
             try:
                 data, addr = sock.recvfrom(resolver.MAX_QUERY_BYTES + 1)
@@ -158,7 +196,10 @@ class DnsServer:
 
     def _handle_udp(self, data: bytes, addr: tuple[str, int], sock: socket.socket) -> None:
         self.stats.queries += 1
-        reply = resolver.answer(data, self._zone, forward=bool(self._upstreams))
+        who = self._admit(addr[0])
+        if who is None:
+            return
+        reply = resolver.answer(data, self._zone, asker=who, forward=bool(self._upstreams))
         if reply.action is Action.REPLY:
             self.stats.answered += 1
             _send(sock, reply.data, addr)
@@ -184,7 +225,9 @@ class DnsServer:
     # -- TCP (RFC 7766: two-byte length prefix, several queries per connection) -------
 
     async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if len(self._tcp_writers) >= MAX_TCP_CLIENTS:
+        peer = writer.get_extra_info("peername")
+        host = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        if len(self._tcp_writers) >= MAX_TCP_CLIENTS or self._asker(host) is Asker.STRANGER:
             writer.close()
             return
         self._tcp_writers.add(writer)
@@ -197,7 +240,11 @@ class DnsServer:
                 except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
                     return
                 self.stats.queries += 1
-                reply = resolver.answer(data, self._zone, forward=bool(self._upstreams), tcp=True)
+                self._clock = asyncio.get_running_loop().time()
+                who = self._admit(host)
+                if who is None:
+                    return  # a stranger, or a member past its rate: hung up on
+                reply = resolver.answer(data, self._zone, asker=who, forward=bool(self._upstreams), tcp=True)
                 if reply.action is Action.DROP:
                     self.stats.dropped += 1
                     return  # a client sending garbage over TCP gets hung up on

@@ -101,6 +101,7 @@ class Zone:
     serial: int = 1
     ttl: int = DEFAULT_TTL_S
     skipped: tuple[str, ...] = ()  # peer names left out (invalid or colliding)
+    own: tuple[IPAddress, ...] = ()  # this node's own mesh addresses and MAGIC_ADDRESS: "the node itself"
     _by_label: dict[str, tuple[IPAddress, ...]] = field(default_factory=dict, compare=False, repr=False)
     _by_reverse: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
     # Packed replies memoized by the resolver: a pure function of (zone, question), so
@@ -129,6 +130,9 @@ class Zone:
         if addr.version == 4:
             return addr in self.ipv4_cidr
         return addr in self.ipv6_prefix
+
+    def is_own_address(self, addr: IPAddress) -> bool:
+        return addr in self.own
 
     @property
     def soa(self) -> Soa:
@@ -164,6 +168,7 @@ def zone_from_netmap(netmap: NetMap, ttl: int = DEFAULT_TTL_S) -> Zone:
             skipped.append(peer.name)
             continue
         hosts[label] = tuple(peer.addresses)
+    me = netmap.self_peer
     return Zone(
         domain=domain,
         ipv4_cidr=netmap.network.ipv4_cidr,
@@ -172,6 +177,7 @@ def zone_from_netmap(netmap: NetMap, ttl: int = DEFAULT_TTL_S) -> Zone:
         serial=netmap.serial,
         ttl=ttl,
         skipped=tuple(skipped),
+        own=(*(me.addresses if me else ()), ipaddress.IPv4Address(MAGIC_ADDRESS)),
     )
 
 

@@ -1,12 +1,13 @@
-"""PacketFilter -> the nftables table that enforces it, as nft JSON and text (pure).
+"""PacketFilter -> the nftables tables that enforce it, as nft JSON and text (pure).
 
-The rules are ruleset.py's; this module puts them into meshctl's own table, in one of two
+The rules are ruleset.py's; this module puts them into meshctl's own tables, in one of two
 layouts:
 
-DEVICE (Linux 5.16 and newer), the default: hooks on the mesh interface itself, so no other
-packet of the host ever passes meshctl's rules (an inet hook costs every packet of the host
-about 0.3 us here: 12 % of a small-packet flood that has nothing to do with the mesh, and
-half of the filter's cost to a WireGuard flow, whose encrypted packets pass it too)::
+DEVICE (Linux 5.16 and newer), the default: the mesh filter hooks the mesh interface itself,
+so no other packet of the host passes those rules (an inet hook costs every packet of the
+host about 0.3 us here: 12 % of a small-packet flood that has nothing to do with the mesh,
+and half of the filter's cost to a WireGuard flow, whose encrypted packets pass it too); the
+strong host model, which must see every interface, is one short inet chain::
 
     table netdev meshctl {
         set udp4-replies, udp6-replies   # (peer, peer port, own address, own port), 2 min
@@ -15,12 +16,23 @@ half of the filter's cost to a WireGuard flow, whose encrypted packets pass it t
         chain egress  { type filter hook egress device IF priority filter; policy accept;
                         ruleset.outbound_rules (non-UDP accept first) }
     }
+    table inet meshctl {
+        chain strong-host { type filter hook prerouting priority -500; policy accept;
+                            ruleset.strong_host_rules (the mesh interface and loopback accepted
+                            first; elsewhere mesh destinations and mesh sources dropped) }
+    }
+
+On a subnet router or exit node (a RouterSettings given, firewall/routed.py) the filter table
+also holds chain `routed` (the policy for routed traffic, jumped to from the inbound chain), and
+table inet meshctl chains `routed-forward` (hook forward: MSS clamping, and forwarding for the
+mesh only when meshctl turned it on) and `routed-snat` (hook postrouting, type nat: masquerade).
 
 HOOKS (kernels without the netdev egress hook): the same rules behind inet hooks that
-every packet passes, with the interface matched by name::
+every packet passes, with the interface matched by name, in one table::
 
     table inet meshctl {
         set udp4-replies, udp6-replies
+        chain strong-host { type filter hook prerouting priority -500; ruleset.strong_host_rules }
         chain prerouting  { type filter hook prerouting priority mangle; iifname IF jump mesh-in }
         chain postrouting { type filter hook postrouting priority 300; oifname IF udp jump mesh-out }
         chain mesh-out { ruleset.outbound_rules }
@@ -37,8 +49,8 @@ A device-bound chain goes with its device: Linux 6.1 removes it when the interfa
 every pass and the interface comes up only after the filter is in place, so a recreated
 interface gets its filter again before it carries anything.
 
-A replace keeps the reply sets' elements when the table's layout is unchanged: the
-transaction flushes the table's rules and adds the new ones (`flush table` leaves set
+A replace keeps the reply sets' elements when the tables' layout is unchanged: the
+transaction flushes the tables' rules and adds the new ones (`flush table` leaves set
 elements alone). Otherwise (the first time, a changed layout, an older meshctl's table) it
 deletes both of meshctl's tables (`add` first, so the delete cannot fail) and builds the new
 one. Either way it is one kernel transaction.
@@ -63,6 +75,7 @@ from meshctl.firewall.ruleset import (
     inbound_rules,
     l4proto,
     outbound_rules,
+    strong_host_rules,
 )
 from meshctl.policy.protocols import PROTO_UDP
 
@@ -72,6 +85,7 @@ if TYPE_CHECKING:
 TABLE: Final = "meshctl"
 CHAIN: Final = "mesh-in"
 CHAIN_OUT: Final = "mesh-out"
+CHAIN_STRONG_HOST: Final = "strong-host"
 # The names nft uses for priorities, per family (netdev knows only "filter").
 PRIORITY_NAMES: Final = {"inet": {-150: "mangle", 0: "filter", 100: "srcnat"}, "netdev": {0: "filter"}}
 REPLY_SET_SIZE: Final = 65535  # when full, new flows' replies are dropped (as with a full conntrack table)
@@ -114,13 +128,20 @@ class _Chain:
         return chain
 
 
+# Before everything else on the host (raw -300, conntrack -200, other tables' mangle and filter):
+# a packet for the mesh's addresses from elsewhere is gone before anything keeps state about it.
+STRONG_HOST: Final = _Chain(Layout.HOOKS.family, CHAIN_STRONG_HOST, "prerouting", -500)
+
+
 def _filter_chains(layout: Layout) -> tuple[_Chain, ...]:
+    """The node's own filter, and the strong host model (always in table inet: it must see every
+    interface)."""
     family = layout.family
     if layout is Layout.DEVICE:
-        return _Chain(family, "ingress", "ingress", -150), _Chain(family, "egress", "egress", 0)
+        return _Chain(family, "ingress", "ingress", -150), _Chain(family, "egress", "egress", 0), STRONG_HOST
     # mangle (-150) runs before destination NAT undoes a masquerade; 300 after source NAT.
-    return (_Chain(family, "prerouting", "prerouting", -150), _Chain(family, "postrouting", "postrouting", 300),
-            _Chain(family, CHAIN_OUT), _Chain(family, CHAIN))
+    return (STRONG_HOST, _Chain(family, "prerouting", "prerouting", -150),
+            _Chain(family, "postrouting", "postrouting", 300), _Chain(family, CHAIN_OUT), _Chain(family, CHAIN))
 
 
 def _router_chains(layout: Layout, pf: PacketFilter, router: RouterSettings | None) -> list[_Chain]:
@@ -149,7 +170,7 @@ def _rules_of(pf: PacketFilter, interface: str, layout: Layout,
     """(family, chain) -> its rules."""
     family = layout.family
     routing = router is not None and routed.carries_routes(pf)
-    out: dict[tuple[str, str], list[Rule]] = {}
+    out: dict[tuple[str, str], list[Rule]] = {(STRONG_HOST.family, STRONG_HOST.name): strong_host_rules(pf, interface)}
     if layout is Layout.DEVICE:
         out[(family, "ingress")] = inbound_rules(pf, netdev=True, routed=routing)
         out[(family, "egress")] = outbound_rules(netdev=True)

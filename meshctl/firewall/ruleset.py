@@ -1,7 +1,9 @@
 """The packet filter as nft rules, before any table or chain holds them (pure).
 
 `inbound_rules` is what a node accepts on its mesh interface; `outbound_rules` records the
-UDP flows it sends, so their replies are let in. nft.py puts them into a table.
+UDP flows it sends, so their replies are let in; `strong_host_rules` keep the mesh's
+addresses to the mesh interface (every interface's packets pass them). nft.py puts them into
+tables.
 
 No rule uses connection tracking: any `ct` expression makes the kernel track every packet
 of the network namespace (WireGuard's own UDP included), which cost 10 % of a tunnel's
@@ -31,6 +33,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, TypeAlias
 
 from meshctl.coord.netmap import IPAddress, Prefix
+from meshctl.dns.zone import MAGIC_ADDRESS
 from meshctl.policy.protocols import (
     ALL_PORTS,
     PORT_PROTOS,
@@ -319,4 +322,32 @@ def outbound_rules(netdev: bool) -> list[Rule]:
         name = REPLY_SETS[version]
         rules.append(Rule((Match({"set": {"op": "update", "elem": key, "set": f"@{name}"}},
                                    f"update @{name} {{ {text} }}"),), ""))
+    return rules
+
+
+def strong_host_rules(pf: PacketFilter, interface: str) -> list[Rule]:
+    """The strong host model for the mesh's addresses, for packets arriving on any interface.
+
+    Linux takes a packet for any of its addresses on whatever interface it arrives (the weak
+    host model): a LAN neighbour that routes 100.64.0.0/10 via this node would reach every
+    service bound to its mesh address, around the policy, which only sees the mesh interface.
+    So, before anything else of the host sees a packet: what arrives on the mesh interface or
+    loopback goes on (the mesh's own filter decides); elsewhere a packet for one of the node's
+    mesh addresses or MagicDNS's, or from inside the mesh's prefixes, is dropped. Nothing else
+    is touched: routed traffic between the mesh and a LAN keeps working, in both directions.
+    """
+    iifname: Json = {"meta": {"key": "iifname"}}
+    rules = [
+        Rule((eq(iifname, interface, f'iifname "{interface}"'),), "accept", "the mesh: its own filter decides"),
+        Rule((eq({"meta": {"key": "iif"}}, "lo", 'iif "lo"'),), "accept", "this node itself"),
+    ]
+    magic = ipaddress.ip_address(MAGIC_ADDRESS)
+    for version in (4, 6):
+        family = family_of(version)
+        own = [a for a in (*pf.addresses, magic) if a.version == version]
+        if own:
+            rules.append(Rule((addr_match(family, "daddr", own),), "drop", "a mesh address, not through the mesh"))
+        prefixes = [p for p in pf.mesh_prefixes if p.version == version]
+        if prefixes:
+            rules.append(Rule((addr_match(family, "saddr", prefixes),), "drop", "a mesh source, not from the mesh"))
     return rules

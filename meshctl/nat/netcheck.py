@@ -175,6 +175,12 @@ class Netcheck:
         if sent is None:
             return False
         server, sent_at = sent
+        if src != server.addr:
+            # Our transaction id, from elsewhere: someone who saw the request answers for the
+            # server (an off-path sender cannot know the 96-bit id). Only the server's own
+            # address counts; what a forger there can still do is SECURITY.md's to bound.
+            log.debug("ignored a STUN answer for %s from %s", server.name, src)
+            return False
         if server.name not in self._answers:
             self._answers[server.name] = (mapped, max(0.0, now - sent_at))
         return True

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import ipaddress
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, TypeAlias
 
 from meshctl.errors import ParseError
 from meshctl.nat.addr import AddrPort
@@ -138,40 +139,118 @@ class BpfInsn:
     k: int
 
 
-def shared_port_filter(port: int, disco_magic: bytes = DISCO_MAGIC) -> tuple[BpfInsn, ...]:
+BPF_JA: Final = 0x05  # unconditional jump by k (32 bits: any distance)
+BPF_MAX_JUMP: Final = 255  # conditional jumps (jt, jf) are one byte
+# Sender keys checked in the kernel; a larger mesh checks only the magic there (the agent still
+# refuses unknown keys before any cryptography). 4 instructions per 1,000 keys on top.
+MAX_FILTER_DISCO_KEYS: Final = 2000
+MAX_FILTER_STUN_SOURCES: Final = 32
+_KEY_BLOCK: Final = 200  # compares per block, each block with its own nearby ACCEPT
+
+
+@dataclass(frozen=True, slots=True)
+class _Jump:
+    """A conditional jump to labels (None: the next instruction), resolved by _assemble."""
+
+    code: int
+    k: int
+    jt: str | None
+    jf: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Goto:
+    label: str
+
+
+Asm: TypeAlias = "BpfInsn | _Jump | _Goto | str"  # a str is a label: it takes no room
+
+
+def _assemble(items: list[Asm]) -> tuple[BpfInsn, ...]:
+    """Resolve labels; ValueError if a conditional jump would need more than a byte."""
+    where: dict[str, int] = {}
+    pc = 0
+    for item in items:
+        if isinstance(item, str):
+            where[item] = pc
+        else:
+            pc += 1
+    out: list[BpfInsn] = []
+    for item in items:
+        if isinstance(item, str):
+            continue
+        nxt = len(out) + 1
+        if isinstance(item, _Goto):
+            out.append(BpfInsn(BPF_JA, 0, 0, where[item.label] - nxt))
+        elif isinstance(item, _Jump):
+            jt, jf = (0 if lab is None else where[lab] - nxt for lab in (item.jt, item.jf))
+            if not (0 <= jt <= BPF_MAX_JUMP and 0 <= jf <= BPF_MAX_JUMP):
+                raise ValueError("BPF jump out of range")
+            out.append(BpfInsn(item.code, jt, jf, item.k))
+        else:
+            out.append(item)
+    return tuple(out)
+
+
+def shared_port_filter(port: int, disco_magic: bytes = DISCO_MAGIC, *,
+                       disco_senders: Sequence[bytes] | None = None,
+                       stun_sources: Sequence[AddrPort] | None = None) -> tuple[BpfInsn, ...]:
     """The program for a raw IPv4 UDP socket (input starts at the IP header).
 
-    Accept only unfragmented UDP to `port` whose payload is STUN (two leading zero
-    bits and the magic cookie at offset 4) or disco (the 6-byte magic); drop the
-    rest, so WireGuard's own traffic never wakes the agent.
+    Accept only unfragmented UDP to `port` whose payload is STUN (two leading zero bits and
+    the magic cookie at offset 4) or disco (the 6-byte magic); drop the rest, so WireGuard's
+    own traffic never wakes the agent. The kernel can refuse more, at no cost to anyone:
+    `disco_senders` (the verified map's disco keys): disco only from those (the first 4 bytes
+    of the sender key compared; more than MAX_FILTER_DISCO_KEYS: not checked here);
+    `stun_sources`: STUN only from those addresses (the STUN servers the agent asks).
     """
     if not 0 < port <= 0xFFFF:
         raise ValueError("port must be 1..65535")
     if len(disco_magic) != 6:
         raise ValueError("disco magic must be 6 bytes")
-    m_word = int.from_bytes(disco_magic[:4], "big")
-    m_half = int.from_bytes(disco_magic[4:], "big")
-    # Layout (index: instruction), ACCEPT = 15, DROP = 16; offsets are relative to i + 1.
-    prog = (
-        BpfInsn(BPF_LD_B_ABS, 0, 0, 9),  # 0: A = ip protocol
-        BpfInsn(BPF_JEQ_K, 0, 14, IPPROTO_UDP),  # 1: UDP? else DROP
-        BpfInsn(BPF_LD_H_ABS, 0, 0, 6),  # 2: A = flags + fragment offset
-        BpfInsn(BPF_JSET_K, 12, 0, 0x1FFF),  # 3: a later fragment has no UDP header: DROP
-        BpfInsn(BPF_LDX_B_MSH, 0, 0, 0),  # 4: X = IP header length
-        BpfInsn(BPF_LD_H_IND, 0, 0, 2),  # 5: A = UDP destination port
-        BpfInsn(BPF_JEQ_K, 0, 9, port),  # 6: our port? else DROP
-        BpfInsn(BPF_LD_B_IND, 0, 0, 8),  # 7: A = first payload byte
-        BpfInsn(BPF_JSET_K, 2, 0, 0xC0),  # 8: top bits set: not STUN, try disco (11)
-        BpfInsn(BPF_LD_W_IND, 0, 0, 12),  # 9: A = payload[4:8]
-        BpfInsn(BPF_JEQ_K, 4, 0, MAGIC_COOKIE),  # 10: STUN cookie: ACCEPT
-        BpfInsn(BPF_LD_W_IND, 0, 0, 8),  # 11: A = payload[0:4]
-        BpfInsn(BPF_JEQ_K, 0, 3, m_word),  # 12: disco magic head? else DROP
-        BpfInsn(BPF_LD_H_IND, 0, 0, 12),  # 13: A = payload[4:6]
-        BpfInsn(BPF_JEQ_K, 0, 1, m_half),  # 14: disco magic tail? ACCEPT else DROP
-        BpfInsn(BPF_RET_K, 0, 0, BPF_ACCEPT_LEN),  # 15: ACCEPT
-        BpfInsn(BPF_RET_K, 0, 0, 0),  # 16: DROP
-    )
-    return prog
+    accept, drop = BpfInsn(BPF_RET_K, 0, 0, BPF_ACCEPT_LEN), BpfInsn(BPF_RET_K, 0, 0, 0)
+    prog: list[Asm] = [
+        BpfInsn(BPF_LD_B_ABS, 0, 0, 9),  # A = ip protocol
+        _Jump(BPF_JEQ_K, IPPROTO_UDP, None, "drop"),
+        BpfInsn(BPF_LD_H_ABS, 0, 0, 6),  # A = flags + fragment offset
+        _Jump(BPF_JSET_K, 0x1FFF, "drop", None),  # a later fragment has no UDP header
+        BpfInsn(BPF_LDX_B_MSH, 0, 0, 0),  # X = IP header length
+        BpfInsn(BPF_LD_H_IND, 0, 0, 2),  # A = UDP destination port
+        _Jump(BPF_JEQ_K, port, None, "drop"),
+        BpfInsn(BPF_LD_B_IND, 0, 0, 8),  # A = first payload byte
+        _Jump(BPF_JSET_K, 0xC0, "disco", None),  # top bits set: not STUN
+        BpfInsn(BPF_LD_W_IND, 0, 0, 12),  # A = payload[4:8]
+        _Jump(BPF_JEQ_K, MAGIC_COOKIE, "stun", "disco"),
+        "disco",
+        BpfInsn(BPF_LD_W_IND, 0, 0, 8),  # A = payload[0:4]
+        _Jump(BPF_JEQ_K, int.from_bytes(disco_magic[:4], "big"), None, "drop"),
+        BpfInsn(BPF_LD_H_IND, 0, 0, 12),  # A = payload[4:6]
+        _Jump(BPF_JEQ_K, int.from_bytes(disco_magic[4:], "big"), "senders", "drop"),
+        "drop",
+        drop,
+        "stun",
+    ]
+    if stun_sources is None or len(stun_sources) > MAX_FILTER_STUN_SOURCES:
+        prog.append(accept)
+    else:
+        for i, src in enumerate(s for s in stun_sources if s.ip.version == 4):
+            prog += [BpfInsn(BPF_LD_W_ABS, 0, 0, 12),  # A = IP source
+                     _Jump(BPF_JEQ_K, int(src.ip), None, f"stun-{i}"),
+                     BpfInsn(BPF_LD_H_IND, 0, 0, 0),  # A = UDP source port
+                     _Jump(BPF_JEQ_K, src.port, "stun-ok", None),
+                     f"stun-{i}"]
+        prog += [drop, "stun-ok", accept]
+    prog.append("senders")
+    keys = sorted({int.from_bytes(k[:4], "big") for k in disco_senders or ()})
+    if disco_senders is None or len(disco_senders) > MAX_FILTER_DISCO_KEYS:
+        prog.append(accept)
+    else:
+        prog.append(BpfInsn(BPF_LD_W_IND, 0, 0, 8 + len(disco_magic)))  # A = the sender key's first 4 bytes
+        for b, first in enumerate(range(0, len(keys), _KEY_BLOCK)):
+            prog += [_Jump(BPF_JEQ_K, k, f"key-ok-{b}", None) for k in keys[first : first + _KEY_BLOCK]]
+            prog += [_Goto(f"key-next-{b}"), f"key-ok-{b}", accept, f"key-next-{b}"]
+        prog.append(drop)
+    return _assemble(prog)
 
 
 def pack_filter(prog: tuple[BpfInsn, ...]) -> bytes:

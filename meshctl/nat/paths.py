@@ -45,6 +45,19 @@ Behaviour (numbers are the constants below):
   and fast probing starts again, so a NAT rebinding recovers within seconds.
 - Replays are harmless: a pong counts only once, for a txid we sent and still wait for,
   from the address we pinged.
+- No reflection: a ping can be captured and replayed from any address, and what it makes us
+  send goes to that address. So an address no pong of ours has come back from (unverified)
+  gets at most one pong per ping and, when it is new, one ping of ours to verify it: never
+  punches, never call-me-maybe, never the periodic probes; it is forgotten when that ping goes
+  unanswered, at most MAX_UNVERIFIED_REFLEXIVE of them are kept (they never push out the
+  peer's own candidates), and all sends to unverified addresses share one budget per peer
+  (UNVERIFIED_SENDS_PER_S). One replayed ping makes two packets (pong and ping, 210 bytes for
+  its 112), and a flood of them a few a second. Why the two: without the pong a peer behind
+  a symmetric NAT could never prove its path to us (only we see the port its NAT chose), and
+  without our own ping we could not prove ours to it (only a pong to our own fresh txid, from
+  that very address, does). Punches are not needed there: the peer's NAT already maps towards
+  us (the ping left through it), and our pong opens our own. A reflexive address that answers
+  is verified like any other candidate, and only then counts as the peer's symmetric NAT.
 - One designated WireGuard initiator per pair (`is_designated_initiator`): the side
   behind the harder NAT, else the lower public key. PathChanged carries it so the shell
   lets only that side start the handshake (two simultaneous handshakes cost WireGuard's
@@ -63,6 +76,7 @@ from typing import Final, TypeAlias
 from meshctl.keys import NodePublic
 from meshctl.nat.addr import AddrPort
 from meshctl.nat.disco import MAX_ENDPOINTS, TXID_LEN, CallMeMaybe, DiscoMessage, Ping, Pong
+from meshctl.ratelimit import TokenBucket
 
 PROBE_INTERVAL_S: Final = 1.0  # ping every candidate this often while looking for a path
 NO_DIRECT_AFTER_S: Final = 5.0  # report NoDirectPath after this long without a pong
@@ -91,6 +105,11 @@ HOLD_INTERVAL_S: Final = SLOW_PROBE_INTERVAL_S  # refresh our own NAT entries (<
 PUNCH_TTL: Final = 2  # passes our NAT, dies before the peer's when a router sits between
 HOLD_TTL: Final = 1  # refreshes our NAT's existing entry and dies there: never reaches the peer
 DEATH_GRACE_S: Final = 60.0  # after a path died, slow probing this long before the rounds
+# Sends to addresses no pong has come back from (module docstring, "No reflection"): a real peer
+# needs a handful while it probes; a replayed ping gets no more than these.
+UNVERIFIED_SENDS_PER_S: Final = 4.0
+UNVERIFIED_SENDS_BURST: Final = 8.0
+MAX_UNVERIFIED_REFLEXIVE: Final = 4
 # floor() of a time that is exactly a round boundary must land in the new round
 _ROUND_EPSILON: Final = 1e-6
 
@@ -211,6 +230,11 @@ class _Candidate:
     latency_s: float | None = None
     last_pong: float | None = None
 
+    @property
+    def unverified_reflexive(self) -> bool:
+        """Known only from a ping's source address (replayable from anywhere), not yet answered."""
+        return self.source is CandidateSource.REFLEXIVE and self.last_pong is None
+
 
 class _Mode(enum.Enum):
     PROBING = "probing"
@@ -261,6 +285,7 @@ class PeerPaths:
         self._burst_left = 0
         self._next_hold = now
         self._cmm_pending = False
+        self._unverified_sends = TokenBucket.full(UNVERIFIED_SENDS_PER_S, UNVERIFIED_SENDS_BURST, now)
         if relay_available:
             self._events.append(PathChanged(self._path, self.initiator))
         self._add(static_endpoints, CandidateSource.STATIC)
@@ -383,7 +408,7 @@ class PeerPaths:
             else:
                 self._burst_left = OPEN_BURST_PINGS
                 self._next_probe = now
-                self._out += [SendPunch(a) for a in self._candidates if a.ip.version == 4]
+                self._out += [SendPunch(a) for a in self._probe_targets() if a.ip.version == 4]
                 if self._cmm_pending:
                     self._send_call_me_maybe()
         if not holds_round(k, self.initiator):
@@ -395,7 +420,7 @@ class PeerPaths:
                 self._next_probe = now + PROBE_INTERVAL_S
                 self._next_hold = now + HOLD_INTERVAL_S
         elif now >= self._next_hold:
-            self._out += [SendPunch(a, HOLD_TTL) for a in self._candidates if a.ip.version == 4]
+            self._out += [SendPunch(a, HOLD_TTL) for a in self._probe_targets() if a.ip.version == 4]
             self._next_hold = now + HOLD_INTERVAL_S
 
     def _silent(self) -> bool:
@@ -410,6 +435,7 @@ class PeerPaths:
     # --- internals -----------------------------------------------------------------------
 
     def _add(self, endpoints: Iterable[AddrPort], source: CandidateSource) -> list[AddrPort]:
+        """New candidates; the peer's own (static, call-me-maybe) get TTL-2 punches first."""
         added = []
         for addr in endpoints:
             if addr in self._candidates or addr.port == 0 or addr.ip.is_unspecified:
@@ -418,7 +444,8 @@ class PeerPaths:
                 if not self._evict_one():
                     break
             self._candidates[addr] = _Candidate(source)
-            self._out += [SendPunch(addr)] * PUNCHES_PER_CANDIDATE if addr.ip.version == 4 else []
+            if source is not CandidateSource.REFLEXIVE and addr.ip.version == 4:
+                self._out += [SendPunch(addr)] * PUNCHES_PER_CANDIDATE
             added.append(addr)
         return added
 
@@ -431,6 +458,13 @@ class PeerPaths:
                     return True
         return False
 
+    def _probe_targets(self) -> list[AddrPort]:
+        """Where probes, punches and call-me-maybe go: every candidate but unverified reflexive ones."""
+        return [a for a, c in self._candidates.items() if not c.unverified_reflexive]
+
+    def _may_send_unverified(self, now: float) -> bool:
+        return self._unverified_sends.take(1.0, now)
+
     def _send_call_me_maybe(self) -> None:
         msg = CallMeMaybe(self._local)
         self._cmm_pending = False
@@ -441,7 +475,7 @@ class PeerPaths:
         elif self._silent():
             self._cmm_pending = True  # sent with our next burst
         else:  # no working path yet: try where the peer might already listen
-            self._out += [SendDisco(msg, a) for a in self._candidates]
+            self._out += [SendDisco(msg, a) for a in self._probe_targets()]
 
     def _ping(self, dst: AddrPort, now: float) -> None:
         txid = self._rand(TXID_LEN)
@@ -451,7 +485,7 @@ class PeerPaths:
         self._out.append(SendDisco(Ping(txid, self.our_node_key), dst))
 
     def _ping_all(self, now: float, except_: AddrPort | None) -> None:
-        for addr in self._candidates:
+        for addr in self._probe_targets():
             if addr != except_:
                 self._ping(addr, now)
 
@@ -476,6 +510,10 @@ class PeerPaths:
             if now < sent + PING_TIMEOUT_S:  # same expression as next_deadline: no busy wake-ups
                 continue
             del self._pings[txid]
+            cand = self._candidates.get(dst)
+            if cand is not None and cand.unverified_reflexive and all(d != dst for d, _ in self._pings.values()):
+                del self._candidates[dst]  # it did not answer: no more of our packets go there
+                continue
             if self._mode is _Mode.DIRECT and dst == self._path.endpoint:
                 self._missed += 1
                 self._next_heartbeat = min(self._next_heartbeat, now + SUSPECT_INTERVAL_S)
@@ -498,17 +536,27 @@ class PeerPaths:
     def _on_ping(self, txid: bytes, node_key: NodePublic, src: AddrPort | None, now: float) -> None:
         if node_key != self.peer_node_key or src is None:
             return  # not this peer's WireGuard key, or over the relay (proves no path)
+        cand = self._candidates.get(src)
+        verified = cand is not None and cand.last_pong is not None
+        if not verified and not self._may_send_unverified(now):
+            return  # module docstring, "No reflection"
         self._out.append(SendDisco(Pong(txid, src), src))
-        if src not in self._candidates:
-            advertised_ips = {a.ip for a, c in self._candidates.items()
-                              if c.source is not CandidateSource.REFLEXIVE}
-            if src.ip in advertised_ips:
-                self.peer_nat_hard = True  # same public IP, unadvertised port: symmetric NAT
-            if self._add([src], CandidateSource.REFLEXIVE):
-                self._ping(src, now)
+        if cand is None:
+            self._add_reflexive(src, now)
         elif self._mode is _Mode.PROBING and all(d != src for d, _ in self._pings.values()):
             # the peer got through to us (e.g. it opened its recovery round while we only
             # held our NAT entries): ping back at once, our own pong makes the path
+            if verified or self._may_send_unverified(now):
+                self._ping(src, now)
+
+    def _add_reflexive(self, src: AddrPort, now: float) -> None:
+        """Where a ping came from, not yet proven: one ping of ours to verify it, if the budget allows."""
+        if not self._may_send_unverified(now):
+            return
+        unverified = [a for a, c in self._candidates.items() if c.unverified_reflexive]
+        if len(unverified) >= MAX_UNVERIFIED_REFLEXIVE:
+            del self._candidates[unverified[0]]
+        if self._add([src], CandidateSource.REFLEXIVE):
             self._ping(src, now)
 
     def _on_pong(self, txid: bytes, src: AddrPort | None, now: float) -> None:
@@ -526,6 +574,9 @@ class PeerPaths:
         latency = max(0.0, now - sent_at)
         cand = self._candidates.get(dst)
         if cand is not None:
+            if cand.unverified_reflexive and dst.ip in {a.ip for a, c in self._candidates.items()
+                                                        if c.source is not CandidateSource.REFLEXIVE}:
+                self.peer_nat_hard = True  # its public IP, a port it never advertised: symmetric NAT
             cand.latency_s, cand.last_pong = latency, now
         challenger = Path(PathKind.DIRECT, dst, latency)
         if self._mode is _Mode.DIRECT and dst == self._path.endpoint:

@@ -10,7 +10,8 @@ therefore:
   IP TTL (TTL 2 for the pre-punch that opens our NAT without reaching the peer's);
 - receive with a raw IPPROTO_UDP socket, which gets a copy of every incoming UDP
   packet, and a classic BPF program (SO_ATTACH_FILTER) that keeps only STUN/disco
-  to the WireGuard port, so the agent stays idle under WireGuard load.
+  to the WireGuard port, so the agent stays idle under WireGuard load; `set_filter`
+  narrows it to the map's disco keys and the STUN servers asked (packet.shared_port_filter).
 
 WireGuard also receives these packets and drops them silently (they are not
 WireGuard messages). This works the same for both WireGuard backends.
@@ -26,6 +27,7 @@ import select
 import socket
 import struct
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -33,6 +35,7 @@ from meshctl.errors import MeshctlError
 from meshctl.nat import packet
 from meshctl.nat.addr import AddrPort
 from meshctl.settings import SOCKET_MARK
+from meshctl.udp import mmsg
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +43,11 @@ SO_ATTACH_FILTER: Final = 26  # linux/asm-generic/socket.h; not exported by the 
 SO_MARK: Final = getattr(socket, "SO_MARK", 36)
 RECV_BUFFER: Final = 1 << 20  # bursts of pongs/STUN replies must not be dropped
 MAX_PACKET: Final = 65535
+# What recv_raw reads: a disco packet is at most 1,200 bytes, STUN answers a few hundred, plus
+# the IP and UDP headers. Longer ones arrive cut short and fail to parse (dropped, as they
+# should be); a 64 KiB buffer per read cost a flood a third more CPU.
+RECV_BYTES: Final = 2048
+RECV_SLOTS: Final = 64  # packets per recvmmsg
 PUNCH_TTL: Final = 2  # expires past our own NAT, before the peer's (conntrack poisoning cure)
 PUNCH_PAYLOAD: Final = b""  # WireGuard drops it; only the NAT mapping matters
 
@@ -97,6 +105,7 @@ class SharedPortSocket:
         mark_underlay(self._tx)
         self._rx = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP)
         self._ident = 0
+        self._batch = mmsg.Batch(RECV_SLOTS, RECV_BYTES) if mmsg.available() else None
         try:
             self._rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECV_BUFFER)
             attach_filter(self._rx, packet.shared_port_filter(port))
@@ -158,21 +167,66 @@ class SharedPortSocket:
         """A low-TTL packet that opens our NAT's mapping towards `dst` and dies before it."""
         return self.send(PUNCH_PAYLOAD, dst, ttl=ttl)
 
+    def set_filter(self, disco_senders: Sequence[bytes] | None, stun_sources: Sequence[AddrPort] | None) -> None:
+        """Replace the BPF program (atomically: no packet passes unfiltered meanwhile)."""
+        attach_filter(self._rx, packet.shared_port_filter(self.port, disco_senders=disco_senders,
+                                                          stun_sources=stun_sources))
+
+    def recv_raw(self) -> bytes | None:
+        """The next packet the filter let through, IPv4 header and all; None if none is queued."""
+        try:
+            return self._rx.recv(RECV_BYTES)
+        except BlockingIOError:
+            return None
+
+    def recv_admitted(self, admit: Callable[[bytes | memoryview], bool], limit: int) -> tuple[list[bytes], int]:
+        """Up to `limit` queued packets, each shown to `admit` (IPv4 header and all) before it is
+        copied out: (the admitted packets, how many were refused). With recvmmsg one system
+        call reads 64, and a refused packet costs a look at its header in the buffer."""
+        if self._batch is None:
+            admitted: list[bytes] = []
+            refused = 0
+            for _ in range(limit):
+                if (raw := self.recv_raw()) is None:
+                    break
+                if admit(raw):
+                    admitted.append(raw)
+                else:
+                    refused += 1
+            return admitted, refused
+        admitted, refused = [], 0
+        batch = self._batch
+        while limit > 0:
+            n = batch.recv(self._rx.fileno())
+            for i in range(n):
+                view = batch.view(i)
+                if admit(view):
+                    admitted.append(bytes(view))
+                else:
+                    refused += 1
+            limit -= n
+            if n < batch.slots:
+                break
+        return admitted, refused
+
+    def parse(self, data: bytes) -> Received | None:
+        """A raw packet as a Received, or None for one that is not whole UDP to our port."""
+        try:
+            pkt = packet.parse_ipv4_udp(data)
+        except packet.PacketError as exc:
+            log.debug("dropped raw packet: %s", exc)
+            return None
+        if pkt.dst.port != self.port:  # the filter already checks; belt and braces
+            return None
+        return Received(pkt.payload, pkt.src, pkt.dst, pkt.ttl)
+
     def recv(self) -> Received | None:
         """The next STUN/disco packet for our port, or None if none is queued."""
-        while True:
-            try:
-                data = self._rx.recv(MAX_PACKET)
-            except BlockingIOError:
-                return None
-            try:
-                pkt = packet.parse_ipv4_udp(data)
-            except packet.PacketError as exc:
-                log.debug("dropped raw packet: %s", exc)
-                continue
-            if pkt.dst.port != self.port:  # the filter already checks; belt and braces
-                continue
-            return Received(pkt.payload, pkt.src, pkt.dst, pkt.ttl)
+        while (data := self.recv_raw()) is not None:
+            got = self.parse(data)
+            if got is not None:
+                return got
+        return None
 
     def recv_wait(self, timeout: float) -> Received | None:
         """Block up to `timeout` seconds for the next packet (for the standalone tools)."""

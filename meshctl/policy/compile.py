@@ -154,6 +154,8 @@ class PacketFilter:
     addresses: tuple[IPAddress, ...]
     rules: tuple[FilterRule, ...]
     echo: tuple[EchoRule, ...]
+    # The mesh's own prefixes: a source in them is a member, believed only on the mesh interface.
+    mesh_prefixes: tuple[Prefix, ...] = ()
     forward: ForwardFilter = ForwardFilter()
 
 
@@ -316,8 +318,8 @@ def node_filter(ruleset: RuleSet, device: Device) -> PacketFilter:
         for rule in ruleset.rules:
             if reached := addrset.intersect(rule.destination_set, carried):
                 forward.append(_filter_rule(rule, addrset.prefixes(reached)))
-    return PacketFilter(device.name, device.addresses, tuple(rules), echo,
-                        ForwardFilter(addrset.prefixes(carried), tuple(forward)))
+    return PacketFilter(device.name, device.addresses, tuple(rules), echo, addrset.prefixes(ruleset.mesh),
+                        forward=ForwardFilter(addrset.prefixes(carried), tuple(forward)))
 
 
 def compile_filter(policy: Policy, netmap: NetMap, node: str | None = None) -> PacketFilter:

@@ -18,6 +18,8 @@ from typing import Final, TypeAlias
 from meshctl.keys import NodePublic, SigningKey, VerifyKey
 from meshctl.nat import stun
 from meshctl.nat.addr import addr_port
+from meshctl.ratelimit import BucketTable
+from meshctl.ratelimit import TokenBucket as TokenBucket  # re-exported: the relay's per-member limit
 from meshctl.relay.channels import ChannelTable, Member, Notice, PortAllocator
 from meshctl.relay.wire import (
     HEADER_LEN,
@@ -56,32 +58,6 @@ from meshctl.relay.wire import (
     welcome_message,
 )
 
-# --- token bucket ------------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class TokenBucket:
-    """Bytes allowed per second with a burst; `now` passed in."""
-
-    rate: float
-    burst: float
-    tokens: float
-    stamp: float
-
-    @classmethod
-    def full(cls, rate: float, burst: float, now: float) -> TokenBucket:
-        return cls(rate, burst, burst, now)
-
-    def take(self, n: float, now: float) -> bool:
-        if now > self.stamp:
-            self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-            self.stamp = now
-        if self.tokens >= n:
-            self.tokens -= n
-            return True
-        return False
-
-
 # --- server side -------------------------------------------------------------------------------
 
 ConnId: TypeAlias = Hashable  # the shell's name for a client: a UDP (ip, port) or a TCP connection
@@ -100,6 +76,14 @@ UNAUTH_SOURCE_BURST: Final = 40.0
 MAX_UNAUTH_SOURCES: Final = 4096  # per-source budgets kept at most (the oldest go first)
 NO_SESSION_REPLIES_PER_S: Final = 200.0  # of those, "no such session" (every stale client asks at once)
 STUN_REPLIES_PER_S: Final = 2000.0  # STUN answers, apart: every node asks every 25 s
+# A login's signature check costs the relay about 100-300 us: a forged ChallengeResponse (a
+# member's public keys, a nonce the sender got for its own address, any signature) is one
+# packet each. Per address a login or a retry a second; all together enough for a few hundred
+# members logging in each second (a relay restart) and at most a few percent of a core.
+AUTH_CHECKS_PER_SOURCE_PER_S: Final = 1.0
+AUTH_CHECKS_PER_SOURCE_BURST: Final = 4.0
+AUTH_CHECKS_PER_S: Final = 300.0
+MAX_AUTH_SOURCES: Final = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,8 +187,12 @@ class RelayCore:
         self._no_session = TokenBucket.full(NO_SESSION_REPLIES_PER_S, NO_SESSION_REPLIES_PER_S, 0.0)
         self._unauth = TokenBucket.full(UNAUTH_REPLIES_PER_S, UNAUTH_REPLIES_PER_S, 0.0)
         self._stun = TokenBucket.full(STUN_REPLIES_PER_S, STUN_REPLIES_PER_S, 0.0)
-        self._unauth_by_source: dict[Hashable, TokenBucket] = {}
+        self._unauth_by_source: BucketTable[Hashable] = BucketTable(
+            UNAUTH_REPLIES_PER_SOURCE_PER_S, UNAUTH_SOURCE_BURST, MAX_UNAUTH_SOURCES)
         self._admit_until: float | None = None  # the accepted state's expiry, on the monotonic clock
+        self._auth_sources: BucketTable[ConnId] = BucketTable(AUTH_CHECKS_PER_SOURCE_PER_S,
+                                                              AUTH_CHECKS_PER_SOURCE_BURST, MAX_AUTH_SOURCES)
+        self._auth_checks = TokenBucket.full(AUTH_CHECKS_PER_S, AUTH_CHECKS_PER_S, 0.0)
         self.channels = ChannelTable(ports or _NoPorts(), randbytes)
         self._out: list[Output] = []
 
@@ -337,13 +325,7 @@ class RelayCore:
                                overall: TokenBucket | None = None) -> None:
         """Send a reply to a frame no session vouches for, within the budgets of its source and of all."""
         source = conn[0] if isinstance(conn, tuple) else conn  # UDP: the address, whatever the port
-        bucket = self._unauth_by_source.get(source)
-        if bucket is None:
-            if len(self._unauth_by_source) >= MAX_UNAUTH_SOURCES:
-                del self._unauth_by_source[next(iter(self._unauth_by_source))]
-            bucket = self._unauth_by_source[source] = TokenBucket.full(
-                UNAUTH_REPLIES_PER_SOURCE_PER_S, UNAUTH_SOURCE_BURST, now)
-        if bucket.take(1, now) and (overall or self._unauth).take(1, now):
+        if self._unauth_by_source.take(source, now) and (overall or self._unauth).take(1, now):
             self._out.append((conn, frame))
         else:
             self.stats.drop("unauthenticated_reply_limited")
@@ -364,6 +346,9 @@ class RelayCore:
             # The membership comes from an expired state: it may list devices revoked since.
             self.stats.drop("state_expired")
             self._deny(conn, DenyReason.AUTH_FAILED, now)
+            return
+        if not self._auth_sources.take(conn, now) or not self._auth_checks.take(1.0, now):
+            self.stats.drop("auth_rate_limited")  # silently: the client's handshake retries
             return
         msg = auth_message(self.network_id, self.relay_name, resp.nonce, resp.identity, resp.wg_key)
         if not resp.identity.verify(resp.signature, msg):

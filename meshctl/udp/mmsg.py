@@ -88,6 +88,7 @@ class Batch:
             self._smsgs[i].msg_hdr.msg_iov = ctypes.pointer(self._siov[i])
             self._smsgs[i].msg_hdr.msg_iovlen = 1
         self._slot_bytes = slot_bytes
+        self._view = memoryview(self._buf).cast("B")
 
     def recv(self, fd: int) -> int:
         """Datagrams read into the slots, without blocking (0: none queued, or a transient error)."""
@@ -110,6 +111,11 @@ class Batch:
     def payload(self, i: int) -> bytes:
         """A copy of received datagram `i` (for tests and the rare slow path)."""
         return ctypes.string_at(ctypes.addressof(self._buf) + i * self._slot_bytes, self._rmsgs[i].msg_len)
+
+    def view(self, i: int) -> memoryview:
+        """Received datagram `i` in place, no copy: valid until the next recv."""
+        start = i * self._slot_bytes
+        return self._view[start : start + self._rmsgs[i].msg_len]
 
 
 def _count(result: int, call: str) -> int:

@@ -65,14 +65,15 @@ def free_port() -> int:
 class ServerThread:
     """A DnsServer running on its own asyncio loop in a thread, so tests can call `dig`."""
 
-    def __init__(self, zone: Zone, upstreams: list[tuple[str, int]], **kwargs: object) -> None:
+    def __init__(self, zone: Zone, upstreams: list[tuple[str, int]], *,
+                 listen: tuple[tuple[str, int], ...] = (("127.0.0.1", 0),), **kwargs: object) -> None:
         import asyncio
         import threading
 
         from meshctl.dns.server import DnsServer
 
         self.loop = asyncio.new_event_loop()
-        self.server = DnsServer(zone, [("127.0.0.1", 0)], upstreams, **kwargs)  # type: ignore[arg-type]
+        self.server = DnsServer(zone, list(listen), upstreams, **kwargs)  # type: ignore[arg-type]
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
         self.call(self.server.start())

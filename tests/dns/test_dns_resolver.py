@@ -11,18 +11,24 @@ from dnssupport import PEERS, make_netmap, make_peer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from meshctl.coord.netmap import NetMap
 from meshctl.dns import resolver
 from meshctl.dns.resolver import (
     Action,
+    Asker,
     BadCounts,
     BadEdns,
     BadName,
     DnsParseError,
     TruncatedMessage,
-    answer,
     parse_message,
 )
 from meshctl.dns.zone import Zone, zone_from_netmap
+
+
+def answer(query: bytes, zone: Zone, *, asker: Asker = Asker.SELF, **kw: bool) -> resolver.Reply:
+    """resolver.answer, asked by the node itself unless a test says otherwise."""
+    return resolver.answer(query, zone, asker=asker, **kw)
 
 
 def q(name: str, qtype: str = "A", *, rd: bool = True, edns: bool = False, qid: int = 4242) -> bytes:
@@ -160,6 +166,49 @@ def test_outside_domain_forwarded_with_upstream(zone: Zone) -> None:
 def test_ra_bit_reflects_forwarding(zone: Zone) -> None:
     assert reply_of(q("desktop.example.mesh"), zone, forward=True).header.ra == 1
     assert reply_of(q("desktop.example.mesh"), zone, forward=False).header.ra == 0
+
+
+# -- who asks (issue 23, issue 16 item 5) ----------------------------------------------------
+
+
+@pytest.mark.parametrize(("source", "who"), [
+    ("127.0.0.1", Asker.SELF), ("127.3.3.3", Asker.SELF), ("::1", Asker.SELF),
+    ("100.64.0.1", Asker.SELF), ("fd7a:115c:a1e0::1", Asker.SELF), ("100.100.100.100", Asker.SELF),
+    ("100.64.0.2", Asker.MEMBER), ("fd7a:115c:a1e0::2", Asker.MEMBER), ("100.127.255.254", Asker.MEMBER),
+    ("192.168.1.20", Asker.STRANGER), ("100.128.0.1", Asker.STRANGER), ("fe80::1", Asker.STRANGER),
+    ("fd7a:115c:a1e1::2", Asker.STRANGER), ("0.0.0.0", Asker.STRANGER), ("::ffff:100.64.0.2", Asker.STRANGER),
+])
+def test_who_asks_is_told_by_the_source_address(netmap: NetMap, source: str, who: Asker) -> None:
+    """The node itself: loopback and its own addresses (desktop's, and MagicDNS's); a member: the
+    rest of the mesh's prefixes; anyone else is a stranger."""
+    zone = zone_from_netmap(netmap.with_self("desktop"))
+    assert resolver.asker_of(ipaddress.ip_address(source), zone) is who
+
+
+def test_members_get_mesh_names_but_nothing_forwarded(zone: Zone) -> None:
+    for name, qtype in (("desktop.example.mesh", "A"), ("laptop.example.mesh", "AAAA"),
+                        ("2.0.64.100.in-addr.arpa", "PTR")):
+        rec = reply_of(q(name, qtype), zone, asker=Asker.MEMBER, forward=True)
+        assert rec.header.rcode == dnslib.RCODE.NOERROR and rec.rr, name
+        assert rec.header.ra == 0, "a member is not offered recursion"
+    for name, qtype in (("example.com", "A"), ("1.1.168.192.in-addr.arpa", "PTR"), ("notexample.mesh", "A")):
+        rec = reply_of(q(name, qtype), zone, asker=Asker.MEMBER, forward=True)
+        assert rec.header.rcode == dnslib.RCODE.REFUSED, name
+    assert reply_of(q("nosuch.example.mesh"), zone, asker=Asker.MEMBER).header.rcode == dnslib.RCODE.NXDOMAIN
+
+
+def test_strangers_get_no_answer_at_all(zone: Zone) -> None:
+    for data in (q("desktop.example.mesh"), q("example.com"), q("2.0.64.100.in-addr.arpa", "PTR"), b"\x00" * 3):
+        for forward in (False, True):
+            for tcp in (False, True):
+                reply = answer(data, zone, asker=Asker.STRANGER, forward=forward, tcp=tcp)
+                assert reply.action is Action.DROP and not reply.data
+
+
+def test_a_cached_reply_for_the_node_itself_is_not_served_to_a_member(zone: Zone) -> None:
+    """Replies are memoized per question: the recursion-available bit must follow the asker."""
+    assert reply_of(q("desktop.example.mesh"), zone, forward=True).header.ra == 1
+    assert reply_of(q("desktop.example.mesh"), zone, asker=Asker.MEMBER, forward=True).header.ra == 0
 
 
 def test_new_zone_answers_immediately() -> None:

@@ -6,7 +6,10 @@ One mesh per module (see conftest.py). Tests run in file order; the rename and
 
 from __future__ import annotations
 
+import ipaddress
 import re
+import subprocess
+import sys
 import time
 from typing import Final
 
@@ -128,6 +131,74 @@ def test_listens_on_mesh_addresses_across_the_tunnel(dns_mesh: DnsMesh) -> None:
     node2, node3 = mesh.members["node2"], mesh.members["node3"]
     for server in (node2.mesh_ipv4, node2.mesh_ipv6):
         assert short(mesh, "node1", f"@{server}", f"node3.{domain}") == [node3.mesh_ipv4], server
+
+
+def test_a_member_gets_mesh_names_but_no_forwarding_from_another_node(dns_mesh: DnsMesh) -> None:
+    """Issue 16 item 5: node2's upstream resolvers are node2's own; node1 gets REFUSED there,
+    and its own MagicDNS still forwards for it."""
+    mesh, domain = dns_mesh.mesh, dns_mesh.domain
+    node2 = mesh.members["node2"]
+    for server in (node2.mesh_ipv4, node2.mesh_ipv6):
+        out = dig(mesh, "node1", f"@{server}", UPSTREAM_NAME)
+        assert status(out) == "REFUSED" and " ra" not in out.split("flags:")[1].split(";")[0], out
+        assert short(mesh, "node1", f"@{server}", f"node3.{domain}") == [mesh.members["node3"].mesh_ipv4]
+    assert short(mesh, "node1", f"@{MAGIC_ADDRESS}", UPSTREAM_NAME) == [UPSTREAM_ANSWER]
+
+
+SERVICE_PORT: Final = 8022  # a service bound to node1's mesh address only
+LISTEN_SCRIPT: Final = """
+import socket, sys
+socks = []
+for host in sys.argv[1:]:
+    s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((host, PORT)); s.listen(16); socks.append(s)
+print("ready", flush=True)
+import select
+while True:
+    for s in select.select(socks, [], [])[0]:
+        s.accept()[0].close()
+""".replace("PORT", str(SERVICE_PORT))
+CONNECT_SCRIPT: Final = """
+import socket, sys
+host = sys.argv[1]
+s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+s.settimeout(2)
+try:
+    s.connect((host, int(sys.argv[2])))
+except OSError as exc:
+    print(type(exc).__name__); sys.exit(1)
+print("connected")
+"""
+
+
+def test_a_lan_stranger_reaches_no_mesh_address_nor_magicdns(dns_mesh: DnsMesh) -> None:
+    """Issue 23: the git host shares node1's LAN but is no member. With routes to the mesh's
+    prefixes through node1 it neither connects to a service bound to node1's mesh addresses
+    (IPv4 and IPv6) nor gets an answer from its MagicDNS; node2, a member, does both."""
+    mesh, domain = dns_mesh.mesh, dns_mesh.domain
+    lab, node1 = mesh.lab, mesh.members["node1"]
+    stranger = next(ns for ns in lab.namespaces if ns.endswith("-git"))
+    prefix6 = ipaddress.ip_network(f"{node1.mesh_ipv6}/48", strict=False)
+    lab.run(stranger, ["ip", "route", "add", "100.64.0.0/10", "via", str(node1.node.ipv4)])
+    lab.run(stranger, ["ip", "route", "add", MAGIC_ADDRESS, "via", str(node1.node.ipv4)])
+    lab.run(stranger, ["ip", "-6", "route", "add", str(prefix6), "via", str(node1.node.ipv6)])
+    service = lab.popen(node1.node, [sys.executable, "-c", LISTEN_SCRIPT, node1.mesh_ipv4, node1.mesh_ipv6],
+                        stdout=subprocess.PIPE)
+    assert service.stdout is not None and service.stdout.readline().strip() == "ready"
+    try:
+        for ip in (node1.mesh_ipv4, node1.mesh_ipv6):
+            tried = lab.run(stranger, [sys.executable, "-c", CONNECT_SCRIPT, ip, str(SERVICE_PORT)], check=False)
+            assert tried.returncode == 1, f"a non-member on the LAN connected to [{ip}]:{SERVICE_PORT}"
+            member = lab.run(mesh.members["node2"].node, [sys.executable, "-c", CONNECT_SCRIPT, ip,
+                                                           str(SERVICE_PORT)], check=False)
+            assert member.returncode == 0, member.stdout
+        for server in (MAGIC_ADDRESS, node1.mesh_ipv4, node1.mesh_ipv6):
+            asked = lab.run(stranger, ["dig", "+time=1", "+tries=2", f"@{server}", f"node2.{domain}"], check=False)
+            assert "Got answer" not in asked.stdout, asked.stdout
+            assert short(mesh, "node2", f"@{node1.mesh_ipv4}", f"node3.{domain}") == [mesh.members["node3"].mesh_ipv4]
+    finally:
+        lab.kill(service)
 
 
 def test_cron_sync_beside_the_agent_keeps_magicdns(dns_mesh: DnsMesh) -> None:

@@ -9,6 +9,10 @@ from collections.abc import Iterator
 import pytest
 from firewall_lab import CLIENT_ADDRS, NsPair, _sh, missing_tools
 
+from meshctl.firewall import apply
+from meshctl.firewall.apply import layout_for
+from meshctl.firewall.nft import Layout
+
 
 @pytest.fixture
 def nspair() -> Iterator[NsPair]:
@@ -60,3 +64,16 @@ def scratch_ns() -> Iterator[str]:
         yield name
     finally:
         subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+@pytest.fixture(params=list(Layout), ids=lambda la: la.name)
+def layout(request: pytest.FixtureRequest, nspair: NsPair) -> Iterator[Layout]:
+    """Run a test in both layouts: HOOKS as on a kernel whose egress hook nft cannot use."""
+    key = (nspair.server, nspair.mesh_if)
+    if request.param is Layout.HOOKS:
+        apply._DEVICE_HOOKS[key] = False
+    try:
+        assert layout_for(nspair.mesh_if, nspair.server) is request.param
+        yield request.param
+    finally:
+        apply._DEVICE_HOOKS.pop(key, None)

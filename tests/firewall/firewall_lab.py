@@ -51,7 +51,7 @@ class NsPair:
     server: str
     mesh_if: str
 
-    def socket(self, ns: str, kind: int = socket.SOCK_STREAM) -> socket.socket:
+    def socket(self, ns: str, kind: int = socket.SOCK_STREAM, family: int = socket.AF_INET) -> socket.socket:
         """A socket that lives in namespace `ns` (made on a thread moved there with setns)."""
         made: list[socket.socket | BaseException] = []
 
@@ -63,7 +63,7 @@ class NsPair:
                         raise OSError(ctypes.get_errno(), "setns")
                 finally:
                     os.close(fd)
-                made.append(socket.socket(socket.AF_INET, kind))
+                made.append(socket.socket(family, kind))
             except BaseException as exc:  # handed to the caller
                 made.append(exc)
 
@@ -114,6 +114,18 @@ class NsPair:
             capture_output=True,
         )
         return result.returncode == 0
+
+
+def queued(listener: socket.socket) -> int:
+    """How many connections reached the listening socket (accepting them all)."""
+    count = 0
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except BlockingIOError:
+            return count
+        conn.close()
+        count += 1
 
 
 def missing_tools() -> str | None:

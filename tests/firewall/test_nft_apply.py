@@ -4,43 +4,17 @@ from __future__ import annotations
 
 import socket
 import subprocess
-from collections.abc import Iterator
 
 import pytest
-from firewall_lab import SAMPLE_POLICY, NsPair, sample_filter
+from firewall_lab import SAMPLE_POLICY, NsPair, queued, sample_filter
 
-from meshctl.firewall import apply
 from meshctl.firewall.apply import FirewallError, apply_filter, layout_for, read_table, remove_table
 from meshctl.firewall.nft import Layout, table_objects
 
 pytestmark = pytest.mark.netns
 
 
-@pytest.fixture(params=list(Layout), ids=lambda la: la.name)
-def layout(request: pytest.FixtureRequest, nspair: NsPair) -> Iterator[Layout]:
-    """Run a test in both layouts: HOOKS as on a kernel whose egress hook nft cannot use."""
-    key = (nspair.server, nspair.mesh_if)
-    if request.param is Layout.HOOKS:
-        apply._DEVICE_HOOKS[key] = False
-    try:
-        assert layout_for(nspair.mesh_if, nspair.server) is request.param
-        yield request.param
-    finally:
-        apply._DEVICE_HOOKS.pop(key, None)
-
 DEV, OPS, MONITOR, STRANGER = "100.64.0.2", "100.64.0.3", "100.64.0.4", "100.64.0.9"
-
-
-def _queued(listener: socket.socket) -> int:
-    """How many connections reached the listening socket (accepting them all)."""
-    count = 0
-    while True:
-        try:
-            conn, _ = listener.accept()
-        except BlockingIOError:
-            return count
-        conn.close()
-        count += 1
 
 
 def _echo(conn: socket.socket, listener_side: socket.socket, data: bytes) -> bytes:
@@ -71,17 +45,17 @@ def test_allowed_port_connects_and_denied_syn_never_reaches_the_socket(nspair: N
     conn = nspair.connect(DEV, 443)
     assert conn is not None, "dev must reach prod:443"
     conn.close()
-    assert _queued(https) == 1
+    assert queued(https) == 1
 
     assert nspair.connect(DEV, 22) is None, "dev must not reach prod:22"
-    assert _queued(ssh) == 0, "the denied SYN reached the listening socket"
+    assert queued(ssh) == 0, "the denied SYN reached the listening socket"
     assert nspair.connect(STRANGER, 443) is None, "a non-member must reach nothing"
-    assert _queued(https) == 0
+    assert queued(https) == 0
 
     conn = nspair.connect(OPS, 22)
     assert conn is not None, "ops must reach prod:22"
     conn.close()
-    assert _queued(ssh) == 1
+    assert queued(ssh) == 1
 
 
 def test_closed_allowed_port_is_refused_not_dropped(nspair: NsPair) -> None:
@@ -127,13 +101,13 @@ def test_replacing_rules_keeps_established_and_stops_newly_forbidden(nspair: NsP
     ssh_conn = nspair.connect(DEV, 22)
     assert ssh_conn is not None, "after the change dev reaches :22"
     ssh_conn.close()
-    assert _queued(ssh) == 1
+    assert queued(ssh) == 1
 
     # Policy change 2: dev loses :443. New connections stop being accepted.
     less = SAMPLE_POLICY.read_text().replace('"dst": ["tag:prod:443"]', '"dst": ["tag:prod:22"]')
     apply_filter(sample_filter("prod", less), nspair.mesh_if, nspair.server)
     assert nspair.connect(DEV, 443) is None
-    assert _queued(https) == 0
+    assert queued(https) == 0
     conn.close()
     server_side.close()
 
@@ -149,7 +123,7 @@ def test_down_removes_only_our_table(nspair: NsPair) -> None:
     conn = nspair.connect(DEV, 22)
     assert conn is not None, "without meshctl's table nothing is filtered"
     conn.close()
-    assert _queued(ssh) == 1
+    assert queued(ssh) == 1
     tables = subprocess.run(
         ["ip", "netns", "exec", nspair.server, "nft", "list", "tables"], capture_output=True, text=True, check=True
     ).stdout
@@ -157,13 +131,27 @@ def test_down_removes_only_our_table(nspair: NsPair) -> None:
 
 
 def test_other_interfaces_are_not_filtered(nspair: NsPair) -> None:
-    """The rules name the mesh interface: a filter for another interface changes nothing here."""
+    """The mesh filter names the mesh interface: on another interface the policy decides
+    nothing, and only the mesh's own addresses are kept out (the strong host model)."""
+    tag = nspair.mesh_if[4:]
+    subprocess.run(["ip", "-n", nspair.server, "addr", "add", "10.9.0.1/24", "dev", nspair.mesh_if], check=True)
+    subprocess.run(["ip", "-n", nspair.client, "addr", "add", "10.9.0.2/24", "dev", f"pc{tag}"], check=True)
     ssh = nspair.listen(22)
+    lan_ssh = nspair.socket(nspair.server)
+    lan_ssh.bind(("10.9.0.1", 22))
+    lan_ssh.listen(1)
+    lan_ssh.setblocking(False)
     apply_filter(sample_filter("prod"), "not-" + nspair.mesh_if[:10], nspair.server)
-    conn = nspair.connect(STRANGER, 22)
-    assert conn is not None
-    conn.close()
-    assert _queued(ssh) == 1
+    cli = nspair.socket(nspair.client)
+    cli.bind(("10.9.0.2", 0))
+    cli.settimeout(2)
+    cli.connect(("10.9.0.1", 22))  # a port the policy denies to everyone but ops: not its business here
+    cli.close()
+    assert queued(lan_ssh) == 1
+    assert nspair.connect(STRANGER, 22) is None, "a mesh address reached from outside the mesh interface"
+    assert queued(ssh) == 0
+    ssh.close()
+    lan_ssh.close()
 
 
 def test_nft_refusal_is_a_firewall_error(nspair: NsPair) -> None:
@@ -246,7 +234,7 @@ def test_connections_the_node_opens_work_and_stay_one_way(nspair: NsPair, layout
     # dev still cannot open a connection of its own to the same port on prod
     back = nspair.listen(8080)
     assert nspair.connect(DEV, 8080) is None
-    assert _queued(back) == 0
+    assert queued(back) == 0
     for sock in (out, theirs, listener, back):
         sock.close()
 
@@ -284,7 +272,7 @@ def test_a_table_of_an_older_layout_is_replaced(nspair: NsPair) -> None:
     conn = nspair.connect(DEV, 443)
     assert conn is not None
     conn.close()
-    assert _queued(https) == 1
+    assert queued(https) == 1
 
 
 def test_a_recreated_interface_is_filtered_again(nspair: NsPair) -> None:
@@ -296,11 +284,11 @@ def test_a_recreated_interface_is_filtered_again(nspair: NsPair) -> None:
     nspair.recreate_mesh_interface()
     apply_filter(pf, nspair.mesh_if, nspair.server)  # True where the kernel dropped the chains
     assert read_table(nspair.server) == table_objects(pf, nspair.mesh_if)
-    assert nspair.connect(DEV, 22) is None and _queued(ssh) == 0
+    assert nspair.connect(DEV, 22) is None and queued(ssh) == 0
     conn = nspair.connect(DEV, 443)
     assert conn is not None
     conn.close()
-    assert _queued(https) == 1
+    assert queued(https) == 1
 
 
 def test_a_missing_interface_is_filtered_by_name_until_it_exists(nspair: NsPair) -> None:

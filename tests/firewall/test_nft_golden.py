@@ -56,9 +56,9 @@ def test_replace_keeps_the_reply_sets_when_the_layout_is_unchanged() -> None:
     after = sample_filter("prod", SAMPLE_POLICY.read_text().replace("tag:prod:443", "tag:prod:444"))
     commands = replace_document(after, "mesh0", before)["nftables"]
     assert isinstance(commands, list)
-    table = {"table": {"family": "netdev", "name": "meshctl"}}
-    assert commands[1:3] == [{"add": table}, {"flush": table}]
-    added = [c["add"] for c in commands[3:] if isinstance(c, dict)]
+    netdev, inet = ({"table": {"family": f, "name": "meshctl"}} for f in ("netdev", "inet"))
+    assert commands[1:5] == [{"add": netdev}, {"flush": netdev}, {"add": inet}, {"flush": inet}]
+    added = [c["add"] for c in commands[5:] if isinstance(c, dict)]
     assert added and all(list(a) == ["rule"] for a in added)  # no set, chain or table is re-created
     assert [{"rule": a["rule"]} for a in added] == [o for o in table_objects(after, "mesh0") if "rule" in o]
 
@@ -84,13 +84,19 @@ def test_the_filter_uses_no_connection_tracking() -> None:
 
 
 def test_the_device_layout_hooks_only_the_mesh_interface() -> None:
-    """No chain of the DEVICE layout sees another interface's packets: both are bound to mesh0."""
+    """The filter's chains are bound to mesh0; the one chain that sees other interfaces (the strong
+    host) lets the mesh interface's packets go at its first rule and drops only mesh addresses."""
     doc = replace_document(sample_filter("prod"), "mesh0")
     chains = [c["add"]["chain"] for c in doc["nftables"] if isinstance(c, dict)  # type: ignore[union-attr]
               and "chain" in c.get("add", {})]
-    assert [(c["name"], c["hook"], c["dev"]) for c in chains] == [("ingress", "ingress", "mesh0"),
-                                                                  ("egress", "egress", "mesh0")]
-    assert "iifname" not in render_text(sample_filter("prod"), "mesh0")
+    assert [(c["family"], c["name"], c["hook"], c.get("dev")) for c in chains] == [
+        ("netdev", "ingress", "ingress", "mesh0"), ("netdev", "egress", "egress", "mesh0"),
+        ("inet", "strong-host", "prerouting", None)]
+    netdev_text, inet_text = render_text(sample_filter("prod"), "mesh0").split("table inet meshctl")
+    assert "iifname" not in netdev_text
+    strong_host = [line.strip() for line in inet_text.splitlines()[3:-2]]
+    assert strong_host[0].startswith('iifname "mesh0" accept') and strong_host[1].startswith('iif "lo" accept')
+    assert all(line.split(" comment ")[0].endswith("drop") for line in strong_host[2:])
 
 
 def test_only_the_nodes_own_sources_appear() -> None:

@@ -51,7 +51,7 @@ def test_subnet_router_text_in_the_hooks_layout_matches_golden() -> None:
 def test_without_router_settings_nothing_of_the_router_is_rendered() -> None:
     """A node that is not (or no longer) an approved router: routed traffic meets the plain drop."""
     text = render_text(router_filter(), "mesh0")
-    assert "routed" not in text and "table inet" not in text
+    assert "routed" not in text and "masquerade" not in text and "hook forward" not in text
 
 
 def test_snat_off_keeps_members_addresses_for_subnets_only() -> None:

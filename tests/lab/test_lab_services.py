@@ -100,3 +100,26 @@ def test_meshctl_runs_in_a_namespace_with_its_own_state(lab: Lab) -> None:
     assert lab.meshctl(a, ["version"]).stdout.startswith("meshctl ")
     shown = lab.run(a, ["sh", "-c", "echo $MESHCTL_INTERFACE"], env=env_a).stdout.strip()
     assert shown == env_a["MESHCTL_INTERFACE"]
+
+
+def test_the_gateway_keeps_its_address_when_hosts_join_later(lab: Lab) -> None:
+    """A host resolves the internet's gateway, then more hosts join the internet (one with a lower
+    MAC than any): its neighbour entry must stay right. A bridge without an address of its own takes
+    its lowest port's and changes with the ports, and the first host's packets went to the old
+    address (a relay's git fetch hung in SYN-SENT)."""
+    first = lab.public_host("first")
+    inet = lab.internet()
+    lab.run(first, ["ping", "-c1", "-W2", str(inet.service_ips[0])])
+    bridge = inet.link("wan").ifname
+    mac = lab.run(inet, ["cat", f"/sys/class/net/{bridge}/address"]).stdout.strip()
+    lab.public_host("second")
+    low = lab.ifname("low")
+    lab.run(inet, ["ip", "link", "add", low, "address", "02:00:00:00:00:01", "type", "veth", "peer", "name",
+                   lab.ifname("lowp")])
+    lab.run(inet, ["ip", "link", "set", low, "master", bridge, "up"])
+    assert lab.run(inet, ["cat", f"/sys/class/net/{bridge}/address"]).stdout.strip() == mac
+    gateway = inet.link("wan").ipv4
+    assert gateway is not None
+    neigh = lab.run(first, ["ip", "neigh", "show", str(gateway.ip)]).stdout
+    assert f"lladdr {mac} " in neigh, neigh
+    lab.run(first, ["ping", "-c1", "-W2", str(inet.service_ips[0])])

@@ -131,7 +131,37 @@ def netcheck_shared(args: dict[str, Any]) -> dict[str, Any]:
         return netcheck.from_shared_port(raw, args["servers"], timeout=3.0).to_json()
 
 
-SCENARIOS = {"netcheck_shared": netcheck_shared, "filter_loopback": filter_loopback, "stun_from_port": stun_from_port,
+def admitted_loopback(args: dict[str, Any]) -> dict[str, Any]:
+    """recv_admitted: a flood from one source and a few packets from another; only what the
+    predicate admits is copied out (with recvmmsg, and with plain recv when `plain`); then the
+    kernel filter narrowed to other disco keys and no STUN server lets nothing through."""
+    from meshctl.nat.admission import key_of, source_key
+
+    port = int(args["port"])
+    with SharedPortSocket(port) as raw, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as flooder, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+        if args["plain"]:
+            raw._batch = None
+        flooder.bind(("127.0.0.2", 0))
+        peer.bind(("127.0.0.3", 0))
+        flood_key = key_of(parse_addr_port(f"127.0.0.2:{flooder.getsockname()[1]}"))
+        for _ in range(150):
+            flooder.sendto(_disco_packet(), ("127.0.0.1", port))
+        for _ in range(3):
+            peer.sendto(_disco_packet(), ("127.0.0.1", port))
+        time.sleep(0.2)
+        admitted, refused = raw.recv_admitted(lambda view: source_key(view) != flood_key, 1000)
+        sources = sorted({str(p.src) for p in (raw.parse(a) for a in admitted) if p})
+        raw.set_filter([bytes([9] * 32)], [])
+        flooder.sendto(_disco_packet(), ("127.0.0.1", port))
+        flooder.sendto(stun.marshal_binding_request(bytes(12)), ("127.0.0.1", port))
+        after = raw.recv_wait(IDLE_S)
+        return {"admitted": len(admitted), "refused": refused, "sources": sources,
+                "peer": f"127.0.0.3:{peer.getsockname()[1]}", "after_narrowing": after is not None}
+
+
+SCENARIOS = {"netcheck_shared": netcheck_shared, "admitted_loopback": admitted_loopback,
+             "filter_loopback": filter_loopback, "stun_from_port": stun_from_port,
              "stun_bad_checksum": stun_bad_checksum}
 
 if __name__ == "__main__":

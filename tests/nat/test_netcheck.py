@@ -111,6 +111,38 @@ def test_foreign_and_garbage_packets_ignored() -> None:
     assert not core.report().udp
 
 
+FORGED = parse_addr_port("198.51.100.66:4444")
+
+
+def test_a_forged_answer_with_our_txid_counts_only_from_the_servers_address() -> None:
+    """Issue 23: someone who saw our request (so knows its txid) answers first, from elsewhere,
+    with a mapping of their choice: ignored; the server's own answer counts."""
+    core = Netcheck([A], now=0.0, randbytes=rand())
+    (request, dst), *_ = core.datagrams_to_send(0.0)
+    assert dst == A.addr
+    assert not core.receive_stun(answer(request, FORGED), FORGED, 0.01)
+    assert not core.receive_stun(answer(request, FORGED), B.addr, 0.01)  # another server's address
+    assert core.receive_stun(answer(request), A.addr, 0.05)
+    assert core.report().preferred_endpoint == MAPPED
+
+
+def test_a_forger_at_the_servers_address_gets_one_wrong_candidate_until_the_next_run() -> None:
+    """What is left: an on-path attacker answering as the server, first. That yields one wrong
+    candidate (the preferred endpoint), no more: the server's later answer changes nothing in this
+    run, a replay of the forged answer nothing in the next one, which asks with new txids."""
+    core = Netcheck([A], now=0.0, randbytes=rand())
+    (request, _), *_ = core.datagrams_to_send(0.0)
+    assert core.receive_stun(answer(request, FORGED), A.addr, 0.01)
+    core.receive_stun(answer(request), A.addr, 0.05)
+    assert core.report().preferred_endpoint == FORGED and core.report().mapping_varies_by_dest is None
+    later = itertools.count(1000)
+    again = Netcheck([A], now=20.0, randbytes=lambda n: next(later).to_bytes(n, "big"))
+    (fresh, _), *_ = again.datagrams_to_send(20.0)
+    assert not again.receive_stun(answer(request, FORGED), A.addr, 20.01)  # the old txid
+    assert again.receive_stun(answer(fresh), A.addr, 20.05)
+    assert again.report().preferred_endpoint == MAPPED
+
+
 def test_unresolved_servers_are_reported() -> None:
     report = netcheck.build_report([A], {A.name: (MAPPED, 0.1)}, [("nope:1", "cannot resolve")])
     assert report.to_json()["servers"] == [

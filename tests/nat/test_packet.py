@@ -144,6 +144,7 @@ def run_bpf(prog: tuple[packet.BpfInsn, ...], data: bytes) -> int:
         while True:
             steps += 1
             assert steps <= len(prog), "classic BPF only jumps forward"
+            assert 0 <= pc < len(prog), "jumped out of the program"
             ins = prog[pc]
             pc += 1
             code, k = ins.code, ins.k
@@ -152,6 +153,8 @@ def run_bpf(prog: tuple[packet.BpfInsn, ...], data: bytes) -> int:
                 a = load(k + (x if indexed else 0), size)
             elif code == packet.BPF_LDX_B_MSH:
                 x = (load(k, 1) & 0x0F) * 4
+            elif code == packet.BPF_JA:
+                pc += k
             elif code == packet.BPF_JEQ_K:
                 pc += ins.jt if a == k else ins.jf
             elif code == packet.BPF_JSET_K:
@@ -216,28 +219,86 @@ def test_bpf_honours_ip_options() -> None:
     assert run_bpf(packet.shared_port_filter(PORT), bytes(with_opts)) == packet.BPF_ACCEPT_LEN
 
 
-def test_bpf_jumps_stay_in_program() -> None:
-    prog = packet.shared_port_filter(PORT)
+KEY_A, KEY_B = bytes([1] * 32), bytes([2] * 32)  # _disco_packet's sender is DiscoPrivate([1] * 32).public()
+
+
+def _filters() -> list[tuple[packet.BpfInsn, ...]]:
+    many = [i.to_bytes(4, "big") + bytes(28) for i in range(packet.MAX_FILTER_DISCO_KEYS)]
+    return [packet.shared_port_filter(PORT),
+            packet.shared_port_filter(PORT, disco_senders=many, stun_sources=[DST] * packet.MAX_FILTER_STUN_SOURCES)]
+
+
+@pytest.mark.parametrize("prog", _filters(), ids=["plain", "largest"])
+def test_bpf_jumps_stay_in_program(prog: tuple[packet.BpfInsn, ...]) -> None:
+    assert len(prog) <= packet.BPF_MAX_INSNS
     for i, ins in enumerate(prog):
         if ins.code in (packet.BPF_JEQ_K, packet.BPF_JSET_K):
             assert i + 1 + max(ins.jt, ins.jf) < len(prog)
-    assert prog[-1] == packet.BpfInsn(packet.BPF_RET_K, 0, 0, 0)
+        if ins.code == packet.BPF_JA:
+            assert 0 <= i + 1 + ins.k < len(prog)
+    assert prog[-1].code == packet.BPF_RET_K
 
 
 def test_pack_filter() -> None:
-    packed = packet.pack_filter(packet.shared_port_filter(PORT))
-    assert len(packed) == 8 * len(packet.shared_port_filter(PORT))
-    assert struct.unpack_from("=HBBI", packed, 8 * 6) == (packet.BPF_JEQ_K, 0, 9, PORT)
+    prog = packet.shared_port_filter(PORT)
+    packed = packet.pack_filter(prog)
+    assert len(packed) == 8 * len(prog)
+    code, jt, jf, k = struct.unpack_from("=HBBI", packed, 8 * 6)
+    assert (code, jt, k) == (packet.BPF_JEQ_K, 0, PORT)
+    assert prog[6 + 1 + jf] == packet.BpfInsn(packet.BPF_RET_K, 0, 0, 0)
     with pytest.raises(ValueError):
         packet.shared_port_filter(0)
 
 
+def _disco_from(sender: bytes) -> bytes:
+    return disco.MAGIC + sender + bytes(12 + 16 + 46)
+
+
+def test_bpf_disco_only_from_the_maps_keys() -> None:
+    """The kernel drops disco naming a key outside the verified map: the agent never wakes for it."""
+    prog = packet.shared_port_filter(PORT, disco_senders=[DiscoPrivate(KEY_A).public().raw, KEY_B])
+    assert run_bpf(prog, _ip(_disco_packet())) == packet.BPF_ACCEPT_LEN
+    assert run_bpf(prog, _ip(_disco_from(KEY_B))) == packet.BPF_ACCEPT_LEN
+    assert run_bpf(prog, _ip(_disco_from(bytes([3] * 32)))) == 0
+    assert run_bpf(packet.shared_port_filter(PORT, disco_senders=[]), _ip(_disco_from(KEY_B))) == 0
+    # STUN is not the key list's business
+    assert run_bpf(prog, _ip(stun.marshal_binding_response(bytes(12), DST))) == packet.BPF_ACCEPT_LEN
+
+
+def test_bpf_disco_keys_of_a_large_mesh() -> None:
+    keys = [(i * 7919).to_bytes(4, "big") + bytes(28) for i in range(packet.MAX_FILTER_DISCO_KEYS)]
+    prog = packet.shared_port_filter(PORT, disco_senders=keys)
+    for key in (keys[0], keys[199], keys[200], keys[1000], keys[-1]):
+        assert run_bpf(prog, _ip(_disco_from(key))) == packet.BPF_ACCEPT_LEN
+    assert run_bpf(prog, _ip(_disco_from((7919 * 3 + 1).to_bytes(4, "big") + bytes(28)))) == 0
+    too_many = packet.shared_port_filter(PORT, disco_senders=[*keys, bytes(32)])
+    assert run_bpf(too_many, _ip(_disco_from(bytes([9] * 32)))) == packet.BPF_ACCEPT_LEN  # checked by the agent
+
+
+def test_bpf_stun_only_from_the_servers_asked() -> None:
+    reply = stun.marshal_binding_response(bytes(12), DST)
+    prog = packet.shared_port_filter(PORT, stun_sources=[parse_addr_port("203.0.113.9:3478"), DST])
+    assert run_bpf(prog, _ip(reply)) == packet.BPF_ACCEPT_LEN  # _ip() sends from DST
+    for other in ("203.0.113.9:3479", "198.18.0.3:3478", "198.18.0.2:3479"):
+        forged = packet.build_ipv4_udp(packet.UdpPacket(parse_addr_port(other), AddrPort(SRC.ip, PORT), reply))
+        assert run_bpf(prog, forged) == 0, other
+    assert run_bpf(packet.shared_port_filter(PORT, stun_sources=[]), _ip(reply)) == 0
+    assert run_bpf(prog, _ip(_disco_packet())) == packet.BPF_ACCEPT_LEN  # disco is not the list's business
+
+
 @settings(max_examples=500)
-@given(payload=st.binary(max_size=80), dport=st.sampled_from([PORT, PORT + 1]))
-def test_bpf_agrees_with_python_demux(payload: bytes, dport: int) -> None:
-    want = dport == PORT and (stun.is_stun(payload) or disco.looks_like_disco(payload))
+@given(payload=st.binary(max_size=80), dport=st.sampled_from([PORT, PORT + 1]),
+       restricted=st.booleans(), sender=st.sampled_from([KEY_A, KEY_B, bytes([7] * 32)]))
+def test_bpf_agrees_with_python_demux(payload: bytes, dport: int, restricted: bool, sender: bytes) -> None:
+    if payload[:1] == b"M":  # often a disco packet from one of three senders
+        payload = disco.MAGIC + sender + payload
     # is_stun needs 20 bytes; the filter only looks at the first 8: compare on that basis.
     looks_stun = len(payload) >= 8 and payload[0] & 0xC0 == 0 and payload[4:8] == stun._COOKIE_BYTES
-    want = dport == PORT and (looks_stun or disco.looks_like_disco(payload))
-    got = run_bpf(packet.shared_port_filter(PORT), _ip(payload, dport))
+    looks_disco = disco.looks_like_disco(payload) and (not restricted or payload[6:10] in (KEY_A[:4], KEY_B[:4]))
+    if restricted:
+        looks_stun = False  # the one STUN server listed is SRC; _ip() sends from DST
+    want = dport == PORT and (looks_stun or looks_disco)
+    prog = (packet.shared_port_filter(PORT, disco_senders=[KEY_A, KEY_B], stun_sources=[SRC]) if restricted
+            else packet.shared_port_filter(PORT))
+    got = run_bpf(prog, _ip(payload, dport))
     assert (got != 0) == want

@@ -24,6 +24,14 @@ def test_filter_passes_only_stun_and_disco(namespaces: Namespaces) -> None:
     assert out["ipv6_sent"] is False and out["unroutable_sent"] is False
 
 
+@pytest.mark.parametrize("plain", [False, True], ids=["recvmmsg", "recv"])
+def test_only_admitted_packets_are_read_out_and_the_filter_narrows(namespaces: Namespaces, plain: bool) -> None:
+    ns = namespaces.add("lo")
+    out = nsrun(ns, "admitted_loopback", port=PORT, plain=plain)
+    assert out["refused"] == 150 and out["admitted"] == 3 and out["sources"] == [out["peer"]], out
+    assert out["after_narrowing"] is False, "disco from a key outside the list, or STUN, got through"
+
+
 def test_raw_stun_from_bound_port_on_loopback(namespaces: Namespaces,
                                               coturn: CoturnFactory) -> None:
     ns = namespaces.add("lo")
