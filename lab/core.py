@@ -167,14 +167,16 @@ def bridge_mac(run_id: str, n: int) -> str:
     return "02:" + ":".join(tail[i:i + 2] for i in range(0, 10, 2))
 
 
-def lab_unavailable() -> str | None:
-    """Why the lab cannot run here (for pytest.skip), or None when it can."""
+def lab_unavailable(tools: Sequence[str] = ()) -> str | None:
+    """Why the lab cannot run here (for pytest.skip), or None when it can; `tools`: programs the
+    caller needs besides (named in the reason)."""
     if os.geteuid() != 0:
         return "the network lab needs root (network namespaces)"
     for tool in ("ip", "nft"):
         if shutil.which(tool) is None:
             return f"the network lab needs `{tool}` (Debian: iproute2, nftables)"
-    return None
+    missing = [t for t in tools if shutil.which(t) is None]
+    return f"needs {', '.join(f'`{t}`' for t in missing)} on PATH" if missing else None
 
 
 def poll(check: Callable[[], bool], what: str, timeout: float = READY_TIMEOUT_S) -> None:
@@ -392,7 +394,7 @@ class Lab:
         self._wan_ids = itertools.count(FIRST_HOST_OFFSET)
         self._internet: Internet | None = None
         self._meshctl_env: dict[str, dict[str, str]] = {}
-        self._git_daemons: dict[str, tuple[subprocess.Popen[str], Path, Node, int]] = {}
+        self._git_daemons: dict[str, tuple[subprocess.Popen[str], Path, Node, int, bool]] = {}
         self._saved_handlers: dict[int, object] = {}
         self._open = False
 
@@ -730,11 +732,12 @@ class Lab:
         return path
 
     def git_daemon(self, repo_dir: Path, node: Node | None = None, *,
-                   port: int = GIT_PORT) -> str:
+                   port: int = GIT_PORT, verbose: bool = False) -> str:
         """Serve `repo_dir` with `git daemon` (clone, fetch and push) and return its git:// URL.
 
         Serve a bare repository: git refuses a push to the branch checked out in a work tree.
         The daemon runs on `node` (default: the internet) and listens on its first address.
+        `verbose`: it logs each connection and request (`git_requests` counts them).
         """
         node = node or self.internet()
         repo_dir = Path(repo_dir).resolve()
@@ -744,8 +747,8 @@ class Lab:
                "GIT_CONFIG_VALUE_0": "*"}
         proc = self.popen(node, [
             "git", "daemon", "--reuseaddr", "--export-all", "--enable=receive-pack",
-            "--informative-errors", f"--base-path={repo_dir.parent}", f"--listen={address}",
-            f"--port={port}", str(repo_dir)], env=env)
+            "--informative-errors", *(["--verbose"] if verbose else []), f"--base-path={repo_dir.parent}",
+            f"--listen={address}", f"--port={port}", str(repo_dir)], env=env)
         url = f"git://{address}:{port}/{repo_dir.name}"
 
         def answers() -> bool:
@@ -754,19 +757,33 @@ class Lab:
             return self.run(node, ["git", "ls-remote", url], check=False).returncode == 0
 
         poll(answers, f"git daemon at {url}")
-        self._git_daemons[url] = (proc, repo_dir, node, port)
+        self._git_daemons[url] = (proc, repo_dir, node, port, verbose)
         return url
+
+    def git_requests(self, url: str) -> list[tuple[str, str]]:
+        """(client address, "upload-pack" = a fetch | "receive-pack" = a push) of each request
+        the daemon serving `url` has logged so far (started with `verbose`)."""
+        proc = self._git_daemons[url][0]
+        clients: dict[str, str] = {}
+        out = []
+        for line in self.log_of(proc).splitlines():
+            pid, _, text = line.partition("] ")
+            if text.startswith("Connection from "):
+                clients[pid] = text.removeprefix("Connection from ").rsplit(":", 1)[0]
+            elif text.startswith("Request ") and pid in clients:
+                out.append((clients[pid], text.split()[1]))
+        return out
 
     @contextlib.contextmanager
     def git_daemon_stopped(self, url: str) -> Iterator[None]:
         """A git host outage: the daemon serving `url` is stopped inside the block and serves
         the same repository at the same URL again afterwards."""
-        proc, repo_dir, node, port = self._git_daemons[url]
+        proc, repo_dir, node, port, verbose = self._git_daemons[url]
         self.kill(proc)
         try:
             yield
         finally:
-            self.git_daemon(repo_dir, node, port=port)
+            self.git_daemon(repo_dir, node, port=port, verbose=verbose)
 
     def stun_server(self, node: Node | None = None, *, port: int = rules.STUN_PORT) -> str:
         """Start coturn as a STUN-only server on `node` (default: the internet, on both service

@@ -189,21 +189,24 @@ def _nat_mesh_with_lab_stun(lab: Lab, topo: Any, name: str) -> MeshScenario:
 
 
 def build_nat_mesh(lab: Lab, profile_a: str, profile_b: str, *, name: str = "natmesh",
-                   listen_port: int = 51820) -> tuple[MeshScenario, Any]:
+                   listen_port: int = 51820, static_endpoints: bool = True,
+                   verbose_git: bool = False) -> tuple[MeshScenario, Any]:
     """Devices "a" and "b", each behind its own NAT (lab.two_nats), joined and approved.
 
     Like a person would: the admin points the mesh's STUN servers at the lab's coturn
     (both of its addresses, so a symmetric NAT shows), and each device publishes as static
     endpoint its NAT's public address with the WireGuard port (what `meshctl netcheck`
     shows behind a port-preserving NAT; behind a symmetric NAT only the address is right).
+    Without `static_endpoints` they join with none, as a person with no server would: the
+    endpoint records on their own branches are all they learn of each other.
     Returns the scenario and the `TwoNats` topology. Agents are not started.
     """
     from lab.topology import two_nats
 
-    topo = two_nats(lab, profile_a, profile_b)
+    topo = two_nats(lab, profile_a, profile_b, verbose_git=verbose_git)
     mesh = _nat_mesh_with_lab_stun(lab, topo, name)
     for member, node, nat in (("a", topo.a, topo.nat_a), ("b", topo.b, topo.nat_b)):
-        mesh.join(node, member, endpoint=f"{nat.public_ip}:{listen_port}")
+        mesh.join(node, member, endpoint=f"{nat.public_ip}:{listen_port}" if static_endpoints else None)
     for member in ("a", "b"):
         mesh.approve(member)
     return mesh, topo

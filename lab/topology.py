@@ -26,7 +26,7 @@ class TwoNats:
 
 
 def two_nats(lab: Lab, profile_a: str, profile_b: str, *,
-             repo_dir: Path | None = None) -> TwoNats:
+             repo_dir: Path | None = None, verbose_git: bool = False) -> TwoNats:
     """Hosts a and b, each behind its own NAT router; git daemon and coturn on the internet.
 
     Without `repo_dir` an empty bare repository is created and served.
@@ -36,7 +36,7 @@ def two_nats(lab: Lab, profile_a: str, profile_b: str, *,
     nat_b = lab.nat_router("nat-b", profile_b, [b])
     repo = repo_dir if repo_dir is not None else lab.bare_repo()
     return TwoNats(a=a, b=b, nat_a=nat_a, nat_b=nat_b, internet=lab.internet(), repo_dir=repo,
-                   git_url=lab.git_daemon(repo), stun=lab.stun_server())
+                   git_url=lab.git_daemon(repo, verbose=verbose_git), stun=lab.stun_server())
 
 
 @dataclass(frozen=True, slots=True)

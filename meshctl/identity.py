@@ -1,14 +1,18 @@
-"""A device's three private keys in the state directory (mode 0600, created once)."""
+"""A device's three private keys in the state directory (mode 0600, created once; the WireGuard
+and disco keys are replaced by `meshctl rotate-keys`, the identity key never)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
+from meshctl.errors import MeshctlError
 from meshctl.fsutil import ensure_private_dir
 from meshctl.keys import (
     DiscoPrivate,
+    DiscoPublic,
     NodePrivate,
+    NodePublic,
     SigningKey,
     load_disco_private,
     load_node_private,
@@ -19,6 +23,7 @@ from meshctl.keys import (
 IDENTITY_FILE = "identity.key"
 WIREGUARD_FILE = "wireguard.key"
 DISCO_FILE = "disco.key"
+NEXT_SUFFIX = ".next"  # a rotation's new keys, until the record that announces them is published
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +41,15 @@ def load_device_keys(keys_dir: Path) -> DeviceKeys:
     )
 
 
+def load_public_keys(keys_dir: Path) -> tuple[NodePublic, DiscoPublic] | None:
+    """This device's WireGuard and disco public keys in force, or None when it has none."""
+    try:
+        keys = load_device_keys(keys_dir)
+    except MeshctlError:
+        return None
+    return keys.wireguard.public(), keys.disco.public()
+
+
 def load_or_create_device_keys(keys_dir: Path) -> DeviceKeys:
     """Reuse existing keys (a re-run of join keeps the device's identity)."""
     ensure_private_dir(keys_dir.parent)
@@ -46,3 +60,33 @@ def load_or_create_device_keys(keys_dir: Path) -> DeviceKeys:
         if not path.exists():
             write_private_key(path, make())
     return load_device_keys(keys_dir)
+
+
+def next_keys(keys_dir: Path) -> tuple[NodePrivate, DiscoPrivate]:
+    """The WireGuard and disco keys a rotation moves to: made once and kept beside the keys in force
+    (`*.next`) until `commit_next_keys`, so an interrupted rotation resumes with the same keys (the
+    git host may have taken the record that announces them)."""
+    out = []
+    for name, make, load in ((WIREGUARD_FILE, NodePrivate.generate, load_node_private),
+                             (DISCO_FILE, DiscoPrivate.generate, load_disco_private)):
+        path = keys_dir / (name + NEXT_SUFFIX)
+        if not path.exists():
+            write_private_key(path, make())
+        out.append(load(path))
+    wg, disco = out
+    assert isinstance(wg, NodePrivate) and isinstance(disco, DiscoPrivate)
+    return wg, disco
+
+
+def commit_next_keys(keys_dir: Path) -> None:
+    """The rotation's keys become the keys in force (each file replaced atomically; the old ones are gone)."""
+    for name in (WIREGUARD_FILE, DISCO_FILE):
+        (keys_dir / (name + NEXT_SUFFIX)).replace(keys_dir / name)
+
+
+def keys_made_at(keys_dir: Path) -> int | None:
+    """When the WireGuard key in force was written (made or rotated in)."""
+    try:
+        return int((keys_dir / WIREGUARD_FILE).stat().st_mtime)
+    except OSError:
+        return None

@@ -27,7 +27,7 @@ from typing import Final
 from meshctl.wg.config import HANDSHAKE_FRESH_S, DeviceState
 
 # Bump when compute_desired or the plans change meaning: an upgrade must not trust old digests.
-DIGEST_VERSION: Final = 2  # 2: route choices (issue 19)
+DIGEST_VERSION: Final = 3  # 2: route choices (issue 19); 3: the map in force (enrollments, keys, expiry)
 # Routes, addresses and the packet filter drift-heal within this time even when nothing changes.
 FULL_PASS_INTERVAL_S: Final = 300
 
@@ -41,11 +41,13 @@ class Applied:
     backend: str  # "kernel" | "userspace": the backend that pass used
     full_at: int  # unix seconds
     resolves_names: bool  # static endpoints with host names: DNS may change what they mean
+    valid_until: int | None = None  # the clock alone changes the map then (a membership or an auth key expires)
 
     def still_valid(self, inputs: str, now: int) -> bool:
         """Whether a pass with `inputs` at `now` may rely on this record (the device aside)."""
         return (inputs == self.inputs and not self.resolves_names
-                and self.full_at <= now < self.full_at + FULL_PASS_INTERVAL_S)
+                and self.full_at <= now < self.full_at + FULL_PASS_INTERVAL_S
+                and (self.valid_until is None or now < self.valid_until))
 
 
 def _key_hash(secret: bytes) -> str:

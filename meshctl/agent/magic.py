@@ -42,12 +42,15 @@ import asyncio
 import ipaddress
 import logging
 import os
-import socket
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Final
 
+from meshctl.coord.endpoint_publish import PublishRequest
+from meshctl.coord.endpoint_record import MAX_CANDIDATES as MAX_RECORD_CANDIDATES
+from meshctl.coord.endpoint_record import EndpointRecord, canonical_candidate
+from meshctl.coord.endpoint_verify import usable_candidates
 from meshctl.coord.netmap import NetMap, Peer
 from meshctl.coord.routes import Liveness
 from meshctl.errors import MeshctlError, ParseError
@@ -73,6 +76,9 @@ PING_TIMEOUT_S: Final = 1.0  # `meshctl ping`: one attempt
 # cron): fall back to its published endpoint. Not sooner: two agents behind bare masquerade NATs
 # can be silent for a while (paths.py recovery rounds), and WireGuard's full-TTL handshakes to the
 # other NAT would poison its conntrack again. 150 s is past the rounds' worst case (143 s).
+# A peer whose endpoint record says it runs no agent (`meshctl sync` published it) needs no such
+# guess: its endpoint is used at once (static_fallback). This wait is left for a peer without
+# a record (no push rights), which may run an agent or not.
 STATIC_FALLBACK_AFTER_S: Final = 150.0
 PING_ATTEMPTS: Final = 3
 MAX_RECV_PER_WAKEUP: Final = 512  # yield to the loop after this many packets
@@ -128,6 +134,39 @@ def peer_liveness(direct: bool, heard_at: float | None, created: float, now: flo
     return Liveness.DEAD
 
 
+def record_candidates(record: EndpointRecord, wg_key: NodePublic, disco_key: DiscoPublic,
+                      now: int) -> tuple[AddrPort, ...]:
+    """A record's candidates this node may probe now (fresh, made for the member's keys), IPv4."""
+    out = []
+    for text in usable_candidates(record, wg_key, disco_key, now):
+        try:
+            addr = parse_addr_port(text)
+        except ParseError:
+            continue
+        if addr.ip.version == 4:  # the raw socket that punches and probes is IPv4
+            out.append(addr)
+    return tuple(out)
+
+
+def record_text(candidates: Iterable[AddrPort]) -> tuple[str, ...]:
+    """Our candidates as an endpoint record holds them (canonical text; anything else left out)."""
+    out = []
+    for c in candidates:
+        try:
+            out.append(canonical_candidate(str(c)))
+        except ValueError:
+            continue
+    return tuple(dict.fromkeys(out))[:MAX_RECORD_CANDIDATES]
+
+
+def unproven_candidate(candidates: tuple[AddrPort, ...], local: Iterable[ipaddress.IPv4Interface]) -> str | None:
+    """For a peer without an agent and without a static endpoint: the candidate WireGuard may use
+    unproven, one on our own subnet first, else its first (its public address, STUN-mapped or local)."""
+    near = next((c for c in candidates if on_link(c, local)), None)
+    pick = near or next(iter(candidates), None)
+    return str(pick) if pick is not None else None
+
+
 def path_status(path: Path) -> dict[str, Any]:
     """The per-peer part of the status document."""
     return {
@@ -159,10 +198,10 @@ def wanted_override(path: Path, initiator: bool, direct_since: float | None, now
 
 def local_ipv4_interfaces(exclude_ifname: str) -> list[ipaddress.IPv4Interface]:
     """Global IPv4 addresses of this host with their prefixes, except loopback and the mesh
-    interface (netlink)."""
-    from meshctl.router.linux import interface_addresses
+    interface (one netlink dump)."""
+    from meshctl.netaddrs import ipv4_interfaces
 
-    return [i for i in interface_addresses(exclude_ifname, socket.AF_INET) if isinstance(i, ipaddress.IPv4Interface)]
+    return ipv4_interfaces(exclude_ifname)
 
 
 # --- the engine ------------------------------------------------------------------------------
@@ -183,6 +222,9 @@ class _Peer:
     heard: bool = False  # any disco from this peer, direct or relayed: it runs an agent
     heard_at: float | None = None  # when the last one came (HA liveness, agent/failover.py)
     static: str | None = None  # first static endpoint of its record, resolved to IP:PORT
+    record: EndpointRecord | None = None  # its newest accepted endpoint record (git host)
+    record_candidates: tuple[AddrPort, ...] = ()  # what the record gave its core (fresh only)
+    kind: PathKind = PathKind.NONE  # the path kind last reported by its core
 
 
 class Magic:
@@ -214,6 +256,7 @@ class Magic:
         self._netmap: NetMap | None = None
         self._started_at = 0.0
         self._stun_settled = False
+        self._records: Mapping[str, EndpointRecord] = {}  # the devices' endpoint records (git host)
         self._admission = admission.Admission()
         self._kernel_filter: tuple[tuple[bytes, ...], tuple[AddrPort, ...]] | None = None
         self._reading = False
@@ -302,6 +345,47 @@ class Magic:
             if p.endpoints:
                 self._resolve_static(name, p.endpoints)
         self._by_disco = {p.disco_key: p.name for p in self._peers.values()}
+        self._apply_records(now)
+
+    # --- endpoint records through the git host (issue 18) -----------------------------------
+
+    def update_endpoints(self, records: Mapping[str, EndpointRecord]) -> frozenset[str]:
+        """The devices' records as this pass fetched them; returns the peers whose usable
+        candidates changed (new to try: the agent looks for records faster again)."""
+        self._records = records
+        if self._loop is None:
+            return frozenset()
+        changed = self._apply_records(self._loop.time())
+        self._service()
+        return changed
+
+    def _apply_records(self, now: float) -> frozenset[str]:
+        """Hand each peer's core the fresh candidates of its record (none once stale)."""
+        wall = int(time.time())
+        changed = set()
+        for peer in self._peers.values():
+            rec = self._records.get(peer.name)
+            peer.record = rec
+            usable = record_candidates(rec, peer.wg_key, peer.disco_key, wall) if rec is not None else ()
+            if usable != peer.record_candidates:
+                if usable:
+                    log.info("%s: endpoint record: %s", peer.name, " ".join(map(str, usable)))
+                peer.record_candidates = usable
+                peer.paths.set_record_candidates(usable, now)
+                changed.add(peer.name)
+        return frozenset(changed)
+
+    def publish_request(self) -> PublishRequest | None:
+        """What our own endpoint record would say now; None until the first netcheck settled
+        (publishing the local addresses alone would cost a second push a second later)."""
+        if not self._stun_settled or self._loop is None:
+            return None
+        looking = any(p.record_candidates and p.paths.path.kind is PathKind.NONE for p in self._peers.values())
+        return PublishRequest(record_text(self._candidates), agent=True, someone_looking=looking)
+
+    def pathless(self) -> frozenset[str]:
+        """Peers with no path at all (no direct path, no relay): the agent looks for their records."""
+        return frozenset(n for n, p in self._peers.items() if p.paths.path.kind is PathKind.NONE)
 
     def endpoint_overrides(self) -> dict[str, str | None]:
         # Every peer of the map is listed (also before its core exists): None keeps static
@@ -553,6 +637,10 @@ class Magic:
         if self._netmap is not None and (peer := self._netmap.peer(name)) is not None:
             if (near := self._on_link_static(peer)) is not None:
                 return near
+        if p.record is not None and not p.record.agent:
+            # its record says no agent runs there (`meshctl sync` from cron): no probe will ever
+            # be answered, and nothing of it can be poisoned, since it never sends first
+            return p.static or unproven_candidate(p.record_candidates, self._local_ifaces)
         if p.heard or p.static is None:
             return None
         if self._loop.time() - p.created < STATIC_FALLBACK_AFTER_S:
@@ -579,19 +667,31 @@ class Magic:
         if not self._stun_settled:
             self._stun_settled = True
             self._sync_peers()
+            self._request_pass()  # our record can be published now, and the peers looked for
 
-    async def _refresh_local(self) -> None:
-        # pyroute2's synchronous API runs its own event loop: keep it off ours
+    async def _refresh_local(self, update_candidates: bool = False) -> None:
         try:
             self._local_ifaces = await asyncio.to_thread(local_ipv4_interfaces, self.settings.interface)
         except (OSError, MeshctlError) as exc:
             log.warning("cannot list local addresses: %s", exc)
+        if update_candidates and self._loop is not None:
+            self._set_candidates(self._loop.time())  # no STUN: the local addresses are our candidates
+
+    def _refresh_local_only(self, now: float) -> list[float]:
+        """A mesh that lists no STUN servers (a LAN): our candidates are our local addresses,
+        looked at again every RESTUN_INTERVAL_S."""
+        assert self._loop is not None
+        if now >= self._next_restun:
+            self._next_restun = now + RESTUN_INTERVAL_S
+            self._loop.create_task(self._refresh_local(update_candidates=True))
+        return [self._next_restun]
 
     def _set_candidates(self, now: float) -> None:
         new = own_candidates((i.ip for i in self._local_ifaces), self.settings.listen_port, self._report)
         if new != self._candidates:
             log.info("own endpoints: %s", " ".join(map(str, new)) or "(none)")
             self._candidates = new  # handed to each peer's core by _service
+            self._request_pass()  # ... and published in our endpoint record by the next pass
 
     def _netcheck_step(self, now: float) -> list[float]:
         """Drive the netcheck core; returns its deadlines."""
@@ -601,7 +701,7 @@ class Magic:
             self._netcheck = netcheck.Netcheck(self._stun_servers, now, os.urandom, NETCHECK_TIMEOUT_S)
         nc = self._netcheck
         if nc is None:
-            return [self._next_restun] if self._stun_servers else []
+            return [self._next_restun] if self._stun_servers else self._refresh_local_only(now)
         for payload, dst in nc.datagrams_to_send(now):
             self._send(payload, dst)
         if nc.done(now):
@@ -668,6 +768,9 @@ class Magic:
     def _on_event(self, peer: _Peer, event: PathChanged | NoDirectPath, now: float) -> None:
         match event:
             case PathChanged(path, initiator):
+                if (path.kind is PathKind.NONE) != (peer.kind is PathKind.NONE):
+                    self._request_pass()  # the agent looks for endpoint records faster while a peer has none
+                peer.kind = path.kind
                 if path.kind is PathKind.DIRECT:
                     log.info("%s: path -> direct %s (%.1f ms%s)", peer.name, path.endpoint,
                              (path.latency_s or 0) * 1000, ", we initiate" if initiator else "")

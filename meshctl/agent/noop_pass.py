@@ -34,13 +34,17 @@ REPORT_FILE: Final = "dry-run-report.json"
 def pass_inputs(settings: Settings, self_name: str, memory: TrustMemory,
                 endpoint_overrides: Mapping[str, str | None],
                 extra_addresses: tuple[ipaddress.IPv4Interface | ipaddress.IPv6Interface, ...],
-                routes: str = "") -> str | None:
-    """The inputs digest of a pass; None when it cannot be known cheaply (then: full pass)."""
+                routes: str = "", branches: str = "") -> str | None:
+    """The inputs digest of a pass; None when it cannot be known cheaply (then: full pass).
+    `routes`: this node's route choices and HA primaries (sync_pass._routes_text).
+    `branches`: what the devices' branches add to the map (EndpointView.digest: enrollments, keys).
+    What the clock alone changes there (an expired membership or auth key) waits for the next full
+    pass, at most FULL_PASS_INTERVAL_S later."""
     try:
         key_file = (settings.keys_dir / WIREGUARD_FILE).read_bytes()
     except OSError:
         return None
-    return inputs_digest(state_sha256=memory.state_sha256, self_name=self_name,
+    return inputs_digest(state_sha256=memory.state_sha256 + (f":{branches}" if branches else ""), self_name=self_name,
                          interface=settings.interface, backend_choice=settings.wg_backend,
                          listen_port=settings.listen_port, wireguard_key_file=key_file,
                          endpoint_overrides=endpoint_overrides, extra_addresses=extra_addresses,
@@ -50,15 +54,16 @@ def pass_inputs(settings: Settings, self_name: str, memory: TrustMemory,
 def load_applied(state_dir: Path) -> Applied | None:
     try:
         doc = json.loads((state_dir / APPLIED_FILE).read_bytes())
+        until = doc.get("valid_until")
         return Applied(str(doc["inputs"]), str(doc["device"]), str(doc["backend"]), int(doc["full_at"]),
-                       bool(doc["resolves_names"]))
+                       bool(doc["resolves_names"]), int(until) if until is not None else None)
     except (OSError, ValueError, KeyError, TypeError):
         return None  # missing or damaged: the next pass is a full one
 
 
 def save_applied(state_dir: Path, applied: Applied) -> None:
     doc = {"inputs": applied.inputs, "device": applied.device, "backend": applied.backend,
-           "full_at": applied.full_at, "resolves_names": applied.resolves_names}
+           "full_at": applied.full_at, "resolves_names": applied.resolves_names, "valid_until": applied.valid_until}
     atomic_write(state_dir / APPLIED_FILE, (json.dumps(doc) + "\n").encode())
 
 
@@ -67,7 +72,7 @@ def forget_applied(state_dir: Path) -> None:
 
 
 def remember_full_pass(state_dir: Path, ifname: str, inputs: str | None, device: DeviceState | None,
-                       backend: str, now: int, resolves_names: bool) -> None:
+                       backend: str, now: int, resolves_names: bool, valid_until: int | None = None) -> None:
     """After a full pass that applied cleanly (`device`: the state it left); anything less
     leaves no record, and the next pass is a full one."""
     if inputs is None or device is None:
@@ -78,7 +83,7 @@ def remember_full_pass(state_dir: Path, ifname: str, inputs: str | None, device:
     if digest is None:
         forget_applied(state_dir)
         return
-    save_applied(state_dir, Applied(inputs, digest, backend, now, resolves_names))
+    save_applied(state_dir, Applied(inputs, digest, backend, now, resolves_names, valid_until))
 
 
 def applied_fingerprint(ifname: str, applied: DeviceState, now: int) -> str | None:

@@ -56,6 +56,8 @@ from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
 from meshctl.agent.magic import Magic
+from meshctl.coord.endpoint_publish import PublishRequest
+from meshctl.coord.endpoint_record import EndpointRecord
 from meshctl.coord.netmap import NetMap, Prefix, Relay
 from meshctl.keys import NodePublic
 from meshctl.nat import disco
@@ -228,6 +230,18 @@ class Relaying:
     def endpoint_overrides(self) -> dict[str, str | None]:
         # Called from the pass's worker thread: only a copy of what the loop computed.
         return dict(self._overrides)
+
+    # endpoint records through the git host (daemon.Signalling): Magic's
+    def update_endpoints(self, records: Mapping[str, EndpointRecord]) -> frozenset[str]:
+        news = self.magic.update_endpoints(records)
+        self._evaluate()  # a peer without an agent may have an endpoint now
+        return news
+
+    def publish_request(self) -> PublishRequest | None:
+        return self.magic.publish_request()
+
+    def pathless(self) -> frozenset[str]:
+        return self.magic.pathless()
 
     def status(self) -> dict[str, Any]:
         doc = self.magic.status()

@@ -13,7 +13,17 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from meshctl.cli.admin_common import DryRunOpt, KeyOpt, NoCommitOpt, RepoOpt, key_paths, run_signing, trust_of
+from meshctl.cli.admin_authkey import authkey_app
+from meshctl.cli.admin_common import (
+    DryRunOpt,
+    KeyOpt,
+    NoCommitOpt,
+    RepoOpt,
+    duration_option,
+    key_paths,
+    run_signing,
+    trust_of,
+)
 from meshctl.cli.admin_relay import relay_admin_app
 from meshctl.cli.common import command
 
@@ -25,6 +35,7 @@ if TYPE_CHECKING:
 admin_app = typer.Typer(help="Admin commands, run in a checkout of the coordination repository.",
                         no_args_is_help=True)
 admin_app.add_typer(relay_admin_app, name="relay")
+admin_app.add_typer(authkey_app, name="authkey")
 
 
 @command
@@ -127,6 +138,9 @@ def approve(
         "--routes", metavar="all|exit|none|CIDR[,CIDR...]",
         help="Approve exactly these advertised routes (`exit`: the exit node). Without it, what was approved "
              "and is still advertised stays, and the policy's autoApprovers add theirs.")] = None,
+    expires: Annotated[str | None, typer.Option(
+        "--expires", help="Membership expiry, e.g. 180d: nodes drop the device then unless renewed "
+                          "(`meshctl admin renew NAME --expires 180d`). Default: never.")] = None,
     repo: RepoOpt = Path("."),
     admin_key: KeyOpt = None,
     no_commit: NoCommitOpt = False,
@@ -148,9 +162,11 @@ def approve(
 
     choice = parse_routes_option(routes) if routes is not None else None
 
+    expires_in = duration_option("--expires", expires)
+
     def build(session: admin.Session) -> Change:
         return changes.approve(session.baseline, name, session.now, ip, tag or [], owner, expect_key,
-                               allow_revoked_key, choice)
+                               allow_revoked_key, choice, expires_in)
 
     member = name in admin.open_checkout(repo).state.peers  # "not a coordination repository" before any fetch
     here = (repo / request_files(name)[0]).exists()  # in the checkout already (offline, or the branch checked out)
@@ -240,11 +256,28 @@ def revoke(
 
 @admin_app.command("renew")
 @command
-def renew(repo: RepoOpt = Path("."), admin_key: KeyOpt = None, no_commit: NoCommitOpt = False,
-          dry_run: DryRunOpt = False) -> None:
-    """Extend the state's expiry (bumps the serial)."""
+def renew(
+    name: Annotated[str | None, typer.Argument(help="A member whose membership expiry to set (with --expires).")]
+    = None,
+    expires: Annotated[str | None, typer.Option(
+        "--expires", help="With NAME: the member's new membership expiry from now, e.g. 180d, or 'never'.")] = None,
+    repo: RepoOpt = Path("."), admin_key: KeyOpt = None, no_commit: NoCommitOpt = False,
+    dry_run: DryRunOpt = False,
+) -> None:
+    """Extend the state's expiry (bumps the serial); with NAME --expires, a member's membership expiry."""
     from meshctl.coord import changes
     from meshctl.coord.records import format_time
+    from meshctl.errors import UsageError
+
+    if name is not None:
+        if expires is None:
+            raise UsageError(f"admin renew {name}: say until when with --expires 180d (or --expires never)")
+        expires_in = None if expires == "never" else duration_option("--expires", expires)
+        run_signing(repo, admin_key, lambda s: changes.set_member_expiry(s.baseline, name, s.now, expires_in),
+                    dry_run=dry_run, no_commit=no_commit)
+        return
+    if expires is not None:
+        raise UsageError("--expires needs a member: meshctl admin renew NAME --expires 180d")
 
     def lines(result: Plan) -> list[str]:
         return [f"renewed: expires {format_time(result.state.expires)}"]

@@ -31,6 +31,19 @@ DryRunOpt = Annotated[bool, typer.Option(
     "--dry-run", help="Verify and show what the new signed state changes; write and commit nothing.")]
 
 
+def duration_option(option: str, text: str | None) -> int | None:
+    """Seconds of a duration option (`90d`), None when not given; a usage error names the option."""
+    from meshctl.duration import parse_duration
+    from meshctl.errors import UsageError
+
+    if text is None:
+        return None
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise UsageError(f"{option} {exc}") from None
+
+
 def key_paths(paths: list[Path] | None) -> list[Path]:
     """The --admin-key files, or the default key file."""
     from meshctl.coord.admin import default_admin_key_path
@@ -65,8 +78,10 @@ def run_signing(
     lines: Callable[[Plan], list[str]] | None = None,
     status_line: bool = True,
     echo: Callable[[str], object] = typer.echo,
+    skip_keys: Collection[str] = (),
 ) -> Plan:
-    """Verify the checkout, build and sign the change, show it; write and commit unless a dry run.
+    """Verify the checkout, absorb the enrollments nodes accept (not for a co-signature; not those of
+    `skip_keys`), build and sign the change, show it; write and commit unless a dry run.
     `echo` takes what goes to stdout (warnings go to stderr at once)."""
     from meshctl.coord import admin
 
@@ -74,6 +89,8 @@ def run_signing(
     trust = trust_of(admin_key)
     now = int(time.time())
     session = admin.open_session(repo, now, keys, trust, cosign=cosign, inputs=inputs)
+    if not cosign:
+        session = admin.absorb_enrollments(session, skip_keys)
     result = admin.plan_change(session, build(session), keys, now, policy_check)
     if dry_run:
         echo("dry run: nothing is written or committed")

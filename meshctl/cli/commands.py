@@ -63,6 +63,12 @@ def _status() -> Callable[..., Any]:
     return status
 
 
+def _rotate_keys() -> Callable[..., Any]:
+    from meshctl.cli.rotate import rotate_keys
+
+    return rotate_keys
+
+
 def _whois() -> Callable[..., Any]:
     from meshctl.cli.status import whois
 
@@ -115,6 +121,7 @@ COMMANDS: Final[dict[str, Callable[[], Callable[..., Any] | typer.Typer]]] = {
     "set": _set,
     "down": _down,
     "status": _status,
+    "rotate-keys": _rotate_keys,
     "whois": _whois,
     "ping": _ping,
     "netcheck": _netcheck,

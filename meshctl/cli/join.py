@@ -13,7 +13,12 @@ from meshctl.cli.route_flags import AdvertiseExitOpt, AdvertiseRoutesOpt, parse_
 from meshctl.errors import GitError, UsageError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from meshctl.coord.enroll import EnrollResult
     from meshctl.coord.join import JoinResult
+    from meshctl.keys import SigningKey
+    from meshctl.settings import Settings
 
 
 def _default_name() -> str:
@@ -48,8 +53,16 @@ def join(
         "--rename", help="Ask under a new --name and withdraw this device's earlier request.")] = False,
     advertise_routes: AdvertiseRoutesOpt = None,
     advertise_exit_node: AdvertiseExitOpt = None,
+    auth_key: Annotated[str | None, typer.Option(
+        "--auth-key", envvar="MESHCTL_AUTH_KEY", show_envvar=True,
+        help="An enrollment key (`meshctl admin authkey create`): join with no admin step. Also file:PATH "
+             "(a file holding it) or the environment, which other local users cannot read as they can a "
+             "command line.")] = None,
+    tag: Annotated[list[str] | None, typer.Option(
+        "--tag", help="With --auth-key: only these of the key's tags (repeatable; default: all of them).")] = None,
 ) -> None:
-    """Join a mesh: keys stay on this device; the request goes to a pull-request branch."""
+    """Join a mesh: keys stay on this device; the request goes to a pull-request branch, or, with
+    --auth-key, the device is a member on every node's next sync."""
     from meshctl.coord.advertise import Advertised, offer_from_flags
     from meshctl.coord.join import join as do_join
 
@@ -64,6 +77,17 @@ def join(
         typer.echo(f"The mesh's root fingerprint is {fp}")
         typer.echo("Compare it with the one your admin gave you.")
         return yes or typer.confirm("Trust this root?", default=False)
+
+    if auth_key is not None:
+        if rename:
+            raise UsageError("--auth-key joins without a request: --rename does not apply")
+        if advertise_routes is not None or advertise_exit_node is not None:
+            raise UsageError("--advertise-routes and --advertise-exit-node need an admin's approval, which "
+                             "an enrolled device skips", "once it is a member: `meshctl set --advertise-routes ...`")
+        _enroll(settings, repo_url, name, root, confirm, auth_key, tag, ssh_key, tuple(endpoint or ()))
+        return
+    if tag:
+        raise UsageError("--tag goes with --auth-key (an admin gives tags with `meshctl admin approve --tag`)")
 
     offer = offer_from_flags(Advertised(), advertise_routes, parse_bool(advertise_exit_node, "--advertise-exit-node"))
     try:
@@ -114,7 +138,46 @@ def print_handover(name: str, branch: str, push_error: str | None, record: bytes
     typer.echo(f"\nthen: meshctl admin approve {name}")
 
 
-def _say_credentials(result: JoinResult) -> None:
+def _read_auth_key(value: str) -> SigningKey:
+    from pathlib import Path
+
+    from meshctl.coord.enrollment import parse_key_text
+
+    if value.startswith("file:"):
+        path = Path(value[len("file:"):]).expanduser()
+        try:
+            value = path.read_text(errors="replace")[:1024]
+        except OSError as exc:
+            raise UsageError(f"--auth-key file:{path}: {exc.strerror or exc}") from None
+    return parse_key_text(value)
+
+
+def _enroll(settings: Settings, repo_url: str, name: str | None, root: str | None, confirm: Callable[[str], bool],
+            auth_key: str, tags: list[str] | None, ssh_key: str | None, endpoints: tuple[str, ...]) -> None:
+    from meshctl.coord.enroll import enroll
+    from meshctl.netaddrs import ipv4_interfaces, local_candidates
+
+    secret = _read_auth_key(auth_key)
+    candidates = local_candidates(ipv4_interfaces(settings.interface), settings.listen_port)
+    try:
+        result = enroll(settings.state_dir, settings.repo_dir, settings.keys_dir, repo_url, name, root, confirm,
+                        secret, int(time.time()), tags=tags, default_name=_default_name(), ssh_key=ssh_key,
+                        candidates=candidates, endpoints=endpoints)
+    except GitError as exc:
+        raise GitError(exc.message, exc.hint if "authentication" in exc.message else
+                       "check the URL and that this machine reaches the git host") from None
+    _say_credentials(result)
+    if result.already_member:
+        typer.echo(f"{result.name} is already a member of {result.mesh}; run `meshctl up` or `meshctl sync`")
+        return
+    again = " (again: the same enrollment)" if result.again else ""
+    typer.echo(f"enrolled {result.name} in {result.mesh} with auth key {result.key_id}{again}: "
+               f"{' '.join(result.addresses)}, tags {','.join(result.tags) or 'none'}")
+    typer.echo(f"published on branch {result.branch}: every node accepts it on its next sync")
+    typer.echo(f"key fingerprint {result.fingerprint}; next: `meshctl up` (or `meshctl sync` from cron)")
+
+
+def _say_credentials(result: JoinResult | EnrollResult) -> None:
     """Which SSH credential later syncs use, when it is not the obvious one (stderr: notes)."""
     import os
 

@@ -27,7 +27,9 @@ def status(
     """This node, the coordination state and every peer's path, handshake and traffic."""
     from meshctl.agent.control import query_agent
     from meshctl.agent.status import build_status, render_status
+    from meshctl.coord.effective import apply_view
     from meshctl.coord.node_state import NodeState
+    from meshctl.identity import load_public_keys
 
     settings = settings_of(ctx)
     node = NodeState(settings.state_dir)
@@ -51,9 +53,13 @@ def status(
 
     agent = query_agent(settings.control_socket, {"cmd": "status"})
     now = int(time.time())
+    cfg = node.load_config()
+    view = node.load_endpoint_view(cfg.network_id)
+    netmap = apply_view(netmap, view, now, load_public_keys(settings.keys_dir)).netmap
     doc = build_status(netmap, device, device_info, node.fetched_at(),
-                       _read_json(settings.state_dir / "last-sync.json"), now, agent,
-                       _read_json(settings.state_dir / ROUTES_FILE), asdict(load_prefs(settings.state_dir)))
+                       _read_json(settings.state_dir / "last-sync.json"), now, agent, view, node.load_published(),
+                       routes=_read_json(settings.state_dir / ROUTES_FILE),
+                       prefs=asdict(load_prefs(settings.state_dir)))
     typer.echo(json.dumps(doc, indent=2) if as_json else render_status(doc, now))
 
 
@@ -68,9 +74,13 @@ def whois(ctx: typer.Context, ip: Annotated[str, typer.Argument(help="A mesh IP 
         addr = ipaddress.ip_address(ip)
     except ValueError:
         raise UsageError(f"not an IP address: `{ip}`") from None
-    netmap = NodeState(settings_of(ctx).state_dir).load_netmap()
+    from meshctl.coord.effective import apply_view
+
+    node = NodeState(settings_of(ctx).state_dir)
+    netmap = node.load_netmap()
     if netmap is None:
         raise UsageError("no accepted coordination state yet", "run `meshctl sync` first")
+    netmap = apply_view(netmap, node.load_endpoint_view(netmap.network.network_id), int(time.time())).netmap
     peer = netmap.peer_by_address(addr)
     if peer is None:
         raise UsageError(f"{ip}: no member of mesh {netmap.network.name} has this address")

@@ -16,6 +16,7 @@ from meshctl.cli.route_flags import AcceptRoutesOpt, AllowLanOpt, ExitNodeOpt, S
 if TYPE_CHECKING:
     from meshctl.agent.reconcile import Plan
     from meshctl.coord.netmap import NetMap
+    from meshctl.settings import Settings
 
 
 @command
@@ -34,7 +35,7 @@ def sync(
 
     from meshctl.agent.lock import state_lock
     from meshctl.agent.prefs import load_prefs
-    from meshctl.agent.sync_pass import dry_run_report, run_pass
+    from meshctl.agent.sync_pass import cron_publish_plan, dry_run_report, run_pass
     from meshctl.cli import preflight
     from meshctl.cli.set import save_route_prefs
     from meshctl.errors import VerificationError
@@ -54,6 +55,8 @@ def sync(
             typer.echo(f"warning: {clock}", err=True)
         return
     with state_lock(settings.state_dir, wait):
+        if not dry_run:
+            _rotate_if_due(settings, now)
         try:
             # The preflight checks run only when the pass will touch the network: a no-op
             # pass found meshctl's own device answering with the configuration it applied.
@@ -62,7 +65,7 @@ def sync(
                 report = dry_run_report(settings, now, functools.partial(_render_dry_run, settings.interface), prefs)
             else:
                 result = run_pass(settings, now, before_apply=lambda: preflight.network_preflight(
-                    settings.interface, settings.listen_port))
+                    settings.interface, settings.listen_port), publish=cron_publish_plan(settings, now))
         except VerificationError as exc:
             raise VerificationError(exc.message, clock or exc.hint) from None
     if dry_run:
@@ -82,6 +85,21 @@ def sync(
         raise error
     if not dry_run and result.apply_errors:
         raise result.apply_errors[0]
+
+
+def _rotate_if_due(settings: Settings, now: int) -> None:
+    """`rotate-keys --rotate-every`: from cron too. A failure keeps the keys in force (said, not fatal)."""
+    from meshctl.coord import rotate
+    from meshctl.errors import MeshctlError
+
+    if not rotate.due(settings.state_dir, settings.keys_dir, now):
+        return
+    try:
+        done = rotate.rotate_keys(settings.state_dir, settings.repo_dir, settings.keys_dir, now)
+    except MeshctlError as exc:
+        typer.echo(f"warning: automatic key rotation: {exc.message}", err=True)
+        return
+    typer.echo(f"rotated keys: WireGuard {done.old_wireguard.b64()} -> {done.new_wireguard.b64()}")
 
 
 def _render_dry_run(ifname: str, netmap: NetMap, plan: Plan) -> str:

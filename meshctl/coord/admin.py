@@ -164,13 +164,36 @@ class Session:
 
     path: Path
     now: int
-    baseline: Baseline
+    baseline: Baseline  # what the command builds on: the verified checkout, with enrolled devices absorbed
     trust: AdminTrust | None
     remembered: Remembered | None
+    absorbed: changes.Absorbed | None = None  # the enrolled devices absorbed into `baseline`
 
     @property
     def first_use(self) -> bool:
         return self.trust is not None and self.remembered is None
+
+    @property
+    def signed(self) -> Baseline:
+        """The verified checkout as valid signatures cover it (what the diff starts from)."""
+        return self.absorbed.before if self.absorbed is not None else self.baseline
+
+
+def absorb_enrollments(session: Session, skip_keys: Collection[str] = ()) -> Session:
+    """The session with every enrollment nodes accept absorbed into its baseline (coord/delegation.py):
+    the command's change then makes them ordinary members, shown in its diff. Enrollments made with
+    `skip_keys` (an auth key being revoked) are left out and named in the Absorbed."""
+    from meshctl.coord import delegation, device_branches
+
+    base = session.baseline
+    found, warnings = device_branches.checkout_enrollments(session.path, set(base.state.peers))
+    verdict = delegation.decide(base.verified.netmap, found, {}, {}, session.now)
+    warnings += [f"endpoints/{name}: enrollment refused: {why}" for name, why in sorted(verdict.refused.items())]
+    take = {n: e for n, e in verdict.accepted.items() if e.key.id not in skip_keys}
+    skipped = tuple(sorted(set(verdict.accepted) - set(take)))
+    baseline, absorbed = changes.absorb(base, take)
+    return replace(session, baseline=baseline,
+                   absorbed=replace(absorbed, warnings=tuple(warnings), skipped=skipped))
 
 
 def _network_id(path: Path) -> str:
@@ -229,8 +252,10 @@ def plan_change(session: Session, change: Change, keys: Sequence[SigningKey], no
                 policy_check: PolicyCheck | None = None) -> Plan:
     """Sign in memory and verify the result; refuse a policy that does not parse or fails its tests."""
     highest = session.remembered.memory.serial if session.remembered is not None else 0
+    if session.absorbed is not None:
+        change = changes.with_absorbed(change, session.absorbed)
     try:
-        result = plan(session.baseline, change, keys, now, highest)
+        result = plan(session.signed, change, keys, now, highest)
     except VerificationError as exc:
         raise VerificationError(exc.message, "nothing was signed or written: the new state would not "
                                 "verify") from None
@@ -303,10 +328,12 @@ def run_change(path: Path, keys: Sequence[SigningKey], now: int, build: Callable
                trust: AdminTrust | None = None, cosign: bool = False,
                inputs: Collection[str] = (),
                policy_check: PolicyCheck | None = None, write: bool = True, commit: bool = False,
-               ) -> tuple[Plan, str | None]:
-    """The whole signing path for one command: verify, build, plan; then (unless `write` is False,
-    a dry run) write, remember and (with `commit`) commit."""
+               skip_keys: Collection[str] = ()) -> tuple[Plan, str | None]:
+    """The whole signing path for one command: verify, absorb enrollments, build, plan; then (unless
+    `write` is False, a dry run) write, remember and (with `commit`) commit."""
     session = open_session(path, now, keys, trust, cosign=cosign, inputs=inputs)
+    if not cosign:
+        session = absorb_enrollments(session, skip_keys)
     result = plan_change(session, build(session), keys, now, policy_check)
     if not write:
         return result, None

@@ -8,49 +8,42 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Final
 
-from meshctl.coord import records, route_approval, signing, verify
+from meshctl.coord import addressing, records, route_approval, signing, verify
+from meshctl.coord.addressing import MAGICDNS_IP as MAGICDNS_IP  # re-exported: admin, tests
+from meshctl.coord.addressing import QUARANTINE_S
 from meshctl.coord.baseline import ALL_PINNED, Baseline
-from meshctl.coord.records import Assignment, PeerRecord, Revoked, StateDoc
+from meshctl.coord.delegation import Enrolled, identity_signature
+from meshctl.coord.records import Assignment, AuthKey, PeerRecord, Revoked, StateDoc
 from meshctl.coord.route_approval import RoutesChoice
 from meshctl.coord.routes import Prefix
-from meshctl.coord.signed_change import Change, pinnable_hashes
-from meshctl.coord.state_diff import StateView, fingerprint
+from meshctl.coord.signed_change import Change, OverlaySnapshot, pinnable_hashes
+from meshctl.coord.state_diff import StateView, authkey_line, fingerprint
 from meshctl.errors import MeshctlError, ParseError, UsageError, VerificationError
 from meshctl.keys import VerifyKey
-
-MAGICDNS_IP: Final = ipaddress.IPv4Address("100.100.100.100")
-# A revoked device's addresses rest this long before `approve` hands them out again: access rules
-# written by IP (and peers' caches) would otherwise carry over to the next device.
-QUARANTINE_S: Final = 30 * 86400
-MAX_ADDRESS_SEARCH: Final = 1_000_000
-
 
 # --- addresses ---------------------------------------------------------------------------------
 
 
 def quarantined(state: StateDoc, now: int) -> dict[ipaddress.IPv4Address | ipaddress.IPv6Address, Revoked]:
     """Addresses of devices revoked less than QUARANTINE_S ago, with the revocation that holds them."""
-    return {a: r for r in state.revoked if r.at + QUARANTINE_S > now for a in r.addresses}
+    return addressing.quarantined(state.revoked, now)
 
 
 def next_ipv4(state: StateDoc, now: int = 0) -> ipaddress.IPv4Address:
     """The first IPv4 address no member uses, that is not MagicDNS's and not in quarantine."""
     used = {a for asg in state.peers.values() for a in asg.addresses} | set(quarantined(state, now))
-    net = state.ipv4_cidr
-    first = 1 if net.num_addresses > 2 else 0
-    for i in range(first, min(net.num_addresses - 1, first + MAX_ADDRESS_SEARCH)):
-        candidate = net[i]
-        if candidate not in used and candidate != MAGICDNS_IP:
-            return candidate
-    raise MeshctlError(f"no free address left in {net}")
+    found = addressing.free_ipv4(state.ipv4_cidr, used)
+    if found is None:
+        raise MeshctlError(f"no free address left in {state.ipv4_cidr}")
+    return found
 
 
 def ipv6_for(state: StateDoc, v4: ipaddress.IPv4Address) -> ipaddress.IPv6Address:
-    # The IPv4 address embedded in the ULA /48: stable and unique whenever the IPv4 is.
-    return state.ipv6_prefix[int(v4)]
+    return addressing.mesh_ipv6_for(state.ipv6_prefix, v4)
 
 
 def _explicit_ipv4(state: StateDoc, ip: str, now: int) -> tuple[ipaddress.IPv4Address, list[str]]:
@@ -101,11 +94,15 @@ def _which_keys(r: Revoked, rec: PeerRecord) -> str:
 
 def approve(base: Baseline, name: str, now: int, ip: str | None = None, tags: Sequence[str] = (),
             owner: str = "", expect_key: str | None = None, allow_revoked_key: bool = False,
-            routes: RoutesChoice | None = None) -> Change:
+            routes: RoutesChoice | None = None, expires_in: int | None = None) -> Change:
     """Move requests/NAME to peers/, assign addresses, tags, owner and routes (`routes`, else what
-    the signed policy's autoApprovers approve). For a member: approve_member."""
+    the signed policy's autoApprovers approve), and, with `expires_in` seconds, a membership expiry
+    (nodes drop the member from then on). For a member: approve_member."""
     state = base.state
     if name in state.peers:
+        if expires_in is not None:
+            raise UsageError(f"--expires is for join requests; {name!r} is already a member",
+                             f"change its expiry with `meshctl admin renew {name} --expires ...`")
         if ip is not None or tags or owner or allow_revoked_key:
             raise UsageError(f"--ip, --tag, --owner and --allow-revoked-key are for join requests; {name!r} is "
                              "already a member", "revoke it and approve a new join request to change them")
@@ -140,15 +137,30 @@ def approve(base: Baseline, name: str, now: int, ip: str | None = None, tags: Se
         v4 = next_ipv4(state, now)
     v6 = ipv6_for(state, v4)
     approved = _decide_routes(base, rec, (), routes, tuple(tags), owner)
-    assignment = Assignment(verify.sha256_hex(data), (v4, v6), tuple(tags), owner, approved)
+    expires = now + expires_in if expires_in is not None else None
+    assignment = Assignment(verify.sha256_hex(data), (v4, v6), tuple(tags), owner, routes=approved, expires=expires)
     new = dataclasses.replace(state, peers={**state.peers, name: assignment},
                               revoked=tuple(r for r in state.revoked if r not in revoked))
     _check_routes(new, name)
     moved = {path: None, f"{path}.sig": None, f"peers/{name}.json": data,
              f"peers/{name}.json.sig": signing.marshal_signatures([sig])}
-    return Change(new, moved, (f"approved {name}: {v4} {v6}", f"key fingerprint {fp} ({path})",
-                               *route_approval.approval_notes(name, (), approved)),
-                  f"Approve {name}", tuple(warnings))
+    lines = [f"approved {name}: {v4} {v6}", f"key fingerprint {fp} ({path})",
+             *route_approval.approval_notes(name, (), approved)]
+    if expires is not None:
+        lines.append(f"membership expires {records.format_time(expires)}")
+    return Change(new, moved, tuple(lines), f"Approve {name}", tuple(warnings))
+
+
+def set_member_expiry(base: Baseline, name: str, now: int, expires_in: int | None) -> Change:
+    """Extend (or, with None, lift) a member's membership expiry."""
+    state = base.state
+    if name not in state.peers:
+        raise UsageError(f"state.json: no member named {name!r}")
+    expires = now + expires_in if expires_in is not None else None
+    peers = {**state.peers, name: dataclasses.replace(state.peers[name], expires=expires)}
+    when = records.format_time(expires) if expires is not None else "never"
+    return Change(dataclasses.replace(state, peers=peers), summary=(f"membership of {name} expires: {when}",),
+                  message=f"Renew {name}")
 
 
 def approve_member(base: Baseline, name: str, routes: RoutesChoice | None = None,
@@ -275,3 +287,98 @@ def cosign(base: Baseline, remembered: StateView | None) -> Change:
                 == base.state.peers[n].record_sha256}
         shown_from = StateView(remembered.state, same, remembered.policy_text)
     return Change(base.state, message="Co-sign", resign=False, shown_from=shown_from)
+
+
+# --- auth keys (scoped delegations) ------------------------------------------------------------
+
+DEFAULT_AUTHKEY_LIFETIME_S: Final = 90 * 86400
+
+
+def authkey_create(base: Baseline, public: VerifyKey, now: int, tags: Sequence[str] = (), reusable: bool = False,
+                   expires_in: int = DEFAULT_AUTHKEY_LIFETIME_S, pool: str | None = None) -> Change:
+    """List a new auth key's public half with its scope (the private half never enters the repo)."""
+    state = base.state
+    for tag in tags:
+        if not records.TAG_RE.match(tag):
+            raise UsageError(f"--tag {tag!r}: tags look like tag:server")
+    if len(set(tags)) != len(tags) or len(tags) > records.MAX_TAGS:
+        raise UsageError(f"--tag: give at most {records.MAX_TAGS} distinct tags")
+    try:
+        network = ipaddress.IPv4Network(pool) if pool is not None else state.ipv4_cidr
+    except ValueError:
+        raise UsageError(f"--pool {pool!r}: not an IPv4 CIDR such as 100.64.1.0/24 (no host bits set)") from None
+    if not network.subnet_of(state.ipv4_cidr):
+        raise UsageError(f"--pool {network}: not inside the mesh prefix {state.ipv4_cidr}")
+    if len(state.authkeys) >= records.MAX_AUTHKEYS:
+        raise UsageError(f"state.json lists {len(state.authkeys)} auth keys already, the most it may",
+                         "revoke unused ones first: meshctl admin authkey list")
+    key = AuthKey(public.key_id(), public, tuple(tags), network, now + expires_in, reusable)
+    new = dataclasses.replace(state, authkeys={**state.authkeys, key.id: key})
+    return Change(new, summary=(f"created {authkey_line(key)}",), message=f"Create auth key {key.id}")
+
+
+def authkey_revoke(base: Baseline, key_id: str, pending: Sequence[str] = ()) -> Change:
+    """Remove an auth key: it adds nobody from now on, and nodes drop the devices it added that
+    no admin absorbed (`pending`: their names, told to the admin)."""
+    state = base.state
+    if key_id not in state.authkeys:
+        listed = ", ".join(sorted(state.authkeys)) or "none"
+        raise UsageError(f"state.json: no auth key {key_id!r}", f"auth keys: {listed}")
+    key = state.authkeys[key_id]
+    new = dataclasses.replace(state, authkeys={k: v for k, v in state.authkeys.items() if k != key_id})
+    lines = [f"revoked {authkey_line(key)}"]
+    lines += [f"dropped: {name}, enrolled with it and never absorbed (nodes drop it on their next sync)"
+              for name in pending]
+    return Change(new, summary=tuple(lines), message=f"Revoke auth key {key_id}")
+
+
+@dataclass(frozen=True, slots=True)
+class Absorbed:
+    """Enrolled devices taken into the state as ordinary members (the next signing command's part)."""
+
+    before: Baseline  # the verified checkout, before: what the diff starts from
+    files: Mapping[str, bytes]  # peers/NAME.json(.sig) of each
+    lines: tuple[str, ...]
+    names: tuple[str, ...]
+    warnings: tuple[str, ...] = ()  # branches not read, enrollments refused
+    skipped: tuple[str, ...] = ()  # accepted by nodes, but not absorbed (their auth key is being revoked)
+
+
+def absorb(base: Baseline, accepted: Mapping[str, Enrolled]) -> tuple[Baseline, Absorbed]:
+    """The baseline with every accepted enrollment as a member (addresses and tags of the enrollment,
+    no owner, no expiry); a single-use key that added one is used up and leaves the state. The
+    builders of the command's own change start from the returned baseline."""
+    state = base.state
+    peers = dict(state.peers)
+    used: set[str] = set()
+    files: dict[str, bytes] = {}
+    lines = []
+    recs = dict(base.verified.records)
+    for name in sorted(accepted):
+        e = accepted[name]
+        peers[name] = Assignment(verify.sha256_hex(e.candidate.peer), tuple(e.enrollment.addresses), e.tags)
+        files[f"peers/{name}.json"] = e.candidate.peer
+        files[f"peers/{name}.json.sig"] = signing.marshal_signatures([identity_signature(e)])
+        recs[name] = e.record
+        if not e.key.reusable:
+            used.add(e.key.id)
+        lines.append(f"absorbed {name}: {' '.join(map(str, e.enrollment.addresses))}, key {fingerprint(e.record)}, "
+                     f"enrolled with auth key {e.key.id}{' (used up)' if not e.key.reusable else ''}")
+    new = dataclasses.replace(state, peers=peers,
+                              authkeys={k: v for k, v in state.authkeys.items() if k not in used})
+    verified = dataclasses.replace(base.verified, state=new, records=recs)
+    snapshot = OverlaySnapshot(base.snapshot, files)
+    after = dataclasses.replace(base, snapshot=snapshot, verified=verified)
+    return after, Absorbed(base, files, tuple(lines), tuple(sorted(accepted)))
+
+
+def with_absorbed(change: Change, absorbed: Absorbed) -> Change:
+    """The command's change with the absorbed members' files (unless the command removed them,
+    `revoke NAME` of a device just absorbed) and lines."""
+    warnings = change.warnings + absorbed.warnings
+    if not absorbed.names:
+        return dataclasses.replace(change, warnings=warnings)
+    files = {**absorbed.files, **change.files}
+    message = f"{change.message}; absorb enrolled {', '.join(absorbed.names)}"
+    return dataclasses.replace(change, files=files, summary=change.summary + absorbed.lines, message=message,
+                               warnings=warnings)

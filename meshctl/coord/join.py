@@ -120,16 +120,26 @@ def chosen_name(asked: str | None, previous: NodeConfig | None, fingerprint: str
     return name, previous.name
 
 
-def join(state_dir: Path, repo_dir: Path, keys_dir: Path, url: str, name: str | None, pinned: str | None,
-         confirm_root: Callable[[str], bool], endpoints: tuple[str, ...], now: int, *,
-         default_name: str = "device", ssh_key: str | None = None, rename: bool = False,
-         advertise: Advertised | None = None) -> JoinResult:
-    """Clone and verify the mesh, create keys, push `join/<name>` with the request."""
-    if name is not None and not records.NAME_RE.match(name):
-        raise UsageError(f"--name {name!r}: use lowercase letters, digits and '-' (a DNS label)")
-    for ep in endpoints:
-        if not records.HOSTPORT_RE.match(ep):
-            raise UsageError(f"--endpoint {ep!r}: expected HOST:PORT")
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """The mesh as a joining device first sees it: fetched, its root pinned, verified."""
+
+    url: str
+    node: NodeState
+    previous: NodeConfig | None
+    repo: pygit2.Repository
+    creds: gitrepo.Credentials
+    heads: Mapping[str, str]
+    branch: str
+    tip: str
+    pinned: str
+    verified: verify.Verified
+    ssh_key: str | None
+
+
+def fetch_mesh(state_dir: Path, repo_dir: Path, url: str, pinned: str | None, confirm_root: Callable[[str], bool],
+               now: int, ssh_key: str | None, *, endpoints: bool = False) -> Fetched:
+    """Clone (or fetch) the repository, pin its root (asking when not given) and verify it."""
     node = NodeState(state_dir)
     previous = _previous_config(node)
     if ssh_key is not None:
@@ -140,8 +150,7 @@ def join(state_dir: Path, repo_dir: Path, keys_dir: Path, url: str, name: str | 
     repo = gitrepo.open_or_init(repo_dir, url)
     heads = gitrepo.remote_heads(repo, creds)
     branch = gitrepo.default_branch(repo, heads=heads)
-    tip = gitrepo.fetch(repo, branch, creds)
-    accepted = creds.accepted
+    tip = gitrepo.fetch(repo, branch, creds, endpoints=endpoints)
     snap = gitrepo.GitSnapshot(repo, tip)
     files = snap.files()
     if "root/1.root.json" not in files:
@@ -154,12 +163,37 @@ def join(state_dir: Path, repo_dir: Path, keys_dir: Path, url: str, name: str | 
         pinned = fp
     memory = node.load_memory() if previous is not None and previous.root_fingerprint == pinned else None
     verified = verify.verify_snapshot(snap, pinned, now, memory)
+    return Fetched(url, node, previous, repo, creds, heads, branch, tip, pinned, verified, ssh_key)
+
+
+def check_name(name: str | None) -> None:
+    if name is not None and not records.NAME_RE.match(name):
+        raise UsageError(f"--name {name!r}: use lowercase letters, digits and '-' (a DNS label)")
+
+
+def check_endpoints(endpoints: tuple[str, ...]) -> None:
+    for ep in endpoints:
+        if not records.HOSTPORT_RE.match(ep):
+            raise UsageError(f"--endpoint {ep!r}: expected HOST:PORT")
+
+
+def join(state_dir: Path, repo_dir: Path, keys_dir: Path, url: str, name: str | None, pinned: str | None,
+         confirm_root: Callable[[str], bool], endpoints: tuple[str, ...], now: int, *,
+         default_name: str = "device", ssh_key: str | None = None, rename: bool = False,
+         advertise: Advertised | None = None) -> JoinResult:
+    """Clone and verify the mesh, create keys, push `join/<name>` with the request."""
+    check_name(name)
+    check_endpoints(endpoints)
+    got = fetch_mesh(state_dir, repo_dir, url, pinned, confirm_root, now, ssh_key)
+    node, previous, repo, creds, heads = got.node, got.previous, got.repo, got.creds, got.heads
+    branch, tip, pinned, verified, ssh_key = got.branch, got.tip, got.pinned, got.verified, got.ssh_key
+    accepted = creds.accepted
+    snap = gitrepo.GitSnapshot(repo, tip)
     keys = load_or_create_device_keys(keys_dir)
     previous_is_member = (previous is not None and previous.name in verified.records
                           and verified.records[previous.name].identity_key == keys.identity.public())
     name, withdraw = chosen_name(name, previous, pinned, default_name, rename, previous_is_member)
-    if not records.NAME_RE.match(name):
-        raise UsageError(f"--name {name!r}: use lowercase letters, digits and '-' (a DNS label)")
+    check_name(name)
     member = verified.state.peers.get(name)
     if member is not None and verified.records[name].identity_key != keys.identity.public():
         raise UsageError(f"peers/{name}.json: the name {name!r} is taken by another device",
@@ -170,9 +204,7 @@ def join(state_dir: Path, repo_dir: Path, keys_dir: Path, url: str, name: str | 
     # Before anything is written: a name whose request is another device's is refused.
     on_host = None if member is not None else _own_request_on_host(repo, heads, snap, name, keys,
                                                                   verified.root.network_id, creds)
-    if ssh_key is None and accepted is not None and accepted.kind == "key":
-        ssh_key = accepted.path
-    agent = accepted.path if accepted is not None and accepted.kind == "agent" and ssh_key is None else None
+    ssh_key, agent = kept_credential(ssh_key, accepted)
     node.save_config(NodeConfig(name, url, branch, pinned, verified.root.network_id, ssh_key))
     node.save_memory(verified.memory(tip), now)
     gitrepo.set_trusted(repo, tip)
@@ -196,6 +228,14 @@ def join(state_dir: Path, repo_dir: Path, keys_dir: Path, url: str, name: str | 
     except GitError as exc:
         return replace(result, push_error=exc.message)
     return replace(result, pushed=True, pr_url=pull_request_url(url, join_branch))
+
+
+def kept_credential(ssh_key: str | None, accepted: ssh_auth.SshCredential | None) -> tuple[str | None, str | None]:
+    """(the key file later syncs use, the agent the host accepted when no key file will do)."""
+    if ssh_key is None and accepted is not None and accepted.kind == "key":
+        ssh_key = accepted.path
+    agent = accepted.path if accepted is not None and accepted.kind == "agent" and ssh_key is None else None
+    return ssh_key, agent
 
 
 def _previous_config(node: NodeState) -> NodeConfig | None:

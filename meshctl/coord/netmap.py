@@ -8,10 +8,12 @@ reads this value and nothing from the repository directly.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from dataclasses import dataclass, field
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
+from meshctl.coord.records import AuthKey, Revoked
 from meshctl.keys import DiscoPublic, NodePublic, VerifyKey
 
 IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -35,6 +37,8 @@ class Peer:
     # routes are signed (issue 19).
     approved_routes: tuple[Prefix, ...] = ()
     exit_node: bool = False
+    expires: int | None = None  # membership expiry: nodes drop the member from then on
+    enrolled_with: str = ""  # the auth key id of a device enrolled without an admin, not yet in state.json
 
     @property
     def ipv4(self) -> ipaddress.IPv4Address | None:
@@ -76,6 +80,14 @@ class NetMap:
     stun_servers: tuple[str, ...] = ()  # "host:port"
     policy_text: str = ""
     self_name: str | None = None
+    # What nodes judge enrollments by (coord/delegation.py): the scoped delegations, and the keys
+    # and resting addresses of revoked devices.
+    authkeys: tuple[AuthKey, ...] = ()
+    revoked: tuple[Revoked, ...] = ()
+    # Members of the signed state this node no longer counts, with why (coord/effective.py: an
+    # expired membership); empty in the map of the signed state itself.
+    dropped: tuple[tuple[str, str], ...] = ()
+    signed: NetMap | None = field(default=None, compare=False, repr=False)  # the map in force: the state's own
     _by_name: dict[str, Peer] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -96,14 +108,8 @@ class NetMap:
         return next((p for p in self.peers if addr in p.addresses), None)
 
     def with_self(self, name: str | None) -> NetMap:
-        return NetMap(
-            network=self.network,
-            serial=self.serial,
-            expires=self.expires,
-            state_sha256=self.state_sha256,
-            peers=self.peers,
-            relays=self.relays,
-            stun_servers=self.stun_servers,
-            policy_text=self.policy_text,
-            self_name=name,
-        )
+        return self.replace(self_name=name)
+
+    def replace(self, **changes: Any) -> NetMap:
+        """A copy with some fields changed (its own name index: never the original's)."""
+        return dataclasses.replace(self, **changes, _by_name={})

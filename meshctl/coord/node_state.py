@@ -6,15 +6,28 @@
   forward. It is all a no-op pass reads about the coordination state.
 - netmap.json: the last accepted NetMap (so a no-op sync needs no re-verification).
 - records-cache.json: peer records already verified, keyed by git blob ids.
+- endpoints.json: per device, the newest endpoint record accepted (its counter only moves
+  forward: a lower one is a rollback) and the record itself for the state it was judged in.
+- endpoint-published.json: what this device last published on its own branch, and whether the
+  host let it (no push rights is remembered).
+- enrollments.json: the enrolled devices this node accepted (their files, so that a withheld branch
+  drops nobody and a replaced one swaps nobody), which single-use key each used, and the last
+  decision (coord/delegation.py).
+- rotation.json: how often this device rotates its keys by itself (`rotate-keys --rotate-every`).
+- own-enrollment.json: this device's own enrollment (`join --auth-key`), published on its branch
+  until an admin absorbs it.
 
 Every file is written atomically: a crash or a full disk leaves the old one intact.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import json
-from dataclasses import asdict, dataclass
+import logging
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,8 +36,13 @@ from meshctl.errors import MeshctlError
 from meshctl.fsutil import atomic_write, ensure_private_dir
 
 if TYPE_CHECKING:  # imported where used: a no-op pass reads trust.json and node.json only
+    from meshctl.coord.delegation import Candidate
+    from meshctl.coord.endpoint_publish import Published
+    from meshctl.coord.endpoint_verify import EndpointView, Seen
     from meshctl.coord.netmap import NetMap
     from meshctl.coord.records import PeerRecord
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +160,189 @@ class NodeState:
         recs = {k: [d, *_record_to_list(r)] for k, (d, r) in cache.items() if k in keep}
         atomic_write(self.cache_path,
                      json.dumps({"network_id": network_id, "records": recs}).encode())
+
+    # --- endpoints.json
+    @property
+    def endpoints_path(self) -> Path:
+        return self.dir / "endpoints.json"
+
+    def load_endpoint_memory(self, network_id: str) -> EndpointMemory:
+        from meshctl.coord.endpoint_verify import Seen
+
+        try:
+            doc = json.loads(self.endpoints_path.read_text())
+            if doc.get("network_id") != network_id:
+                return EndpointMemory(network_id)
+            seen = {str(n): Seen(int(v[0]), str(v[1]), str(v[2])) for n, v in doc["seen"].items()}
+            accepted = {str(n): (str(v[0]), str(v[1])) for n, v in doc["accepted"].items()}
+            refused = {str(n): (str(v[0]), str(v[1])) for n, v in doc["refused"].items()}
+            return EndpointMemory(network_id, str(doc["state_sha256"]), seen, accepted, refused)
+        except FileNotFoundError:
+            return EndpointMemory(network_id)
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+            # Only the rollback memory of endpoint records (a rolled-back record costs at most a
+            # failed punch): kept aside for a look, and started afresh rather than stop syncing.
+            log.warning("%s: unreadable (%s); kept as %s.corrupt, endpoint counters start afresh",
+                        self.endpoints_path, exc, self.endpoints_path.name)
+            self.endpoints_path.replace(self.endpoints_path.with_name(self.endpoints_path.name + ".corrupt"))
+            return EndpointMemory(network_id)
+
+    def load_endpoint_view(self, network_id: str) -> EndpointView:
+        """The records and enrollments accepted last, the branches refused (no git): what `status` and a
+        pass that does not fetch use."""
+        from meshctl.coord.endpoint_record import parse_endpoint
+        from meshctl.coord.endpoint_verify import EndpointView
+        from meshctl.errors import ParseError
+
+        mem = self.load_endpoint_memory(network_id)
+        records = {}
+        for name, (_commit, text) in mem.accepted.items():
+            try:
+                records[name] = parse_endpoint(text.encode())
+            except ParseError:
+                continue
+        emem = self.load_enrollment_memory(network_id)
+        return EndpointView(records, {n: why for n, (_c, why) in mem.refused.items()}, False, emem.accepted,
+                            emem.refused, emem.used)
+
+    def save_endpoint_memory(self, mem: EndpointMemory) -> None:
+        doc = {"network_id": mem.network_id, "state_sha256": mem.state_sha256,
+               "seen": {n: [s.counter, s.sha256, s.identity] for n, s in sorted(mem.seen.items())},
+               "accepted": {n: list(v) for n, v in sorted(mem.accepted.items())},
+               "refused": {n: list(v) for n, v in sorted(mem.refused.items())}}
+        atomic_write(self.endpoints_path, json.dumps(doc).encode(), mode=0o600)
+
+    # --- endpoint-published.json
+    @property
+    def published_path(self) -> Path:
+        return self.dir / "endpoint-published.json"
+
+    def load_published(self) -> Published:
+        from meshctl.coord.endpoint_publish import Published
+
+        try:
+            doc = json.loads(self.published_path.read_text())
+            return Published(doc["counter"], doc["at"], tuple(doc["candidates"]), bool(doc["agent"]),
+                             doc["refused"], doc["failed"], doc["tried_at"])
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            return Published()  # at worst one more push than needed, with a counter from the clock
+
+    def save_published(self, pub: Published) -> None:
+        doc = {"counter": pub.counter, "at": pub.at, "candidates": list(pub.candidates), "agent": pub.agent,
+               "refused": pub.refused, "failed": pub.failed, "tried_at": pub.tried_at}
+        atomic_write(self.published_path, (json.dumps(doc, indent=2) + "\n").encode())
+
+
+    # --- enrollments.json
+    @property
+    def enrollments_path(self) -> Path:
+        return self.dir / "enrollments.json"
+
+    def load_enrollment_memory(self, network_id: str) -> EnrollmentMemory:
+        try:
+            doc = json.loads(self.enrollments_path.read_text())
+            if doc.get("network_id") != network_id:
+                return EnrollmentMemory(network_id)
+            return EnrollmentMemory(
+                network_id,
+                accepted={str(n): _candidate_from(n, v) for n, v in doc["accepted"].items()},
+                used={str(k): str(v) for k, v in doc["used"].items()},
+                refused={str(n): str(v) for n, v in doc["refused"].items()},
+                decided=str(doc["decided"]),
+                valid_until=int(doc["valid_until"]),
+            )
+        except FileNotFoundError:
+            return EnrollmentMemory(network_id)
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError, binascii.Error) as exc:
+            # Lost, it would let an accepted enrollment be swapped once: kept aside, and said loudly.
+            log.warning("%s: unreadable (%s); kept as %s.corrupt, enrollments are judged afresh",
+                        self.enrollments_path, exc, self.enrollments_path.name)
+            self.enrollments_path.replace(self.enrollments_path.with_name(self.enrollments_path.name + ".corrupt"))
+            return EnrollmentMemory(network_id)
+
+    def save_enrollment_memory(self, mem: EnrollmentMemory) -> None:
+        doc = {"network_id": mem.network_id,
+               "accepted": {n: _candidate_to(c) for n, c in sorted(mem.accepted.items())},
+               "used": dict(sorted(mem.used.items())), "refused": dict(sorted(mem.refused.items())),
+               "decided": mem.decided, "valid_until": mem.valid_until}
+        atomic_write(self.enrollments_path, json.dumps(doc).encode(), mode=0o600)
+
+    # --- own-enrollment.json
+    @property
+    def own_enrollment_path(self) -> Path:
+        return self.dir / "own-enrollment.json"
+
+    def load_own_enrollment(self, name: str) -> Candidate | None:
+        try:
+            return _candidate_from(name, json.loads(self.own_enrollment_path.read_text()))
+        except FileNotFoundError:
+            return None
+        except (ValueError, TypeError, IndexError, binascii.Error):
+            log.warning("%s: unreadable; this device's enrollment is not published", self.own_enrollment_path)
+            return None
+
+    def save_own_enrollment(self, candidate: Candidate | None) -> None:
+        if candidate is None:
+            self.own_enrollment_path.unlink(missing_ok=True)
+            return
+        atomic_write(self.own_enrollment_path, json.dumps(_candidate_to(candidate)).encode(), mode=0o600)
+
+
+    # --- rotation.json
+    @property
+    def rotation_path(self) -> Path:
+        return self.dir / "rotation.json"
+
+    def load_rotate_every(self) -> int | None:
+        """Seconds between automatic key rotations (`rotate-keys --rotate-every`), or None."""
+        try:
+            every = json.loads(self.rotation_path.read_text()).get("every")
+            return int(every) if every else None
+        except (FileNotFoundError, ValueError, TypeError, AttributeError):
+            return None
+
+    def save_rotate_every(self, every: int | None) -> None:
+        atomic_write(self.rotation_path, (json.dumps({"every": every}) + "\n").encode())
+
+
+@dataclass
+class EnrollmentMemory:
+    """enrollments.json (see the module docstring). `decided` names the inputs of the last decision
+    (the state, the branches' enrollments, what was remembered); it holds until `valid_until` (the
+    first expiry of an auth key it relied on)."""
+
+    network_id: str
+    accepted: dict[str, Candidate] = field(default_factory=dict)
+    used: dict[str, str] = field(default_factory=dict)
+    refused: dict[str, str] = field(default_factory=dict)
+    decided: str = ""
+    valid_until: int = 0
+
+
+def _candidate_to(c: Candidate) -> list[str]:
+    return [base64.b64encode(x).decode() for x in (c.peer, c.peer_sig, c.enrollment, c.enrollment_sig)]
+
+
+def _candidate_from(name: str, v: list[str]) -> Candidate:
+    from meshctl.coord.delegation import Candidate
+
+    if not isinstance(v, list) or len(v) != 4:
+        raise ValueError("an enrollment is four files")
+    peer, peer_sig, enr, enr_sig = (base64.b64decode(x, validate=True) for x in v)
+    return Candidate(str(name), peer, peer_sig, enr, enr_sig)
+
+
+@dataclass
+class EndpointMemory:
+    """endpoints.json: rollback memory (`seen`, per device, only moves forward) and, for the state
+    `state_sha256`, each device's verdict: its accepted record as (branch commit, endpoint.json
+    text), or its refused branch as (branch commit, reason)."""
+
+    network_id: str
+    state_sha256: str = ""
+    seen: dict[str, Seen] = field(default_factory=dict)
+    accepted: dict[str, tuple[str, str]] = field(default_factory=dict)
+    refused: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
 def _record_to_list(r: PeerRecord) -> list[Any]:

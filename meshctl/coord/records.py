@@ -34,6 +34,7 @@ MAX_RELAYS: Final = 64
 MAX_STUN: Final = 16
 MAX_REVOKED: Final = 100_000
 MAX_PINNED: Final = 64
+MAX_AUTHKEYS: Final = 256
 
 # Every pattern is anchored with \A and \Z: `$` also matches before a trailing newline, so
 # "laptop\n" would pass for a name. [0-9], not \d: \d matches every Unicode digit.
@@ -46,6 +47,7 @@ SHA256_RE: Final = re.compile(r"\A[0-9a-f]{64}\Z")
 TIME_RE: Final = re.compile(r"\A([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})Z\Z")
 HOSTPORT_RE: Final = re.compile(r"\A(?:\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]{1,253}):[0-9]{1,5}\Z")
 OWNER_RE: Final = re.compile(r"\A[A-Za-z0-9._%+@-]{0,128}\Z")
+AUTHKEY_ID_RE: Final = re.compile(r"\A[0-9a-f]{16}\Z")  # the key id of the auth key's public key
 # Files nodes never read (the README, CI configuration): state.json pins them by hash, so a change
 # to them is signed like any other (`meshctl admin sign --update-pins`) or reported by name.
 PINNABLE_RE: Final = re.compile(
@@ -162,11 +164,11 @@ class _Reader:
             raise self.fail(key, "must be an object")
         return value
 
-    def verify_key(self, key: str) -> VerifyKey:
-        try:
-            return VerifyKey.from_text(self.text(key))
-        except ParseError as exc:
-            raise self.fail(key, str(exc)) from None
+    def boolean(self, key: str) -> bool:
+        value = self.doc.get(key)
+        if type(value) is not bool:
+            raise self.fail(key, "must be true or false")
+        return value
 
     def node_public(self, key: str) -> NodePublic:
         try:
@@ -177,6 +179,12 @@ class _Reader:
     def disco_public(self, key: str) -> DiscoPublic:
         try:
             return DiscoPublic.from_b64(self.text(key))
+        except ParseError as exc:
+            raise self.fail(key, str(exc)) from None
+
+    def verify_key(self, key: str) -> VerifyKey:
+        try:
+            return VerifyKey.from_text(self.text(key))
         except ParseError as exc:
             raise self.fail(key, str(exc)) from None
 
@@ -191,6 +199,11 @@ class _Reader:
 def _type_check(r: _Reader, expected: str) -> None:
     if r.doc.get("type") != expected:
         raise RecordError(f"{r.name}: field type: expected {expected!r}")
+
+
+# For the documents that live outside main (coord/endpoint_record.py): the same strict reading.
+Reader = _Reader
+type_check = _type_check
 
 
 # --- root -------------------------------------------------------------------------------
@@ -326,6 +339,7 @@ class Assignment:
     # Approved routes (issue 19): used only where the member's record also advertises them;
     # 0.0.0.0/0 and ::/0, always together, approve it as an exit node.
     routes: tuple[routing.Prefix, ...] = ()
+    expires: int | None = None  # membership expiry (`admin approve --expires`): nodes drop it after
 
 
 @dataclass(frozen=True, slots=True)
@@ -354,6 +368,20 @@ class Revoked:
 
 
 @dataclass(frozen=True, slots=True)
+class AuthKey:
+    """A scoped delegation (`meshctl admin authkey create`): whoever holds the private half may add
+    devices without an admin, but only with these tags, inside this pool, until it expires (or is
+    removed from the state), and only one device unless it is reusable (coord/delegation.py)."""
+
+    id: str  # public_key.key_id(): names the key in enrollments and on the command line
+    public_key: VerifyKey
+    tags: tuple[str, ...]
+    pool: ipaddress.IPv4Network  # inside the mesh's IPv4 prefix
+    expires: int
+    reusable: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class StateDoc:
     network_id: str
     serial: int
@@ -368,11 +396,12 @@ class StateDoc:
     stun: tuple[str, ...] = ()
     revoked: tuple[Revoked, ...] = ()
     pinned: dict[str, str] = field(default_factory=dict)  # path of a file nodes never read -> sha256
+    authkeys: dict[str, AuthKey] = field(default_factory=dict)  # id -> delegation
 
 
 def _parse_assignment(doc: Any, name: str, peer: str) -> Assignment:
     r = _Reader(doc, name, f"peers.{peer}.")
-    r.only({"record_sha256", "addresses"}, {"tags", "owner", "routes"})
+    r.only({"record_sha256", "addresses"}, {"tags", "owner", "routes", "expires"})
     addrs = _addresses(r, "addresses")
     if not addrs:
         raise r.fail("addresses", "needs at least one address")
@@ -382,6 +411,7 @@ def _parse_assignment(doc: Any, name: str, peer: str) -> Assignment:
         tags=r.str_list("tags", MAX_TAGS, TAG_RE),
         owner=r.text("owner", OWNER_RE, default=""),
         routes=_approved_routes(r),
+        expires=r.time("expires") if "expires" in r.doc else None,
     )
 
 
@@ -391,6 +421,33 @@ def _approved_routes(r: _Reader) -> tuple[routing.Prefix, ...]:
     if exits and len(exits) != len(routing.EXIT_ROUTES):
         raise r.fail("routes", "0.0.0.0/0 and ::/0 are approved together (exit node)")
     return approved
+
+
+def _parse_authkeys(doc: Any, name: str, mesh: ipaddress.IPv4Network) -> dict[str, AuthKey]:
+    r = _Reader(doc, name, "authkeys.")
+    if len(r.doc) > MAX_AUTHKEYS:
+        raise RecordError(f"{name}: field authkeys: more than {MAX_AUTHKEYS} keys")
+    out = {}
+    for key_id in sorted(r.doc):
+        if not AUTHKEY_ID_RE.match(key_id):
+            raise RecordError(f"{name}: field authkeys: invalid key id {key_id[:80]!r}")
+        e = _Reader(r.doc[key_id], name, f"authkeys.{key_id}.")
+        e.only({"public_key", "tags", "pool", "expires", "reusable"})
+        public = e.verify_key("public_key")
+        if public.key_id() != key_id:
+            raise e.fail("public_key", f"its key id is {public.key_id()}, not {key_id}")
+        text = e.text("pool")
+        try:
+            pool = ipaddress.IPv4Network(text)
+        except ValueError:
+            pool = None
+        if pool is None or str(pool) != text:
+            raise e.fail("pool", "must be an IPv4 CIDR such as 100.64.1.0/24") from None
+        if not pool.subnet_of(mesh):
+            raise e.fail("pool", f"{pool} is not inside the mesh prefix {mesh}")
+        out[key_id] = AuthKey(key_id, public, e.str_list("tags", MAX_TAGS, TAG_RE), pool, e.time("expires"),
+                              e.boolean("reusable"))
+    return out
 
 
 def _parse_relay(doc: Any, name: str, i: int) -> RelayEntry:
@@ -432,7 +489,7 @@ def _parse_pinned(doc: Any, name: str) -> dict[str, str]:
 def parse_state(data: bytes, name: str = "state.json") -> StateDoc:
     r = _Reader(strictjson.loads(data, name=name, max_bytes=MAX_STATE_BYTES), name)
     r.only({"type", "network_id", "serial", "root_version", "expires", "network", "policy_sha256",
-            "peers"}, {"relays", "stun", "revoked", "pinned"})
+            "peers"}, {"relays", "stun", "revoked", "pinned", "authkeys"})
     _type_check(r, STATE_TYPE)
     net = _Reader(r.obj("network"), name, "network.")
     net.only({"ipv4", "ipv6", "domain"})
@@ -468,6 +525,7 @@ def parse_state(data: bytes, name: str = "state.json") -> StateDoc:
         stun=r.str_list("stun", MAX_STUN, HOSTPORT_RE),
         revoked=tuple(_parse_revoked(x, name, i) for i, x in enumerate(revoked)),
         pinned=_parse_pinned(r.doc["pinned"], name) if "pinned" in r.doc else {},
+        authkeys=_parse_authkeys(r.obj("authkeys"), name, v4) if "authkeys" in r.doc else {},
     )
 
 
@@ -483,6 +541,8 @@ def marshal_state(doc: StateDoc) -> bytes:
             entry["owner"] = a.owner
         if a.routes:
             entry["routes"] = [str(x) for x in routing.canonical(a.routes)]
+        if a.expires is not None:
+            entry["expires"] = format_time(a.expires)
         peers[peer_name] = entry
     out: dict[str, Any] = {
         "type": STATE_TYPE,
@@ -511,4 +571,10 @@ def marshal_state(doc: StateDoc) -> bytes:
         ]
     if doc.pinned:
         out["pinned"] = {path: doc.pinned[path] for path in sorted(doc.pinned)}
+    if doc.authkeys:
+        out["authkeys"] = {
+            k.id: {"public_key": k.public_key.text(), "tags": list(k.tags), "pool": str(k.pool),
+                   "expires": format_time(k.expires), "reusable": k.reusable}
+            for k in sorted(doc.authkeys.values(), key=lambda k: k.id)
+        }
     return strictjson.dumps(out)

@@ -22,6 +22,7 @@ from typing import Any, Final, TypeVar
 import pygit2
 
 from meshctl.coord import ssh_auth
+from meshctl.coord.endpoint_verify import TreeEntry
 from meshctl.coord.ssh_auth import SshCredential
 from meshctl.errors import GitError, VerificationError
 
@@ -29,6 +30,10 @@ T = TypeVar("T")
 
 FETCHED_REF: Final = "refs/meshctl/fetched"
 TRUSTED_REF: Final = "refs/meshctl/trusted"
+ENDPOINT_BRANCHES: Final = "endpoints/"  # refs/heads/endpoints/<name>: each device's own branch
+ENDPOINTS_REFS: Final = "refs/meshctl/endpoints/"  # where a fetch puts them (never verified as main)
+PUBLISH_REF: Final = "refs/meshctl/publish"  # this device's last published branch commit
+_PUBLISH_ONLY_FILES: Final = frozenset({"endpoint.json", "endpoint.json.sig"})
 MAX_TREE_ENTRIES: Final = 250_001
 MAX_TREE_DEPTH: Final = 4
 COMMITTER: Final = ("meshctl", "meshctl@localhost")
@@ -252,15 +257,27 @@ def default_branch(repo: pygit2.Repository, creds: Credentials | None = None,
                    "push the coordination repository created by `meshctl init` first")
 
 
-def fetch_refs(repo: pygit2.Repository, refspecs: list[str], creds: Credentials | None = None) -> None:
-    """One fetch of `refspecs` from origin (bounded in size and time)."""
+def fetch_refs(repo: pygit2.Repository, refspecs: list[str], creds: Credentials | None = None, *,
+               prune: bool = False) -> None:
+    """One fetch of `refspecs` from origin (bounded in size and time); with `prune`, local refs
+    under the refspecs' destinations that the host no longer has are deleted."""
     remote = repo.remotes["origin"]
-    remote_call(remote, creds, lambda cb: remote.fetch(refspecs, callbacks=cb))
+    mode = pygit2.enums.FetchPrune.PRUNE if prune else pygit2.enums.FetchPrune.UNSPECIFIED
+    remote_call(remote, creds, lambda cb: remote.fetch(refspecs, callbacks=cb, prune=mode))
 
 
-def fetch(repo: pygit2.Repository, branch: str, creds: Credentials | None = None) -> str:
-    """Fetch `branch` into FETCHED_REF; return the tip commit id."""
-    fetch_refs(repo, [f"+refs/heads/{branch}:{FETCHED_REF}"], creds)
+def fetch(repo: pygit2.Repository, branch: str, creds: Credentials | None = None, *,
+          endpoints: bool = False) -> str:
+    """Fetch `branch` into FETCHED_REF; return the tip commit id.
+
+    With `endpoints`, the same request also brings every device's own branch
+    (`refs/heads/endpoints/*` into ENDPOINTS_REFS, pruned: a deleted branch goes too), so
+    the signalling costs the git host no request of its own.
+    """
+    refspecs = [f"+refs/heads/{branch}:{FETCHED_REF}"]
+    if endpoints:
+        refspecs.append(f"+refs/heads/{ENDPOINT_BRANCHES}*:{ENDPOINTS_REFS}*")
+    fetch_refs(repo, refspecs, creds, prune=endpoints)
     try:
         tip = str(repo.references[FETCHED_REF].target)
     except KeyError:
@@ -534,6 +551,98 @@ def publish_checkout(workdir: Path, url: str) -> None:
     set_ref(repo, f"refs/remotes/origin/{branch}", str(repo.head.target))
     repo.config[f"branch.{branch}.remote"] = "origin"
     repo.config[f"branch.{branch}.merge"] = f"refs/heads/{branch}"
+
+
+# libgit2's words for a host that did not answer at all (a push worth trying again soon); any
+# other failure of a push right after a fetch worked is the host saying no (no write access).
+_UNREACHABLE_WORDS: Final = ("failed to connect", "resolve", "connection refused", "timed out", "timeout",
+                             "network is unreachable", "no route to host", "connection reset",
+                             "early eof", "unexpected eof", "broken pipe")
+
+
+def refused_by_host(exc: GitError) -> bool:
+    """A failed push the host answered (a refused ref, no write access), not an unreachable host."""
+    return isinstance(exc, PushRefused) or not any(w in exc.message.lower() for w in _UNREACHABLE_WORDS)
+
+
+def publish_branch(repo: pygit2.Repository, branch: str, files: Mapping[str, bytes], message: str,
+                   creds: Credentials | None = None) -> str:
+    """Force-push ONE parentless commit holding exactly `files` to `refs/heads/<branch>`.
+
+    Every publish replaces the branch, so it stays one commit forever, whatever the number of
+    publishes. The loose objects of the previous publish are deleted once this one is pushed
+    (only this device writes them; a fetch brings everything else in packs).
+    """
+    index = pygit2.Index()
+    for path, data in sorted(files.items()):
+        index.add(pygit2.IndexEntry(path, repo.create_blob(data), pygit2.enums.FileMode.BLOB))
+    tree = index.write_tree(repo)
+    sig = pygit2.Signature(*COMMITTER)
+    previous = repo.references.get(PUBLISH_REF)
+    old = _commit_objects(repo, pygit2.Oid(hex=str(previous.target))) if previous is not None else set()
+    commit = repo.create_commit(None, sig, sig, message, tree, [])
+    repo.references.create(PUBLISH_REF, commit, force=True)
+    push(repo, f"+{PUBLISH_REF}:refs/heads/{branch}", creds)
+    _drop_loose(repo, old - _commit_objects(repo, commit))
+    return str(commit)
+
+
+def _commit_objects(repo: pygit2.Repository, commit_id: pygit2.Oid) -> set[str]:
+    """The objects only a publish can hold: its commit, its (flat) tree, and the blobs of its
+    endpoint record and signature (unique to it: the counter). Other files on the branch (a
+    peer record, issue 20) may be byte for byte a file of main, which must never lose one."""
+    try:
+        commit = repo[commit_id].peel(pygit2.Commit)
+    except (KeyError, ValueError, pygit2.GitError):
+        return set()
+    own = {str(e.id) for e in commit.tree if e.name in _PUBLISH_ONLY_FILES}
+    return {str(commit.id), str(commit.tree_id), *own}
+
+
+def _drop_loose(repo: pygit2.Repository, oids: set[str]) -> None:
+    objects = Path(repo.path) / "objects"
+    for oid in oids:
+        (objects / oid[:2] / oid[2:]).unlink(missing_ok=True)
+
+
+def endpoint_tips(repo: pygit2.Repository) -> dict[str, str]:
+    """Device name -> tip commit of its branch, as the last fetch brought them."""
+    out = {}
+    for name in repo.references:
+        if name.startswith(ENDPOINTS_REFS):
+            out[name[len(ENDPOINTS_REFS):]] = str(repo.references[name].target)
+    return out
+
+
+def branch_files(repo: pygit2.Repository, commit: str,
+                 max_entries: int) -> tuple[list[TreeEntry], dict[str, str]] | None:
+    """The entries of a device branch's (flat) tree, from git's listing and object headers only,
+    with each blob's id; None when the tree is absent or holds more than `max_entries`."""
+    try:
+        tree = repo[pygit2.Oid(hex=commit)].peel(pygit2.Tree)
+    except (KeyError, ValueError, pygit2.GitError):
+        return None
+    if len(tree) > max_entries:
+        return None
+    entries, ids = [], {}
+    for e in tree:
+        size = 0
+        if e.type_str == "blob":
+            try:
+                size = int(repo.odb.read_header(e.id)[1])
+            except KeyError:
+                return None
+        path = str(e.name)
+        entries.append(TreeEntry(path, e.type_str, int(e.filemode), size))
+        ids[path] = str(e.id)
+    return entries, ids
+
+
+def read_blob(repo: pygit2.Repository, oid: str) -> bytes:
+    kind, data = repo.odb.read(oid)
+    if kind != pygit2.enums.ObjectType.BLOB:
+        raise KeyError(oid)
+    return bytes(data)
 
 
 def origin_url(workdir: Path) -> str | None:

@@ -26,7 +26,7 @@ DOMAIN: Final = b"meshctl signed file v1\x00"
 MAX_SIG_FILE_BYTES: Final = 16 * 1024
 MAX_SIGNATURES: Final = 32
 
-FILE_TYPES: Final = ("root", "state", "peer")
+FILE_TYPES: Final = ("root", "state", "peer", "endpoint", "enrollment")  # the last two: a device's own branch
 
 
 class SignatureFormatError(ParseError):

@@ -14,13 +14,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from meshctl.coord.records import Assignment, PeerRecord, RelayEntry, Revoked, StateDoc, format_time
+from meshctl.coord.records import Assignment, AuthKey, PeerRecord, RelayEntry, Revoked, StateDoc, format_time
 
 MAX_POLICY_LINES: Final = 200  # of the policy's diff; the rest is counted
 MAX_VALUE_CHARS: Final = 160
 # Fields with their own words below, or bookkeeping shown in the header.
 _HANDLED: Final = frozenset({"network_id", "serial", "expires", "root_version", "policy_sha256", "peers",
-                             "relays", "revoked", "pinned", "stun", "ipv4_cidr", "ipv6_prefix", "domain"})
+                             "relays", "revoked", "pinned", "stun", "ipv4_cidr", "ipv6_prefix", "domain",
+                             "authkeys"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +42,7 @@ def describe(old: StateView | None, new: StateView) -> list[str]:
     """One line per change from `old` to `new` (old None: everything in `new` is new)."""
     if old is None:
         empty = dataclasses.replace(new.state, peers={}, relays=(), stun=(), revoked=(), pinned={},
-                                    policy_sha256="")
+                                    policy_sha256="", authkeys={})
         lines = [f"serial {new.state.serial} (no earlier state is known here: all of it is shown)"]
         return lines + _body(StateView(empty, {}, ""), new)
     o, n = old.state, new.state
@@ -52,7 +53,8 @@ def describe(old: StateView | None, new: StateView) -> list[str]:
 
 
 def _body(old: StateView, new: StateView) -> list[str]:
-    return [*_members(old, new), *_relays(old.state.relays, new.state.relays),
+    return [*_members(old, new), *_authkeys(old.state.authkeys, new.state.authkeys),
+            *_relays(old.state.relays, new.state.relays),
             *_revoked(old.state.revoked, new.state.revoked), *_network(old.state, new.state),
             *_pinned(old.state.pinned, new.state.pinned), *_other_fields(old.state, new.state),
             *_policy(old, new)]
@@ -68,6 +70,8 @@ def _member_line(name: str, a: Assignment, rec: PeerRecord | None) -> str:
         parts.append(f"owner {a.owner}")
     if a.routes:
         parts.append(f"routes {_value(a.routes)}")
+    if a.expires is not None:
+        parts.append(f"expires {format_time(a.expires)}")
     return f"member {name}: " + ", ".join(parts)
 
 
@@ -82,6 +86,8 @@ def _members(old: StateView, new: StateView) -> list[str]:
                 continue
             if field.name == "record_sha256":
                 lines += _record_change(name, old.records.get(name), new.records.get(name), before, after)
+            elif field.name == "expires":
+                lines.append(f"~ member {name}: expires {_time(before)} -> {_time(after)}")
             else:
                 lines.append(f"~ member {name}: {field.name} {_value(before)} -> {_value(after)}")
     return lines
@@ -100,6 +106,23 @@ def _record_change(name: str, old: PeerRecord | None, new: PeerRecord | None, be
         if a != b:
             lines.append(f"~ member {name}: {what} {a} -> {b}")
     return lines or [f"~ member {name}: record sha256 {before[:16]} -> {after[:16]}"]
+
+
+def authkey_line(k: AuthKey) -> str:
+    """One auth key's scope, as `admin authkey list` and the diff show it."""
+    return (f"authkey {k.id}: tags {','.join(k.tags) or 'none'}, pool {k.pool}, expires {format_time(k.expires)}, "
+            f"{'reusable' if k.reusable else 'single use'}")
+
+
+def _authkeys(old: Mapping[str, AuthKey], new: Mapping[str, AuthKey]) -> list[str]:
+    lines = [f"+ {authkey_line(new[k])}" for k in sorted(set(new) - set(old))]
+    lines += [f"- {authkey_line(old[k])}" for k in sorted(set(old) - set(new))]
+    return lines + [f"~ {authkey_line(old[k])} -> {authkey_line(new[k]).split(': ', 1)[1]}"
+                    for k in sorted(set(old) & set(new)) if old[k] != new[k]]
+
+
+def _time(value: int | None) -> str:
+    return format_time(value) if value is not None else "never"
 
 
 def _relay_line(r: RelayEntry) -> str:

@@ -501,6 +501,7 @@ def _peer(name: str, rec: PeerRecord, assignment: records.Assignment) -> Peer:
         endpoints=rec.endpoints,
         approved_routes=offered.routes,
         exit_node=offered.exit_node,
+        expires=assignment.expires,
     )
 
 
@@ -595,6 +596,8 @@ def build_netmap(root: RootDoc, state: StateDoc, state_sha256: str,
         relays=tuple(Relay(r.name, r.address, r.identity_key) for r in state.relays),
         stun_servers=state.stun,
         policy_text=policy_text,
+        authkeys=tuple(state.authkeys[k] for k in sorted(state.authkeys)),
+        revoked=state.revoked,
     )
 
 

@@ -12,9 +12,10 @@ One `PeerPaths` per peer. It never touches a socket or a clock:
 
 Behaviour (numbers are the constants below):
 - Candidates: the peer's static endpoints (signed record), the endpoints of its
-  call-me-maybe (local and STUN-mapped addresses), and peer-reflexive addresses (where
-  its pings really came from). A new candidate gets a few TTL-2 punches first (they open
-  our NAT without poisoning the peer's conntrack), then pings.
+  call-me-maybe (local and STUN-mapped addresses), the same list from its endpoint record
+  fetched through the git host, and peer-reflexive addresses (where its pings really came
+  from). A new candidate gets a few TTL-2 punches first (they open our NAT without
+  poisoning the peer's conntrack), then pings.
 - While there is no direct path, every candidate is pinged at once, every
   PROBE_INTERVAL_S. The first pong makes its address the path (PathChanged DIRECT): the
   shell sets it as the WireGuard endpoint. No pong within NO_DIRECT_AFTER_S -> one
@@ -123,6 +124,7 @@ class PathKind(enum.Enum):
 class CandidateSource(enum.Enum):
     STATIC = "static"  # the peer's signed record
     CALL_ME_MAYBE = "call-me-maybe"  # the peer's own list (local + STUN-mapped)
+    RECORD = "record"  # the same list from its signed endpoint record (through the git host)
     REFLEXIVE = "reflexive"  # where the peer's pings came from
 
 
@@ -318,6 +320,18 @@ class PeerPaths:
         if self._add(endpoints, CandidateSource.STATIC):
             self._restart_probing(now)
 
+    def set_record_candidates(self, endpoints: Iterable[AddrPort], now: float) -> None:
+        """The candidates of the peer's fresh endpoint record (an empty list once it went stale).
+
+        Like a call-me-maybe that came through the git host: the record's candidates replace
+        the previous record's (the current path stays whatever happens), and new ones are
+        punched and probed at once."""
+        wanted = tuple(dict.fromkeys(endpoints))[:MAX_ENDPOINTS]
+        self._candidates = {a: c for a, c in self._candidates.items()
+                            if c.source is not CandidateSource.RECORD or a in wanted or a == self._path.endpoint}
+        if self._add(wanted, CandidateSource.RECORD):
+            self._restart_probing(now)
+
     def set_relay_available(self, available: bool, now: float) -> None:
         self._relay = available
         if self._path.kind is not PathKind.DIRECT:
@@ -451,7 +465,7 @@ class PeerPaths:
 
     def _evict_one(self) -> bool:
         """Make room: drop the oldest reflexive, then call-me-maybe candidate (never the path)."""
-        for source in (CandidateSource.REFLEXIVE, CandidateSource.CALL_ME_MAYBE):
+        for source in (CandidateSource.REFLEXIVE, CandidateSource.CALL_ME_MAYBE, CandidateSource.RECORD):
             for addr, cand in self._candidates.items():
                 if cand.source is source and addr != self._path.endpoint:
                     del self._candidates[addr]

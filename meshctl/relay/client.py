@@ -31,6 +31,7 @@ from meshctl.relay.client_core import (
     ClientSession,
     Connected,
     ConnectionLost,
+    NotTheListedRelay,
     PacketReceived,
     PongReceived,
     Refused,
@@ -252,6 +253,8 @@ class RelayClient:
         self.on_channel = on_channel
         self.channels: dict[bytes, ChannelInfo] = {}  # peer key -> its offered or ready channel
         self.relay_ip: str | None = None  # the relay's address this session reached (channels live there)
+        self._not_listed: str | None = None  # this attempt's relay is not the one the state lists: why
+        self._told: str | None = None  # the last problem logged (each is logged once until it changes)
 
     # -- public API --------------------------------------------------------------------
 
@@ -384,12 +387,14 @@ class RelayClient:
         else:
             raise ValueError(f"unknown relay transport {kind!r}")
         self._link = link
+        self._not_listed = None
         try:
             self._handshake_started = time.monotonic()
             session.connect(self._handshake_started)
             link.pump()
             reason = await link.done
-            self.last_error = f"{kind}: {reason}"
+            # "not the listed relay" explains a timeout better than the timeout does
+            self.last_error = self._not_listed or f"{kind}: {reason}"
         finally:
             reached = self.transport is not None
             self._link = None
@@ -416,7 +421,7 @@ class RelayClient:
             self.transport = link.kind
             self.relay_verified = ev.relay_verified
             self.connects += 1
-            self.last_error = None
+            self.last_error = self._told = None
             self._connected.set()
             log.info("relay %s: connected over %s (%.1f ms)", self.config.address, link.kind,
                      self.latency_s * 1000)
@@ -431,6 +436,11 @@ class RelayClient:
             link.finish(msg)
         elif isinstance(ev, ConnectionLost):
             link.finish(ev.reason)
+        elif isinstance(ev, NotTheListedRelay):
+            self._not_listed = self.last_error = ev.reason
+            if ev.reason != self._told:
+                self._told = ev.reason
+                log.warning("relay %s: %s", self.config.relay_name or self.config.address, ev.reason)
         elif isinstance(ev, ChannelChanged):
             info = ev.info
             if info.state is ChannelState.CLOSED:

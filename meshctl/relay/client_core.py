@@ -91,7 +91,17 @@ class ChannelChanged:
     info: ChannelInfo
 
 
-ClientEvent: TypeAlias = Connected | Refused | PacketReceived | PongReceived | ConnectionLost | ChannelChanged
+@dataclass(frozen=True, slots=True)
+class NotTheListedRelay:
+    """The relay answered, but not as the relay the state lists: it introduced itself under
+    another name, or its welcome was not signed by the listed identity key. Nothing was
+    signed for it; the login goes on waiting (a spoofed answer must not end it) and times out."""
+
+    reason: str  # e.g. "it introduces itself as 'relay'"
+
+
+ClientEvent: TypeAlias = (Connected | Refused | PacketReceived | PongReceived | ConnectionLost | ChannelChanged
+                          | NotTheListedRelay)
 
 
 class ClientSession:
@@ -121,6 +131,7 @@ class ClientSession:
         self._pings: dict[bytes, float] = {}
         self.relay_name: str | None = None
         self._nonce = b""
+        self._not_listed_reason: str | None = None
 
     # -- commands ------------------------------------------------------------------------
 
@@ -176,7 +187,9 @@ class ClientSession:
                 self._events.append(PacketReceived(src, payload))
             case Challenge(nonce, name) if self.state is ClientState.HELLO_SENT:
                 if self.expected_relay_name is not None and name != self.expected_relay_name:
-                    return  # a challenge from another relay: signing it would let that relay log in as us
+                    # a challenge from another relay: signing it would let that relay log in as us
+                    self._not_listed(f"it introduces itself as {name[:63]!r}")
+                    return
                 self.relay_name = name
                 self._nonce = nonce
                 msg = auth_message(self.network_id, name, nonce, self._identity_pub, self.wg_key)
@@ -190,7 +203,10 @@ class ClientSession:
                     msg = welcome_message(self.network_id, self.relay_name or "", self._nonce,
                                           self._identity_pub, self.wg_key, token)
                     if not rsig or not self.relay_key.verify(rsig, msg):
-                        return  # not the relay listed in the repository: keep waiting, then time out
+                        # not the relay listed in the repository: keep waiting, then time out
+                        self._not_listed(f"its welcome is not signed by the listed identity key "
+                                         f"{self.relay_key.short()}")
+                        return
                     verified = True
                 self._token = token
                 self._ping_interval = max(interval_ms / 1000, 0.05)
@@ -266,6 +282,11 @@ class ClientSession:
             silence = self._last_rx + SILENCE_TIMEOUT_S
             return min(silence, self._next_ping) if self._next_ping is not None else silence
         return None
+
+    def _not_listed(self, reason: str) -> None:
+        if reason != self._not_listed_reason:  # once per session: a relay may answer every hello
+            self._not_listed_reason = reason
+            self._events.append(NotTheListedRelay(reason))
 
     def _send_hello(self, now: float) -> None:
         self._out.append(marshal_frame(ClientHello(self._identity_pub, self.wg_key)))

@@ -37,7 +37,7 @@ from meshctl.nat.addr import AddrPort, addr_port
 from meshctl.relay.channel_io import ChannelPorts
 from meshctl.relay.metrics import Gauges, metrics_text
 from meshctl.relay.server_core import ClientAdmitted, ClientDropped, ConnId, Limits, RelayCore
-from meshctl.relay.sync import cached_netmap, members_of, sync_once
+from meshctl.relay.sync import cached_netmap, listing_problem, members_of, sync_once
 from meshctl.relay.wire import FrameDecoder, RelayParseError, looks_like_frame
 from meshctl.udp import sockets
 
@@ -179,6 +179,7 @@ class RelayServer:
         self.tcp_addr: tuple[str, int] | None = None
         self.metrics_addr: tuple[str, int] | None = None
         self.last_sync_error: str | None = None
+        self.listing_problem: str | None = None  # why members will not use this relay (sync.listing_problem)
         self.synced = asyncio.Event()
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -274,6 +275,11 @@ class RelayServer:
         self.synced.set()
         if old != nm.serial:
             log.info("coordination state serial %d: %d members", nm.serial, len(nm.peers))
+        problem = listing_problem(nm.relays, self.config.name,
+                                  self.identity.public() if self.identity is not None else None)
+        if problem != self.listing_problem and problem is not None:
+            log.warning("%s", problem)
+        self.listing_problem = problem
 
     async def sync_now(self) -> None:
         try:

@@ -33,15 +33,18 @@ def bare_copy(src: Path, dest: Path) -> Path:
 
 
 @contextmanager
-def git_daemon(base: Path) -> Iterator[str]:
-    """Serve every repository under `base`; yields the git:// URL prefix."""
+def git_daemon(base: Path, *, receive_pack: bool = True, log: Path | None = None) -> Iterator[str]:
+    """Serve every repository under `base`; yields the git:// URL prefix. Without
+    `receive_pack` nobody may push; `log` collects its --verbose lines (one per request)."""
     if shutil.which("git") is None:
         raise RuntimeError("git is not installed")
     port = free_port()
+    out = open(log, "ab") if log is not None else None  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
-        ["git", "daemon", "--reuseaddr", f"--base-path={base}", "--export-all", "--enable=receive-pack",
+        ["git", "daemon", "--reuseaddr", f"--base-path={base}", "--export-all",
+         *(["--enable=receive-pack"] if receive_pack else []), *(["--verbose"] if log else []),
          f"--port={port}", "--listen=127.0.0.1", str(base)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=out or subprocess.DEVNULL,
     )
     try:
         def ready() -> bool:
@@ -53,6 +56,8 @@ def git_daemon(base: Path) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=5)
+        if out is not None:
+            out.close()
 
 
 @contextmanager

@@ -91,6 +91,9 @@ def test_advertise_at_join_then_update_by_push_then_by_hand(tmp_path: Path, admi
     (["--advertise-routes", "0.0.0.0/0"],
      "meshctl: --advertise-routes: 0.0.0.0/0 and ::/0 go together (or use --advertise-exit-node)"),
     (["--advertise-exit-node=perhaps"], "meshctl: --advertise-exit-node=perhaps: expected true or false"),
+    (["--auth-key", "file:/nonexistent", "--advertise-routes", "10.1.0.0/16"],
+     "meshctl: --advertise-routes and --advertise-exit-node need an admin's approval, which an enrolled "
+     "device skips"),
 ])
 def test_join_refuses_a_bad_offer_before_touching_anything(tmp_path: Path, args: list[str], message: str) -> None:
     r = meshctl("join", "git://127.0.0.1:1/none.git", "--name", "r1", "--root", "sha256:" + "0" * 64, *args,

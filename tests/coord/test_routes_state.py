@@ -13,10 +13,12 @@ from pathlib import Path
 import pytest
 from mesh_builder import NOW, Mesh, new_device
 
-from meshctl.coord import admin, netmap_json, pr_check, records
+from meshctl.coord import admin, changes, netmap_json, pr_check, records
+from meshctl.coord import routes as routes_mod
 from meshctl.coord.advertise import Advertised, parse_advertise_routes
 from meshctl.coord.fs_snapshot import FsSnapshot
 from meshctl.coord.join import sign_record
+from meshctl.coord.netmap import Peer
 from meshctl.coord.node_state import NodeState
 from meshctl.coord.route_approval import parse_routes_option
 from meshctl.errors import EXIT_REFUSED, EXIT_USAGE, MeshctlError, ParseError, UsageError, VerificationError
@@ -133,6 +135,42 @@ def test_netmap_cache_keeps_routes(mesh: Mesh) -> None:
     assert back == nm
     r1 = back.peer("r1")
     assert r1 is not None and r1.exit_node and r1.approved_routes == (N("192.168.50.0/24"),)
+
+
+def test_routes_and_membership_expiry_live_side_by_side(mesh: Mesh) -> None:
+    """Issue 20's `expires` and issue 19's `routes` in one assignment: signed, parsed strictly,
+    in the netmap and its cache, and the digest of a change names both."""
+    mesh.request("r1", advertise=Advertised((N("192.168.50.0/24"),), True))
+    plan, _ = admin.run_change(mesh.checkout.path, mesh.admin_keys, NOW, lambda s: changes.approve(
+        s.baseline, "r1", s.now, routes=parse_routes_option("all"), expires_in=180 * 86400))
+    line = next(x for x in plan.diff if "member r1" in x)
+    assert "routes 0.0.0.0/0,192.168.50.0/24,::/0" in line and "expires " in line
+    doc = json.loads((mesh.path / "state.json").read_bytes())["peers"]["r1"]
+    assert doc["routes"] == ["0.0.0.0/0", "192.168.50.0/24", "::/0"] and doc["expires"].endswith("Z")
+    nm = mesh.verify().netmap
+    r1 = nm.peer("r1")
+    assert r1 is not None and r1.exit_node and r1.approved_routes == (N("192.168.50.0/24"),)
+    assert r1.expires == NOW + 180 * 86400
+    assert netmap_json.netmap_from_json(json.loads(json.dumps(netmap_json.netmap_to_json(nm)))) == nm
+
+
+@pytest.mark.parametrize("expires", [None, 1_900_000_000])
+@pytest.mark.parametrize("routes", [(), (N("192.168.50.0/24"),)])
+def test_netmap_cache_keeps_routes_and_expiry_each_alone(routes: tuple[routes_mod.Prefix, ...],
+                                                         expires: int | None) -> None:
+    rec = _record()
+    peer = Peer("r1", rec.identity_key, rec.wg_public_key, rec.disco_key, (ipaddress.IPv4Address("100.64.0.5"),),
+                approved_routes=routes, exit_node=bool(routes), expires=expires)
+    assert netmap_json.peer_from_json(json.loads(json.dumps(netmap_json.peer_to_json(peer)))) == peer
+
+
+def test_approve_expires_for_a_member_points_at_renew(mesh: Mesh) -> None:
+    mesh.add("r1")
+    with pytest.raises(UsageError) as info:
+        admin.run_change(mesh.checkout.path, mesh.admin_keys, NOW,
+                         lambda s: changes.approve(s.baseline, "r1", s.now, expires_in=86400))
+    assert info.value.message == "--expires is for join requests; 'r1' is already a member"
+    assert "meshctl admin renew r1 --expires" in (info.value.hint or "")
 
 
 def test_record_cache_keeps_the_offer_and_drops_older_entries(tmp_path: Path) -> None:

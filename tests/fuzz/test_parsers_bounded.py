@@ -12,6 +12,7 @@ each is bounded on inputs far larger than a real packet or file.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import time
 import tracemalloc
@@ -24,10 +25,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from meshctl.coord import records, signing, strictjson
+from meshctl.coord import delegation, endpoint_record, enrollment, records, signing, strictjson
 from meshctl.coord.netmap import NetMap, NetworkSettings, Peer
 from meshctl.dns.resolver import DnsParseError, parse_message
-from meshctl.errors import ParseError
+from meshctl.errors import ParseError, UsageError
 from meshctl.keys import DiscoPrivate, DiscoPublic, NodePrivate, NodePublic, SigningKey, VerifyKey
 from meshctl.nat import disco, packet, stun
 from meshctl.nat.addr import AddrPort
@@ -43,6 +44,7 @@ LARGE_INPUT_PEAK_BYTES = 16 * 1024 * 1024  # Python allocations while parsing on
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 SIGNER = SigningKey.generate()
+AUTHKEY = SigningKey.generate()
 NODE = NodePrivate.generate().public()
 DISCO = DiscoPrivate.generate()
 DISCO_SENDER = DiscoPrivate.generate()
@@ -104,8 +106,12 @@ def _seed_records() -> tuple[bytes, bytes, bytes]:
         NETWORK, 7, 1, 1_900_000_000, ipaddress.IPv4Network("100.64.0.0/10"),
         ipaddress.IPv6Network("fd7a:115c:a1e0::/48"), "acme.mesh", "0" * 64,
         {"laptop": records.Assignment("1" * 64, (ipaddress.IPv4Address("100.64.0.1"),), ("tag:x",), "ann",
-                                      (*routes, ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0")))},
-        (records.RelayEntry("r1", "relay.example:443"),), ("stun.example:3478",)))
+                                      (*routes, ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0")),
+                                      expires=1_800_000_000)},
+        (records.RelayEntry("r1", "relay.example:443"),), ("stun.example:3478",),
+        authkeys={AUTHKEY.public().key_id(): records.AuthKey(
+            AUTHKEY.public().key_id(), AUTHKEY.public(), ("tag:server",), ipaddress.IPv4Network("100.64.1.0/24"),
+            1_900_000_000, reusable=True)}))
     return root, peer, state
 
 
@@ -123,7 +129,26 @@ def _check_netmap() -> NetMap:
 
 CHECK_NETMAP = _check_netmap()
 ROOT, PEER, STATE = _seed_records()
+ENDPOINT = endpoint_record.marshal_endpoint(endpoint_record.EndpointRecord(
+    NETWORK, "laptop", 1_733_000_000_123, 1_733_000_000, ("203.0.113.7:51820", "[2001:db8::7]:51820"),
+    DISCO.public(), NODE, agent=False))
 SIG = signing.marshal_signatures([signing.sign(SIGNER, "state", NETWORK, STATE)])
+ENROLLMENT = enrollment.Enrollment(
+    NETWORK, AUTHKEY.public().key_id(), "laptop", hashlib.sha256(PEER).hexdigest(),
+    (ipaddress.IPv4Address("100.64.1.9"), ipaddress.IPv6Address("fd7a:115c:a1e0::6440:109")), 1_733_000_000,
+    ("tag:server",))
+ENROLLMENT_DATA, ENROLLMENT_SIG = enrollment.sign_enrollment(ENROLLMENT, AUTHKEY, SIGNER)
+PEER_SIG = signing.marshal_signatures([signing.sign(SIGNER, "peer", NETWORK, PEER)])
+ENROLL_NETMAP = NetMap(NetworkSettings(NETWORK, "acme", ipaddress.IPv4Network("100.64.0.0/10"),
+                                       ipaddress.IPv6Network("fd7a:115c:a1e0::/48"), "acme.mesh"),
+                       1, 2_000_000_000, "0" * 64, (), authkeys=tuple(records.parse_state(STATE).authkeys.values()))
+
+
+def _judge_enrollment(data: bytes) -> object:
+    """A node judging a branch whose enrollment.json is `data` (its signature as it was): a verdict,
+    never an exception."""
+    candidate = delegation.Candidate("laptop", PEER, PEER_SIG, data, ENROLLMENT_SIG)
+    return delegation.decide(ENROLL_NETMAP, {"laptop": candidate}, {}, {}, 1_733_000_100)
 UAPI = (f"private_key={'11' * 32}\nlisten_port=51820\npublic_key={NODE.raw.hex()}\n"
         "endpoint=10.0.0.2:51820\nlast_handshake_time_sec=1\nallowed_ip=100.64.0.2/32\nerrno=0\n\n").encode()
 UDP = packet.build_ipv4_udp(packet.UdpPacket(AddrPort(ipaddress.IPv4Address("192.0.2.1"), 51820),
@@ -158,6 +183,10 @@ PARSERS = (
     Parser("root", lambda d: records.parse_root(d, "root/1.root.json"), (ParseError,), (ROOT,)),
     Parser("peer", lambda d: records.parse_peer(d, "peers/laptop.json"), (ParseError,), (PEER,)),
     Parser("state", records.parse_state, (ParseError,), (STATE,)),
+    Parser("endpoint", endpoint_record.parse_endpoint, (ParseError,), (ENDPOINT,)),
+    Parser("enrollment", enrollment.parse_enrollment, (ParseError,), (ENROLLMENT_DATA,)),
+    Parser("enrollment-judged", _judge_enrollment, (), (ENROLLMENT_DATA,)),
+    Parser("authkey-text", _text(enrollment.parse_key_text), (UsageError,), (enrollment.key_text(AUTHKEY).encode(),)),
     Parser("signatures", lambda d: signing.parse_signatures(d, name="state.json.sig"), (ParseError,), (SIG,)),
     Parser("hujson", _text(parse_hujson), (HujsonError,), (POLICY.encode(),)),
     Parser("policy", _text(parse_policy), (ParseError,), (POLICY.encode(), GRANTS_POLICY.encode())),

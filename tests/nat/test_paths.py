@@ -191,6 +191,40 @@ def test_call_me_maybe_over_relay_then_direct() -> None:
     assert kinds == [PathKind.RELAY, PathKind.DIRECT]
 
 
+def test_record_candidates_from_the_git_host_find_the_path_with_no_relay() -> None:
+    """Neither side knows the other (no static endpoint, no relay): each learns the other's
+    candidates from its endpoint record, a while apart, and both punch and probe them."""
+    a, b = pair(())
+    link = Link(a, b)
+    link.run(3)
+    assert not direct(a) and not direct(b)  # nothing to try yet
+    a.set_record_candidates([B_LAN, B_PUB], link.now)
+    out = a.datagrams_to_send(link.now)
+    punched = [o.dst for o in out if isinstance(o, SendPunch)]
+    assert punched == [B_LAN] * paths.PUNCHES_PER_CANDIDATE + [B_PUB] * paths.PUNCHES_PER_CANDIDATE
+    for o in out:
+        link._route("a", o)
+    b.set_record_candidates([A_PUB], link.now + 1.5)  # b fetched later
+    t = link.run(link.now + 5, lambda: direct(a) and direct(b))
+    assert direct(a) and direct(b) and t < 6
+    assert a.path.endpoint == B_PUB
+    assert a.candidates()[B_LAN] is paths.CandidateSource.RECORD
+
+
+def test_a_newer_record_replaces_the_old_ones_candidates_but_never_the_path() -> None:
+    a, b = pair(())
+    link = Link(a, b)
+    a.set_record_candidates([B_PUB, B_LAN], 0.0)
+    link.run(3, lambda: direct(a) and direct(b))
+    assert a.path.endpoint == B_PUB
+    a.set_record_candidates([NOWHERE], link.now)  # the record moved on (or went stale: [])
+    assert set(a.candidates()) == {B_PUB, NOWHERE}  # B_LAN dropped, the working path kept
+    a.set_record_candidates([], link.now)
+    assert set(a.candidates()) == {B_PUB}
+    link.run(link.now + 30)
+    assert direct(a) and a.path.endpoint == B_PUB  # a stale record costs no path
+
+
 def test_ten_percent_loss_still_direct_and_stable() -> None:
     a, b = pair((B_PUB,))
     link = Link(a, b, loss=0.10, seed=7)
@@ -451,6 +485,7 @@ _inputs = st.lists(
                   st.sampled_from([KEY_LOW, KEY_HIGH]), _addrs),
         st.tuples(st.just("pong"), st.integers(0, 40), _addrs),
         st.tuples(st.just("cmm"), st.lists(_addrs.filter(lambda a: a is not None), max_size=5)),
+        st.tuples(st.just("record"), st.lists(_addrs.filter(lambda a: a is not None), max_size=5)),
         st.tuples(st.just("relay"), st.booleans()),
         st.tuples(st.just("local"), st.lists(_addrs.filter(lambda a: a is not None), max_size=3)),
         st.tuples(st.just("wait"), st.floats(0, 30)),
@@ -474,6 +509,8 @@ def test_any_input_sequence_keeps_invariants(steps: list[tuple[object, ...]]) ->
             a.receive_disco(Pong(txid, A_PUB), step[2], now)  # type: ignore[arg-type]
         elif kind == "cmm":
             a.receive_disco(CallMeMaybe(tuple(step[1])), None, now)  # type: ignore[arg-type]
+        elif kind == "record":
+            a.set_record_candidates(step[1], now)  # type: ignore[arg-type]
         elif kind == "relay":
             a.set_relay_available(bool(step[1]), now)
         elif kind == "local":

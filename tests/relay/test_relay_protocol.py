@@ -487,7 +487,9 @@ def test_relay_identity_is_checked_by_the_client() -> None:
     sess2 = login(other, a, "A", relay_key=relay_key.public())
     assert sess2.state is ClientState.RESPONSE_SENT
     sess2.handle_timer(1.0 + client_core.HANDSHAKE_TIMEOUT_S)
-    assert isinstance(sess2.next_event(), ConnectionLost)
+    told, lost = sess2.next_event(), sess2.next_event()
+    assert isinstance(told, client_core.NotTheListedRelay) and "not signed by the listed identity key" in told.reason
+    assert isinstance(lost, ConnectionLost)
 
 
 def test_client_ignores_a_challenge_naming_another_relay() -> None:

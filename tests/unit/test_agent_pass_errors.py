@@ -21,7 +21,7 @@ def _agent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: BaseException
     agent = daemon.Agent(Settings(state_dir=tmp_path), accept_dns=False)
     agent._extensions_started = True  # no NAT traversal or DNS in a unit test
 
-    def failing_pass() -> daemon.PassResult:
+    def failing_pass(*_args: object) -> daemon.PassResult:
         raise error
 
     monkeypatch.setattr(agent, "_pass_blocking", failing_pass)

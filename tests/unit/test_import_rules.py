@@ -16,7 +16,9 @@ PACKAGE = Path(__file__).resolve().parents[2] / "meshctl"
 PURE_MODULES = [
     "coord/records.py", "coord/signing.py", "coord/strictjson.py", "coord/verify.py", "coord/netmap.py",
     "coord/netmap_json.py", "coord/pr_check.py", "coord/trust.py", "coord/baseline.py", "coord/state_diff.py",
-    "coord/signed_change.py", "coord/changes.py",
+    "coord/signed_change.py", "coord/changes.py", "coord/endpoint_record.py",
+    "coord/endpoint_verify.py", "coord/endpoint_publish.py", "agent/record_poll.py",
+    "coord/enrollment.py", "coord/delegation.py", "coord/effective.py", "coord/addressing.py", "duration.py",
     "policy/hujson.py", "policy/parse.py", "policy/compile.py", "policy/model.py", "policy/addrset.py",
     "policy/protocols.py", "policy/evaluate.py", "policy/approvers.py", "policy/check.py", "firewall/nft.py",
     "nat/stun.py", "nat/disco.py", "nat/packet.py", "nat/paths.py", "nat/addr.py", "nat/admission.py",
@@ -113,7 +115,7 @@ def test_every_command_module_is_imported_literally() -> None:
     assert "importlib" not in imported_modules(PACKAGE / "cli" / "commands.py")
     literal = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
     commands = {p.stem for p in (PACKAGE / "cli").glob("*.py")} - {
-        "__init__", "app", "commands", "common", "admin_common", "admin_relay", "preflight", "render",
+        "__init__", "app", "commands", "common", "admin_common", "admin_relay", "admin_authkey", "preflight", "render",
         "route_flags"}
     assert {f"meshctl.cli.{name}" for name in commands} <= literal
 
