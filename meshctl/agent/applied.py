@@ -27,7 +27,7 @@ from typing import Final
 from meshctl.wg.config import HANDSHAKE_FRESH_S, DeviceState
 
 # Bump when compute_desired or the plans change meaning: an upgrade must not trust old digests.
-DIGEST_VERSION: Final = 1
+DIGEST_VERSION: Final = 3  # 2: route choices (issue 19); 3: the map in force (enrollments, keys, expiry)
 # Routes, addresses and the packet filter drift-heal within this time even when nothing changes.
 FULL_PASS_INTERVAL_S: Final = 300
 
@@ -62,11 +62,13 @@ def _digest(parts: list[str]) -> str:
 def inputs_digest(*, state_sha256: str, self_name: str, interface: str, backend_choice: str,
                   listen_port: int, wireguard_key_file: bytes,
                   endpoint_overrides: Mapping[str, str | None],
-                  extra_addresses: tuple[ipaddress.IPv4Interface | ipaddress.IPv6Interface, ...]) -> str:
+                  extra_addresses: tuple[ipaddress.IPv4Interface | ipaddress.IPv6Interface, ...],
+                  routes: str = "") -> str:
+    """`routes`: this node's route choices and HA primaries, as text (sync_pass._routes_text)."""
     key_hash = _key_hash(wireguard_key_file)
     overrides = sorted((name, ep or "") for name, ep in endpoint_overrides.items())
     return _digest([f"v{DIGEST_VERSION}", state_sha256, self_name, interface, backend_choice,
-                    str(listen_port), key_hash, repr(overrides), repr([str(a) for a in extra_addresses])])
+                    str(listen_port), key_hash, repr(overrides), repr([str(a) for a in extra_addresses]), routes])
 
 
 def device_digest(state: DeviceState, now: int) -> str:

@@ -27,7 +27,7 @@ from meshctl.agent.sync_pass import PassResult, run_pass
 from meshctl.coord.endpoint_publish import PublishRequest
 from meshctl.coord.endpoint_record import EndpointRecord
 from meshctl.coord.endpoint_verify import EndpointView
-from meshctl.coord.netmap import NetMap
+from meshctl.coord.netmap import NetMap, Prefix
 from meshctl.errors import EXIT_FAILURE, EXIT_OK, MeshctlError
 from meshctl.fsutil import atomic_write, ensure_private_dir
 from meshctl.settings import Settings
@@ -50,6 +50,10 @@ class Extension(Protocol):
     def update_netmap(self, netmap: NetMap) -> None: ...
 
     def endpoint_overrides(self) -> dict[str, str | None]: ...
+
+    def route_choices(self) -> Mapping[Prefix, str]:
+        """For prefixes several routers carry, the one to use (agent/failover.py; others: none)."""
+        ...
 
     def status(self) -> dict[str, Any]: ...
 
@@ -76,10 +80,14 @@ def default_extensions(agent: Agent) -> list[Extension]:
         from meshctl.agent.magicdns import MagicDns
 
         out.append(MagicDns(agent.settings))
+    from meshctl.agent.failover import RouteFailover
     from meshctl.agent.magic import Magic
     from meshctl.agent.relaying import Relaying  # relays and the relayed path, around Magic
 
-    out.append(Relaying(agent.settings, agent.request_pass, Magic(agent.settings, agent.request_pass)))
+    magic = Magic(agent.settings, agent.request_pass)
+    out.append(Relaying(agent.settings, agent.request_pass, magic))
+    out.append(RouteFailover(magic.liveness, agent.request_pass, magic.ping_via_relay, magic.is_direct,
+                             agent.accepts_routes))
     return out
 
 
@@ -100,6 +108,7 @@ class Agent:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._fetch_next = True
         self._extensions_started = False
+        self._accept_routes = False
         self.signalling: Signalling | None = None
         self._poll = RecordPoll(sync_interval_s)
         self._last_fetch_at = float("-inf")  # loop time of the last pass that fetched
@@ -181,6 +190,10 @@ class Agent:
             log.info("accepted serial %d", result.netmap.serial)
         return not errors
 
+    def accepts_routes(self) -> bool:
+        """Whether this node uses subnet routes (prefs.json, read on each pass)."""
+        return self._accept_routes
+
     def _after_signalling(self, result: PassResult, fetched: bool) -> None:
         """Endpoint records to the path finder; whether to look for records sooner (record_poll)."""
         if self.signalling is None:
@@ -222,14 +235,21 @@ class Agent:
         return done.result(timeout=LOCK_WAIT_S)
 
     def _pass_blocking(self, fetch: bool) -> PassResult:
+        from meshctl.agent.prefs import load_prefs
+
         overrides: dict[str, str | None] = {}
+        choices: dict[Prefix, str] = {}
         for ext in self.extensions:
             overrides.update(ext.endpoint_overrides())
+            choices.update(ext.route_choices())
+        prefs = load_prefs(self.settings.state_dir)
+        self._accept_routes = prefs.accept_routes
         with state_lock(self.settings.state_dir, LOCK_WAIT_S):
             result = run_pass(self.settings, int(time.time()), reconciler=self.reconciler,
                               endpoint_overrides=overrides, fetch=fetch,
                               extra_addresses=(MAGIC_INTERFACE_ADDRESS,) if self.accept_dns else (),
                               known_netmap=self.last.netmap if self.last else None,
+                              prefs=prefs, route_choices=choices,
                               publish=lambda view: self._on_loop(lambda: self._publish_request(view)))
             result.netmap  # noqa: B018 - a no-op pass loads its map lazily: here, where errors are caught
         # Here, in the pass's thread: ctypes lets go of the GIL, and the event loop (disco, DNS)

@@ -52,6 +52,7 @@ from meshctl.coord.endpoint_record import MAX_CANDIDATES as MAX_RECORD_CANDIDATE
 from meshctl.coord.endpoint_record import EndpointRecord, canonical_candidate
 from meshctl.coord.endpoint_verify import usable_candidates
 from meshctl.coord.netmap import NetMap, Peer
+from meshctl.coord.routes import Liveness
 from meshctl.errors import MeshctlError, ParseError
 from meshctl.keys import DiscoPublic, NodePublic
 from meshctl.nat import admission, disco, netcheck, stun
@@ -86,6 +87,10 @@ MAX_RECV_PER_WAKEUP: Final = 512  # yield to the loop after this many packets
 # socket's 1 MiB buffer); what is admitted waits at most this long.
 FLOOD_PAUSE_S: Final = 0.01
 DROP_LOG_EVERY: Final = 100  # log dropped packets once per this many (never per packet)
+# A peer without a direct path counts as alive while disco from it came this recently (the failover
+# monitor asks a relayed router every 2 s); one never heard from is UNKNOWN this long after it appeared.
+HEARD_ALIVE_S: Final = 6.0
+LIVENESS_GRACE_S: Final = 10.0
 
 RelaySend = Callable[[str, bytes], bool]
 
@@ -118,6 +123,15 @@ def literal_endpoints(peer: Peer) -> tuple[AddrPort, ...]:
         except ParseError:
             continue
     return tuple(out)
+
+
+def peer_liveness(direct: bool, heard_at: float | None, created: float, now: float) -> Liveness:
+    """See Magic.liveness."""
+    if direct or (heard_at is not None and now - heard_at < HEARD_ALIVE_S):
+        return Liveness.ALIVE
+    if heard_at is None and now - created < LIVENESS_GRACE_S:
+        return Liveness.UNKNOWN
+    return Liveness.DEAD
 
 
 def record_candidates(record: EndpointRecord, wg_key: NodePublic, disco_key: DiscoPublic,
@@ -206,6 +220,7 @@ class _Peer:
     override: str | None = None
     no_direct_reported: bool = False
     heard: bool = False  # any disco from this peer, direct or relayed: it runs an agent
+    heard_at: float | None = None  # when the last one came (HA liveness, agent/failover.py)
     static: str | None = None  # first static endpoint of its record, resolved to IP:PORT
     record: EndpointRecord | None = None  # its newest accepted endpoint record (git host)
     record_candidates: tuple[AddrPort, ...] = ()  # what the record gave its core (fresh only)
@@ -425,6 +440,7 @@ class Magic:
         if peer is None or peer.wg_key != src:
             return  # the disco key must belong to the member the relay logged in
         now = self._loop.time()
+        peer.heard_at = now  # sealed by its disco key, brought by the relay that logged it in: it lives
         if isinstance(msg, disco.Ping):
             # `meshctl ping` over the relay: answered there; it proves no direct path
             if msg.node_key == peer.wg_key:
@@ -458,6 +474,21 @@ class Magic:
             self._manual_pings.pop(txid, None)
 
     # --- end of relay seam -------------------------------------------------------------------
+
+    def is_direct(self, name: str) -> bool:
+        p = self._peers.get(name)
+        return p is not None and p.paths.path.kind is PathKind.DIRECT
+
+    def liveness(self, name: str) -> Liveness:
+        """Whether a peer's agent answers (for HA routers, agent/failover.py): a direct path is
+        alive by its heartbeats (3 s; dead after about 8 s without pongs, nat/paths.py); otherwise
+        any disco heard from it in the last HEARD_ALIVE_S (the failover monitor pings relayed
+        routers); UNKNOWN while it is new, DEAD after that."""
+        p = self._peers.get(name)
+        if p is None or self._loop is None:
+            return Liveness.UNKNOWN
+        now = self._loop.time()
+        return peer_liveness(p.paths.path.kind is PathKind.DIRECT, p.heard_at, p.created, now)
 
     # --- ping --------------------------------------------------------------------------------
 
@@ -565,6 +596,7 @@ class Magic:
         peer = self._peers.get(name) if name else None
         if peer is None:
             return
+        peer.heard_at = now
         if isinstance(msg, disco.Pong):
             fut = self._manual_pings.get(msg.txid)
             if fut is not None and not fut.done():

@@ -15,7 +15,7 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any, Final
 
-from meshctl.coord.netmap import NetMap
+from meshctl.coord.netmap import NetMap, Prefix
 from meshctl.errors import MeshctlError
 from meshctl.settings import Settings
 
@@ -82,6 +82,9 @@ class MagicDns:
             if self.server is not None:
                 await self.server.stop()
                 self.server = None
+
+    def route_choices(self) -> dict[Prefix, str]:
+        return {}
 
     def endpoint_overrides(self) -> dict[str, str | None]:
         return {}

@@ -34,8 +34,9 @@ REPORT_FILE: Final = "dry-run-report.json"
 def pass_inputs(settings: Settings, self_name: str, memory: TrustMemory,
                 endpoint_overrides: Mapping[str, str | None],
                 extra_addresses: tuple[ipaddress.IPv4Interface | ipaddress.IPv6Interface, ...],
-                branches: str = "") -> str | None:
+                routes: str = "", branches: str = "") -> str | None:
     """The inputs digest of a pass; None when it cannot be known cheaply (then: full pass).
+    `routes`: this node's route choices and HA primaries (sync_pass._routes_text).
     `branches`: what the devices' branches add to the map (EndpointView.digest: enrollments, keys).
     What the clock alone changes there (an expired membership or auth key) waits for the next full
     pass, at most FULL_PASS_INTERVAL_S later."""
@@ -46,7 +47,8 @@ def pass_inputs(settings: Settings, self_name: str, memory: TrustMemory,
     return inputs_digest(state_sha256=memory.state_sha256 + (f":{branches}" if branches else ""), self_name=self_name,
                          interface=settings.interface, backend_choice=settings.wg_backend,
                          listen_port=settings.listen_port, wireguard_key_file=key_file,
-                         endpoint_overrides=endpoint_overrides, extra_addresses=extra_addresses)
+                         endpoint_overrides=endpoint_overrides, extra_addresses=extra_addresses,
+                         routes=routes)
 
 
 def load_applied(state_dir: Path) -> Applied | None:

@@ -58,7 +58,7 @@ from typing import Any, Final, TypeVar
 from meshctl.agent.magic import Magic
 from meshctl.coord.endpoint_publish import PublishRequest
 from meshctl.coord.endpoint_record import EndpointRecord
-from meshctl.coord.netmap import NetMap, Relay
+from meshctl.coord.netmap import NetMap, Prefix, Relay
 from meshctl.keys import NodePublic
 from meshctl.nat import disco
 from meshctl.nat.paths import PathKind, is_designated_initiator
@@ -223,6 +223,9 @@ class Relaying:
                     self._proxy.remove(key)
         self._sync_clients(netmap)
         self._evaluate()
+
+    def route_choices(self) -> dict[Prefix, str]:
+        return {}
 
     def endpoint_overrides(self) -> dict[str, str | None]:
         # Called from the pass's worker thread: only a copy of what the loop computed.

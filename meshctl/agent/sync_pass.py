@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from meshctl.agent import noop_pass
+from meshctl.agent.prefs import Prefs, load_prefs
 from meshctl.coord.node_state import NodeState
 from meshctl.coord.trust import TrustMemory
 from meshctl.coord.update import fetch_and_verify
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
     from meshctl.agent.reconcile import Plan, Reconciler
     from meshctl.coord.endpoint_publish import Published, PublishRequest
     from meshctl.coord.endpoint_verify import EndpointView
-    from meshctl.coord.netmap import NetMap
+    from meshctl.coord.netmap import NetMap, Prefix
 
 # What this device would publish, given what the devices' branches say (None: nothing).
 PublishPlan = Callable[["EndpointView | None"], "PublishRequest | None"]
@@ -36,6 +37,7 @@ PublishPlan = Callable[["EndpointView | None"], "PublishRequest | None"]
 log = logging.getLogger(__name__)
 
 Addresses = tuple[ipaddress.IPv4Interface | ipaddress.IPv6Interface, ...]
+RouteChoices = Mapping["Prefix", str]  # HA prefixes -> the router the agent's monitor chose
 
 
 @dataclass(frozen=True)
@@ -133,8 +135,9 @@ def own_enrollment(settings: Settings, view: EndpointView | None) -> str | None:
 
 
 def desired_for(settings: Settings, netmap: NetMap, endpoint_overrides: Mapping[str, str | None],
-                extra_addresses: Addresses = (), enrollment: str | None = None) -> Desired:
-    from meshctl.agent.desired import compute_desired
+                extra_addresses: Addresses = (), prefs: Prefs | None = None,
+                route_choices: RouteChoices | None = None, enrollment: str | None = None) -> Desired:
+    from meshctl.agent.desired import NO_FACTS, compute_desired
     from meshctl.agent.endpoints import static_endpoints
     from meshctl.coord.update import require_member
     from meshctl.identity import load_device_keys
@@ -144,7 +147,14 @@ def desired_for(settings: Settings, netmap: NetMap, endpoint_overrides: Mapping[
     keys = load_device_keys(settings.keys_dir)
     endpoints: dict[str, str | None] = dict(static_endpoints(netmap))
     endpoints.update(endpoint_overrides)
-    return compute_desired(netmap, keys.wireguard, settings.listen_port, endpoints, extra_addresses)
+    prefs = prefs or load_prefs(settings.state_dir)
+    host = None
+    if prefs.accept_routes or prefs.exit_node:  # read (and resolve names) only for a node that routes
+        from meshctl.router.host import host_facts
+
+        host = host_facts(settings.interface, cfg.repo_url, (r.address for r in netmap.relays), netmap.stun_servers)
+    return compute_desired(netmap, keys.wireguard, settings.listen_port, endpoints, extra_addresses,
+                           prefs.route_prefs(), route_choices, host or NO_FACTS, prefs.snat_subnet_routes)
 
 
 def _resolves_names(netmap: NetMap) -> bool:
@@ -164,16 +174,21 @@ def run_pass(settings: Settings, now: int, *, dry_run: bool = False, fetch: bool
              extra_addresses: Addresses = (),
              before_apply: Callable[[], None] | None = None,
              known_netmap: NetMap | None = None,
+             prefs: Prefs | None = None,
+             route_choices: RouteChoices | None = None,
              publish: PublishPlan | None = None) -> PassResult:
     """`before_apply` runs only when the pass will touch the host (e.g. the CLI's preflight);
     `known_netmap`, the agent's map from its previous pass, is reused while still in force;
+    `prefs` (default: prefs.json) and `route_choices` (the agent's HA monitor) choose routes;
     `publish` says what this device's own endpoint record would say (pushed when due)."""
     coord = update_coordination(settings, now, fetch)
     overrides = endpoint_overrides or {}
     cfg = NodeState(settings.state_dir).load_config()
+    prefs = prefs or load_prefs(settings.state_dir)
     published = None if dry_run or publish is None else publish_own_record(settings, publish, coord, now)
     view = endpoint_view(settings, coord)
-    inputs = noop_pass.pass_inputs(settings, cfg.name, coord.memory, overrides, extra_addresses, view.digest())
+    inputs = noop_pass.pass_inputs(settings, cfg.name, coord.memory, overrides, extra_addresses,
+                                   _routes_text(prefs, route_choices), view.digest())
     memory = coord.memory
 
     def load() -> NetMap:
@@ -192,7 +207,8 @@ def run_pass(settings: Settings, now: int, *, dry_run: bool = False, fetch: bool
     from meshctl.agent.reconcile import Reconciler
 
     netmap = load()
-    desired = desired_for(settings, netmap, overrides, extra_addresses, own_enrollment(settings, view))
+    desired = desired_for(settings, netmap, overrides, extra_addresses, prefs, route_choices,
+                          own_enrollment(settings, view))
     reconciler = reconciler or Reconciler(settings.interface, settings.wg_backend, settings.state_dir)
     if dry_run:
         return PassResult(netmap.serial, reconciler.dry_run(desired), coord.accepted, coord.error,
@@ -200,6 +216,9 @@ def run_pass(settings: Settings, now: int, *, dry_run: bool = False, fetch: bool
     if before_apply is not None:
         before_apply()
     result = reconciler.apply(desired)
+    if desired.routes.error:  # an exit node asked for but unusable: its traffic is blocked, say so
+        result.errors.append(MeshctlError(desired.routes.error))
+    record_routes(settings.state_dir, desired)
     record_pass(settings.state_dir, now, netmap.serial, coord.error, result.errors, fetch)
     # The record is only as good as its inputs: they must describe the map just applied.
     clean = not result.errors and netmap.state_sha256 == memory.state_sha256
@@ -256,7 +275,33 @@ def publish_own_record(settings: Settings, plan: PublishPlan, coord: Coordinatio
                           enrollment_files(own) if own is not None else {})
 
 
-def dry_run_report(settings: Settings, now: int, render: Callable[[NetMap, Plan], str]) -> PassReport:
+def _routes_text(prefs: Prefs, route_choices: RouteChoices | None) -> str:
+    """Route inputs for the no-op digest: a changed choice or HA primary means a full pass."""
+    choices = sorted((str(p), name) for p, name in (route_choices or {}).items())
+    return prefs.digest_text() + repr(choices)
+
+
+def record_routes(state_dir: Path, desired: Desired) -> None:
+    """routes.json: what the last full pass chose (status shows it, with or without an agent)."""
+    sel = desired.routes
+    doc = {"via": {name: [str(p) for p in prefixes] for name, prefixes in sorted(sel.via.items())},
+           "exit_node": sel.exit_node, "primaries": {str(p): n for p, n in sel.primaries.items()},
+           "notes": list(sel.notes), "error": sel.error,
+           "forwarding": sorted(desired.forwarding)}
+    data = (json.dumps(doc, indent=2) + "\n").encode()
+    from meshctl.agent.status import ROUTES_FILE
+
+    path = state_dir / ROUTES_FILE
+    try:
+        if path.read_bytes() == data:
+            return
+    except OSError:
+        pass
+    atomic_write(path, data)
+
+
+def dry_run_report(settings: Settings, now: int, render: Callable[[NetMap, Plan], str],
+                   prefs: Prefs | None = None) -> PassReport:
     """`sync --dry-run`: the map and the plan, rendered. The report is a pure function of the
     pass inputs and of what is read from the host, so when both match the last dry run's, its
     text is reused instead of rebuilding the map, the desired state and the plan."""
@@ -266,16 +311,17 @@ def dry_run_report(settings: Settings, now: int, render: Callable[[NetMap, Plan]
 
     coord = update_coordination(settings, now)
     cfg = NodeState(settings.state_dir).load_config()
-    inputs = noop_pass.pass_inputs(settings, cfg.name, coord.memory, {}, (), endpoint_view(settings, coord).digest())
+    prefs = prefs or load_prefs(settings.state_dir)
+    view = endpoint_view(settings, coord)
+    inputs = noop_pass.pass_inputs(settings, cfg.name, coord.memory, {}, (), _routes_text(prefs, None), view.digest())
     reconciler = Reconciler(settings.interface, settings.wg_backend, settings.state_dir)
     observed = reconciler.observe()
     key = (report_digest(inputs, __version__, observed.wg, observed.router, observed.table, now)
            if inputs is not None and observed.table_error is None else None)
     text = noop_pass.load_report(settings.state_dir, key) if key else None
     if text is None:
-        view = endpoint_view(settings, coord)
         netmap = in_force(settings, coord.netmap or accepted_netmap(settings, coord.memory, now), view, now)
-        desired = desired_for(settings, netmap, {}, (), own_enrollment(settings, view))
+        desired = desired_for(settings, netmap, {}, (), prefs, None, own_enrollment(settings, view))
         text = render(netmap, reconciler.plan_observed(desired, observed))
         if key and not _resolves_names(netmap):  # DNS, not the key, decides such endpoints
             noop_pass.save_report(settings.state_dir, key, text)

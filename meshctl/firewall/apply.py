@@ -112,14 +112,15 @@ def layout_for(interface: str, netns: str | None = None) -> nft.Layout:
 
 
 def is_current(pf: PacketFilter, interface: str, current: list[dict[str, nft.Json]] | None,
-               netns: str | None = None) -> bool:
-    """Whether `current` (read_table) already enforces `pf` on `interface`, in the layout due."""
+               netns: str | None = None, router: nft.RouterSettings | None = None) -> bool:
+    """Whether `current` (read_table) already enforces `pf` on `interface`, in the layout due
+    (with `router`, also the rules of a subnet router or exit node: firewall/routed.py)."""
     if current is None:
         return False
-    if current == nft.table_objects(pf, interface, nft.Layout.DEVICE):
+    if current == nft.table_objects(pf, interface, nft.Layout.DEVICE, router):
         return True  # the kernel took it, so no need to ask whether it can (a no-op sync stays cheap)
     return (layout_for(interface, netns) is nft.Layout.HOOKS
-            and current == nft.table_objects(pf, interface, nft.Layout.HOOKS))
+            and current == nft.table_objects(pf, interface, nft.Layout.HOOKS, router))
 
 
 def _load(document: nft.Json, netns: str | None) -> None:
@@ -128,14 +129,15 @@ def _load(document: nft.Json, netns: str | None) -> None:
         raise FirewallError(f"nft refused the ruleset: {_first_line(result.stderr)}")
 
 
-def apply_filter(pf: PacketFilter, interface: str, netns: str | None = None) -> bool:
+def apply_filter(pf: PacketFilter, interface: str, netns: str | None = None,
+                 router: nft.RouterSettings | None = None) -> bool:
     """Make meshctl's table enforce `pf` on `interface`; False when it already did."""
     current = read_table(netns)
-    if is_current(pf, interface, current, netns):
+    if is_current(pf, interface, current, netns, router):
         log.debug("nft table %s already up to date", nft.TABLE)
         return False
     layout = layout_for(interface, netns)
-    _load(nft.replace_document(pf, interface, current, layout), netns)
+    _load(nft.replace_document(pf, interface, current, layout, router), netns)
     log.info("applied nft table %s %s: %d rules for %s", layout.family, nft.TABLE, len(pf.rules), pf.node)
     return True
 
