@@ -95,6 +95,7 @@ class MeshScenario:
     # --- the devices' side ---------------------------------------------------------------
 
     def join(self, node: Node, name: str, endpoint: str | None = None, *extra: str) -> str:
+        """`meshctl join` on `node`; `extra`: more options, e.g. --advertise-routes CIDR."""
         args = ["join", self.git_url, "--name", name, "--root", self.fingerprint]
         if endpoint:
             args += ["--endpoint", endpoint]
@@ -282,3 +283,46 @@ def build_relay_mesh(lab: Lab, profile_a: str, profile_b: str, *, name: str = "r
     for member in ("a", "b"):
         mesh.approve(member)
     return mesh, topo, relay
+
+
+ROUTED_POLICY = """// issue 19: a subnet router pair for the office LAN and an exit node.
+{
+  "tagOwners": {"tag:router": [], "tag:exit": []},
+  "autoApprovers": {"routes": {"192.168.50.0/24": ["tag:router"]}},
+  "grants": [
+    {"src": ["alice@example.com", "bob@example.com"], "dst": ["192.168.50.12"],
+     "ip": ["tcp:80", "tcp:5201", "icmp:*"]},
+    {"src": ["alice@example.com"], "dst": ["autogroup:internet"], "ip": ["*"]},
+    {"src": ["autogroup:member"], "dst": ["tag:router", "tag:exit"], "ip": ["tcp:5201", "icmp:*"]},
+  ],
+  "tests": [
+    {"src": "alice@example.com", "accept": ["192.168.50.12:80"], "deny": ["192.168.50.12:22"]},
+  ],
+}
+"""
+# Who is who: (member, its node in RoutedSite, join options, approval options).
+ROUTED_MEMBERS: tuple[tuple[str, str, tuple[str, ...], tuple[str, ...]], ...] = (
+    ("r1", "r1", ("--advertise-routes", "192.168.50.0/24,10.99.0.0/24"),
+     ("--tag", "tag:router", "--routes", "192.168.50.0/24")),  # 10.99.0.0/24 advertised, never approved
+    ("r2", "r2", ("--advertise-routes", "192.168.50.0/24"), ("--tag", "tag:router")),  # by autoApprovers
+    ("ex", "ex", ("--advertise-exit-node",), ("--tag", "tag:exit", "--routes", "exit")),
+    ("client-a", "client_a", (), ("--owner", "alice@example.com")),
+    ("client-b", "client_b", (), ("--owner", "bob@example.com")),
+)
+
+
+def build_routed_mesh(lab: Lab, name: str = "routes") -> tuple[MeshScenario, Any]:
+    """The RoutedSite's members joined (routers advertising), the policy signed, approved as an
+    admin would: r1's route named, r2's by autoApprovers, ex as exit node. Agents not started."""
+    from lab.topology import routed_site
+
+    site = routed_site(lab)
+    mesh = MeshScenario(lab, site.git_url, site.repo_dir, name)
+    mesh.init()
+    mesh.set_policy(ROUTED_POLICY)
+    for member, attr, join_args, _ in ROUTED_MEMBERS:
+        node = getattr(site, attr)
+        mesh.join(node, member, f"{node.ipv4}:51820", *join_args)
+    for member, _, _, approve_args in ROUTED_MEMBERS:
+        mesh.approve(member, *approve_args)
+    return mesh, site

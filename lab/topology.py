@@ -60,3 +60,48 @@ def one_lan(lab: Lab, n: int, *, repo_dir: Path | None = None) -> OneLan:
     repo = repo_dir if repo_dir is not None else lab.bare_repo()
     return OneLan(hosts=hosts, git=git, lan=lan, repo_dir=repo,
                   git_url=lab.git_daemon(repo, git))
+
+
+@dataclass(frozen=True, slots=True)
+class RoutedSite:
+    """Subnet routers and an exit node (issue 19)::
+
+        client_a  client_b  r1  r2  ex  git        LAN "mesh" 10.0.k.0/24, gateway gw (forwards nothing:
+           |         |       |   |   |   |           alone, a member reaches no network but this LAN)
+           +---------+-------+---+---+---+-- gw
+                             |   |   |
+        lanhost -------------+---+   |              LAN "office" 192.168.50.0/24: r1 .10, r2 .11, lanhost .12
+                                     |
+                                  internet          198.51.100.1 / 2001:db8:51::1 on its loopback
+    """
+
+    client_a: Node
+    client_b: Node
+    r1: Node
+    r2: Node
+    ex: Node
+    git: Node
+    gw: Node
+    lanhost: Node
+    internet: Internet
+    mesh_lan: Lan
+    office: Lan
+    repo_dir: Path
+    git_url: str
+
+    OFFICE = "192.168.50.0/24"
+
+
+def routed_site(lab: Lab, *, repo_dir: Path | None = None) -> RoutedSite:
+    names = ("client-a", "client-b", "r1", "r2", "ex", "git")
+    members = [lab.host(n) for n in names]
+    gw = lab.host("gw")
+    mesh_lan = lab.lan("mesh", members, router=gw)
+    client_a, client_b, r1, r2, ex, git = members
+    lanhost = lab.host("lanhost")
+    office = lab.lan("office", [r1, r2, lanhost], subnet=RoutedSite.OFFICE)
+    internet = lab.internet()
+    lab.attach_to_internet(ex)
+    repo = repo_dir if repo_dir is not None else lab.bare_repo()
+    return RoutedSite(client_a, client_b, r1, r2, ex, git, gw, lanhost, internet, mesh_lan, office, repo,
+                      lab.git_daemon(repo, git))

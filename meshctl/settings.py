@@ -10,6 +10,10 @@ DEFAULT_STATE_DIR: Final = Path("/var/lib/meshctl")
 DEFAULT_INTERFACE: Final = "mesh0"
 WG_BACKENDS: Final = ("auto", "kernel", "userspace")
 DEFAULT_LISTEN_PORT: Final = 51820
+# Set (SO_MARK) on meshctl's own sockets to peers' underlay addresses (disco, STUN): an ip rule sends
+# them by the main table, around the routes an exit node or subnet router adds (router/policy_routing.py).
+SOCKET_MARK: Final = 0x6D0000
+SOCKET_MARK_MASK: Final = 0xFF0000
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,7 @@ from dataclasses import replace
 from typing import Any, Final, Protocol, TypeVar
 
 from meshctl.agent import control, heap
+from meshctl.agent.failover import RouteFailover
 from meshctl.agent.inputs import NotAMember
 from meshctl.agent.lock import state_lock
 from meshctl.agent.magicdns import MAGIC_INTERFACE_ADDRESS, MagicDns
@@ -34,7 +35,7 @@ from meshctl.agent.record_poll import RecordPoll
 from meshctl.agent.sync_pass import DesiredMemo, PassResult, Peek, peek_netmap, run_pass
 from meshctl.coord.endpoint_publish import PublishRequest
 from meshctl.coord.endpoint_verify import EndpointView
-from meshctl.coord.netmap import NetMap
+from meshctl.coord.netmap import NetMap, Prefix
 from meshctl.errors import EXIT_FAILURE, EXIT_OK, MeshctlError
 from meshctl.fsutil import atomic_write, ensure_private_dir
 from meshctl.settings import Settings
@@ -73,6 +74,8 @@ class Agent:
         self.reconciler = Reconciler(settings.interface, settings.wg_backend, settings.state_dir)
         self.engine: PathEngine | None = None
         self.dns: MagicDns | None = None
+        self.failover: RouteFailover | None = None  # HA routers of subnet routes (issue 19)
+        self._accept_routes = False
         self.extensions: list[Extension] = []
         self.last: PassResult | None = None
         self.last_error: str | None = None
@@ -145,11 +148,12 @@ class Agent:
         async with self._device:
             endpoints = self.engine.endpoints() if self.engine is not None else {}
             serve_dns = self.dns is not None and self.dns.serving
+            choices = dict(self.failover.route_choices()) if self.failover is not None else {}
             fetched = self._fetch_due()
             if fetched:
                 self._last_fetch_at = asyncio.get_running_loop().time()
             try:
-                result = await asyncio.to_thread(self._pass_blocking, endpoints, serve_dns, fetched)
+                result = await asyncio.to_thread(self._pass_blocking, endpoints, serve_dns, fetched, choices)
             except MeshctlError as exc:
                 self._not_member = isinstance(exc, NotAMember)
                 self._failed(exc.message, exc.exit_code)
@@ -222,12 +226,22 @@ class Agent:
         self._loop.call_soon_threadsafe(call)
         return done.result(timeout=LOCK_WAIT_S)
 
-    def _pass_blocking(self, endpoints: dict[str, str | None], serve_dns: bool, fetch: bool) -> PassResult:
+    def accepts_routes(self) -> bool:
+        """Whether this node uses subnet routes (prefs.json, read on each pass): the HA monitor
+        watches the routers only then."""
+        return self._accept_routes
+
+    def _pass_blocking(self, endpoints: dict[str, str | None], serve_dns: bool, fetch: bool,
+                       route_choices: dict[Prefix, str]) -> PassResult:
+        from meshctl.agent.prefs import load_prefs
+
+        prefs = load_prefs(self.settings.state_dir)
+        self._accept_routes = prefs.accept_routes
         with state_lock(self.settings.state_dir, LOCK_WAIT_S):
             result = run_pass(self.settings, int(time.time()), reconciler=self.reconciler, endpoints=endpoints,
                               fetch=fetch, extra_addresses=(MAGIC_INTERFACE_ADDRESS,) if self.accept_dns else (),
                               serve_dns=serve_dns, known_netmap=self.last.netmap if self.last else None,
-                              desired_of=self._desired,
+                              desired_of=self._desired, prefs=prefs, route_choices=route_choices,
                               publish=lambda view: self._on_loop(lambda: self._publish_request(view)))
         # Here, in the pass's thread: ctypes lets go of the GIL, and the event loop (disco, DNS)
         # never waits for the trim. A pass's garbage (git packs, parsed maps) leaves the C heap.
@@ -268,7 +282,8 @@ class Agent:
                 await ext.stop()
             except Exception:  # noqa: BLE001 - stopping: log and go on
                 log.exception("unexpected: stopping %s failed", type(ext).__name__)
-        self.extensions, self.engine, self.dns, self._extensions_started = [], None, None, False
+        self.extensions, self.engine, self.dns, self.failover = [], None, None, None
+        self._extensions_started = False
 
     def _fetch_due(self) -> bool:
         """Fetch on the sync timer and on request; other passes only re-apply the last map."""
@@ -323,6 +338,10 @@ class Agent:
         self.engine = PathEngine(self.settings, self.apply_endpoints, self.reconciler.device_endpoint,
                                  lambda: self.request_pass())
         candidates.append(self.engine)
+        engine = self.engine
+        self.failover = RouteFailover(engine.liveness, lambda: self.request_pass(), engine.ping_via_relay,
+                                      engine.is_direct, self.accepts_routes)
+        candidates.append(self.failover)
         for ext in candidates:
             try:
                 await ext.start()
@@ -332,6 +351,8 @@ class Agent:
                     self.engine = None
                 if ext is self.dns:
                     self.dns = None
+                if ext is self.failover:
+                    self.failover = None
                 continue
             self.extensions.append(ext)
         if peek is not None and peek.netmap.self_peer is not None:

@@ -1,8 +1,11 @@
 """The desired state of a node: a pure function of the pass's inputs.
 
-    desired(inputs) -> Desired(wg, router, packet_filter, dns)
+    desired(inputs) -> Desired(wg, router, packet_filter, dns, routes, policy_routing, forwarding, ...)
 
 Every subsystem's plan starts from this value (agent/plan.py); nothing here touches the host.
+Routes through the mesh (issue 19, router/policy_routing.py) are WireGuard allowed IPs of the
+peer that carries them (the router the HA monitor picked, else the first by name) and routes of
+meshctl's own table; a subnet router or exit node wants IP forwarding and its nft settings.
 """
 
 from __future__ import annotations
@@ -16,9 +19,11 @@ from meshctl.coord.netmap import NetMap, Peer
 from meshctl.dns.os_plan import DnsWanted
 from meshctl.dns.zone import MAX_REVERSE_ROUTING_DOMAINS, listen_addresses, normalize_domain, reverse_routing_domains
 from meshctl.errors import ParseError
+from meshctl.firewall.routed import RouterSettings
 from meshctl.policy.compile import PacketFilter, compile_filter
 from meshctl.policy.parse import parse_policy
 from meshctl.router.config import RouterConfig
+from meshctl.router.policy_routing import NO_ROUTES, PolicyRoutingConfig, RouteSelection, policy_config, select_routes
 from meshctl.wg.config import DeviceConfig, PeerConfig
 
 KEEPALIVE_S: Final = 25  # below the 30 s NAT mapping lifetime measured in the lab
@@ -31,6 +36,21 @@ class Desired:
     packet_filter: PacketFilter | None  # None: the policy did not compile; keep the last filter
     policy_error: str | None = None
     dns: DnsWanted | None = None  # None: meshctl serves no DNS here (what it left is restored)
+    # Issue 19. As a client: which peer carries which route, and meshctl's routing table and rules.
+    routes: RouteSelection = NO_ROUTES
+    policy_routing: PolicyRoutingConfig = PolicyRoutingConfig()
+    # As a subnet router or exit node: IP forwarding wanted (IP versions), and the nft settings.
+    forwarding: frozenset[int] = frozenset()
+    router_settings: RouterSettings | None = None
+
+
+def carried_versions(me: Peer | None) -> frozenset[int]:
+    """The IP versions this node forwards for others (its approved routes; both as exit node)."""
+    if me is None:
+        return frozenset()
+    if me.exit_node:
+        return frozenset({4, 6})
+    return frozenset(r.version for r in me.approved_routes)
 
 
 def compile_policy(netmap: NetMap) -> tuple[PacketFilter | None, str | None]:
@@ -74,10 +94,12 @@ def desired(inputs: Inputs) -> Desired:
     netmap = inputs.netmap
     me = netmap.self_peer
     endpoints = inputs.endpoints
+    selection = (select_routes(netmap, inputs.route_prefs, inputs.primaries, inputs.host) if me is not None
+                 else NO_ROUTES)
     peers = tuple(
         PeerConfig(
             public_key=p.wg_public_key,
-            allowed_ips=allowed_ips(p),
+            allowed_ips=allowed_ips(p) + selection.via.get(p.name, ()),
             endpoint=endpoints.get(p.name),
             persistent_keepalive=KEEPALIVE_S if endpoints.get(p.name) else 0,
         )
@@ -91,5 +113,11 @@ def desired(inputs: Inputs) -> Desired:
         extra_addresses=inputs.extra_addresses,
     )
     packet_filter, policy_error = compile_policy(netmap)
+    forwarding = carried_versions(me)
+    settings = None
+    if forwarding and me is not None:
+        settings = RouterSettings((netmap.network.ipv4_cidr, netmap.network.ipv6_prefix), me.approved_routes,
+                                  me.exit_node, inputs.snat_subnet_routes, router.mtu)
     return Desired(DeviceConfig(inputs.private_key, inputs.listen_port, peers), router, packet_filter,
-                   policy_error, dns_wanted(netmap) if inputs.serve_dns else None)
+                   policy_error, dns_wanted(netmap) if inputs.serve_dns else None,
+                   selection, policy_config(selection.table, inputs.listen_port), forwarding, settings)

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeAlias
 
-from meshctl.coord.netmap import NetMap
+from meshctl.agent.prefs import Prefs
+from meshctl.coord.netmap import NetMap, Prefix
 from meshctl.coord.node_state import NodeConfig
 from meshctl.errors import MeshctlError
 from meshctl.identity import WIREGUARD_FILE
 from meshctl.keys import NodePrivate, load_node_private
+from meshctl.router.policy_routing import HostFacts, RoutePrefs
 
 Addresses: TypeAlias = tuple[ipaddress.IPv4Interface | ipaddress.IPv6Interface, ...]
 
@@ -32,6 +34,12 @@ class Inputs:
     endpoints: Mapping[str, str | None]  # peer name -> WireGuard endpoint; missing or None: roam
     extra_addresses: Addresses = ()  # on the interface besides the mesh addresses (MagicDNS's)
     serve_dns: bool = False  # MagicDNS answers on this node (the agent's server is up)
+    # Issue 19: this node's route choices (prefs.json), the routers the agent's HA monitor picked
+    # for prefixes several carry, what the host said about itself (read only for a node that routes).
+    route_prefs: RoutePrefs = RoutePrefs()
+    primaries: Mapping[Prefix, str] = field(default_factory=dict)
+    host: HostFacts = HostFacts()
+    snat_subnet_routes: bool = True
 
 
 class NotAMember(MeshctlError):
@@ -63,12 +71,22 @@ def require_member(netmap: NetMap, cfg: NodeConfig, was_member: bool, enrollment
 
 def load_inputs(keys_dir: Path, cfg: NodeConfig, netmap: NetMap, listen_port: int, *,
                 endpoints: Mapping[str, str | None] | None = None, extra_addresses: Addresses = (),
-                serve_dns: bool = False, was_member: bool = False, enrollment: str | None = None) -> Inputs:
-    """`endpoints` None: a pass without an agent, which uses the peers' static endpoints."""
+                serve_dns: bool = False, was_member: bool = False, enrollment: str | None = None,
+                prefs: Prefs | None = None, primaries: Mapping[Prefix, str] | None = None,
+                interface: str = "") -> Inputs:
+    """`endpoints` None: a pass without an agent, which uses the peers' static endpoints;
+    `prefs` (prefs.json) and `primaries` (the agent's HA monitor) choose routes."""
     require_member(netmap, cfg, was_member, enrollment)
     if endpoints is None:
         from meshctl.agent.endpoints import static_endpoints
 
         endpoints = static_endpoints(netmap)
+    prefs = prefs or Prefs()
+    host = HostFacts()
+    if prefs.accept_routes or prefs.exit_node:  # read (and resolve names) only for a node that routes
+        from meshctl.router.host import host_facts
+
+        host = host_facts(interface, cfg.repo_url, (r.address for r in netmap.relays), netmap.stun_servers)
     return Inputs(netmap, load_node_private(keys_dir / WIREGUARD_FILE), listen_port, dict(endpoints),
-                  extra_addresses, serve_dns)
+                  extra_addresses, serve_dns, prefs.route_prefs(), dict(primaries or {}), host,
+                  prefs.snat_subnet_routes)

@@ -10,9 +10,14 @@ Apply order, and why:
    model in table inet meshctl) before the link comes up, so the interface never accepts a
    connection the policy forbids; after the device exists, since the filter's chains are
    bound to it.
+   On a subnet router or exit node, IP forwarding is switched off (when no longer needed)
+   before the filter loses its router chains, and on after the filter has them, so forwarding
+   is never on without the policy for routed traffic.
 3. Addresses and routes: routes need the link, and the link is brought up here, after the
    peers are configured.
-4. DNS last: the system resolver is pointed at MagicDNS once the mesh addresses it listens
+4. meshctl's routing table and rules (routes through the mesh, issue 19): they need the link
+   up, and the peer that carries them must already hold them in its allowed IPs.
+5. DNS last: the system resolver is pointed at MagicDNS once the mesh addresses it listens
    on are there.
 A failed subsystem does not hide the others' results: errors are collected.
 """
@@ -30,6 +35,8 @@ from meshctl.dns.os_config import OsDnsConfig
 from meshctl.errors import MeshctlError
 from meshctl.fsutil import atomic_write
 from meshctl.router.config import RouterState
+from meshctl.router.forwarding import SetForwarding, plan_forwarding
+from meshctl.router.policy_routing import PolicyRoutingConfig, plan_policy_routing
 from meshctl.wg.config import DeviceState, DeviceUpdate
 
 if TYPE_CHECKING:
@@ -83,10 +90,13 @@ class Reconciler:
             wg, router = self.backend.read(), read_router(self.ifname)
         else:
             wg, router = DeviceState(), RouterState()
+        from meshctl.router.host import read_forwarding, read_policy_routing
+
+        policy, forwarding = read_policy_routing(self.ifname), read_forwarding(self.state_dir)
         try:
-            return Observed(wg, router, read_filter(self.ifname), self.dns.read())
+            return Observed(wg, router, read_filter(self.ifname), self.dns.read(), None, policy, forwarding)
         except MeshctlError as exc:
-            return Observed(wg, router, None, self.dns.read(), exc)
+            return Observed(wg, router, None, self.dns.read(), exc, policy, forwarding)
 
     def dry_run(self, desired: Desired, now: int) -> Plan:
         """The plan a pass would apply now (reads only)."""
@@ -111,14 +121,21 @@ class Reconciler:
             backend.apply(steps.wg)
         except MeshctlError as exc:
             result.errors.append(exc)
+        self._forwarding(tuple(op for op in steps.forwarding if not op.on), result)
+        filter_ok = True
         if desired.policy_error:
             result.errors.append(MeshctlError(f"{desired.policy_error}; the last good packet filter is kept"))
+            filter_ok = False
         elif observed.filter_error is not None:
             result.errors.append(observed.filter_error)
+            filter_ok = False
         try:
             apply_filter_plan(steps.filter)
         except MeshctlError as exc:
             result.errors.append(exc)
+            filter_ok = False
+        if filter_ok:  # never forward without the policy for routed traffic in place
+            self._forwarding(tuple(op for op in steps.forwarding if op.on), result)
         try:
             if not steps.router.is_empty():
                 apply_router(self.ifname, steps.router)
@@ -126,6 +143,13 @@ class Reconciler:
             result.errors.append(exc)
         else:
             backend.tune_sockets(desired.wg.listen_port)  # the link is up now: its sockets exist
+        if not steps.policy_routing.is_empty():
+            from meshctl.router.host import apply_policy_routing
+
+            try:
+                apply_policy_routing(self.ifname, steps.policy_routing)
+            except MeshctlError as exc:
+                result.errors.append(exc)
         result.dns_upstreams = observed.dns.upstreams if observed.dns.pointed_at_us else None
         try:
             setup = self.dns.apply(steps.dns)
@@ -137,6 +161,16 @@ class Reconciler:
         for line in steps.describe(self.ifname):
             log.info("applied %s", line)
         return result
+
+    def _forwarding(self, ops: tuple[SetForwarding, ...], result: ApplyResult) -> None:
+        if not ops:
+            return
+        from meshctl.router.host import apply_forwarding, read_forwarding
+
+        try:
+            apply_forwarding(self.state_dir, read_forwarding(self.state_dir), ops)
+        except MeshctlError as exc:
+            result.errors.append(exc)
 
     def apply_endpoints(self, endpoints: dict[bytes, tuple[str, int]]) -> DeviceUpdate:
         """A WireGuard-only update: the endpoints (and keepalives) the path engine chose between
@@ -168,10 +202,16 @@ class Reconciler:
         """`meshctl down`: the interface with everything on it, the filter, and the resolver
         settings; only this namespace's wireguard-go, the one meshctl started."""
         from meshctl.firewall.apply import remove_table
+        from meshctl.router.host import apply_forwarding, apply_policy_routing, read_forwarding, read_policy_routing
         from meshctl.router.linux import remove_router
         from meshctl.wg.kernel import link_kind
 
         self.dns.restore()
+        # Routes through the mesh go first: the rules would send traffic to a table whose routes
+        # point at an interface about to vanish. Then forwarding meshctl switched on.
+        apply_policy_routing(self.ifname, plan_policy_routing(read_policy_routing(self.ifname), PolicyRoutingConfig()))
+        forwarding = read_forwarding(self.state_dir)
+        apply_forwarding(self.state_dir, forwarding, plan_forwarding(forwarding, frozenset()))
         if link_kind(self.ifname) is not None:
             remove_router(self.ifname)
         self.backend.remove_device(self._recorded_pid())

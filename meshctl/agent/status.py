@@ -12,6 +12,7 @@ from meshctl.coord.records import format_time
 from meshctl.wg.config import HANDSHAKE_FRESH_S, DeviceState
 
 STALE_AFTER_S: Final = 300  # five missed one-minute syncs
+ROUTES_FILE: Final = "routes.json"  # what the last full pass chose (agent/sync_pass.record_routes)
 EXPIRY_WARNING_S: Final = 14 * 86400  # a membership that ends within this is warned about
 
 
@@ -57,10 +58,17 @@ def build_status(
     agent: Mapping[str, Any] | None = None,
     endpoints: EndpointView | None = None,
     published: Published | None = None,
+    routes: Mapping[str, Any] | None = None,
+    prefs: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """`endpoints`: the endpoint records this node judged; `published`: what it last published on its
+    own branch; `routes`: routes.json of the last full pass (what this node sends through whom);
+    `prefs`: its route choices (prefs.json)."""
     me = netmap.self_peer
     relays = relays_status(netmap, agent)
     agent = agent or {}
+    routes = routes or {}
+    via: Mapping[str, list[str]] = routes.get("via", {})
     paths: Mapping[str, Any] = agent.get("paths", {})
     peers = []
     by_key = {ps.public_key: ps for ps in device.peers} if device else {}  # O(1) per peer at 1,000
@@ -86,6 +94,10 @@ def build_status(
             "latest_handshake": hs,
             "rx_bytes": ps.rx_bytes if ps else 0,
             "tx_bytes": ps.tx_bytes if ps else 0,
+            "approved_routes": [str(r) for r in p.approved_routes],
+            "exit_node": p.exit_node,
+            "exit_node_in_use": routes.get("exit_node") == p.name,
+            "routes_via": [r for r in via.get(p.name, []) if r not in ("0.0.0.0/0", "::/0")],
             "record": record_status(endpoints, p, now),
             "membership_expires": p.expires,
             "enrolled_with": p.enrolled_with or None,
@@ -104,9 +116,18 @@ def build_status(
             "endpoints": list(agent.get("endpoints", [])),
             "nat": dict(agent.get("nat", {})),
             "up": device is not None,
+            "approved_routes": [str(r) for r in me.approved_routes] if me else [],
+            "exit_node": bool(me and me.exit_node),
+            "forwarding": list(routes.get("forwarding", [])),
             "endpoint_record": _published_status(published, now),
             "membership_expires": me.expires if me else None,
             "enrolled_with": (me.enrolled_with or None) if me else None,
+        },
+        "routes": {
+            **dict(prefs or {}),
+            "exit_node_in_use": routes.get("exit_node"),
+            "error": routes.get("error"),
+            "notes": list(routes.get("notes", [])),
         },
         "coordination": {
             "serial": netmap.serial,
@@ -172,6 +193,13 @@ def render_status(doc: Mapping[str, Any], now: int) -> str:
         f"{'  STALE' if coord['stale'] else ''}"
         f"{'  (' + coord['error'] + ')' if coord.get('error') else ''}",
     ]
+    if me.get("approved_routes") or me.get("exit_node"):
+        lines.append(f"routes this node carries: {_offer(me.get('approved_routes', []), bool(me.get('exit_node')))}"
+                     f"  (forwarding IPv{'+IPv'.join(str(v) for v in me.get('forwarding', [])) or ' off'})")
+    routing = doc.get("routes", {})
+    if routing.get("error"):
+        lines.append(f"routes: {routing['error']}")
+    lines += [f"routes: {note}" for note in routing.get("notes", [])]
     lines += [f"warning: {w}" for w in doc.get("warnings", [])]
     refused = doc.get("refused_enrollments", {})
     lines += [f"enrollment on endpoints/{name} refused: {why}" for name, why in refused.items()]
@@ -190,6 +218,22 @@ def render_status(doc: Mapping[str, Any], now: int) -> str:
         lines.append(
             f"  {p['name']:<16} {' '.join(p['mesh_ips']):<42} {p['path']:<7} {where:<24} "
             f"handshake {_age(now, p['latest_handshake'])}  rx {p['rx_bytes']} tx {p['tx_bytes']}"
+            + _peer_routes(p)
             + (f"  (endpoint record: {p['record'] or 'none'})" if p["path"] == "none" else "")
         )
     return "\n".join(lines)
+
+
+def _offer(routes: list[str], exit_node: bool) -> str:
+    return ", ".join([*routes, *(["exit node"] if exit_node else [])]) or "none"
+
+
+def _peer_routes(p: Mapping[str, Any]) -> str:
+    """`  routes 192.168.1.0/24 (primary here), exit node (in use)` for a peer offering routes."""
+    if not p.get("approved_routes") and not p.get("exit_node"):
+        return ""
+    used = set(p.get("routes_via", []))
+    parts = [f"{r}{' (in use)' if r in used else ''}" for r in p.get("approved_routes", [])]
+    if p.get("exit_node"):
+        parts.append("exit node (in use)" if p.get("exit_node_in_use") else "exit node")
+    return "  routes " + ", ".join(parts)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from meshctl.agent.desired import Desired, desired
 from meshctl.agent.inputs import Addresses, Inputs, load_inputs
 from meshctl.agent.plan import Plan
+from meshctl.agent.prefs import Prefs, load_prefs
 from meshctl.agent.reconcile import Reconciler
 from meshctl.coord.node_state import NodeConfig, NodeState
 from meshctl.coord.trust import TrustMemory
@@ -31,7 +32,7 @@ from meshctl.settings import Settings
 if TYPE_CHECKING:
     from meshctl.coord.endpoint_publish import Published, PublishRequest
     from meshctl.coord.endpoint_verify import EndpointView
-    from meshctl.coord.netmap import NetMap
+    from meshctl.coord.netmap import NetMap, Prefix
     from meshctl.dns.resolvconf import Endpoint
 
 # What this device would publish, given what the devices' branches say (None: nothing).
@@ -40,6 +41,7 @@ PublishPlan = Callable[["EndpointView | None"], "PublishRequest | None"]
 log = logging.getLogger(__name__)
 
 LAST_SYNC_FILE = "last-sync.json"
+RouteChoices = Mapping["Prefix", str]  # HA prefixes -> the router the agent's monitor chose
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,11 +169,13 @@ def run_pass(settings: Settings, now: int, *, dry_run: bool = False, fetch: bool
              reconciler: Reconciler | None = None, endpoints: Mapping[str, str | None] | None = None,
              extra_addresses: Addresses = (), serve_dns: bool = False,
              before_apply: Callable[[], None] | None = None, known_netmap: NetMap | None = None,
-             desired_of: Callable[[Inputs], Desired] = desired, publish: PublishPlan | None = None) -> PassResult:
+             desired_of: Callable[[Inputs], Desired] = desired, publish: PublishPlan | None = None,
+             prefs: Prefs | None = None, route_choices: RouteChoices | None = None) -> PassResult:
     """`endpoints` None: a pass without an agent (static endpoints of the records);
     `before_apply` runs before the host is touched (the CLI's preflight); `known_netmap`: the
     agent's map from its previous pass, reused while still in force; `publish` says what this
-    device's own endpoint record would say (pushed when due)."""
+    device's own endpoint record would say (pushed when due); `prefs` (default: prefs.json) and
+    `route_choices` (the agent's HA monitor) choose routes."""
     cfg = NodeState(settings.state_dir).load_config()
     coord = update_coordination(settings, cfg, now, fetch)
     signed = netmap_in_force(settings, cfg, coord, now, known_netmap)
@@ -181,7 +185,9 @@ def run_pass(settings: Settings, now: int, *, dry_run: bool = False, fetch: bool
     inputs = load_inputs(settings.keys_dir, cfg, netmap, settings.listen_port, endpoints=endpoints,
                          extra_addresses=extra_addresses, serve_dns=serve_dns,
                          was_member=was_member(settings.state_dir, known_netmap),
-                         enrollment=own_enrollment(settings, cfg, view))
+                         enrollment=own_enrollment(settings, cfg, view),
+                         prefs=prefs or load_prefs(settings.state_dir), primaries=route_choices,
+                         interface=settings.interface)
     wanted = desired_of(inputs)
     reconciler = reconciler or Reconciler(settings.interface, settings.wg_backend, settings.state_dir)
     if dry_run:
@@ -190,6 +196,9 @@ def run_pass(settings: Settings, now: int, *, dry_run: bool = False, fetch: bool
     if before_apply is not None:
         before_apply()
     result = reconciler.apply(wanted, now)
+    if wanted.routes.error:  # an exit node asked for but unusable: its traffic is blocked, say so
+        result.errors.append(MeshctlError(wanted.routes.error))
+    record_routes(settings.state_dir, wanted)
     record_pass(settings.state_dir, now, netmap.serial, coord.error, result.errors, fetch)
     return PassResult(netmap, result.plan, coord.accepted, coord.error, tuple(result.errors),
                       result.dns_upstreams, coord.endpoints, published)
@@ -234,6 +243,25 @@ def publish_own_record(settings: Settings, cfg: NodeConfig, plan: PublishPlan, c
     return publish_if_due(settings.repo_dir, cfg.repo_url, node, lambda: load_device_keys(settings.keys_dir),
                           cfg.network_id, cfg.name, request, now, member, cfg.ssh_key,
                           enrollment_files(own) if own is not None else {})
+
+
+def record_routes(state_dir: Path, wanted: Desired) -> None:
+    """routes.json: what the last pass that applied chose (status shows it, with or without an agent)."""
+    from meshctl.agent.status import ROUTES_FILE
+
+    sel = wanted.routes
+    doc = {"via": {name: [str(p) for p in prefixes] for name, prefixes in sorted(sel.via.items())},
+           "exit_node": sel.exit_node, "primaries": {str(p): n for p, n in sel.primaries.items()},
+           "notes": list(sel.notes), "error": sel.error,
+           "forwarding": sorted(wanted.forwarding)}
+    data = (json.dumps(doc, indent=2) + "\n").encode()
+    path = state_dir / ROUTES_FILE
+    try:
+        if path.read_bytes() == data:
+            return
+    except OSError:
+        pass
+    atomic_write(path, data)
 
 
 def was_member(state_dir: Path, known: NetMap | None) -> bool:

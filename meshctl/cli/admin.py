@@ -134,6 +134,10 @@ def approve(
         "--expect-key", help="The key fingerprint `meshctl join` printed on the device: refuse any other.")] = None,
     allow_revoked_key: Annotated[bool, typer.Option(
         "--allow-revoked-key", help="Approve a request whose keys belonged to a revoked device.")] = False,
+    routes: Annotated[str | None, typer.Option(
+        "--routes", metavar="all|exit|none|CIDR[,CIDR...]",
+        help="Approve exactly these advertised routes (`exit`: the exit node). Without it, what was approved "
+             "and is still advertised stays, and the policy's autoApprovers add theirs.")] = None,
     expires: Annotated[str | None, typer.Option(
         "--expires", help="Membership expiry, e.g. 180d: nodes drop the device then unless renewed "
                           "(`meshctl admin renew NAME --expires 180d`). Default: never.")] = None,
@@ -142,27 +146,33 @@ def approve(
     no_commit: NoCommitOpt = False,
     dry_run: DryRunOpt = False,
 ) -> None:
-    """Approve a join request: move it to peers/, assign addresses, sign the new state.
+    """Approve a join request (move it to peers/, assign addresses), a member's update request (its
+    changed record), or a member's routes; sign the new state.
 
     When the request is not in the checkout, it is fetched from origin (branch join/NAME, or
     update/NAME for a member's changed record), approved on an up-to-date main, committed and
     pushed; where main cannot be pushed to, the approval goes to the request branch (a pull request).
-    Either way the checkout is verified first and the change shown (`--dry-run`: only that; the
-    request fetched from origin is removed again).
+    A member with no update waiting only has its routes changed, in the checkout. Either way the
+    checkout is verified first and the change shown (`--dry-run`: only that; the request fetched
+    from origin is removed again).
     """
     from meshctl.coord import admin, changes
-    from meshctl.coord.approve_remote import approve_from_origin, request_files
+    from meshctl.coord.approve_remote import approve_from_origin, origin_has_branch, request_files
+    from meshctl.coord.route_approval import parse_routes_option
+
+    choice = parse_routes_option(routes) if routes is not None else None
 
     expires_in = duration_option("--expires", expires)
 
     def build(session: admin.Session) -> Change:
         return changes.approve(session.baseline, name, session.now, ip, tag or [], owner, expect_key,
-                               allow_revoked_key, expires_in)
+                               allow_revoked_key, choice, expires_in)
 
-    if (repo / request_files(name)[0]).exists():  # in the checkout already (offline, or the branch checked out)
+    member = name in admin.open_checkout(repo).state.peers  # "not a coordination repository" before any fetch
+    here = (repo / request_files(name)[0]).exists()  # in the checkout already (offline, or the branch checked out)
+    if here or (member and origin_has_branch(repo, f"update/{name}") is not True):
         run_signing(repo, admin_key, build, dry_run=dry_run, no_commit=no_commit)
         return
-    admin.open_checkout(repo)  # "not a coordination repository" before anything is fetched
 
     shown: list[str] = []  # the approval's lines: its first, then where it went, then the rest
 
@@ -205,6 +215,27 @@ def _say_published(result: Approval) -> None:
             typer.echo(f"another admin must add a signature on {branch}: meshctl admin sign --cosign")
         typer.echo(f"merge the pull request: {result.pr_url}" if result.pr_url
                    else f"merge {branch} into {main} (a pull request), then nodes see it")
+
+
+@admin_app.command("routes")
+@command
+def routes_cmd(
+    name: Annotated[str | None, typer.Argument(help="Only this member.")] = None,
+    repo: RepoOpt = Path("."),
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List the routes members advertise, which are approved, and pending updates."""
+    import json
+
+    from meshctl.coord import admin
+    from meshctl.coord.route_approval import render_rows
+    from meshctl.errors import UsageError
+
+    co = admin.open_checkout(repo)
+    if name is not None and name not in co.state.peers and not (repo / "requests" / f"{name}.json").exists():
+        raise UsageError(f"{name!r}: no member or request of that name")
+    rows = [r for r in admin.route_rows(co) if name is None or r.member == name]
+    typer.echo(json.dumps([r.as_json() for r in rows], indent=2) if as_json else render_rows(rows))
 
 
 @admin_app.command("revoke")

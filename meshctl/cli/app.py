@@ -19,6 +19,7 @@ import typer.core
 import typer.main
 
 from meshctl.cli.commands import COMMANDS, HELP
+from meshctl.cli.route_flags import expand_bool_flags
 from meshctl.settings import DEFAULT_INTERFACE, DEFAULT_LISTEN_PORT, DEFAULT_STATE_DIR, WG_BACKENDS, Settings
 
 
@@ -29,6 +30,10 @@ class LazyGroup(typer.core.TyperGroup):
     click looks a subcommand up by name (`get_command`), so only the command typed gets its
     module imported and its parameters built; the names and their loaders are cli/commands.py.
     """
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        # Tailscale's `--accept-routes` and `--accept-routes=false` both work (cli/route_flags.py).
+        return super().parse_args(ctx, expand_bool_flags(args))
 
     def list_commands(self, ctx: Any) -> list[str]:
         return [*COMMANDS, *(name for name in super().list_commands(ctx) if name not in COMMANDS)]

@@ -39,6 +39,12 @@ def _sync() -> Callable[..., Any]:
     return sync
 
 
+def _set() -> Callable[..., Any]:
+    from meshctl.cli.set import set_
+
+    return set_
+
+
 def _up() -> Callable[..., Any]:
     from meshctl.cli.up import up
 
@@ -112,6 +118,7 @@ COMMANDS: Final[dict[str, Callable[[], Callable[..., Any] | typer.Typer]]] = {
     "join": _join,
     "sync": _sync,
     "up": _up,
+    "set": _set,
     "down": _down,
     "status": _status,
     "rotate-keys": _rotate_keys,

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from meshctl.cli.common import command, settings_of
+from meshctl.cli.route_flags import AdvertiseExitOpt, AdvertiseRoutesOpt, parse_bool
 from meshctl.errors import GitError, UsageError
 
 if TYPE_CHECKING:
@@ -50,6 +51,8 @@ def join(
                           "later syncs (cron, systemd). Default: your agent and ~/.ssh keys, also under sudo.")] = None,
     rename: Annotated[bool, typer.Option(
         "--rename", help="Ask under a new --name and withdraw this device's earlier request.")] = False,
+    advertise_routes: AdvertiseRoutesOpt = None,
+    advertise_exit_node: AdvertiseExitOpt = None,
     auth_key: Annotated[str | None, typer.Option(
         "--auth-key", envvar="MESHCTL_AUTH_KEY", show_envvar=True,
         help="An enrollment key (`meshctl admin authkey create`): join with no admin step. Also file:PATH "
@@ -60,6 +63,7 @@ def join(
 ) -> None:
     """Join a mesh: keys stay on this device; the request goes to a pull-request branch, or, with
     --auth-key, the device is a member on every node's next sync."""
+    from meshctl.coord.advertise import Advertised, offer_from_flags
     from meshctl.coord.join import join as do_join
 
     settings = settings_of(ctx)
@@ -77,15 +81,19 @@ def join(
     if auth_key is not None:
         if rename:
             raise UsageError("--auth-key joins without a request: --rename does not apply")
+        if advertise_routes is not None or advertise_exit_node is not None:
+            raise UsageError("--advertise-routes and --advertise-exit-node need an admin's approval, which "
+                             "an enrolled device skips", "once it is a member: `meshctl set --advertise-routes ...`")
         _enroll(settings, repo_url, name, root, confirm, auth_key, tag, ssh_key, tuple(endpoint or ()))
         return
     if tag:
         raise UsageError("--tag goes with --auth-key (an admin gives tags with `meshctl admin approve --tag`)")
 
+    offer = offer_from_flags(Advertised(), advertise_routes, parse_bool(advertise_exit_node, "--advertise-exit-node"))
     try:
         result = do_join(settings.state_dir, settings.repo_dir, settings.keys_dir, repo_url, name, root, confirm,
                          tuple(endpoint or ()), int(time.time()), default_name=_default_name(),
-                         ssh_key=ssh_key, rename=rename)
+                         ssh_key=ssh_key, rename=rename, advertise=offer)
     except GitError as exc:  # nothing to keep yet: say how to check the URL instead
         raise GitError(exc.message, exc.hint if "authentication" in exc.message else
                        "check the URL and that this machine reaches the git host") from None
@@ -94,6 +102,9 @@ def join(
         typer.echo(f"withdrew the request for {result.withdrawn} (branch join/{result.withdrawn})")
     if result.push_error == "already a member":
         typer.echo(f"{result.name} is already a member of {result.mesh}; run `meshctl up` or `meshctl sync`")
+        if offer != Advertised():
+            typer.echo("to change the routes it advertises: meshctl set --advertise-routes CIDR,... "
+                       "[--advertise-exit-node]")
         return
     fingerprint = (f"key fingerprint {result.fingerprint}: give it to your admin, who approves with "
                    f"`meshctl admin approve {result.name} --expect-key {result.fingerprint}`")
@@ -112,13 +123,19 @@ def join(
             typer.echo(f"open a pull request from {result.branch}, or ask an admin to run "
                        f"`meshctl admin approve {result.name}` on it")
         return
-    typer.echo(f"could not push branch {result.branch}: {result.push_error}")
-    typer.echo(fingerprint)
+    print_handover(result.name, result.branch, result.push_error, result.record, result.signature, fingerprint)
+
+
+def print_handover(name: str, branch: str, push_error: str | None, record: bytes, signature: bytes,
+                   note: str | None = None) -> None:
+    """Without push rights: the two request files, as here-documents an admin can paste."""
+    typer.echo(f"could not push branch {branch}: {push_error}")
+    if note:
+        typer.echo(note)
     typer.echo("Hand these two files to an admin; they go in the coordination repository as:")
-    for path, data in ((f"requests/{result.name}.json", result.record),
-                       (f"requests/{result.name}.json.sig", result.signature)):
+    for path, data in ((f"requests/{name}.json", record), (f"requests/{name}.json.sig", signature)):
         typer.echo(f"\ncat > {path} <<'EOF'\n{data.decode().rstrip()}\nEOF")
-    typer.echo(f"\nthen: meshctl admin approve {result.name}")
+    typer.echo(f"\nthen: meshctl admin approve {name}")
 
 
 def _read_auth_key(value: str) -> SigningKey:

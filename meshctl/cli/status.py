@@ -46,13 +46,20 @@ def status(
         if link_kind(settings.interface) is not None:
             backend, _ = open_backend(settings.interface, device_info.get("backend", "auto"))
             device = backend.read()
+    from dataclasses import asdict
+
+    from meshctl.agent.prefs import load_prefs
+    from meshctl.agent.status import ROUTES_FILE
+
     agent = query_agent(settings.control_socket, {"cmd": "status"})
     now = int(time.time())
     cfg = node.load_config()
     view = node.load_endpoint_view(cfg.network_id)
     netmap = apply_view(netmap, view, now, load_public_keys(settings.keys_dir)).netmap
     doc = build_status(netmap, device, device_info, node.fetched_at(),
-                       _read_json(settings.state_dir / "last-sync.json"), now, agent, view, node.load_published())
+                       _read_json(settings.state_dir / "last-sync.json"), now, agent, view, node.load_published(),
+                       routes=_read_json(settings.state_dir / ROUTES_FILE),
+                       prefs=asdict(load_prefs(settings.state_dir)))
     typer.echo(json.dumps(doc, indent=2) if as_json else render_status(doc, now))
 
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from meshctl.cli.common import command, settings_of
+from meshctl.cli.route_flags import AcceptRoutesOpt, AllowLanOpt, ExitNodeOpt, SnatOpt, pref_changes
 
 if TYPE_CHECKING:
     from meshctl.agent.plan import Plan
@@ -23,16 +24,27 @@ def sync(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Verify and print the plan; change nothing.")] = False,
     jitter: Annotated[float, typer.Option("--jitter", help="Sleep a random 0..SECONDS first (cron).", min=0)] = 0,
     wait: Annotated[float, typer.Option("--wait", help="Seconds to wait for another sync to finish.")] = 60,
+    accept_routes: AcceptRoutesOpt = None,
+    exit_node: ExitNodeOpt = None,
+    exit_node_allow_lan_access: AllowLanOpt = None,
+    snat_subnet_routes: SnatOpt = None,
 ) -> None:
     """Fetch the coordination repository, verify it and apply it to this node. Quiet when nothing changed."""
+    from dataclasses import replace
+
     from meshctl.agent.lock import state_lock
+    from meshctl.agent.prefs import load_prefs
     from meshctl.agent.sync_pass import cron_publish_plan, run_pass
     from meshctl.cli import preflight
+    from meshctl.cli.set import save_route_prefs
     from meshctl.errors import VerificationError
 
     settings = settings_of(ctx)
+    changes = pref_changes(accept_routes, exit_node, exit_node_allow_lan_access, snat_subnet_routes)
+    given = {k: v for k, v in changes.items() if v is not None}
     if not dry_run:
         preflight.require_root("sync", "run it with sudo, or `meshctl sync --dry-run` to see what it would do")
+        save_route_prefs(settings, changes)  # kept for the next cron run (a dry run only tries them)
     if jitter:
         time.sleep(random.uniform(0, jitter))
     now = int(time.time())
@@ -46,8 +58,9 @@ def sync(
             _rotate_if_due(settings, now)
         try:
             publish = None if dry_run else cron_publish_plan(settings, now)
+            prefs = replace(load_prefs(settings.state_dir), **given) if dry_run and given else None  # type: ignore[arg-type]
             result = run_pass(settings, now, dry_run=dry_run, before_apply=lambda: preflight.network_preflight(
-                settings.interface, settings.listen_port), publish=publish)
+                settings.interface, settings.listen_port), publish=publish, prefs=prefs)
         except VerificationError as exc:
             raise VerificationError(exc.message, clock or exc.hint) from None
     if dry_run:

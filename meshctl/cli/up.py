@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from meshctl.cli.common import command, settings_of
+from meshctl.cli.route_flags import AcceptRoutesOpt, AllowLanOpt, ExitNodeOpt, SnatOpt, pref_changes
 from meshctl.errors import MeshctlError
 
 START_TIMEOUT_S = 30.0
@@ -33,16 +34,24 @@ def up(
     sync_interval: Annotated[float, typer.Option("--sync-interval", help="Seconds between syncs.", min=1)] = 60.0,
     accept_dns: Annotated[bool, typer.Option("--accept-dns/--no-accept-dns", envvar="MESHCTL_ACCEPT_DNS",
                                              help="Run MagicDNS and point the system's DNS at it.")] = True,
+    accept_routes: AcceptRoutesOpt = None,
+    exit_node: ExitNodeOpt = None,
+    exit_node_allow_lan_access: AllowLanOpt = None,
+    snat_subnet_routes: SnatOpt = None,
 ) -> None:
     """Bring this node onto the mesh and keep it there (the agent)."""
     from meshctl.agent.control import query_agent
     from meshctl.cli import preflight
+    from meshctl.cli.set import save_route_prefs
     from meshctl.coord.node_state import NodeState
     from meshctl.fsutil import ensure_private_dir
 
     settings = settings_of(ctx)
     preflight.require_root("up", "run it with sudo (or as the systemd unit meshctl.service)")
     NodeState(settings.state_dir).load_config()  # "not joined" is said before anything starts
+    # Kept in prefs.json: the agent (started below, or already running) reads them on every pass.
+    save_route_prefs(settings, pref_changes(accept_routes, exit_node, exit_node_allow_lan_access,
+                                            snat_subnet_routes))
     preflight.network_preflight(settings.interface, settings.listen_port)
     clock = preflight.clock_check(settings.state_dir, int(time.time()))
     if clock is not None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Final
 
-from meshctl.coord import changes, records, signing, verify
+from meshctl.coord import changes, records, route_approval, signing, verify
 from meshctl.coord import repo as gitrepo
 from meshctl.coord.admin_trust import AdminTrust, Remembered
 from meshctl.coord.baseline import Baseline, verify_baseline
@@ -28,6 +28,7 @@ from meshctl.coord.changes import next_ipv4 as next_ipv4  # re-exported: tests
 from meshctl.coord.fs_snapshot import FsSnapshot
 from meshctl.coord.netmap import NetMap
 from meshctl.coord.records import RootDoc, StateDoc
+from meshctl.coord.route_approval import RoutesChoice
 from meshctl.coord.signed_change import Change, Plan, admin_signers, pinnable_hashes, plan
 from meshctl.coord.state_diff import StateView
 from meshctl.coord.trust import STATE_LIFETIME_S as STATE_LIFETIME_S  # re-exported: tests, bench
@@ -350,10 +351,31 @@ def paths_of(result: Plan) -> tuple[StateDoc, list[str], list[str]]:
 
 def approve(co: Checkout, name: str, keys: Sequence[SigningKey], now: int, ip: str | None = None,
             tags: Sequence[str] = (), owner: str = "", expect_key: str | None = None,
-            allow_revoked_key: bool = False) -> tuple[StateDoc, list[str], list[str]]:
+            allow_revoked_key: bool = False,
+            routes: RoutesChoice | None = None) -> tuple[StateDoc, list[str], list[str]]:
+    """A join request, a member's update request, or a member's routes (changes.approve)."""
     result, _ = run_change(co.path, keys, now, lambda s: changes.approve(
-        s.baseline, name, s.now, ip, tags, owner, expect_key, allow_revoked_key))
+        s.baseline, name, s.now, ip, tags, owner, expect_key, allow_revoked_key, routes))
     return paths_of(result)
+
+
+def route_rows(co: Checkout) -> list[route_approval.RouteRow]:
+    """`meshctl admin routes`: every member's routes, with its pending update request if any."""
+    snap = FsSnapshot(co.path)
+    files = snap.files()
+    recs, pending = {}, {}
+    for name in co.state.peers:
+        path = f"peers/{name}.json"
+        if path in files:
+            recs[name] = verify.verify_record(snap, path, co.root.network_id, files)[0]
+    for path in sorted(p for p in files if verify.REQUEST_RE.match(p)):
+        try:
+            rec = verify.verify_record(snap, path, co.root.network_id, files)[0]
+        except VerificationError:
+            continue  # `repo verify` reports it; this list shows what could be approved
+        if rec.name in co.state.peers or rec.advertise_routes or rec.advertise_exit_node:
+            pending[rec.name] = rec
+    return route_approval.route_rows(co.state.peers, recs, pending)
 
 
 def revoke(co: Checkout, name: str, keys: Sequence[SigningKey], now: int) -> tuple[StateDoc, list[str], list[str]]:

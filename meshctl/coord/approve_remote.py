@@ -52,6 +52,18 @@ def request_branch_problem(branch: str, changed: list[str], name: str) -> str | 
     return None
 
 
+def origin_has_branch(path: Path, branch: str) -> bool | None:
+    """Whether origin has `branch`; None when there is no origin to ask or it does not answer."""
+    co = workdir.open_with_origin(path)
+    if co is None:
+        return None
+    try:
+        heads = workdir.remote_heads(co, gitrepo.Credentials())
+    except GitError:
+        return None
+    return f"refs/heads/{branch}" in heads
+
+
 def approve_from_origin(path: Path, name: str, approve: ApproveFn, *, commit: bool = True) -> Approval:
     co = workdir.open_with_origin(path)
     if co is None:

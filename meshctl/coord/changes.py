@@ -12,12 +12,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from meshctl.coord import addressing, records, signing, verify
+from meshctl.coord import addressing, records, route_approval, signing, verify
 from meshctl.coord.addressing import MAGICDNS_IP as MAGICDNS_IP  # re-exported: admin, tests
 from meshctl.coord.addressing import QUARANTINE_S
 from meshctl.coord.baseline import ALL_PINNED, Baseline
 from meshctl.coord.delegation import Enrolled, identity_signature
 from meshctl.coord.records import Assignment, AuthKey, PeerRecord, Revoked, StateDoc
+from meshctl.coord.route_approval import RoutesChoice
+from meshctl.coord.routes import Prefix
 from meshctl.coord.signed_change import Change, OverlaySnapshot, pinnable_hashes
 from meshctl.coord.state_diff import StateView, authkey_line, fingerprint
 from meshctl.errors import MeshctlError, ParseError, UsageError, VerificationError
@@ -92,17 +94,24 @@ def _which_keys(r: Revoked, rec: PeerRecord) -> str:
 
 def approve(base: Baseline, name: str, now: int, ip: str | None = None, tags: Sequence[str] = (),
             owner: str = "", expect_key: str | None = None, allow_revoked_key: bool = False,
-            expires_in: int | None = None) -> Change:
-    """Move requests/NAME to peers/, assign addresses, tags and owner (and, with `expires_in`
-    seconds, a membership expiry: nodes drop the member from then on)."""
+            routes: RoutesChoice | None = None, expires_in: int | None = None) -> Change:
+    """Move requests/NAME to peers/, assign addresses, tags, owner and routes (`routes`, else what
+    the signed policy's autoApprovers approve), and, with `expires_in` seconds, a membership expiry
+    (nodes drop the member from then on). For a member: approve_member."""
     state = base.state
+    if name in state.peers:
+        if expires_in is not None:
+            raise UsageError(f"--expires is for join requests; {name!r} is already a member",
+                             f"change its expiry with `meshctl admin renew {name} --expires ...`")
+        if ip is not None or tags or owner or allow_revoked_key:
+            raise UsageError(f"--ip, --tag, --owner and --allow-revoked-key are for join requests; {name!r} is "
+                             "already a member", "revoke it and approve a new join request to change them")
+        return approve_member(base, name, routes, expect_key)
     path = f"requests/{name}.json"
     files = base.snapshot.files()
     if path not in files:
         pending = sorted(p[len("requests/"):-len(".json")] for p in files if verify.REQUEST_RE.match(p))
         raise UsageError(f"{path}: no join request named {name!r}", f"pending requests: {', '.join(pending) or 'none'}")
-    if name in state.peers:
-        raise UsageError(f"{path}: {name!r} is already a member", "pick another name, or revoke the old device first")
     expected = normalize_fingerprint(expect_key) if expect_key is not None else None
     for tag in tags:
         if not records.TAG_RE.match(tag):
@@ -127,13 +136,16 @@ def approve(base: Baseline, name: str, now: int, ip: str | None = None, tags: Se
     else:
         v4 = next_ipv4(state, now)
     v6 = ipv6_for(state, v4)
+    approved = _decide_routes(base, rec, (), routes, tuple(tags), owner)
     expires = now + expires_in if expires_in is not None else None
-    assignment = Assignment(verify.sha256_hex(data), (v4, v6), tuple(tags), owner, expires)
+    assignment = Assignment(verify.sha256_hex(data), (v4, v6), tuple(tags), owner, routes=approved, expires=expires)
     new = dataclasses.replace(state, peers={**state.peers, name: assignment},
                               revoked=tuple(r for r in state.revoked if r not in revoked))
+    _check_routes(new, name)
     moved = {path: None, f"{path}.sig": None, f"peers/{name}.json": data,
              f"peers/{name}.json.sig": signing.marshal_signatures([sig])}
-    lines = [f"approved {name}: {v4} {v6}", f"key fingerprint {fp} ({path})"]
+    lines = [f"approved {name}: {v4} {v6}", f"key fingerprint {fp} ({path})",
+             *route_approval.approval_notes(name, (), approved)]
     if expires is not None:
         lines.append(f"membership expires {records.format_time(expires)}")
     return Change(new, moved, tuple(lines), f"Approve {name}", tuple(warnings))
@@ -149,6 +161,75 @@ def set_member_expiry(base: Baseline, name: str, now: int, expires_in: int | Non
     when = records.format_time(expires) if expires is not None else "never"
     return Change(dataclasses.replace(state, peers=peers), summary=(f"membership of {name} expires: {when}",),
                   message=f"Renew {name}")
+
+
+def approve_member(base: Baseline, name: str, routes: RoutesChoice | None = None,
+                   expect_key: str | None = None) -> Change:
+    """A member's update request (requests/NAME.json: its changed record, signed by the member's
+    own identity key) replaces its record, and/or its approved routes change (`routes`, else what
+    is approved and still advertised, plus autoApprovers'). Addresses, tags and owner stay."""
+    state = base.state
+    current = state.peers[name]
+    member = base.verified.records[name]
+    path = f"requests/{name}.json"
+    record, files, summary = member, {}, []
+    if path in base.snapshot.files():
+        record, data, sig = verify.signed_record(base.snapshot, path, state.network_id)
+        if record.identity_key != member.identity_key:
+            raise VerificationError(
+                f"{path}: signed by identity key {record.identity_key.short()}, but member {name} is "
+                f"{member.identity_key.short()}", "an update comes from the device itself; a new device joins "
+                "under a new name")
+        if expect_key is not None and normalize_fingerprint(expect_key) != fingerprint(record):
+            raise VerificationError(f"{path}: key fingerprint {fingerprint(record)} does not match --expect-key "
+                                    f"{normalize_fingerprint(expect_key)}")
+        current = dataclasses.replace(current, record_sha256=verify.sha256_hex(data))
+        files = {path: None, f"{path}.sig": None, f"peers/{name}.json": data,
+                 f"peers/{name}.json.sig": signing.marshal_signatures([sig])}
+        summary.append(f"approved the update of {name} (record replaced; addresses, tags and owner kept)")
+    approved = _decide_routes(base, record, current.routes, routes, current.tags, current.owner)
+    if not files and approved == current.routes:
+        raise UsageError(f"nothing to approve: {name} is a member with no pending update ({path}) and its routes "
+                         f"stay {route_approval.describe_routes(approved)}",
+                         f"fetch its update/{name} branch first, or name the routes with --routes")
+    new = dataclasses.replace(state, peers={**state.peers, name: dataclasses.replace(current, routes=approved)})
+    _check_routes(new, name)
+    summary += route_approval.approval_notes(name, state.peers[name].routes, approved)
+    return Change(new, files, tuple(summary), f"Approve {'update of' if files else 'routes of'} {name}")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Identity:
+    """Who a device is to the policy's autoApprovers: its tags, else its owner."""
+
+    tags: tuple[str, ...]
+    owner: str
+
+
+def _decide_routes(base: Baseline, rec: PeerRecord, current: Sequence[Prefix], choice: RoutesChoice | None,
+                   tags: tuple[str, ...], owner: str) -> tuple[Prefix, ...]:
+    """The approved routes after this approval; a plain one asks the signed policy's autoApprovers."""
+    auto_routes: tuple[Prefix, ...] = ()
+    auto_exit = False
+    if choice is None and (rec.advertise_routes or rec.advertise_exit_node):
+        from meshctl.policy.approvers import auto_approved
+        from meshctl.policy.parse import parse_policy
+
+        try:
+            policy = parse_policy(base.verified.policy_text)
+        except ParseError as exc:
+            raise UsageError(exc.message, "fix the policy, or name the routes with --routes") from None
+        auto = auto_approved(policy, _Identity(tags, owner), rec.advertise_routes, rec.advertise_exit_node)
+        auto_routes, auto_exit = auto.routes, auto.exit_node
+    return route_approval.decide(rec, current, choice, auto_routes, auto_exit)
+
+
+def _check_routes(state: StateDoc, member: str) -> None:
+    """Refuse to sign routes that break coord/routes.py's rules (nodes would refuse the state)."""
+    try:
+        verify.check_routes(state, member)
+    except VerificationError as exc:
+        raise UsageError(exc.message.removeprefix("state.json: "), exc.hint) from None
 
 
 def revoke(base: Baseline, name: str, now: int) -> Change:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Final
 
 from meshctl.coord import records, signing, ssh_auth, verify
 from meshctl.coord import repo as gitrepo
+from meshctl.coord.advertise import Advertised, check_advertised
 from meshctl.coord.node_state import NodeConfig, NodeState
 from meshctl.errors import GitError, MeshctlError, UsageError
 from meshctl.identity import DeviceKeys, load_or_create_device_keys
@@ -60,11 +61,17 @@ def pull_request_url(repo_url: str, branch: str) -> str | None:
 
 
 def make_request(keys: DeviceKeys, network_id: str, name: str, endpoints: tuple[str, ...],
-                 now: int) -> tuple[bytes, bytes]:
+                 now: int, advertise: Advertised | None = None) -> tuple[bytes, bytes]:
+    offer = advertise or Advertised()
     rec = records.PeerRecord(network_id, name, keys.identity.public(), keys.wireguard.public(),
-                             keys.disco.public(), endpoints, now)
+                             keys.disco.public(), endpoints, now, offer.routes, offer.exit_node)
+    return sign_record(keys, rec)
+
+
+def sign_record(keys: DeviceKeys, rec: records.PeerRecord) -> tuple[bytes, bytes]:
+    """The record's canonical bytes and its self-signature (the identity key's)."""
     data = records.marshal_peer(rec)
-    sig = signing.marshal_signatures([signing.sign(keys.identity, "peer", network_id, data)])
+    sig = signing.marshal_signatures([signing.sign(keys.identity, "peer", rec.network_id, data)])
     return data, sig
 
 
@@ -172,7 +179,8 @@ def check_endpoints(endpoints: tuple[str, ...]) -> None:
 
 def join(state_dir: Path, repo_dir: Path, keys_dir: Path, url: str, name: str | None, pinned: str | None,
          confirm_root: Callable[[str], bool], endpoints: tuple[str, ...], now: int, *,
-         default_name: str = "device", ssh_key: str | None = None, rename: bool = False) -> JoinResult:
+         default_name: str = "device", ssh_key: str | None = None, rename: bool = False,
+         advertise: Advertised | None = None) -> JoinResult:
     """Clone and verify the mesh, create keys, push `join/<name>` with the request."""
     check_name(name)
     check_endpoints(endpoints)
@@ -190,7 +198,9 @@ def join(state_dir: Path, repo_dir: Path, keys_dir: Path, url: str, name: str | 
     if member is not None and verified.records[name].identity_key != keys.identity.public():
         raise UsageError(f"peers/{name}.json: the name {name!r} is taken by another device",
                          "choose another --name")
-    data, sig = make_request(keys, verified.root.network_id, name, endpoints, now)
+    if advertise is not None:
+        check_advertised(advertise, (verified.state.ipv4_cidr, verified.state.ipv6_prefix))
+    data, sig = make_request(keys, verified.root.network_id, name, endpoints, now, advertise)
     # Before anything is written: a name whose request is another device's is refused.
     on_host = None if member is not None else _own_request_on_host(repo, heads, snap, name, keys,
                                                                   verified.root.network_id, creds)

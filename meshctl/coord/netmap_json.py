@@ -15,7 +15,10 @@ def peer_to_json(p: Peer) -> list[Any]:
     # Compact on purpose: a no-op sync at 10,000 peers reads this back and must stay fast.
     out: list[Any] = [p.name, p.identity_key.b64(), p.wg_public_key.b64(), p.disco_key.b64(),
                       [[a.version, int(a)] for a in p.addresses], list(p.tags), p.owner, list(p.endpoints)]
-    if p.expires is not None:
+    # Optional tail, absent for nearly every member: [expires] or [expires, routes, exit_node].
+    if p.approved_routes or p.exit_node:
+        out += [p.expires, [str(r) for r in p.approved_routes], p.exit_node]
+    elif p.expires is not None:
         out.append(p.expires)
     return out
 
@@ -34,7 +37,9 @@ def peer_from_json(v: list[Any]) -> Peer:
         tags=tuple(v[5]),
         owner=v[6],
         endpoints=tuple(v[7]),
-        expires=int(v[8]) if len(v) > 8 else None,
+        expires=int(v[8]) if len(v) > 8 and v[8] is not None else None,
+        approved_routes=tuple(ipaddress.ip_network(r) for r in v[9]) if len(v) > 9 else (),
+        exit_node=bool(v[10]) if len(v) > 10 else False,
     )
 
 

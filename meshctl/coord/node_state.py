@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import json
 import logging
 from dataclasses import asdict, dataclass, field
@@ -52,6 +53,9 @@ class NodeConfig:
     root_fingerprint: str
     network_id: str
     ssh_key: str | None = None  # the key file git over ssh used at join (or --ssh-key): for cron and systemd
+
+
+_RECORD_FIELDS = 8  # entries of a records-cache.json record (_record_to_list)
 
 
 class NodeState:
@@ -342,13 +346,18 @@ class EndpointMemory:
 
 
 def _record_to_list(r: PeerRecord) -> list[Any]:
+    # Every field of the record: an entry of an older meshctl (shorter) fails to load, and the
+    # whole cache is rebuilt, rather than give back a record missing what it signed.
     return [r.name, r.identity_key.text(), r.wg_public_key.b64(), r.disco_key.b64(),
-            list(r.endpoints), r.created]
+            list(r.endpoints), r.created, [str(x) for x in r.advertise_routes], r.advertise_exit_node]
 
 
 def _record_from_list(network_id: str, v: list[Any]) -> PeerRecord:
     from meshctl.coord.records import PeerRecord
     from meshctl.keys import DiscoPublic, NodePublic, VerifyKey
 
+    if len(v) != _RECORD_FIELDS:
+        raise IndexError("a record cache entry of another meshctl version")
     return PeerRecord(network_id, v[0], VerifyKey.from_text(v[1]), NodePublic.from_b64(v[2]),
-                      DiscoPublic.from_b64(v[3]), tuple(v[4]), int(v[5]))
+                      DiscoPublic.from_b64(v[3]), tuple(v[4]), int(v[5]),
+                      tuple(ipaddress.ip_network(x) for x in v[6]), bool(v[7]))

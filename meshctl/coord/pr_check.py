@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from meshctl.coord import records, verify
+from meshctl.coord import records, routes, verify
 from meshctl.coord.records import StateDoc
 from meshctl.coord.state_diff import fingerprint
 from meshctl.coord.verify import Snapshot, TrustMemory, Verified
@@ -60,23 +60,29 @@ def _base(base: Snapshot) -> _Base:
 
 
 def check_requests(head: Snapshot, verified: Verified) -> list[str]:
-    """Every pending request: self-signed, not a member's name, no key already in use or revoked."""
+    """Every pending request: self-signed, no key already in use or revoked; a join request for a
+    new name, or an update request for a member (its changed record, signed by the member's own
+    identity key: `meshctl set --advertise-routes ...`)."""
     problems: list[str] = []
     files = head.files()
     seen: dict[object, str] = {}
     for rec in verified.records.values():
         for value in (rec.identity_key, rec.wg_public_key, rec.disco_key):
             seen[value] = f"member {rec.name}"
+    mesh = (verified.state.ipv4_cidr, verified.state.ipv6_prefix)
     for path in sorted(p for p in files if verify.REQUEST_RE.match(p)):
         try:
             rec, _digest = verify.verify_record(head, path, verified.root.network_id, files)
         except MeshctlError as exc:
             problems.append(exc.message)
             continue
-        if rec.name in verified.state.peers:
-            problems.append(f"{path}: {rec.name!r} is already a member")
+        member = verified.records.get(rec.name)
+        if member is not None and rec.identity_key != member.identity_key:
+            problems.append(f"{path}: {rec.name!r} is already a member (an update must be signed by its own "
+                            "identity key)")
+        problems += [f"{path}: advertise_routes: {p}" for p in routes.advertised_problems(rec.advertise_routes, mesh)]
         for value in (rec.identity_key, rec.wg_public_key, rec.disco_key):
-            if value in seen:
+            if value in seen and not (member is not None and seen[value] == f"member {rec.name}"):
                 problems.append(f"{path}: key {value.short()} is already used by {seen[value]}")
             seen[value] = f"request {rec.name}"
         for gone in verified.state.revoked:
@@ -126,12 +132,16 @@ def _change_problems(head: Snapshot, base: _Base, verified: Verified, changed: S
 
 
 def _approved_request_problem(head: Snapshot, base: _Base, verified: Verified, name: str) -> str | None:
-    """In a newly signed change a request may only leave requests/ for peers/, unchanged."""
+    """In a newly signed change a request may only leave requests/ for peers/, unchanged: a join
+    request for a new member, or a member's update request (signed by the member's own key)."""
     path = f"requests/{name}.json"
     hf, bf = head.files(), base.snap.files()
-    if path not in hf and path in bf and name in verified.state.peers and name not in base.state.peers:
+    update = name in base.state.peers
+    if path not in hf and path in bf and name in verified.state.peers:
         peer = f"peers/{name}.json"
         if peer in hf and head.read(peer) == base.snap.read(path):
+            if update and _owner(base.snap, peer) != _owner(head, peer):
+                return f"{path}: an update of member {name} signed by another identity key"
             return None
         return f"{path}: approved, but peers/{name}.json is not this request"
     what = "removed" if path not in hf else "added" if path not in bf else "changed"

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from meshctl.coord import routes as routing
 from meshctl.coord import strictjson
 from meshctl.errors import ParseError
 from meshctl.keys import DiscoPublic, NodePublic, VerifyKey
@@ -140,6 +141,23 @@ class _Reader:
             raise self.fail(key, "has duplicate items")
         return tuple(items)
 
+    def routes(self, key: str) -> tuple[routing.Prefix, ...]:
+        """Optional list of canonical networks, no duplicates; stored sorted (routes.canonical)."""
+        texts = self.str_list(key, routing.MAX_ROUTES)
+        out = []
+        for text in texts:
+            try:
+                out.append(routing.parse_route(text))
+            except ValueError as exc:
+                raise self.fail(key, str(exc)) from None
+        return routing.canonical(out)  # canonical text: str_list's duplicate check covers networks
+
+    def flag(self, key: str) -> bool:
+        value = self.doc.get(key, False)
+        if not isinstance(value, bool):
+            raise self.fail(key, "must be true or false")
+        return value
+
     def obj(self, key: str) -> dict[str, Any]:
         value = self.doc.get(key)
         if not isinstance(value, dict):
@@ -255,12 +273,16 @@ class PeerRecord:
     disco_key: DiscoPublic
     endpoints: tuple[str, ...] = ()
     created: int = 0
+    # Issue 19: what the device offers to route for others; only the admin-signed state's
+    # approval (Assignment.routes) makes any of it used.
+    advertise_routes: tuple[routing.Prefix, ...] = ()  # subnet routes, never a default route
+    advertise_exit_node: bool = False
 
 
 def parse_peer(data: bytes, name: str) -> PeerRecord:
     r = _Reader(strictjson.loads(data, name=name, max_bytes=MAX_PEER_BYTES), name)
     r.only({"type", "network_id", "name", "identity_key", "wg_public_key", "disco_key", "created"},
-           {"endpoints"})
+           {"endpoints", "advertise_routes", "advertise_exit_node"})
     _type_check(r, PEER_TYPE)
     wg_key = r.node_public("wg_public_key")
     disco = r.disco_public("disco_key")
@@ -268,6 +290,9 @@ def parse_peer(data: bytes, name: str) -> PeerRecord:
     for ep in endpoints:
         if not 1 <= int(ep.rsplit(":", 1)[1]) <= 65535:
             raise r.fail("endpoints", f"invalid port in {ep!r}")
+    advertised = r.routes("advertise_routes")
+    if any(routing.is_exit_route(x) for x in advertised):
+        raise r.fail("advertise_routes", "a default route is exit-node use (advertise_exit_node)")
     return PeerRecord(
         network_id=r.text("network_id", NETWORK_ID_RE),
         name=r.text("name", NAME_RE),
@@ -276,6 +301,8 @@ def parse_peer(data: bytes, name: str) -> PeerRecord:
         disco_key=disco,
         endpoints=endpoints,
         created=r.time("created"),
+        advertise_routes=advertised,
+        advertise_exit_node=r.flag("advertise_exit_node"),
     )
 
 
@@ -291,6 +318,10 @@ def marshal_peer(rec: PeerRecord) -> bytes:
     }
     if rec.endpoints:
         doc["endpoints"] = list(rec.endpoints)
+    if rec.advertise_routes:
+        doc["advertise_routes"] = [str(x) for x in routing.canonical(rec.advertise_routes)]
+    if rec.advertise_exit_node:
+        doc["advertise_exit_node"] = True
     return strictjson.dumps(doc)
 
 
@@ -305,6 +336,9 @@ class Assignment:
     addresses: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]
     tags: tuple[str, ...] = ()
     owner: str = ""
+    # Approved routes (issue 19): used only where the member's record also advertises them;
+    # 0.0.0.0/0 and ::/0, always together, approve it as an exit node.
+    routes: tuple[routing.Prefix, ...] = ()
     expires: int | None = None  # membership expiry (`admin approve --expires`): nodes drop it after
 
 
@@ -367,7 +401,7 @@ class StateDoc:
 
 def _parse_assignment(doc: Any, name: str, peer: str) -> Assignment:
     r = _Reader(doc, name, f"peers.{peer}.")
-    r.only({"record_sha256", "addresses"}, {"tags", "owner", "expires"})
+    r.only({"record_sha256", "addresses"}, {"tags", "owner", "routes", "expires"})
     addrs = _addresses(r, "addresses")
     if not addrs:
         raise r.fail("addresses", "needs at least one address")
@@ -376,8 +410,17 @@ def _parse_assignment(doc: Any, name: str, peer: str) -> Assignment:
         addresses=addrs,
         tags=r.str_list("tags", MAX_TAGS, TAG_RE),
         owner=r.text("owner", OWNER_RE, default=""),
+        routes=_approved_routes(r),
         expires=r.time("expires") if "expires" in r.doc else None,
     )
+
+
+def _approved_routes(r: _Reader) -> tuple[routing.Prefix, ...]:
+    approved = r.routes("routes")
+    exits = [x for x in approved if routing.is_exit_route(x)]
+    if exits and len(exits) != len(routing.EXIT_ROUTES):
+        raise r.fail("routes", "0.0.0.0/0 and ::/0 are approved together (exit node)")
+    return approved
 
 
 def _parse_authkeys(doc: Any, name: str, mesh: ipaddress.IPv4Network) -> dict[str, AuthKey]:
@@ -496,6 +539,8 @@ def marshal_state(doc: StateDoc) -> bytes:
             entry["tags"] = list(a.tags)
         if a.owner:
             entry["owner"] = a.owner
+        if a.routes:
+            entry["routes"] = [str(x) for x in routing.canonical(a.routes)]
         if a.expires is not None:
             entry["expires"] = format_time(a.expires)
         peers[peer_name] = entry

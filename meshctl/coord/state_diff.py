@@ -68,6 +68,8 @@ def _member_line(name: str, a: Assignment, rec: PeerRecord | None) -> str:
         parts.append("tags " + ",".join(a.tags))
     if a.owner:
         parts.append(f"owner {a.owner}")
+    if a.routes:
+        parts.append(f"routes {_value(a.routes)}")
     if a.expires is not None:
         parts.append(f"expires {format_time(a.expires)}")
     return f"member {name}: " + ", ".join(parts)
@@ -98,7 +100,9 @@ def _record_change(name: str, old: PeerRecord | None, new: PeerRecord | None, be
     for what, a, b in (("identity key", fingerprint(old), fingerprint(new)),
                        ("WireGuard key", old.wg_public_key.b64(), new.wg_public_key.b64()),
                        ("disco key", old.disco_key.b64(), new.disco_key.b64()),
-                       ("endpoints", _value(old.endpoints), _value(new.endpoints))):
+                       ("endpoints", _value(old.endpoints), _value(new.endpoints)),
+                       ("advertised routes", _value(old.advertise_routes), _value(new.advertise_routes)),
+                       ("advertises an exit node", _value(old.advertise_exit_node), _value(new.advertise_exit_node))):
         if a != b:
             lines.append(f"~ member {name}: {what} {a} -> {b}")
     return lines or [f"~ member {name}: record sha256 {before[:16]} -> {after[:16]}"]

@@ -24,7 +24,7 @@ from collections.abc import Collection, Iterable, Mapping, MutableMapping, Seque
 from dataclasses import dataclass
 from typing import Final, Protocol
 
-from meshctl.coord import records, sigbatch, signing
+from meshctl.coord import records, routes, sigbatch, signing
 from meshctl.coord.netmap import NetMap, NetworkSettings, Peer, Relay
 from meshctl.coord.records import PeerRecord, RootDoc, StateDoc
 from meshctl.coord.sigbatch import SignatureCheck
@@ -458,6 +458,53 @@ def _read_policy(snap: Snapshot, sha256: str | None) -> str:
         raise _refuse("policy.hujson: not valid UTF-8") from None
 
 
+def relay_addresses(state: StateDoc) -> dict[str, list[routes.IPAddress]]:
+    """The relays listed with a literal IP address (a name is resolved on the node, not here)."""
+    out: dict[str, list[routes.IPAddress]] = {}
+    for relay in state.relays:
+        host = relay.address.rsplit(":", 1)[0].strip("[]")
+        try:
+            out.setdefault(relay.name, []).append(records.parse_ip(host))
+        except ValueError:
+            continue
+    return out
+
+
+_NO_ROUTES: Final = routes.EffectiveRoutes((), False)
+
+
+def check_routes(state: StateDoc, member: str | None = None) -> None:
+    """The approved routes follow coord/routes.py's rules (no mesh addresses, no relay, no
+    overlap but HA pairs); the first broken one is told (one naming `member`, if any does)."""
+    approved = {name: a.routes for name, a in state.peers.items() if a.routes}
+    if not approved:
+        return
+    problems = routes.route_problems(approved, (state.ipv4_cidr, state.ipv6_prefix), relay_addresses(state))
+    if problems:
+        first = next((p for p in problems if member is not None and (p.startswith(f"member {member}:")
+                                                                       or f" {member}'s " in p)), problems[0])
+        raise _refuse(f"state.json: {first}", "an admin must approve other routes (`meshctl admin approve "
+                      "NAME --routes ...`)")
+
+
+def _peer(name: str, rec: PeerRecord, assignment: records.Assignment) -> Peer:
+    offered = (routes.effective_routes(rec.advertise_routes, rec.advertise_exit_node, assignment.routes)
+               if assignment.routes else _NO_ROUTES)  # nearly every member: skip the work at 30,000
+    return Peer(
+        name=name,
+        identity_key=rec.identity_key,
+        wg_public_key=rec.wg_public_key,
+        disco_key=rec.disco_key,
+        addresses=tuple(sorted(assignment.addresses, key=lambda a: a.version)),
+        tags=assignment.tags,
+        owner=assignment.owner,
+        endpoints=rec.endpoints,
+        approved_routes=offered.routes,
+        exit_node=offered.exit_node,
+        expires=assignment.expires,
+    )
+
+
 def pin_problems(snap: Snapshot, state: StateDoc, kinds: Mapping[str, str],
                  skip: Collection[str] = ()) -> list[str]:
     """Files nodes never read (README, CI configuration) against the hashes state.json pins, one line
@@ -538,20 +585,7 @@ def signed_record(snap: Snapshot, path: str, network_id: str) -> tuple[PeerRecor
 
 def build_netmap(root: RootDoc, state: StateDoc, state_sha256: str,
                  recs: Mapping[str, PeerRecord], policy_text: str) -> NetMap:
-    peers = tuple(
-        Peer(
-            name=name,
-            identity_key=recs[name].identity_key,
-            wg_public_key=recs[name].wg_public_key,
-            disco_key=recs[name].disco_key,
-            addresses=tuple(sorted(state.peers[name].addresses, key=lambda a: a.version)),
-            tags=state.peers[name].tags,
-            owner=state.peers[name].owner,
-            endpoints=recs[name].endpoints,
-            expires=state.peers[name].expires,
-        )
-        for name in sorted(recs)
-    )
+    peers = tuple(_peer(name, recs[name], state.peers[name]) for name in sorted(recs))
     return NetMap(
         network=NetworkSettings(root.network_id, root.name, state.ipv4_cidr, state.ipv6_prefix,
                                 state.domain),
@@ -591,6 +625,7 @@ def _verify(snap: Snapshot, pinned: str, now: int, memory: TrustMemory | None,
     root, root_hashes = verify_roots(snap, pinned, memory.root_hashes if memory else (), now)
     state, state_sha = verify_state_doc(snap, root, now)
     check_memory(state, state_sha, memory)
+    check_routes(state)
     recs = verify_peers(snap, state, kinds, cache)
     policy = _read_policy(snap, state.policy_sha256 if signed_policy else None)
     return Verified(root, root_hashes, state, state_sha, recs, policy,

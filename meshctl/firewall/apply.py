@@ -129,11 +129,12 @@ def _family(obj: dict[str, nft.Json]) -> object:
 
 
 def is_current(pf: PacketFilter, interface: str, current: list[dict[str, nft.Json]] | None,
-               netns: str | None = None) -> bool:
-    """Whether `current` (read_table) already enforces `pf` on `interface`, in the layout due."""
-    if current is not None and current == nft.table_objects(pf, interface, nft.Layout.DEVICE):
+               netns: str | None = None, router: nft.RouterSettings | None = None) -> bool:
+    """Whether `current` (read_table) already enforces `pf` on `interface`, in the layout due
+    (with `router`, also the rules of a subnet router or exit node: firewall/routed.py)."""
+    if current is not None and current == nft.table_objects(pf, interface, nft.Layout.DEVICE, router):
         return True  # no probe needed: the kernel took the device layout
-    return enforces(FilterState(current, layout_for(interface, netns)), pf, interface)
+    return enforces(FilterState(current, layout_for(interface, netns)), pf, interface, router)
 
 
 def _load(document: nft.Json, netns: str | None) -> None:
@@ -150,10 +151,11 @@ def apply_filter_plan(plan: FilterPlan, netns: str | None = None) -> None:
     log.info("applied nft: %s", plan.summary)
 
 
-def apply_filter(pf: PacketFilter, interface: str, netns: str | None = None) -> bool:
-    """Read, plan, apply: make meshctl's table enforce `pf` on `interface`; False when it
-    already did."""
-    plan = plan_filter(read_filter(interface, netns), pf, interface)
+def apply_filter(pf: PacketFilter, interface: str, netns: str | None = None,
+                 router: nft.RouterSettings | None = None) -> bool:
+    """Read, plan, apply: make meshctl's table enforce `pf` on `interface` (with `router`, a
+    subnet router's or exit node's rules too); False when it already did."""
+    plan = plan_filter(read_filter(interface, netns), pf, interface, router)
     apply_filter_plan(plan, netns)
     return not plan.is_empty()
 

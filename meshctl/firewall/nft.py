@@ -22,6 +22,11 @@ strong host model, which must see every interface, is one short inet chain::
                             first; elsewhere mesh destinations and mesh sources dropped) }
     }
 
+On a subnet router or exit node (a RouterSettings given, firewall/routed.py) the filter table
+also holds chain `routed` (the policy for routed traffic, jumped to from the inbound chain), and
+table inet meshctl chains `routed-forward` (hook forward: MSS clamping, and forwarding for the
+mesh only when meshctl turned it on) and `routed-snat` (hook postrouting, type nat: masquerade).
+
 HOOKS (kernels without the netdev egress hook): the same rules behind inet hooks that
 every packet passes, with the interface matched by name, in one table::
 
@@ -59,8 +64,11 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Final
 
+from meshctl.firewall import routed
+from meshctl.firewall.routed import RouterSettings
 from meshctl.firewall.ruleset import (
     REPLY_SETS,
+    ROUTED_CHAIN,
     Json,  # re-exported: the JSON type of every nft object here
     Rule,
     eq,
@@ -79,7 +87,7 @@ CHAIN: Final = "mesh-in"
 CHAIN_OUT: Final = "mesh-out"
 CHAIN_STRONG_HOST: Final = "strong-host"
 # The names nft uses for priorities, per family (netdev knows only "filter").
-PRIORITY_NAMES: Final = {"inet": {-150: "mangle", 0: "filter"}, "netdev": {0: "filter"}}
+PRIORITY_NAMES: Final = {"inet": {-150: "mangle", 0: "filter", 100: "srcnat"}, "netdev": {0: "filter"}}
 REPLY_SET_SIZE: Final = 65535  # when full, new flows' replies are dropped (as with a full conntrack table)
 REPLY_TIMEOUT_S: Final = 120  # conntrack's timeout for a UDP flow that has seen replies
 JSON_SCHEMA_VERSION: Final = 1
@@ -96,79 +104,95 @@ class Layout(Enum):
 
 FAMILIES: Final = tuple(layout.family for layout in Layout)
 
-__all__ = ["FAMILIES", "TABLE", "Json", "Layout", "delete_document", "listed_objects", "probe_document",
-           "render_text", "replace_document", "table_objects"]
+__all__ = ["FAMILIES", "TABLE", "Json", "Layout", "RouterSettings", "delete_document", "listed_objects",
+           "probe_document", "render_text", "replace_document", "table_objects"]
 
 
 @dataclass(frozen=True, slots=True)
-class _Base:
-    """A base chain: its hook, priority, and how it reaches the rules."""
+class _Chain:
+    """One chain of meshctl's tables: a base chain on a hook, or a regular one reached by jump."""
 
+    family: str
     name: str
-    priority: int
-    interface_match: str | None  # HOOKS: "iifname"/"oifname" then a jump; DEVICE: bound, no match
-    target: str | None  # the chain the HOOKS base chain jumps to
-    hook: str = ""  # "" = the chain's name
+    hook: str | None = None
+    priority: int = 0
+    kind: str = "filter"
 
-    @property
-    def hook_name(self) -> str:
-        return self.hook or self.name
+    def listed(self, interface: str | None) -> dict[str, Json]:
+        """As nft lists it (interface None), or as it is added (a device-bound chain names it)."""
+        chain: dict[str, Json] = {"family": self.family, "table": TABLE, "name": self.name}
+        if self.hook is not None:
+            chain |= {"type": self.kind, "hook": self.hook, "prio": self.priority, "policy": "accept"}
+            if self.family == Layout.DEVICE.family and interface is not None:
+                chain["dev"] = interface  # nft 1.0.6 does not list it back
+        return chain
 
 
 # Before everything else on the host (raw -300, conntrack -200, other tables' mangle and filter):
 # a packet for the mesh's addresses from elsewhere is gone before anything keeps state about it.
-STRONG_HOST: Final = _Base(CHAIN_STRONG_HOST, -500, None, None, hook="prerouting")
+STRONG_HOST: Final = _Chain(Layout.HOOKS.family, CHAIN_STRONG_HOST, "prerouting", -500)
 
 
-def _families(layout: Layout) -> tuple[str, ...]:
-    """meshctl's tables in this layout, in FAMILIES order (as read_table lists them)."""
-    return FAMILIES if layout is Layout.DEVICE else (Layout.HOOKS.family,)
-
-
-def _holds_filter(layout: Layout, family: str) -> bool:
-    """The table with the mesh filter and its reply sets (the other only keeps the strong host)."""
-    return family == layout.family
-
-
-def _bases(layout: Layout, family: str) -> tuple[_Base, ...]:
-    if not _holds_filter(layout, family):
-        return (STRONG_HOST,)
+def _filter_chains(layout: Layout) -> tuple[_Chain, ...]:
+    """The node's own filter, and the strong host model (always in table inet: it must see every
+    interface)."""
+    family = layout.family
     if layout is Layout.DEVICE:
-        return _Base("ingress", -150, None, None), _Base("egress", 0, None, None)
+        return _Chain(family, "ingress", "ingress", -150), _Chain(family, "egress", "egress", 0), STRONG_HOST
     # mangle (-150) runs before destination NAT undoes a masquerade; 300 after source NAT.
-    return (STRONG_HOST, _Base("prerouting", -150, "iifname", CHAIN),
-            _Base("postrouting", 300, "oifname", CHAIN_OUT))
+    return (STRONG_HOST, _Chain(family, "prerouting", "prerouting", -150),
+            _Chain(family, "postrouting", "postrouting", 300), _Chain(family, CHAIN_OUT), _Chain(family, CHAIN))
 
 
-def _filter_rules(pf: PacketFilter, interface: str, layout: Layout) -> list[tuple[str, Rule]]:
+def _router_chains(layout: Layout, pf: PacketFilter, router: RouterSettings | None) -> list[_Chain]:
+    """A router's chains: the routed policy beside the filter, forwarding and NAT in table inet."""
+    if router is None or not routed.carries_routes(pf):
+        return []
+    inet = Layout.HOOKS.family
+    chains = [_Chain(layout.family, ROUTED_CHAIN), _Chain(inet, routed.FORWARD_CHAIN, "forward", -150)]
+    if routed.needs_snat(pf, router):
+        chains.append(_Chain(inet, routed.SNAT_CHAIN, "postrouting", 100, "nat"))
+    return chains
+
+
+def _chains(pf: PacketFilter, layout: Layout, router: RouterSettings | None) -> list[_Chain]:
+    """Every chain, tables in FAMILIES order (as read_table lists them), in creation order."""
+    chains = [*_filter_chains(layout), *_router_chains(layout, pf, router)]
+    return [c for family in FAMILIES for c in chains if c.family == family]
+
+
+def _families(chains: list[_Chain]) -> list[str]:
+    return [f for f in FAMILIES if any(c.family == f for c in chains)]
+
+
+def _rules_of(pf: PacketFilter, interface: str, layout: Layout,
+              router: RouterSettings | None) -> dict[tuple[str, str], list[Rule]]:
+    """(family, chain) -> its rules."""
+    family = layout.family
+    routing = router is not None and routed.carries_routes(pf)
+    out: dict[tuple[str, str], list[Rule]] = {(STRONG_HOST.family, STRONG_HOST.name): strong_host_rules(pf, interface)}
     if layout is Layout.DEVICE:
-        return ([("ingress", r) for r in inbound_rules(pf, netdev=True)]
-                + [("egress", r) for r in outbound_rules(netdev=True)])
-    jumps = []
-    for base in _bases(layout, layout.family):
-        if base.target is None:
-            continue
-        assert base.interface_match is not None
-        matches = (eq({"meta": {"key": base.interface_match}}, interface, f'{base.interface_match} "{interface}"'),
-                   *((l4proto([PROTO_UDP]),) if base.target == CHAIN_OUT else ()))  # only UDP is recorded
-        jumps.append((base.name, Rule(matches, f"jump:{base.target}")))
-    return [*jumps, *((CHAIN_OUT, r) for r in outbound_rules(netdev=False)),
-            *((CHAIN, r) for r in inbound_rules(pf, netdev=False))]
-
-
-def _rules_of(pf: PacketFilter, interface: str, layout: Layout) -> list[tuple[str, str, Rule]]:
-    """(family, chain, rule) for every rule of every table, tables in FAMILIES order."""
-    out: list[tuple[str, str, Rule]] = []
-    for family in _families(layout):
-        if family == Layout.HOOKS.family:  # the inet table: the strong host first
-            out += [(family, CHAIN_STRONG_HOST, r) for r in strong_host_rules(pf, interface)]
-        if _holds_filter(layout, family):
-            out += [(family, chain, r) for chain, r in _filter_rules(pf, interface, layout)]
+        out[(family, "ingress")] = inbound_rules(pf, netdev=True, routed=routing)
+        out[(family, "egress")] = outbound_rules(netdev=True)
+    else:
+        jumps = [("prerouting", "iifname", CHAIN), ("postrouting", "oifname", CHAIN_OUT)]
+        for base, key, target in jumps:
+            matches = (eq({"meta": {"key": key}}, interface, f'{key} "{interface}"'),
+                       *((l4proto([PROTO_UDP]),) if target == CHAIN_OUT else ()))  # only UDP is recorded
+            out[(family, base)] = [Rule(matches, f"jump:{target}")]
+        out[(family, CHAIN_OUT)] = outbound_rules(netdev=False)
+        out[(family, CHAIN)] = inbound_rules(pf, netdev=False, routed=routing)
+    if router is not None and routing:
+        inet = Layout.HOOKS.family
+        out[(family, ROUTED_CHAIN)] = routed.routed_rules(pf)
+        out[(inet, routed.FORWARD_CHAIN)] = routed.forward_rules(interface, router)
+        if routed.needs_snat(pf, router):
+            out[(inet, routed.SNAT_CHAIN)] = routed.snat_rules(interface, router)
     return out
 
 
 def _verdict_json(verdict: str) -> list[Json]:
-    if not verdict:  # a statement-only rule (the reply sets' updates)
+    if not verdict:  # a statement-only rule (the reply sets' updates, the MSS clamp)
         return []
     if verdict.startswith("jump:"):
         return [{"jump": {"target": verdict[5:]}}]
@@ -191,9 +215,7 @@ def _rule_json(family: str, chain: str, rule: Rule) -> dict[str, Json]:
     return body
 
 
-def _sets(layout: Layout, family: str) -> list[dict[str, Json]]:
-    if not _holds_filter(layout, family):
-        return []
+def _sets(family: str) -> list[dict[str, Json]]:
     return [
         {
             "family": family,
@@ -208,60 +230,62 @@ def _sets(layout: Layout, family: str) -> list[dict[str, Json]]:
     ]
 
 
-def _chains(layout: Layout, family: str, interface: str | None) -> list[dict[str, Json]]:
-    """The chains as nft lists them (interface None), or as they are added (the device named)."""
-    chains: list[dict[str, Json]] = []
-    for base in _bases(layout, family):
-        chain: dict[str, Json] = {"family": family, "table": TABLE, "name": base.name, "type": "filter",
-                                  "hook": base.hook_name, "prio": base.priority, "policy": "accept"}
-        if family == Layout.DEVICE.family and interface is not None:
-            chain["dev"] = interface  # nft 1.0.6 does not list it back
-        chains.append(chain)
-    if layout is Layout.HOOKS:
-        chains += [{"family": family, "table": TABLE, "name": name} for name in (CHAIN_OUT, CHAIN)]
-    return chains
-
-
-def _skeleton(layout: Layout, interface: str | None = None) -> list[dict[str, Json]]:
+def _skeleton(pf: PacketFilter, layout: Layout, router: RouterSettings | None,
+              interface: str | None = None) -> list[dict[str, Json]]:
     """The tables, their sets and chains: everything but the rules, table by table."""
+    chains = _chains(pf, layout, router)
     objects: list[dict[str, Json]] = []
-    for family in _families(layout):
+    for family in _families(chains):
         objects.append({"table": _table(family)})
-        objects += [{"set": s} for s in _sets(layout, family)]
-        objects += [{"chain": c} for c in _chains(layout, family, interface)]
+        objects += [{"set": s} for s in (_sets(family) if family == layout.family else [])]
+        objects += [{"chain": c.listed(interface)} for c in chains if c.family == family]
     return objects
 
 
-def table_objects(pf: PacketFilter, interface: str, layout: Layout = Layout.DEVICE) -> list[dict[str, Json]]:
+def _ordered_rules(pf: PacketFilter, interface: str, layout: Layout,
+                   router: RouterSettings | None) -> list[tuple[str, str, Rule]]:
+    """(family, chain, rule) in the order nft lists them: table by table, chain by chain."""
+    rules = _rules_of(pf, interface, layout, router)
+    return [(c.family, c.name, r) for c in _chains(pf, layout, router) for r in rules.get((c.family, c.name), [])]
+
+
+def table_objects(pf: PacketFilter, interface: str, layout: Layout = Layout.DEVICE,
+                  router: RouterSettings | None = None) -> list[dict[str, Json]]:
     """The tables, their sets, chains and rules as nft lists them (`{"chain": {...}}`, ...)."""
     objects: list[dict[str, Json]] = []
-    rules = _rules_of(pf, interface, layout)
-    for family in _families(layout):
-        objects.append({"table": _table(family)})
-        objects += [{"set": s} for s in _sets(layout, family)]
-        objects += [{"chain": c} for c in _chains(layout, family, None)]
+    rules = _ordered_rules(pf, interface, layout, router)
+    skeleton = _skeleton(pf, layout, router)
+    for family in _families(_chains(pf, layout, router)):
+        objects += [o for o in skeleton if _family_of(o) == family]
         objects += [{"rule": _rule_json(f, chain, rule)} for f, chain, rule in rules if f == family]
     return objects
 
 
+def _family_of(obj: dict[str, Json]) -> Json:
+    body = next(iter(obj.values()))
+    assert isinstance(body, dict)
+    return body.get("family")
+
+
 def replace_document(pf: PacketFilter, interface: str, current: list[dict[str, Json]] | None = None,
-                     layout: Layout = Layout.DEVICE) -> dict[str, Json]:
+                     layout: Layout = Layout.DEVICE, router: RouterSettings | None = None) -> dict[str, Json]:
     """One `nft -j -f -` transaction that makes meshctl's tables enforce `pf` on `interface`.
 
-    `current` is what meshctl's tables hold now (listed_objects of both). When it is this
+    `current` is what meshctl's tables hold now (listed_objects of both). When they are this
     layout's tables with the sets and chains wanted, only the rules are replaced and the UDP
     flows recorded so far stay.
     """
     rules: list[Json] = [{"add": {"rule": _rule_json(family, chain, rule)}}
-                         for family, chain, rule in _rules_of(pf, interface, layout)]
+                         for family, chain, rule in _ordered_rules(pf, interface, layout, router)]
     head: list[Json] = [{"metainfo": {"json_schema_version": JSON_SCHEMA_VERSION}}]
-    if current is not None and [o for o in current if "rule" not in o] == _skeleton(layout):
+    skeleton = _skeleton(pf, layout, router)
+    if current is not None and [o for o in current if "rule" not in o] == skeleton:
         flushes: list[Json] = []
-        for family in _families(layout):
+        for family in _families(_chains(pf, layout, router)):
             flushes += [{"add": {"table": _table(family)}}, {"flush": {"table": _table(family)}}]
         return {"nftables": [*head, *flushes, *rules]}
     commands = head + _delete_commands()
-    commands += [{"add": obj} for obj in _skeleton(layout, interface)]
+    commands += [{"add": obj} for obj in _skeleton(pf, layout, router, interface)]
     return {"nftables": commands + rules}
 
 
@@ -291,28 +315,25 @@ def _priority_text(family: str, prio: int) -> str:
     return PRIORITY_NAMES[family].get(prio, str(prio))
 
 
-def render_text(pf: PacketFilter, interface: str, layout: Layout = Layout.DEVICE) -> str:
+def render_text(pf: PacketFilter, interface: str, layout: Layout = Layout.DEVICE,
+                router: RouterSettings | None = None) -> str:
     """The same ruleset as an nft script (for `--dry-run`, logs and golden tests)."""
-    by_chain: dict[tuple[str, str], list[Rule]] = {}
-    for family, chain, rule in _rules_of(pf, interface, layout):
-        by_chain.setdefault((family, chain), []).append(rule)
+    rules = _rules_of(pf, interface, layout, router)
+    chains = _chains(pf, layout, router)
     lines: list[str] = []
-    for family in _families(layout):
+    for family in _families(chains):
         lines.append(f"table {family} {TABLE} {{")
-        for s in _sets(layout, family):
+        for s in (_sets(family) if family == layout.family else []):
             types = " . ".join(str(t) for t in s["type"])  # type: ignore[union-attr]
             lines += [f"\tset {s['name']} {{", f"\t\ttype {types}", f"\t\tsize {s['size']}",
                       "\t\tflags dynamic,timeout", f"\t\ttimeout {REPLY_TIMEOUT_S}s", "\t}"]
-        bases = {b.name: b for b in _bases(layout, family)}
-        regular = (CHAIN_OUT, CHAIN) if layout is Layout.HOOKS and _holds_filter(layout, family) else ()
-        for chain in (*bases, *regular):
-            lines.append(f"\tchain {chain} {{")
-            if chain in bases:
+        for chain in (c for c in chains if c.family == family):
+            lines.append(f"\tchain {chain.name} {{")
+            if chain.hook is not None:
                 device = f' device "{interface}"' if family == Layout.DEVICE.family else ""
-                priority = _priority_text(family, bases[chain].priority)
-                lines.append(f"\t\ttype filter hook {bases[chain].hook_name}{device} priority {priority}; "
-                             "policy accept;")
-            for rule in by_chain.get((family, chain), []):
+                lines.append(f"\t\ttype {chain.kind} hook {chain.hook}{device} priority "
+                             f"{_priority_text(family, chain.priority)}; policy accept;")
+            for rule in rules.get((family, chain.name), []):
                 parts = [m.text for m in rule.matches] + _verdict_text(rule.verdict)
                 if rule.comment:
                     parts.append(f'comment "{rule.comment}"')

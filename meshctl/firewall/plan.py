@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from meshctl.firewall import nft
 
 if TYPE_CHECKING:
+    from meshctl.firewall.routed import RouterSettings
     from meshctl.policy.compile import PacketFilter
 
 
@@ -42,22 +43,27 @@ class FilterPlan:
         return [self.summary] if self.document is not None else []
 
 
-def enforces(state: FilterState, pf: PacketFilter, interface: str) -> bool:
+def enforces(state: FilterState, pf: PacketFilter, interface: str, router: RouterSettings | None = None) -> bool:
     """Whether the table already enforces `pf` on `interface` (a device-bound table the kernel
-    took counts whatever layout was probed: it is proof the device layout works here)."""
+    took counts whatever layout was probed: it is proof the device layout works here); with
+    `router`, the rules of a subnet router or exit node too (firewall/routed.py)."""
     if state.table is None:
         return False
-    if state.table == nft.table_objects(pf, interface, nft.Layout.DEVICE):
+    if state.table == nft.table_objects(pf, interface, nft.Layout.DEVICE, router):
         return True
-    return state.layout is nft.Layout.HOOKS and state.table == nft.table_objects(pf, interface, nft.Layout.HOOKS)
+    return (state.layout is nft.Layout.HOOKS
+            and state.table == nft.table_objects(pf, interface, nft.Layout.HOOKS, router))
 
 
-def plan_filter(state: FilterState, pf: PacketFilter | None, interface: str) -> FilterPlan:
+def plan_filter(state: FilterState, pf: PacketFilter | None, interface: str,
+                router: RouterSettings | None = None) -> FilterPlan:
     """The transaction that makes meshctl's table enforce `pf`; `pf` None (the policy did not
     compile) plans nothing: the last good filter stays."""
-    if pf is None or enforces(state, pf, interface):
+    if pf is None or enforces(state, pf, interface, router):
         return FilterPlan()
     layout = state.layout
-    document = nft.replace_document(pf, interface, state.table, layout)
+    document = nft.replace_document(pf, interface, state.table, layout, router)
+    routed = (f", {len(pf.forward.rules)} for routed traffic to {len(pf.forward.routes)} prefixes"
+              if router is not None and pf.forward.routes else "")
     return FilterPlan(document, f"replace table {layout.family} {nft.TABLE}: {len(pf.rules)} allow rules "
-                                f"for {pf.node}, default deny")
+                                f"for {pf.node}{routed}, default deny")

@@ -47,6 +47,7 @@ if TYPE_CHECKING:  # annotations only: the compiler is the heavier half of the p
     from meshctl.policy.compile import FilterRule, PacketFilter
 
 REPLY_SETS: Final = {4: "udp4-replies", 6: "udp6-replies"}
+ROUTED_CHAIN: Final = "routed"  # the policy for routed traffic (firewall/routed.py), beside the inbound chain
 ICMP_REPLY_TYPES: Final = {
     "ip": ("echo-reply", "destination-unreachable", "time-exceeded", "parameter-problem"),
     # as nft lists them back (by type number)
@@ -157,7 +158,7 @@ def icmp_type(family: str, types: Sequence[str]) -> Match:
     return eq({"payload": {"protocol": proto, "field": "type"}}, right, f"{proto} type {text}")
 
 
-def _sources(family: str, sources: Sequence[Prefix]) -> tuple[Match, ...]:
+def source_match(family: str, sources: Sequence[Prefix]) -> tuple[Match, ...]:
     if any(p.prefixlen == 0 for p in sources):  # "*": any source of this family
         return ()
     return (addr_match(family, "saddr", sources),)
@@ -167,7 +168,7 @@ def family_of(version: int) -> str:
     return "ip" if version == 4 else "ip6"
 
 
-def _filter_rules(rule: FilterRule) -> list[Rule]:
+def policy_rules(rule: FilterRule) -> list[Rule]:
     out: list[Rule] = []
     comment = f"{rule.section}[{rule.rule_index}] line {rule.line}"
     for version in (4, 6):
@@ -179,7 +180,7 @@ def _filter_rules(rule: FilterRule) -> list[Rule]:
         # The other family's ICMP can never match here; leave it out of the rule.
         foreign_icmp = PROTO_ICMPV6 if version == 4 else PROTO_ICMP
         protos = [p for p in rule.protos if p != foreign_icmp]
-        head = (*_sources(family, sources), addr_match(family, "daddr", dests))
+        head = (*source_match(family, sources), addr_match(family, "daddr", dests))
         if rule.ports == ALL_PORTS:
             if protos:
                 out.append(Rule((*head, l4proto(protos)), "accept", comment))
@@ -221,11 +222,16 @@ def _own_addresses_only(pf: PacketFilter, netdev: bool) -> list[Rule]:
     return rules
 
 
+def not_a_bare_syn() -> Match:
+    """A TCP packet other than the SYN that opens a connection."""
+    return eq({"&": [payload("tcp", "flags"), ["syn", "ack"]]}, "syn", "tcp flags != syn / syn,ack", "!=")
+
+
 def _connection_packets(pf: PacketFilter) -> list[Rule]:
     """A TCP packet that is not a bare SYN belongs to a connection already made (checked at its
     SYN, or opened by this node): nothing new starts without a SYN. First in the chain, since
     nearly every packet of a flow matches it, and each rule passed costs time."""
-    flags = eq({"&": [payload("tcp", "flags"), ["syn", "ack"]]}, "syn", "tcp flags != syn / syn,ack", "!=")
+    flags = not_a_bare_syn()
     rules = []
     for version in (4, 6):
         own = [a for a in pf.addresses if a.version == version]
@@ -235,7 +241,7 @@ def _connection_packets(pf: PacketFilter) -> list[Rule]:
     return rules
 
 
-def _replies_and_fragments() -> list[Rule]:
+def replies_and_fragments() -> list[Rule]:
     """What else belongs to traffic already allowed, told apart without connection tracking."""
     first_fragment_bits: Json = {"&": [payload("ip", "frag-off"), 0x1FFF]}
     rules = [
@@ -253,31 +259,47 @@ def _replies_and_fragments() -> list[Rule]:
     return rules
 
 
-def inbound_rules(pf: PacketFilter, netdev: bool) -> list[Rule]:
+def inbound_rules(pf: PacketFilter, netdev: bool, routed: bool = False) -> list[Rule]:
     """What a node accepts on its mesh interface, first match wins, default deny last.
 
     `netdev`: for a netdev-family chain, which sees every packet of the interface (no `meta
     nfproto` there: `meta protocol` says the same). Its non-IP packets are let through after the
     connection packets, which imply IP and are nearly all of the traffic.
+    `routed`: the table has a ROUTED_CHAIN for the routes this node carries (a subnet router or
+    exit node); without it, such packets meet the drop of what is not for this node.
     """
     rules = [
         *_connection_packets(pf),
         *((_non_ip(),) if netdev else ()),
         Rule((icmp_type("ip6", ND_TYPES),), "accept", "neighbour discovery"),
+        *(_to_routes(pf) if routed else ()),
         *_own_addresses_only(pf, netdev),
-        *_replies_and_fragments(),
+        *replies_and_fragments(),
     ]
     for echo in pf.echo:
         family = family_of(echo.destination.version)
         matches = (
-            *_sources(family, echo.sources),
+            *source_match(family, echo.sources),
             addr_match(family, "daddr", [echo.destination]),
             icmp_type(family, ["echo-request"]),
         )
         rules.append(Rule(matches, "accept", "echo"))
     for rule in pf.rules:
-        rules.extend(_filter_rules(rule))
+        rules.extend(policy_rules(rule))
     rules.append(Rule((), "drop", "default deny"))
+    return rules
+
+
+def _to_routes(pf: PacketFilter) -> list[Rule]:
+    """On a subnet router or exit node: what is for the routes it carries goes to the ROUTED_CHAIN,
+    which applies the policy to routed traffic (firewall/routed.py). Also a packet for the
+    router's own address inside such a route: the route's rules decide it, as Tailscale's do."""
+    rules = []
+    for version in (4, 6):
+        carried = [p for p in pf.forward.routes if p.version == version]
+        if carried:
+            rules.append(Rule((addr_match(family_of(version), "daddr", carried),), f"jump:{ROUTED_CHAIN}",
+                              "routed: the policy for the routes this node carries"))
     return rules
 
 

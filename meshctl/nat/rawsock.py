@@ -34,11 +34,13 @@ from typing import Final
 from meshctl.errors import MeshctlError
 from meshctl.nat import packet
 from meshctl.nat.addr import AddrPort
+from meshctl.settings import SOCKET_MARK
 from meshctl.udp import mmsg
 
 log = logging.getLogger(__name__)
 
 SO_ATTACH_FILTER: Final = 26  # linux/asm-generic/socket.h; not exported by the socket module
+SO_MARK: Final = getattr(socket, "SO_MARK", 36)
 RECV_BUFFER: Final = 1 << 20  # bursts of pongs/STUN replies must not be dropped
 MAX_PACKET: Final = 65535
 # What recv_raw reads: a disco packet is at most 1,200 bytes, STUN answers a few hundred, plus
@@ -68,9 +70,20 @@ def attach_filter(sock: socket.socket, prog: tuple[packet.BpfInsn, ...]) -> None
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
 
 
+def mark_underlay(sock: socket.socket) -> None:
+    """SO_MARK: this socket's packets take the physical path even under an exit node's default
+    route (the ip rule for SOCKET_MARK, router/policy_routing.py). Needs CAP_NET_ADMIN; without it
+    no exit node or subnet route can be installed either, so nothing is lost."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_MARK, SOCKET_MARK)
+    except OSError as exc:
+        log.debug("SO_MARK not set: %s", exc.strerror)
+
+
 def route_source(dst: AddrPort) -> ipaddress.IPv4Address:
     """The local IPv4 address the kernel would use towards `dst`: needed for the checksum."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        mark_underlay(probe)  # the route the marked packet itself will take
         probe.connect(dst.sockaddr())  # a route lookup; UDP connect sends nothing
         return ipaddress.IPv4Address(probe.getsockname()[0])
 
@@ -89,6 +102,7 @@ class SharedPortSocket:
             raise MeshctlError(
                 "NAT traversal needs raw sockets", hint="run as root or with CAP_NET_RAW"
             ) from None
+        mark_underlay(self._tx)
         self._rx = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP)
         self._ident = 0
         self._batch = mmsg.Batch(RECV_SLOTS, RECV_BYTES) if mmsg.available() else None

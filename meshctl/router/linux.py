@@ -11,7 +11,8 @@ import errno
 import ipaddress
 import logging
 import socket
-from typing import Any, Final
+from collections.abc import Callable, Sequence
+from typing import Any, Final, TypeVar
 
 from meshctl.errors import MeshctlError
 from meshctl.router.config import (
@@ -32,12 +33,33 @@ from meshctl.router.config import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 IFF_UP: Final = 0x1
 RT_TABLE_MAIN: Final = 254
 # Errors that mean "already done": the goal of the operation holds.
 _ADD_DONE: Final = (errno.EEXIST,)
 _DEL_DONE: Final = (errno.ESRCH, errno.ENOENT, errno.EADDRNOTAVAIL, errno.ENODEV)
+
+
+def interface_addresses(exclude_ifname: str, family: int = 0) -> list[IPInterface]:
+    """The host's addresses with their prefixes (one family, or both), but loopback, link-local
+    and those of `exclude_ifname` (the mesh interface)."""
+    from meshctl.netlink import IPRoute
+
+    out: list[IPInterface] = []
+    with IPRoute() as ipr:
+        names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+        for msg in ipr.get_addr(family=family) if family else ipr.get_addr():
+            if names.get(msg["index"]) == exclude_ifname:
+                continue
+            text = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
+            if text is None:
+                continue
+            iface = ipaddress.ip_interface(f"{text}/{msg['prefixlen']}")
+            if not (iface.ip.is_loopback or iface.ip.is_link_local):
+                out.append(iface)
+    return out
 
 
 class RouterApplyError(MeshctlError):
@@ -100,13 +122,29 @@ def _run(ipr: Any, idx: int, op: RouterOp) -> None:
             ipr.route("del", dst=str(p), oif=idx, proto=RTPROT_MESHCTL, table=RT_TABLE_MAIN)
 
 
+def run_ops(ops: Sequence[T], run: Callable[[T], None], describe: Callable[[T], str],
+            deletes: Callable[[T], bool]) -> list[str]:
+    """Run every netlink operation, one failing not stopping the others; the failures, as lines.
+    An add that finds its object there, or a delete that finds it gone, reached its goal."""
+    from meshctl.netlink import NetlinkError
+
+    failures: list[str] = []
+    for op in ops:
+        try:
+            run(op)
+            log.info("%s", describe(op))
+        except NetlinkError as exc:
+            if exc.code not in (_DEL_DONE if deletes(op) else _ADD_DONE):
+                failures.append(f"{describe(op)}: {exc.args[-1] if exc.args else exc}")
+    return failures
+
+
 def apply_router(ifname: str, plan: RouterPlan) -> RouterState:
     """Run `plan` on `ifname`; returns the state read back afterwards."""
     if plan.is_empty():
         return read_router(ifname)
-    from meshctl.netlink import IPRoute, NetlinkError
+    from meshctl.netlink import IPRoute
 
-    failures: list[str] = []
     with IPRoute() as ipr:
         idx = _index(ipr, ifname)
         if idx is None:
@@ -114,15 +152,8 @@ def apply_router(ifname: str, plan: RouterPlan) -> RouterState:
                 f"interface {ifname} does not exist", RouterState(exists=False),
                 hint="the WireGuard device must be created before addresses and routes",
             )
-        for op in plan.ops:
-            try:
-                _run(ipr, idx, op)
-                log.info("%s", describe_op(op, ifname))
-            except NetlinkError as exc:
-                done = _DEL_DONE if isinstance(op, DelRoute | DelAddress) else _ADD_DONE
-                if exc.code in done:
-                    continue
-                failures.append(f"{describe_op(op, ifname)}: {exc.args[-1] if exc.args else exc}")
+        failures = run_ops(plan.ops, lambda op: _run(ipr, idx, op), lambda op: describe_op(op, ifname),
+                           lambda op: isinstance(op, DelRoute | DelAddress))
     state = read_router(ifname)
     if failures:
         raise RouterApplyError(

@@ -11,7 +11,7 @@ from lab.git_host import plant_branch as plant_branch  # re-exported: the coord 
 from meshctl.coord import addressing, records, signing
 from meshctl.coord.delegation import Candidate
 from meshctl.coord.enrollment import Enrollment, sign_enrollment
-from meshctl.coord.netmap import NetMap, NetworkSettings, Peer
+from meshctl.coord.netmap import NetMap, NetworkSettings, Peer, Prefix
 from meshctl.coord.records import AuthKey, Revoked
 from meshctl.identity import DeviceKeys
 from meshctl.keys import DiscoPrivate, NodePrivate, SigningKey
@@ -66,18 +66,20 @@ def revoked(name: str, keys: DeviceKeys, v4: str, at: int = NOW - DAY) -> Revoke
                    (ipaddress.IPv4Address(v4), v6_of(v4)), at)
 
 
-def peer_files(keys: DeviceKeys, name: str, network: str = NETWORK) -> tuple[bytes, bytes]:
+def peer_files(keys: DeviceKeys, name: str, network: str = NETWORK,
+               advertise_routes: Sequence[Prefix] = ()) -> tuple[bytes, bytes]:
     rec = records.PeerRecord(network, name, keys.identity.public(), keys.wireguard.public(), keys.disco.public(),
-                             (), NOW - 60)
+                             (), NOW - 60, tuple(advertise_routes), bool(advertise_routes))
     data = records.marshal_peer(rec)
     return data, signing.marshal_signatures([signing.sign(keys.identity, "peer", network, data)])
 
 
 def enroll(key: Key, keys: DeviceKeys, name: str, v4: str = "100.64.1.5", *, created: int = NOW - 60,
            tags: Sequence[str] | None = None, network: str = NETWORK, v6: str | None = None,
-           key_id: str | None = None, signers: Sequence[SigningKey] | None = None) -> Candidate:
+           key_id: str | None = None, signers: Sequence[SigningKey] | None = None,
+           advertise_routes: Sequence[Prefix] = ()) -> Candidate:
     """A device's enrollment files, as `join --auth-key` publishes them (each part can be bent)."""
-    peer, peer_sig = peer_files(keys, name, network)
+    peer, peer_sig = peer_files(keys, name, network, advertise_routes)
     doc = Enrollment(network, key_id or key.id, name, hashlib.sha256(peer).hexdigest(),
                      (ipaddress.IPv4Address(v4), ipaddress.IPv6Address(v6) if v6 else v6_of(v4)), created,
                      tuple(tags) if tags is not None else None)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pygit2
 
 from meshctl.coord import admin, verify
+from meshctl.coord.advertise import Advertised
 from meshctl.coord.fs_snapshot import FsSnapshot
 from meshctl.coord.join import make_request
 from meshctl.identity import DeviceKeys
@@ -35,9 +36,10 @@ class Mesh:
     def fingerprint(self) -> str:
         return self.checkout.fingerprint
 
-    def request(self, name: str, keys: DeviceKeys | None = None, endpoints: tuple[str, ...] = ()) -> DeviceKeys:
+    def request(self, name: str, keys: DeviceKeys | None = None, endpoints: tuple[str, ...] = (),
+                advertise: Advertised | None = None) -> DeviceKeys:
         keys = keys or new_device()
-        data, sig = make_request(keys, self.checkout.root.network_id, name, endpoints, NOW)
+        data, sig = make_request(keys, self.checkout.root.network_id, name, endpoints, NOW, advertise)
         (self.path / "requests").mkdir(exist_ok=True)
         (self.path / "requests" / f"{name}.json").write_bytes(data)
         (self.path / "requests" / f"{name}.json.sig").write_bytes(sig)

@@ -4,6 +4,7 @@ through endpoint records and expired memberships dropped; and how it is kept and
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 
 import pytest
 from delegation_helpers import DAY, NOW, authkey, device, enroll, member, netmap, revoked
@@ -85,6 +86,23 @@ def test_enrolled_devices_join_the_map_until_their_key_goes() -> None:
     assert got is not None and got.tags == ("tag:server",) and got.enrolled_with == key.id
     assert apply_view(nm, view, NOW + DAY).netmap.peer("web") is None  # the key expired
     assert apply_view(dataclasses.replace(nm, authkeys=()), view, NOW).netmap.peer("web") is None  # revoked
+
+
+def test_a_rotated_member_keeps_its_signed_routes_and_an_enrolled_device_has_none() -> None:
+    """Routes come from the signed state alone: a key rotation keeps them, an enrollment (whose
+    record may advertise some) gets none until an admin approves them."""
+    lan = (ipaddress.ip_network("192.168.50.0/24"),)
+    router = dataclasses.replace(member("laptop", LAPTOP, "100.64.0.2"), approved_routes=lan, exit_node=True)
+    key = authkey()
+    web = enroll(key, device(), "web", "100.64.1.7", advertise_routes=(ipaddress.ip_network("10.9.0.0/16"),))
+    nm = netmap([member("desk", DESK, "100.64.0.1"), router], keys=[key], self_name="desk")
+    new = device()
+    view = EndpointView(records={"laptop": record(LAPTOP, "laptop", new)}, enrollments={"web": web})
+    eff = apply_view(nm, view, NOW).netmap
+    laptop, enrolled = eff.peer("laptop"), eff.peer("web")
+    assert laptop is not None and laptop.wg_public_key == new.wireguard.public()
+    assert laptop.approved_routes == lan and laptop.exit_node
+    assert enrolled is not None and enrolled.approved_routes == () and not enrolled.exit_node
 
 
 def test_the_map_in_force_stands_for_its_signed_map() -> None:

@@ -144,6 +144,22 @@ def exchange(sock: socket.socket, data: bytes) -> bytes:
     return got
 
 
+def listeners(ns: str, ports: Sequence[int]) -> list[tuple[socket.socket, int]]:
+    """Non-blocking TCP listeners on every port, IPv4 and IPv6, in namespace `ns`."""
+    out = []
+    for port in ports:
+        for family, host in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+            srv = ns_socket(ns, family)
+            srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                srv.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            srv.bind((host, port))
+            srv.listen(64)
+            srv.setblocking(False)
+            out.append((srv, port))
+    return out
+
+
 class EchoService:
     """TCP echo on every port of `ports`, IPv4 and IPv6, in namespace `ns`; counts accepts."""
 
@@ -154,17 +170,9 @@ class EchoService:
         self._listeners: list[socket.socket] = []
         self._wake_r, self._wake_w = socket.socketpair()
         self._sel.register(self._wake_r, selectors.EVENT_READ, None)
-        for port in ports:
-            for family, host in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
-                srv = ns_socket(ns, family)
-                srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                if family == socket.AF_INET6:
-                    srv.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                srv.bind((host, port))
-                srv.listen(16)
-                srv.setblocking(False)
-                self._listeners.append(srv)
-                self._sel.register(srv, selectors.EVENT_READ, ("listen", port))
+        for srv, port in listeners(ns, ports):
+            self._listeners.append(srv)
+            self._sel.register(srv, selectors.EVENT_READ, ("listen", port))
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
@@ -182,13 +190,12 @@ class EchoService:
                 assert isinstance(sock, socket.socket)
                 if kind == "listen":
                     try:
-                        conn, _addr = sock.accept()
+                        conn, addr = sock.accept()
                     except BlockingIOError:
                         continue
                     with self._lock:
                         self.accepts[port] += 1
-                    conn.setblocking(False)
-                    self._sel.register(conn, selectors.EVENT_READ, ("conn", port))
+                    self.serve(conn, addr[0], port)
                     continue
                 try:
                     data = sock.recv(65536)
@@ -203,6 +210,11 @@ class EchoService:
                 else:
                     self._sel.unregister(sock)
                     sock.close()
+
+    def serve(self, conn: socket.socket, peer: str, port: int) -> None:
+        """A new connection from address `peer`: echo what it sends (subclasses answer otherwise)."""
+        conn.setblocking(False)
+        self._sel.register(conn, selectors.EVENT_READ, ("conn", port))
 
     def close(self) -> None:
         self._wake_w.send(b"x")

@@ -98,12 +98,15 @@ def _relay_stream(data: bytes) -> object:
 def _seed_records() -> tuple[bytes, bytes, bytes]:
     root = records.marshal_root(records.RootDoc(NETWORK, "acme", 1, 1_900_000_000, (SIGNER.public(),), 1,
                                                 (SIGNER.public(),), 1))
+    routes = (ipaddress.ip_network("192.168.1.0/24"), ipaddress.ip_network("fd00:1::/64"))  # issue 19
     peer = records.marshal_peer(records.PeerRecord(NETWORK, "laptop", SIGNER.public(), NODE,
-                                                   DISCO.public(), ("192.0.2.1:51820",), 1_700_000_000))
+                                                   DISCO.public(), ("192.0.2.1:51820",), 1_700_000_000,
+                                                   routes, True))
     state = records.marshal_state(records.StateDoc(
         NETWORK, 7, 1, 1_900_000_000, ipaddress.IPv4Network("100.64.0.0/10"),
         ipaddress.IPv6Network("fd7a:115c:a1e0::/48"), "acme.mesh", "0" * 64,
         {"laptop": records.Assignment("1" * 64, (ipaddress.IPv4Address("100.64.0.1"),), ("tag:x",), "ann",
+                                      (*routes, ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0")),
                                       expires=1_800_000_000)},
         (records.RelayEntry("r1", "relay.example:443"),), ("stun.example:3478",),
         authkeys={AUTHKEY.public().key_id(): records.AuthKey(

@@ -26,6 +26,8 @@ PURE_MODULES = [
     "relay/metrics.py", "ratelimit.py",
     "dns/zone.py", "dns/resolver.py", "dns/resolvconf.py",
     "wg/config.py", "wg/uapi.py", "wg/chunks.py", "router/config.py",
+    "coord/routes.py", "coord/route_approval.py", "router/policy_routing.py", "router/forwarding.py",
+    "firewall/routed.py",
     "agent/desired.py", "agent/status.py", "agent/plan.py", "agent/paths/choose.py", "agent/paths/record.py",
     "firewall/plan.py", "dns/os_plan.py", "errors.py", "keys.py",
 ]
@@ -114,7 +116,8 @@ def test_every_command_module_is_imported_literally() -> None:
     assert "importlib" not in imported_modules(PACKAGE / "cli" / "commands.py")
     literal = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
     commands = {p.stem for p in (PACKAGE / "cli").glob("*.py")} - {
-        "__init__", "app", "commands", "common", "admin_common", "admin_relay", "admin_authkey", "preflight", "render"}
+        "__init__", "app", "commands", "common", "admin_common", "admin_relay", "admin_authkey", "preflight", "render",
+        "route_flags"}
     assert {f"meshctl.cli.{name}" for name in commands} <= literal
 
 

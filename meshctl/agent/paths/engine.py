@@ -54,6 +54,7 @@ from meshctl.agent.paths.relays import RelayLinks
 from meshctl.coord.endpoint_publish import PublishRequest
 from meshctl.coord.endpoint_record import EndpointRecord
 from meshctl.coord.netmap import NetMap
+from meshctl.coord.routes import Liveness
 from meshctl.identity import DeviceKeys, load_device_keys
 from meshctl.keys import DiscoPublic, NodePublic
 from meshctl.nat import admission, disco, stun
@@ -87,6 +88,11 @@ MAX_RECV_PER_WAKEUP: Final = 512  # yield to the loop after this many packets
 FLOOD_PAUSE_S: Final = 0.01
 DROP_LOG_EVERY: Final = 100  # log dropped packets once per this many (never per packet)
 
+# A peer without a direct path counts as alive while disco from it came this recently (the failover
+# monitor asks a relayed router every 2 s); one never heard from is UNKNOWN this long after it appeared.
+HEARD_ALIVE_S: Final = 6.0
+LIVENESS_GRACE_S: Final = 10.0
+
 EndpointWrites = dict[bytes, tuple[str, int]]  # peer key -> (endpoint, keepalive)
 RELAYED_SEEN_AS: Final = AddrPort(ipaddress.IPv4Address("127.3.3.40"), 0)  # a pong's "seen as" over a relay
 
@@ -104,6 +110,15 @@ def path_status(rec: PeerRecord, relay: str | None) -> dict[str, Any]:
         "latency_ms": round(path.latency_s * 1000, 3) if path is not None and path.latency_s is not None
         and via is Via.DIRECT else None,
     }
+
+
+def peer_liveness(direct: bool, heard_at: float | None, first_seen: float, now: float) -> Liveness:
+    """See PathEngine.liveness."""
+    if direct or (heard_at is not None and now - heard_at < HEARD_ALIVE_S):
+        return Liveness.ALIVE
+    if heard_at is None and now - first_seen < LIVENESS_GRACE_S:
+        return Liveness.UNKNOWN
+    return Liveness.DEAD
 
 
 def describe_ping(reply: Mapping[str, Any]) -> str:
@@ -348,6 +363,7 @@ class PathEngine:
         if opened is None:
             return None
         rec, msg = opened
+        rec.heard_at = now
         if isinstance(msg, disco.Pong):
             fut = self._pings.get(msg.txid)
             if fut is not None and not fut.done():
@@ -367,6 +383,7 @@ class PathEngine:
             return  # the disco key must belong to the member the relay logged in
         rec, msg = opened
         now = self._loop.time()
+        rec.heard_at = now  # sealed by its disco key, brought by the relay that logged it in: it lives
         if isinstance(msg, disco.Ping):
             # `meshctl ping` over the relay: answered there; it proves no direct path
             if msg.node_key == rec.wg_key:
@@ -631,6 +648,39 @@ class PathEngine:
                     return
 
         asyncio.get_running_loop().create_task(resolve())
+
+    # --- liveness, for HA routers of subnet routes (agent/failover.py) -----------------------
+
+    def is_direct(self, name: str) -> bool:
+        rec = self._records.get(name)
+        return rec is not None and rec.paths is not None and rec.paths.path.kind is PathKind.DIRECT
+
+    def liveness(self, name: str) -> Liveness:
+        """Whether a peer's agent answers: a direct path is alive by its heartbeats (3 s; dead after
+        about 8 s without pongs, nat/paths.py); otherwise any disco heard from it in the last
+        HEARD_ALIVE_S (the failover monitor pings relayed routers); UNKNOWN while it is new, DEAD
+        after that."""
+        rec = self._records.get(name)
+        if rec is None or self._loop is None:
+            return Liveness.UNKNOWN
+        return peer_liveness(self.is_direct(name), rec.heard_at, rec.first_seen, self._loop.time())
+
+    async def ping_via_relay(self, name: str, timeout_s: float) -> float | None:
+        """One disco round trip over the relay: seconds, or None without an answer."""
+        rec = self._records.get(name)
+        if rec is None or self._loop is None or self._our_key is None or self._relays is None:
+            return None
+        txid = os.urandom(disco.TXID_LEN)
+        fut: asyncio.Future[float] = self._loop.create_future()
+        self._pings[txid] = fut
+        sent_at = self._loop.time()
+        self._send_disco(rec, disco.Ping(txid, self._our_key), None)
+        try:
+            return await asyncio.wait_for(fut, timeout_s) - sent_at
+        except TimeoutError:
+            return None
+        finally:
+            self._pings.pop(txid, None)
 
     # --- status and ping ------------------------------------------------------------------
 
