@@ -668,13 +668,19 @@ class PathEngine:
     async def ping_via_relay(self, name: str, timeout_s: float) -> float | None:
         """One disco round trip over the relay: seconds, or None without an answer."""
         rec = self._records.get(name)
-        if rec is None or self._loop is None or self._our_key is None or self._relays is None:
+        if rec is None or self._relays is None:
+            return None
+        return await self._round_trip(rec, None, timeout_s)
+
+    async def _round_trip(self, rec: PeerRecord, dst: AddrPort | None, timeout_s: float) -> float | None:
+        """One disco ping to `dst` (None: over the relays) and its pong: seconds, or None."""
+        if self._loop is None or self._our_key is None:
             return None
         txid = os.urandom(disco.TXID_LEN)
         fut: asyncio.Future[float] = self._loop.create_future()
         self._pings[txid] = fut
         sent_at = self._loop.time()
-        self._send_disco(rec, disco.Ping(txid, self._our_key), None)
+        self._send_disco(rec, disco.Ping(txid, self._our_key), dst)
         try:
             return await asyncio.wait_for(fut, timeout_s) - sent_at
         except TimeoutError:
@@ -718,18 +724,9 @@ class PathEngine:
                 where = {**where, "path": "direct", "endpoint": roamed}
             last_path = where["path"]
             dst = parse_addr_port(where["endpoint"]) if where["path"] == "direct" else None
-            txid = os.urandom(disco.TXID_LEN)
-            fut: asyncio.Future[float] = self._loop.create_future()
-            self._pings[txid] = fut
-            sent_at = self._loop.time()
-            self._send_disco(rec, disco.Ping(txid, self._our_key), dst)
-            try:
-                got = await asyncio.wait_for(fut, PING_TIMEOUT_S)
-            except TimeoutError:
-                continue
-            finally:
-                self._pings.pop(txid, None)
-            return {**base, "ok": True, **where, "latency_ms": round((got - sent_at) * 1000, 3)}
+            rtt = await self._round_trip(rec, dst, PING_TIMEOUT_S)
+            if rtt is not None:
+                return {**base, "ok": True, **where, "latency_ms": round(rtt * 1000, 3)}
         return {**base, "ok": False, "path": last_path,
                 "error": f"no pong from {rec.name} after {PING_ATTEMPTS} pings over its {last_path} path"}
 
