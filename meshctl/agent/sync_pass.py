@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from meshctl.agent.desired import Desired, desired
-from meshctl.agent.inputs import Addresses, Inputs, load_inputs
+from meshctl.agent.inputs import Addresses, Inputs, NotAMember, load_inputs
 from meshctl.agent.plan import Plan
 from meshctl.agent.prefs import Prefs, load_prefs
 from meshctl.agent.reconcile import Reconciler
@@ -174,20 +174,28 @@ def run_pass(settings: Settings, now: int, *, dry_run: bool = False, fetch: bool
     """`endpoints` None: a pass without an agent (static endpoints of the records);
     `before_apply` runs before the host is touched (the CLI's preflight); `known_netmap`: the
     agent's map from its previous pass, reused while still in force; `publish` says what this
-    device's own endpoint record would say (pushed when due); `prefs` (default: prefs.json) and
-    `route_choices` (the agent's HA monitor) choose routes."""
+    device's own endpoint record would say (pushed when due, after the host is configured: the
+    tunnel comes first); `prefs` (default: prefs.json) and `route_choices` (the agent's HA
+    monitor) choose routes."""
     cfg = NodeState(settings.state_dir).load_config()
     coord = update_coordination(settings, cfg, now, fetch)
     signed = netmap_in_force(settings, cfg, coord, now, known_netmap)
-    published = None if dry_run or publish is None else publish_own_record(settings, cfg, publish, coord, signed, now)
     view = endpoint_view(settings, cfg, coord)
     netmap = in_force(settings, signed, view, now)
-    inputs = load_inputs(settings.keys_dir, cfg, netmap, settings.listen_port, endpoints=endpoints,
-                         extra_addresses=extra_addresses, serve_dns=serve_dns,
-                         was_member=was_member(settings.state_dir, known_netmap),
-                         enrollment=own_enrollment(settings, cfg, view),
-                         prefs=prefs or load_prefs(settings.state_dir), primaries=route_choices,
-                         interface=settings.interface)
+
+    def publish_now() -> Published | None:
+        return None if dry_run or publish is None else publish_own_record(settings, cfg, publish, coord, signed, now)
+
+    try:
+        inputs = load_inputs(settings.keys_dir, cfg, netmap, settings.listen_port, endpoints=endpoints,
+                             extra_addresses=extra_addresses, serve_dns=serve_dns,
+                             was_member=was_member(settings.state_dir, known_netmap),
+                             enrollment=own_enrollment(settings, cfg, view),
+                             prefs=prefs or load_prefs(settings.state_dir), primaries=route_choices,
+                             interface=settings.interface)
+    except NotAMember:
+        publish_now()  # an enrolled device not judged yet: its branch is how the nodes learn of it
+        raise
     wanted = desired_of(inputs)
     reconciler = reconciler or Reconciler(settings.interface, settings.wg_backend, settings.state_dir)
     if dry_run:
@@ -201,7 +209,7 @@ def run_pass(settings: Settings, now: int, *, dry_run: bool = False, fetch: bool
     record_routes(settings.state_dir, wanted)
     record_pass(settings.state_dir, now, netmap.serial, coord.error, result.errors, fetch)
     return PassResult(netmap, result.plan, coord.accepted, coord.error, tuple(result.errors),
-                      result.dns_upstreams, coord.endpoints, published)
+                      result.dns_upstreams, coord.endpoints, publish_now())
 
 
 def cron_publish_plan(settings: Settings, now: int) -> PublishPlan:
