@@ -1,39 +1,32 @@
-"""The desired state of a node, computed purely from the verified NetMap.
+"""The desired state of a node: a pure function of the pass's inputs.
 
-(NetMap, this device's keys, listen port, endpoints chosen for peers, its route choices, the
-routers the HA monitor picked, what the host said about itself) -> Desired.
-Every subsystem's plan starts from this value; nothing here touches the host.
+    desired(inputs) -> Desired(wg, router, packet_filter, dns, routes, policy_routing, forwarding, ...)
+
+Every subsystem's plan starts from this value (agent/plan.py); nothing here touches the host.
+Routes through the mesh (issue 19, router/policy_routing.py) are WireGuard allowed IPs of the
+peer that carries them (the router the HA monitor picked, else the first by name) and routes of
+meshctl's own table; a subnet router or exit node wants IP forwarding and its nft settings.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Final
 
-from meshctl.coord.netmap import NetMap, Peer, Prefix
+from meshctl.agent.inputs import Inputs
+from meshctl.coord.netmap import NetMap, Peer
+from meshctl.dns.os_plan import DnsWanted
+from meshctl.dns.zone import MAX_REVERSE_ROUTING_DOMAINS, listen_addresses, normalize_domain, reverse_routing_domains
 from meshctl.errors import ParseError
 from meshctl.firewall.routed import RouterSettings
-from meshctl.keys import NodePrivate
 from meshctl.policy.compile import PacketFilter, compile_filter
 from meshctl.policy.parse import parse_policy
 from meshctl.router.config import RouterConfig
-from meshctl.router.policy_routing import (
-    NO_ROUTES,
-    HostFacts,
-    PolicyRoutingConfig,
-    RoutePrefs,
-    RouteSelection,
-    policy_config,
-    select_routes,
-)
-from meshctl.wg.config import HANDSHAKE_FRESH_S as HANDSHAKE_FRESH_S  # re-exported: status, tests
-from meshctl.wg.config import DeviceConfig, DeviceState, PeerConfig
+from meshctl.router.policy_routing import NO_ROUTES, PolicyRoutingConfig, RouteSelection, policy_config, select_routes
+from meshctl.wg.config import DeviceConfig, PeerConfig
 
 KEEPALIVE_S: Final = 25  # below the 30 s NAT mapping lifetime measured in the lab
-NO_PREFS: Final = RoutePrefs()  # no routes accepted, no exit node
-NO_FACTS: Final = HostFacts()
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +35,7 @@ class Desired:
     router: RouterConfig
     packet_filter: PacketFilter | None  # None: the policy did not compile; keep the last filter
     policy_error: str | None = None
+    dns: DnsWanted | None = None  # None: meshctl serves no DNS here (what it left is restored)
     # Issue 19. As a client: which peer carries which route, and meshctl's routing table and rules.
     routes: RouteSelection = NO_ROUTES
     policy_routing: PolicyRoutingConfig = PolicyRoutingConfig()
@@ -75,26 +69,33 @@ def allowed_ips(peer: Peer) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Netwo
                  for a in peer.addresses)
 
 
-def compute_desired(
-    netmap: NetMap,
-    private_key: NodePrivate,
-    listen_port: int,
-    endpoints: Mapping[str, str | None],
-    extra_addresses: tuple[ipaddress.IPv4Interface | ipaddress.IPv6Interface, ...] = (),
-    route_prefs: RoutePrefs = NO_PREFS,
-    primaries: Mapping[Prefix, str] | None = None,
-    host: HostFacts = NO_FACTS,
-    snat_subnet_routes: bool = True,
-) -> Desired:
-    """One WireGuard peer per other member; own addresses and the mesh routes on the interface.
+def dns_wanted(netmap: NetMap) -> DnsWanted | None:
+    """MagicDNS for the mesh: its domain, the reverse zones resolved routes to it, and the
+    addresses the server listens on (never upstreams: a loop). None for a domain that is no
+    DNS name (the server reports that)."""
+    net = netmap.network
+    try:
+        domain = normalize_domain(net.domain)
+    except ParseError:
+        return None
+    reverse = (reverse_routing_domains(net.ipv4_cidr, MAX_REVERSE_ROUTING_DOMAINS)
+               + reverse_routing_domains(net.ipv6_prefix, MAX_REVERSE_ROUTING_DOMAINS))
+    return DnsWanted(domain, reverse, tuple(listen_addresses(netmap)))
 
-    `endpoints` maps a peer name to the "IP:PORT" WireGuard should send to (resolved
-    static endpoint, or the path manager's choice); a missing name means "let
-    WireGuard roam" (no endpoint written). Routes through the mesh (router/policy_routing.py)
-    are WireGuard allowed IPs of the peer that carries them, and routes of meshctl's table.
+
+def desired(inputs: Inputs) -> Desired:
+    """One WireGuard peer per other member, own addresses and the mesh routes on the interface,
+    the policy's filter, MagicDNS when it is served here.
+
+    `inputs.endpoints` maps a peer name to the "IP:PORT" WireGuard sends to (a resolved static
+    endpoint, or the path engine's choice); a missing name means "let WireGuard roam" (no
+    endpoint written, and no keepalive into the void).
     """
+    netmap = inputs.netmap
     me = netmap.self_peer
-    selection = select_routes(netmap, route_prefs, primaries or {}, host) if me is not None else NO_ROUTES
+    endpoints = inputs.endpoints
+    selection = (select_routes(netmap, inputs.route_prefs, inputs.primaries, inputs.host) if me is not None
+                 else NO_ROUTES)
     peers = tuple(
         PeerConfig(
             public_key=p.wg_public_key,
@@ -109,30 +110,14 @@ def compute_desired(
         ipv6=me.ipv6 if me else None,
         ipv4_cidr=netmap.network.ipv4_cidr,
         ipv6_prefix=netmap.network.ipv6_prefix,
-        extra_addresses=extra_addresses,
+        extra_addresses=inputs.extra_addresses,
     )
     packet_filter, policy_error = compile_policy(netmap)
     forwarding = carried_versions(me)
     settings = None
     if forwarding and me is not None:
         settings = RouterSettings((netmap.network.ipv4_cidr, netmap.network.ipv6_prefix), me.approved_routes,
-                                  me.exit_node, snat_subnet_routes, router.mtu)
-    return Desired(DeviceConfig(private_key, listen_port, peers), router, packet_filter, policy_error,
-                   selection, policy_config(selection.table, listen_port), forwarding, settings)
-
-
-def keep_working_endpoints(desired: Desired, state: DeviceState, now: int) -> Desired:
-    """A peer whose tunnel works keeps the endpoint WireGuard uses, when nothing better is known.
-
-    WireGuard may have roamed there, and after an agent restart the path manager knows no
-    paths yet: overwriting a working tunnel would cost a write now and another one later.
-    """
-    current = {p.public_key: p for p in state.peers}
-    peers = []
-    for want in desired.wg.peers:
-        have = current.get(want.public_key)
-        if (want.endpoint is None and have is not None and have.endpoint and have.last_handshake
-                and now - have.last_handshake < HANDSHAKE_FRESH_S):
-            want = replace(want, endpoint=have.endpoint, persistent_keepalive=KEEPALIVE_S)
-        peers.append(want)
-    return replace(desired, wg=replace(desired.wg, peers=tuple(peers)))
+                                  me.exit_node, inputs.snat_subnet_routes, router.mtu)
+    return Desired(DeviceConfig(inputs.private_key, inputs.listen_port, peers), router, packet_filter,
+                   policy_error, dns_wanted(netmap) if inputs.serve_dns else None,
+                   selection, policy_config(selection.table, inputs.listen_port), forwarding, settings)

@@ -1,9 +1,11 @@
-"""MagicDNS inside the agent: the resolver follows every accepted map; the OS is pointed at it.
+"""MagicDNS inside the agent: the server, following every accepted map.
 
-Order, so the system is never without working DNS:
-- up: the server binds (100.100.100.100 and the node's mesh addresses, port 53) first,
-  then the OS is pointed at it (split DNS with systemd-resolved, else resolv.conf with a
-  backup), then the previous upstreams become the forwarders;
+The system resolver is a subsystem of the pass (dns/os_plan.py): each pass reads it, and
+points it at this server once the server serves (and back, when it no longer should). So
+the system is never without working DNS:
+- up: the server binds (100.100.100.100 and the node's mesh addresses, port 53; FREEBIND,
+  so before the addresses exist) first; the next pass points the OS at it; the previous
+  upstreams become the forwarders;
 - down: the OS settings are restored first, then the server stops.
 """
 
@@ -13,14 +15,15 @@ import asyncio
 import ipaddress
 import logging
 import os
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
-from meshctl.coord.netmap import NetMap, Prefix
+from meshctl.coord.netmap import NetMap
 from meshctl.errors import MeshctlError
 from meshctl.settings import Settings
 
 if TYPE_CHECKING:
-    from meshctl.dns.os_config import OsDnsConfig
+    from meshctl.dns.resolvconf import Endpoint
     from meshctl.dns.server import DnsServer
 
 log = logging.getLogger(__name__)
@@ -33,24 +36,30 @@ def dns_port() -> int:
 
 
 class MagicDns:
-    def __init__(self, settings: Settings) -> None:
+    """The agent's DNS server (daemon.Extension); `serving` tells the pass to point the OS at it."""
+
+    def __init__(self, settings: Settings, started: Callable[[], None]) -> None:
+        """`started`: the server answers now (the agent runs a pass to point the OS at it)."""
         self.settings = settings
+        self._started = started
         self.server: DnsServer | None = None
-        self.os_config: OsDnsConfig | None = None
-        self.mode = ""
         self.error: str | None = None
         self._lock = asyncio.Lock()
+
+    @property
+    def serving(self) -> bool:
+        return self.server is not None
 
     async def start(self) -> None:
         from meshctl.dns.os_config import OsDnsConfig
 
-        self.os_config = OsDnsConfig(self.settings.state_dir, self.settings.interface)
-        self.os_config.recover()  # a crash may have left our resolv.conf in place
+        OsDnsConfig(self.settings.state_dir, self.settings.interface).recover()  # a crash may have left it
 
     def update_netmap(self, netmap: NetMap) -> None:
-        asyncio.get_running_loop().create_task(self._update(netmap))
+        asyncio.get_running_loop().create_task(self.serve(netmap))
 
-    async def _update(self, netmap: NetMap) -> None:
+    async def serve(self, netmap: NetMap) -> None:
+        """Answer for `netmap`'s names: a new zone, or the server started with it."""
         from meshctl.dns.server import DnsServer
         from meshctl.dns.zone import listen_addresses, zone_from_netmap
 
@@ -62,35 +71,34 @@ class MagicDns:
                     return
                 server = DnsServer(zone, [(a, dns_port()) for a in listen_addresses(netmap)])
                 await server.start()
-                self.server = server
-                assert self.os_config is not None
-                me = netmap.self_peer
-                setup = self.os_config.setup(zone.domain, reverse_domains=zone.reverse_routing_domains(),
-                                             own_addresses=[str(a) for a in me.addresses] if me else [])
-                server.set_upstreams(setup.upstreams)
-                self.mode = setup.mode.value
-                self.error = None
-                log.info("MagicDNS serving %s (%s)", zone.domain, self.mode)
             except MeshctlError as exc:
+                if exc.message != self.error:
+                    log.error("MagicDNS: %s", exc.message)
                 self.error = exc.message
-                log.error("MagicDNS: %s", exc.message)
+                return
+            self.server, self.error = server, None
+            log.info("MagicDNS serving %s", zone.domain)
+        self._started()
+
+    def set_upstreams(self, upstreams: Sequence[Endpoint]) -> None:
+        """Where names outside the mesh go (from the resolver the OS had before)."""
+        if self.server is not None:
+            self.server.set_upstreams(upstreams)
 
     async def stop(self) -> None:
+        from meshctl.dns.os_config import OsDnsConfig
+
         async with self._lock:
-            if self.os_config is not None:
-                self.os_config.restore()
+            OsDnsConfig(self.settings.state_dir, self.settings.interface).restore()
             if self.server is not None:
                 await self.server.stop()
                 self.server = None
 
-    def route_choices(self) -> dict[Prefix, str]:
-        return {}
-
-    def endpoint_overrides(self) -> dict[str, str | None]:
-        return {}
-
     def status(self) -> dict[str, Any]:
-        return {"dns": {"serving": self.server is not None, "mode": self.mode, "error": self.error}}
+        from meshctl.dns.os_config import OsDnsConfig
+
+        mode = OsDnsConfig(self.settings.state_dir, self.settings.interface).detect_mode().value if self.server else ""
+        return {"dns": {"serving": self.server is not None, "mode": mode, "error": self.error}}
 
     async def handle(self, request: dict[str, Any]) -> dict[str, Any] | None:
         return None

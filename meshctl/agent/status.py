@@ -77,19 +77,20 @@ def build_status(
         hs = ps.last_handshake if ps else None
         fresh = hs is not None and now - hs < HANDSHAKE_FRESH_S
         info = paths.get(p.name, {})
-        path = info.get("path") or ("direct" if fresh else "none")
-        if path == "none" and fresh and _runs_no_agent(endpoints, p.name):
-            # A peer with no agent (a server synced from cron) answers no probe: its working
-            # tunnel is the only evidence of its path, and WireGuard reached its endpoint.
-            path, info = "direct", {**info, "endpoint": ps.endpoint if ps else None}
+        path = info.get("path") or "none"
+        if path == "none" and fresh:  # a live tunnel has a path, whatever the agent knows (or if none runs)
+            path = "relay" if ps is not None and _through_proxy(ps.endpoint) else "direct"
         peers.append({
             "name": p.name,
             "mesh_ips": [str(a) for a in p.addresses],
             "wg_public_key": p.wg_public_key.b64(),
             "path": path,
-            "endpoint": info.get("endpoint", ps.endpoint if ps else None) if path != "relay" else None,
+            "endpoint": (info.get("endpoint") or (ps.endpoint if ps else None)) if path != "relay" else None,
             "relay": info.get("relay"),
             "relay_channel": info.get("relay_channel") if path == "relay" else None,
+            # set only while the agent's own pongs prove the direct path (WireGuard may keep an
+            # endpoint, and a live tunnel, without such a proof)
+            "latency_ms": info.get("latency_ms") if path == "direct" else None,
             "latest_handshake": hs,
             "rx_bytes": ps.rx_bytes if ps else 0,
             "tx_bytes": ps.tx_bytes if ps else 0,
@@ -158,17 +159,17 @@ def membership_warnings(netmap: NetMap, now: int) -> list[str]:
             f"with `meshctl admin renew {name} --expires 180d`"]
 
 
-def _runs_no_agent(view: EndpointView | None, name: str) -> bool:
-    record = view.records.get(name) if view is not None else None
-    return record is not None and not record.agent
-
-
 def _published_status(pub: Published | None, now: int) -> dict[str, Any] | None:
     if pub is None:
         return None
     return {"published_at": pub.at, "counter": pub.counter, "candidates": list(pub.candidates),
             "push_rights": pub.refused is None, "error": pub.refused or pub.failed,
             "summary": describe(pub, now)}
+
+
+def _through_proxy(endpoint: str | None) -> bool:
+    """WireGuard sends to a loopback address only through the agent's relay proxy."""
+    return endpoint is not None and endpoint.startswith("127.")
 
 
 def _age(now: int, then: int | None) -> str:

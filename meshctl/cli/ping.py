@@ -21,7 +21,7 @@ def ping(
 ) -> None:
     """Ping a peer over its current path and say which path (direct IP:PORT or relay) and how fast."""
     from meshctl.agent.control import query_agent
-    from meshctl.agent.magic import describe_ping
+    from meshctl.agent.paths.engine import describe_ping
 
     settings = settings_of(ctx)
     reply = query_agent(settings.control_socket, {"cmd": "ping", "peer": peer}, timeout=PING_QUERY_TIMEOUT_S)

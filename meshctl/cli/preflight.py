@@ -63,9 +63,9 @@ def check_interface(ifname: str) -> None:
     if kind is None or kind == "wireguard":
         return
     if kind == "tun":
-        from meshctl.wg.userspace import find_wireguard_go
+        from meshctl.wg.userspace import wireguard_go_here
 
-        if find_wireguard_go(ifname) is not None:
+        if wireguard_go_here(ifname) is not None:
             return
         owner = "a tun device that no wireguard-go serves (another VPN?)"
     else:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import random
 import time
 from pathlib import Path
@@ -14,7 +13,7 @@ from meshctl.cli.common import command, settings_of
 from meshctl.cli.route_flags import AcceptRoutesOpt, AllowLanOpt, ExitNodeOpt, SnatOpt, pref_changes
 
 if TYPE_CHECKING:
-    from meshctl.agent.reconcile import Plan
+    from meshctl.agent.plan import Plan
     from meshctl.coord.netmap import NetMap
     from meshctl.settings import Settings
 
@@ -35,7 +34,7 @@ def sync(
 
     from meshctl.agent.lock import state_lock
     from meshctl.agent.prefs import load_prefs
-    from meshctl.agent.sync_pass import cron_publish_plan, dry_run_report, run_pass
+    from meshctl.agent.sync_pass import cron_publish_plan, run_pass
     from meshctl.cli import preflight
     from meshctl.cli.set import save_route_prefs
     from meshctl.errors import VerificationError
@@ -58,25 +57,20 @@ def sync(
         if not dry_run:
             _rotate_if_due(settings, now)
         try:
-            # The preflight checks run only when the pass will touch the network: a no-op
-            # pass found meshctl's own device answering with the configuration it applied.
-            if dry_run:
-                prefs = replace(load_prefs(settings.state_dir), **given) if given else None  # type: ignore[arg-type]
-                report = dry_run_report(settings, now, functools.partial(_render_dry_run, settings.interface), prefs)
-            else:
-                result = run_pass(settings, now, before_apply=lambda: preflight.network_preflight(
-                    settings.interface, settings.listen_port), publish=cron_publish_plan(settings, now))
+            publish = None if dry_run else cron_publish_plan(settings, now)
+            prefs = replace(load_prefs(settings.state_dir), **given) if dry_run and given else None  # type: ignore[arg-type]
+            result = run_pass(settings, now, dry_run=dry_run, before_apply=lambda: preflight.network_preflight(
+                settings.interface, settings.listen_port), publish=publish, prefs=prefs)
         except VerificationError as exc:
             raise VerificationError(exc.message, clock or exc.hint) from None
     if dry_run:
-        typer.echo(report.text)
-        error = report.coordination_error
+        typer.echo(_render_dry_run(settings.interface, result.netmap, result.plan))
     else:
         if result.accepted_new_state:
             typer.echo(f"accepted serial {result.serial}")
         for line in result.plan.describe(settings.interface):
             typer.echo(line)
-        error = result.coordination_error
+    error = result.coordination_error
     if clock is not None and isinstance(error, VerificationError):
         raise VerificationError(error.message, clock)  # a wrong clock explains the refusal
     if clock is not None:

@@ -124,13 +124,11 @@ def down(ctx: typer.Context) -> None:
     from meshctl.agent.lock import state_lock
     from meshctl.agent.reconcile import Reconciler
     from meshctl.cli import preflight
-    from meshctl.dns.os_config import OsDnsConfig
 
     settings = settings_of(ctx)
     preflight.require_root("down", "run it with sudo")
     preflight.check_interface(settings.interface)  # never remove somebody else's interface
     pid = stop_agent(settings.state_dir, settings.control_socket)
-    OsDnsConfig(settings.state_dir, settings.interface).recover()  # an agent that crashed left it
-    with state_lock(settings.state_dir, 30):
+    with state_lock(settings.state_dir, 30):  # also restores DNS an agent that crashed left
         Reconciler(settings.interface, settings.wg_backend, settings.state_dir).remove()
     typer.echo(f"meshctl is down ({settings.interface} removed{f', agent {pid} stopped' if pid else ''})")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from base64 import b64decode
+from binascii import a2b_base64 as b64decode  # base64.b64decode adds a Python layer: 30,000 calls
 from typing import Any
 
 from meshctl.coord.netmap import IPAddress, NetMap, NetworkSettings, Peer, Relay

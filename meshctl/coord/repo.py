@@ -583,6 +583,13 @@ def publish_branch(repo: pygit2.Repository, branch: str, files: Mapping[str, byt
     commit = repo.create_commit(None, sig, sig, message, tree, [])
     repo.references.create(PUBLISH_REF, commit, force=True)
     push(repo, f"+{PUBLISH_REF}:refs/heads/{branch}", creds)
+    if branch.startswith(ENDPOINT_BRANCHES):
+        # The host holds this commit now. The clone's ref to the branch (from the last fetch) may
+        # still name the previous publish, whose objects go next: a ref to a missing object
+        # would fail every later fetch.
+        fetched = ENDPOINTS_REFS + branch.removeprefix(ENDPOINT_BRANCHES)
+        if fetched in repo.references:
+            repo.references.create(fetched, commit, force=True)
     _drop_loose(repo, old - _commit_objects(repo, commit))
     return str(commit)
 

@@ -28,22 +28,19 @@ class UpdateResult:
     endpoints: EndpointView | None = None  # the devices' own branches, when asked for
 
 
-class NotAMember(MeshctlError):
-    """This device is not (yet) in the verified state."""
-
-
 def fetch_and_verify(state_dir: Path, repo_dir: Path, now: int, *, force: bool = False,
-                     endpoints: bool = False) -> UpdateResult:
+                     cfg: NodeConfig | None = None, endpoints: bool = False) -> UpdateResult:
     """Fetch the coordination repo and accept its tip if it verifies.
 
     When the tip is the commit accepted last, nothing is parsed or rebuilt: the trust memory
     alone says the state still holds (and whether it has expired). `force` re-verifies anyway,
     e.g. when the cached map turns out damaged. On any failure nothing is written: the last
-    accepted state stays in force. With `endpoints`, the same fetch brings the devices' own
-    branches, judged against the state in force (coord/endpoint_sync.py).
+    accepted state stays in force. `cfg`: node.json, when the caller has read it already. With
+    `endpoints`, the same fetch brings the devices' own branches, judged against the state in
+    force (coord/endpoint_sync.py).
     """
     node = NodeState(state_dir)
-    cfg = node.load_config()
+    cfg = cfg or node.load_config()
     memory = node.load_memory()
     with gitrepo.opened(repo_dir, cfg.repo_url) as repo:
         tip = gitrepo.fetch(repo, cfg.branch, gitrepo.Credentials(cfg.ssh_key), endpoints=endpoints)
@@ -96,23 +93,3 @@ def _endpoints(repo: pygit2.Repository, node: NodeState, cfg: NodeConfig, state_
             node.save_own_enrollment(None)  # an admin absorbed it: the signed state speaks for this device now
             own = None
     return read_endpoints(repo, node, cfg.network_id, state_sha256, load_netmap, cfg.name, now, own)
-
-
-def require_member(netmap: NetMap, cfg: NodeConfig, enrollment: str | None = None) -> None:
-    """`netmap`: the map in force (coord/effective.py); `enrollment`: how this device's own
-    enrollment stands, when it has one ("waiting", or why it is refused)."""
-    if netmap.self_peer is not None:
-        return
-    dropped = dict(netmap.dropped).get(cfg.name)
-    if dropped is not None:
-        raise NotAMember(f"{cfg.name} is no longer a member of mesh {netmap.network.name}: {dropped}",
-                         f"an admin renews it: meshctl admin renew {cfg.name} --expires 180d")
-    if enrollment is not None:
-        raise NotAMember(f"{cfg.name} is not a member of mesh {netmap.network.name} yet: its enrollment "
-                         f"(branch endpoints/{cfg.name}) {enrollment}",
-                         "a refused enrollment needs a valid auth key: run join again with --auth-key")
-    raise NotAMember(
-        f"{cfg.name} is not a member of mesh {netmap.network.name} yet "
-        f"(serial {netmap.serial})",
-        f"the join request on branch join/{cfg.name} must be approved and merged by an admin",
-    )

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from meshctl.dns.os_plan import DnsAction, DnsPlan, DnsState
 from meshctl.dns.resolvconf import (
     DnsMode,
     Endpoint,
@@ -136,6 +137,46 @@ class OsDnsConfig:
             self._setup_resolved(domain, reverse_domains)
             return OsDnsSetup(mode, ())
         return OsDnsSetup(mode, self._setup_resolv_conf(domain, own_addresses))
+
+    def read(self) -> DnsState:
+        """What the system resolver does now, as far as meshctl is concerned."""
+        mode = self.detect_mode()
+        leftover = self.backup_path.exists() or (self.state_dir / RESOLVED_MARK_NAME).exists()
+        if mode is DnsMode.RESOLVED:
+            domains = self._resolved_link_domains()
+            ours = domains is not None
+            domain = next((d.removeprefix("~") for d in domains or () if d.startswith("~")), None)
+            return DnsState(mode, ours, domain, leftover)
+        text = _read_text(self.resolv_conf)
+        if not is_ours(text):
+            return DnsState(mode, False, None, leftover)
+        conf = parse_resolv_conf(text)
+        return DnsState(mode, self.nameserver in conf.nameservers, conf.search[0] if conf.search else None, leftover,
+                        upstreams_of(conf, [self.nameserver]))
+
+    def apply(self, plan: DnsPlan) -> OsDnsSetup | None:
+        """Carry out `plan` (plan_dns); the setup made, for the server's upstreams."""
+        if plan.action is DnsAction.RESTORE:
+            self.restore()
+        elif plan.action is DnsAction.SETUP and plan.wanted is not None:
+            wanted = plan.wanted
+            return self.setup(wanted.domain, reverse_domains=wanted.reverse_domains,
+                              own_addresses=wanted.own_addresses)
+        return None
+
+    def _resolved_link_domains(self) -> tuple[str, ...] | None:
+        """The routing domains systemd-resolved has on our link when it names our server
+        (None when it does not: the settings died with a recreated link, or were reverted)."""
+        try:
+            servers = subprocess.run(["resolvectl", "dns", self.interface], capture_output=True, text=True,
+                                     timeout=RESOLVECTL_TIMEOUT_S, check=False).stdout
+            if self.nameserver not in servers.split():
+                return None
+            domains = subprocess.run(["resolvectl", "domain", self.interface], capture_output=True, text=True,
+                                     timeout=RESOLVECTL_TIMEOUT_S, check=False).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return tuple(domains.rpartition(":")[2].split())
 
     def restore(self) -> RestoreOutcome:
         """Undo setup(): revert resolved's link settings, put resolv.conf back."""
@@ -265,9 +306,15 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _temporary_beside(path: Path) -> Path:
+    # Per process: agents in other network namespaces share /etc (only resolv.conf is bind-mounted
+    # per namespace), and two of them writing one temporary name renamed each other's file away.
+    return path.with_name(f".{path.name}.meshctl-tmp.{os.getpid()}")
+
+
 def _write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
     """Write to a temporary file beside `path`, fsync, rename over it, fsync the directory."""
-    tmp = path.with_name(f".{path.name}.meshctl-tmp")
+    tmp = _temporary_beside(path)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
         _write_all(fd, data)
@@ -304,7 +351,7 @@ def _replace_file(path: Path, data: bytes, mode: int) -> None:
 
 
 def _replace_with_symlink(path: Path, target: str) -> None:
-    tmp = path.with_name(f".{path.name}.meshctl-tmp")
+    tmp = _temporary_beside(path)
     with contextlib.suppress(FileNotFoundError):
         tmp.unlink()
     os.symlink(target, tmp)

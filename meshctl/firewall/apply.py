@@ -1,12 +1,13 @@
-"""Apply a PacketFilter with nft (shell): one transaction, read back, skip when equal.
+"""Read meshctl's nft table and load plans into it (shell around firewall/plan.py).
 
-`nft -j -f -` loads the document from nft.replace_document() atomically: the
-kernel swaps the old rules for the new ones in a single commit, so there is no
-instant without rules. Before applying, meshctl's tables are read back
-(`nft -j list tables`, then each of ours) and compared with what the document would
-create: equal means nothing to do (level-triggered: a manual edit, a missing table or
-chains gone with a recreated interface are repaired on the next pass). The listing also
-tells the document whether the reply sets can stay, with the UDP flows they hold.
+    read_filter -> plan.plan_filter (pure) -> apply_filter_plan
+
+`nft -j -f -` loads the plan's document atomically: the kernel swaps the old rules for the
+new ones in a single commit, so there is no instant without rules. Every pass reads the
+tables back (`nft -j list tables`, then each of ours) and plans against what is there
+(level-triggered: a manual edit, a missing table or chains gone with a recreated interface
+are repaired on the next pass). The listing also tells the document whether the reply sets
+can stay, with the UDP flows they hold.
 
 The layout (nft.py) is DEVICE where the interface exists and the kernel and nft can bind a
 chain to its egress hook (asked once per process with `nft -c`), else HOOKS.
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Final
 
 from meshctl.errors import MeshctlError
 from meshctl.firewall import nft
+from meshctl.firewall.plan import FilterPlan, FilterState, enforces, plan_filter
 
 if TYPE_CHECKING:
     from meshctl.policy.compile import PacketFilter
@@ -111,16 +113,28 @@ def layout_for(interface: str, netns: str | None = None) -> nft.Layout:
     return nft.Layout.DEVICE if _DEVICE_HOOKS[key] else nft.Layout.HOOKS
 
 
+def read_filter(interface: str, netns: str | None = None) -> FilterState:
+    """meshctl's tables and the layout due on `interface`. A table bound to the device proves
+    the device layout works, so the steady state runs no probe."""
+    table = read_table(netns)
+    if (table is not None and any(_family(o) == nft.Layout.DEVICE.family for o in table)
+            and _interface_exists(interface, netns)):
+        return FilterState(table, nft.Layout.DEVICE)
+    return FilterState(table, layout_for(interface, netns))
+
+
+def _family(obj: dict[str, nft.Json]) -> object:
+    body = next(iter(obj.values()))
+    return body.get("family") if isinstance(body, dict) else None
+
+
 def is_current(pf: PacketFilter, interface: str, current: list[dict[str, nft.Json]] | None,
                netns: str | None = None, router: nft.RouterSettings | None = None) -> bool:
     """Whether `current` (read_table) already enforces `pf` on `interface`, in the layout due
     (with `router`, also the rules of a subnet router or exit node: firewall/routed.py)."""
-    if current is None:
-        return False
-    if current == nft.table_objects(pf, interface, nft.Layout.DEVICE, router):
-        return True  # the kernel took it, so no need to ask whether it can (a no-op sync stays cheap)
-    return (layout_for(interface, netns) is nft.Layout.HOOKS
-            and current == nft.table_objects(pf, interface, nft.Layout.HOOKS, router))
+    if current is not None and current == nft.table_objects(pf, interface, nft.Layout.DEVICE, router):
+        return True  # no probe needed: the kernel took the device layout
+    return enforces(FilterState(current, layout_for(interface, netns)), pf, interface, router)
 
 
 def _load(document: nft.Json, netns: str | None) -> None:
@@ -129,17 +143,21 @@ def _load(document: nft.Json, netns: str | None) -> None:
         raise FirewallError(f"nft refused the ruleset: {_first_line(result.stderr)}")
 
 
+def apply_filter_plan(plan: FilterPlan, netns: str | None = None) -> None:
+    """Load the plan's transaction (nothing for an empty plan)."""
+    if plan.document is None:
+        return
+    _load(plan.document, netns)
+    log.info("applied nft: %s", plan.summary)
+
+
 def apply_filter(pf: PacketFilter, interface: str, netns: str | None = None,
                  router: nft.RouterSettings | None = None) -> bool:
-    """Make meshctl's table enforce `pf` on `interface`; False when it already did."""
-    current = read_table(netns)
-    if is_current(pf, interface, current, netns, router):
-        log.debug("nft table %s already up to date", nft.TABLE)
-        return False
-    layout = layout_for(interface, netns)
-    _load(nft.replace_document(pf, interface, current, layout, router), netns)
-    log.info("applied nft table %s %s: %d rules for %s", layout.family, nft.TABLE, len(pf.rules), pf.node)
-    return True
+    """Read, plan, apply: make meshctl's table enforce `pf` on `interface` (with `router`, a
+    subnet router's or exit node's rules too); False when it already did."""
+    plan = plan_filter(read_filter(interface, netns), pf, interface, router)
+    apply_filter_plan(plan, netns)
+    return not plan.is_empty()
 
 
 def remove_table(netns: str | None = None) -> bool:

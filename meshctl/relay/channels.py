@@ -15,7 +15,7 @@ How a channel comes to be, over the members' authenticated relay sessions:
     A -> ChannelRequest(B)                    relay opens port_a and port_b
     relay -> A: Channel(B, port_a, token_a, OFFERED); relay -> B: Channel(A, port_b, token_b, OFFERED)
     A: bind datagram (token_a) from WireGuard's own port to relay:port_a; B the same to port_b
-    relay, once both are bound: Channel(READY) to both -> each sets its WireGuard endpoint
+    relay, once both are bound (and heard lately): Channel(READY) to both -> each sets its WireGuard endpoint
 
 A bind datagram is sent from WireGuard's listen port (meshctl's raw socket, as STUN is), so
 the relay learns the address each NAT gave WireGuard's socket towards that very port, and
@@ -31,7 +31,11 @@ to the relay after a direct path died, that both WireGuard ports still reach the
 channel bound a minute ago proves nothing if the same block that killed the direct path now
 drops its packets too, on either side (the peer's side of a channel it left for the direct
 path would swallow what the relay forwards to it). A peer that is on the channel and idle
-binds every BIND_INTERVAL_S, so the one asking waits at most that long, on the proxy.
+binds every BIND_INTERVAL_S, so the one asking waits at most that long, on the proxy. The same
+holds when a bind completes a channel: the side bound before must have been heard in the last
+CONFIRM_FRESH_S too (a side bound during a brief relayed spell, then left for a direct path,
+stops binding; if that side's port is now blocked, its old binding would swallow the flow). A
+member waiting for its channel binds every second, so a live side is always fresh.
 
 The bind token (random, per side, given only over the member's own session) is what makes
 a port follow an address: an off-path sender cannot move it. The relay still never
@@ -225,14 +229,15 @@ class ChannelTable:
             return []
         self.stats.binds += 1
         side.last_seen = now
-        if side.bound == addr:
-            return []
-        side.bound = addr
-        self._ports.bind(port, addr)
+        moved = side.bound != addr
+        if moved:
+            side.bound = addr
+            self._ports.bind(port, addr)
         if channel.ready:
-            return [self._notice(channel, side)]  # moved: the other side needs no news
-        if channel.other(side).bound is None:
-            return []
+            return [self._notice(channel, side)] if moved else []  # moved: the other side needs no news
+        other = channel.other(side)
+        if other.bound is None or now - other.last_seen > CONFIRM_FRESH_S:
+            return []  # the other side may be gone or cut off: it must bind again first (docstring)
         channel.ready = True
         return [self._notice(channel, s) for s in channel.sides]
 

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Final
 
 from meshctl.keys import NodePublic
-from meshctl.nat import disco
 from meshctl.udp import sockets
 
 log = logging.getLogger(__name__)
@@ -142,16 +141,3 @@ class RelayProxy:
             else:
                 stats.dropped += 1
 
-
-def split_received(on_disco: Callable[[NodePublic, bytes], None],
-                   proxy: RelayProxy) -> Callable[[NodePublic, bytes], None]:
-    """The RelayClient `on_packet` callback: disco packets to NAT traversal, the rest to WireGuard."""
-    magic = disco.MAGIC
-
-    def on_packet(src: NodePublic, payload: bytes) -> None:
-        if payload[: len(magic)] == magic:
-            on_disco(src, payload)
-        else:
-            proxy.deliver(src, payload)
-
-    return on_packet

@@ -41,8 +41,12 @@ class WireGuardBackend(Protocol):
     def apply(self, update: DeviceUpdate) -> None:
         """Write `update`; an empty update makes no WireGuard call."""
 
-    def remove_device(self) -> None:
-        """Delete the interface (and stop wireguard-go); no error if already gone."""
+    def remove_device(self, owned_pid: int | None = None) -> None:
+        """Delete the interface (and stop the wireguard-go meshctl started, `owned_pid`, in
+        this namespace only); no error if already gone."""
+
+    def pid(self) -> int | None:
+        """The wireguard-go process serving the interface here (None for the kernel)."""
 
     def exists(self) -> bool:
         """Whether the interface exists and answers."""

@@ -106,7 +106,8 @@ def update_entries(update: DeviceUpdate) -> list[PeerEntry]:
         entries.append(
             PeerEntry(
                 public_key=p.public_key,
-                flags=WGPEER_F_REPLACE_ALLOWEDIPS if p.allowed_ips is not None else 0,
+                flags=(WGPEER_F_REPLACE_ALLOWEDIPS if p.allowed_ips is not None else 0)
+                | (WGPEER_F_UPDATE_ONLY if p.update_only else 0),
                 endpoint=p.endpoint,
                 allowed_ips=p.allowed_ips or (),
             )

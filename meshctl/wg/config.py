@@ -17,6 +17,7 @@ The private key is compared in constant time and never printed: `describe()` sho
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass, field
 from typing import Final, TypeAlias
@@ -60,12 +61,29 @@ def format_endpoint(addr: IPAddress, port: int) -> str:
     return f"[{addr}]:{port}" if addr.version == 6 else f"{addr}:{port}"
 
 
+@functools.lru_cache(maxsize=1 << 14)
 def canonical_endpoint(text: str) -> str:
+    # Cached: a pass builds one PeerConfig per peer, mostly with the endpoints of the last pass.
     return format_endpoint(*parse_endpoint(text))
 
 
+def _prefix_key(p: Prefix) -> tuple[int, int, int]:
+    return p.version, int(p.network_address), p.prefixlen  # ints: compared in C, not by ipaddress
+
+
 def _sorted_prefixes(prefixes: tuple[Prefix, ...] | frozenset[Prefix]) -> tuple[Prefix, ...]:
-    return tuple(sorted(set(prefixes), key=lambda p: (p.version, p.network_address, p.prefixlen)))
+    """Sorted, each once: the canonical form, so equal sets are equal tuples (plan_update
+    compares tuples; ipaddress objects hash and compare slowly at 10,000 peers)."""
+    if len(prefixes) < 2:
+        return tuple(prefixes)
+    keyed = sorted((_prefix_key(p), p) for p in prefixes) if len(prefixes) > 2 else None
+    if keyed is None:  # the usual pair: an IPv4 and an IPv6 prefix
+        a, b = prefixes
+        ka, kb = _prefix_key(a), _prefix_key(b)
+        return (a, b) if ka < kb else (b, a) if kb < ka else (a,)
+    out = [keyed[0]]
+    out += [item for prev, item in zip(keyed, keyed[1:], strict=False) if item[0] != prev[0]]
+    return tuple(p for _, p in out)
 
 
 # --- desired config --------------------------------------------------------------------------
@@ -166,6 +184,7 @@ class PeerUpdate:
     public_key: NodePublic
     remove: bool = False
     new: bool = False  # the peer does not exist yet (for describe() only)
+    update_only: bool = False  # change the peer only if the device has it (never creates one)
     endpoint: str | None = None
     allowed_ips: tuple[Prefix, ...] | None = None  # replace the whole set when not None
     persistent_keepalive: int | None = None  # written last by every encoder
@@ -214,7 +233,7 @@ def _plan_peer(actual: PeerState | None, want: PeerConfig) -> PeerUpdate | None:
             persistent_keepalive=want.persistent_keepalive or None,
         )
     endpoint = want.endpoint if want.endpoint not in (None, actual.endpoint) else None
-    ips = want.allowed_ips if set(want.allowed_ips) != set(actual.allowed_ips) else None
+    ips = want.allowed_ips if want.allowed_ips != actual.allowed_ips else None  # both canonical (sorted, unique)
     keepalive = (
         want.persistent_keepalive
         if want.persistent_keepalive != actual.persistent_keepalive
@@ -265,6 +284,8 @@ def apply_update(state: DeviceState, update: DeviceUpdate) -> DeviceState:
         if u.remove:
             peers.pop(u.public_key, None)
             continue
+        if u.update_only and u.public_key not in peers:
+            continue
         old = peers.get(u.public_key) or PeerState(public_key=u.public_key)
         peers[u.public_key] = PeerState(
             public_key=u.public_key,
@@ -282,7 +303,7 @@ def apply_update(state: DeviceState, update: DeviceUpdate) -> DeviceState:
     # An allowed IP belongs to one peer at a time: a later owner steals it (WireGuard does this).
     owner: dict[Prefix, NodePublic] = {}
     for u in update.peers:
-        if not u.remove and u.allowed_ips is not None:
+        if not u.remove and u.allowed_ips is not None and u.public_key in peers:
             for ip in u.allowed_ips:
                 owner[ip] = u.public_key
     final = []

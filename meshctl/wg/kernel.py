@@ -254,7 +254,10 @@ class KernelBackend:
     def tune_sockets(self, listen_port: int) -> None:
         """Nothing to do: the kernel sizes its own sockets."""
 
-    def remove_device(self) -> None:
+    def pid(self) -> int | None:
+        return None
+
+    def remove_device(self, owned_pid: int | None = None) -> None:
         from meshctl.netlink import IPRoute, NetlinkError
 
         with IPRoute() as ipr:

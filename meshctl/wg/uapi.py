@@ -73,6 +73,8 @@ def marshal_set(update: DeviceUpdate) -> bytes:
         if p.remove:
             lines.append("remove=true")
             continue
+        if p.update_only:
+            lines.append("update_only=true")
         if p.endpoint is not None:
             lines.append(f"endpoint={p.endpoint}")
         if p.allowed_ips is not None:

@@ -8,10 +8,11 @@ Lifecycle facts this module relies on (checked with wireguard-go 0.0.20220316):
   terminal that ran `meshctl sync` (it would die of SIGHUP otherwise).
 - The socket exists before the daemon serves it, so "started" means "answers a get".
 - Deleting the link makes the daemon exit and remove its socket; deleting the socket file
-  makes it exit and remove the link. `remove_device()` deletes the link (or, when the link is
-  in another namespace, the socket) and waits for the process to be gone.
+  makes it exit and remove the link. `remove_device()` deletes the link in this namespace and
+  waits for this namespace's wireguard-go (the pid it started) to be gone.
 - The socket directory is shared by every namespace: a socket that answers while no link of
-  that name exists here belongs to another namespace and is refused, never reconfigured.
+  that name exists here belongs to another namespace and is refused, never reconfigured,
+  and never removed: that would stop another namespace's tunnel.
 - A socket that exists but refuses connections is stale (wireguard-go was killed) and is
   deleted, as wireguard-tools does.
 """
@@ -53,6 +54,7 @@ UAPI_TIMEOUT_S: Final = 5.0  # one request; a live daemon answers in microsecond
 PROBE_TIMEOUT_S: Final = 1.0
 RECV_CHUNK: Final = 65536
 SOCKETS_WAIT_S: Final = 1.0  # wireguard-go binds its UDP sockets within ms of the link going up
+PROBE_REQUEST: Final = b"set=1\n\n"  # changes nothing; the reply says the daemon is there
 INSTALL_HINT: Final = (
     "install wireguard-go (Debian/Ubuntu: apt-get install wireguard-go) "
     "or load the kernel module and use --wg-backend kernel"
@@ -87,17 +89,47 @@ def wireguard_go_processes() -> Iterator[tuple[str, int]]:
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
-        try:
-            argv = (entry / "cmdline").read_bytes().rstrip(b"\0").split(b"\0")
-        except OSError:
-            continue
-        if len(argv) == 2 and os.path.basename(argv[0]) == WIREGUARD_GO.encode() and pid_alive(int(entry.name)):
-            yield argv[1].decode(errors="replace"), int(entry.name)
+        ifname = _wireguard_go_interface(int(entry.name))
+        if ifname is not None:
+            yield ifname, int(entry.name)
+
+
+def _wireguard_go_interface(pid: int) -> str | None:
+    """The interface a live `wireguard-go IFNAME` process serves; None for any other process."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+    except OSError:
+        return None
+    if len(argv) == 2 and os.path.basename(argv[0]) == WIREGUARD_GO.encode() and pid_alive(pid):
+        return argv[1].decode(errors="replace")
+    return None
+
+
+def _netns(pid: int | str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(f"/proc/{pid}/ns/net")
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def find_wireguard_go(ifname: str) -> int | None:
-    """The PID of the live wireguard-go serving `ifname` (names are unique across namespaces)."""
+    """The PID of a live wireguard-go serving `ifname`, in any namespace (for tests and tools that
+    look at a lab from outside: its interface names are unique)."""
     return next((pid for name, pid in wireguard_go_processes() if name == ifname), None)
+
+
+def wireguard_go_here(ifname: str) -> int | None:
+    """The PID of the live wireguard-go serving `ifname` in this network namespace: the only one
+    meshctl may configure or stop (another namespace may run one with the same name)."""
+    here = _netns("thread-self")
+    return next((pid for name, pid in wireguard_go_processes() if name == ifname and _netns(pid) == here), None)
+
+
+def is_our_wireguard_go(pid: int, ifname: str) -> bool:
+    """Whether `pid` still is the wireguard-go serving `ifname` in this network namespace (a pid
+    recorded earlier may have exited and been reused by another program)."""
+    return _wireguard_go_interface(pid) == ifname and _netns(pid) == _netns("thread-self")
 
 
 def remove_stale_socket(path: Path) -> bool:
@@ -132,6 +164,7 @@ class UserspaceBackend:
         self.binary = binary
         self.socket_path = socket_dir / f"{ifname}.sock"
         self._tuned: tuple[int, int] | None = None  # (wireguard-go pid, port) whose sockets were sized
+        self._pid: int | None = None
 
     # --- UAPI transport ---------------------------------------------------------------------
 
@@ -165,8 +198,10 @@ class UserspaceBackend:
             sock.close()
 
     def _answers(self) -> bool:
+        """Whether wireguard-go serves the socket: an empty set, answered in microseconds
+        whatever the number of peers (a get would send all of them)."""
         try:
-            return parse_get_reply(self._request(GET_REQUEST, PROBE_TIMEOUT_S)).errno == 0
+            return parse_set_reply(self._request(PROBE_REQUEST, PROBE_TIMEOUT_S)) == 0
         except (MeshctlError, OSError):
             return False
 
@@ -176,8 +211,11 @@ class UserspaceBackend:
         return self._answers() and _link_exists(self.ifname)
 
     def pid(self) -> int | None:
-        """The PID of our wireguard-go, for status and tests."""
-        return find_wireguard_go(self.ifname)
+        """The PID of this namespace's wireguard-go for the interface (looked up once, then
+        checked: one /proc entry instead of all of them)."""
+        if self._pid is None or not is_our_wireguard_go(self._pid, self.ifname):
+            self._pid = wireguard_go_here(self.ifname)
+        return self._pid
 
     def ensure_device(self) -> None:
         if self._answers():
@@ -232,10 +270,6 @@ class UserspaceBackend:
             )
         return reply.state
 
-    def read_raw(self) -> bytes:
-        """The `get=1` reply as wireguard-go sent it, unparsed (a no-op pass only digests it)."""
-        return self._request(GET_REQUEST)
-
     def apply(self, update: DeviceUpdate) -> None:
         if update.is_empty():
             return  # the promise: nothing changed, no WireGuard call
@@ -273,26 +307,23 @@ class UserspaceBackend:
         log.info("%s: %d UDP sockets of wireguard-go %d given %d MiB buffers", self.ifname, changed, pid,
                  BUFFER_BYTES >> 20)
 
-    def remove_device(self) -> None:
-        pid = self.pid()
+    def remove_device(self, owned_pid: int | None = None) -> None:
+        """Delete the link here and wait for its wireguard-go: `owned_pid`, the one meshctl
+        started (device.json), while it still is that process, else the one serving this
+        namespace's link. Another namespace's wireguard-go is never touched."""
+        pid = owned_pid if owned_pid is not None and is_our_wireguard_go(owned_pid, self.ifname) else self.pid()
         if _link_exists(self.ifname):
             self._delete_link()
-        elif self.socket_path.exists() and (pid is not None or not self._answers()):
-            # The link is elsewhere or gone: removing the socket file makes wireguard-go exit.
-            self.socket_path.unlink(missing_ok=True)
+        elif pid is not None:
+            os.kill(pid, signal.SIGTERM)  # ours, without its link: it cleans up its socket on exit
         deadline = time.monotonic() + STOP_DEADLINE_S
-        while (pid is not None and pid_alive(pid)) or self.socket_path.exists():
+        while pid is not None and pid_alive(pid):
             if time.monotonic() > deadline:
-                if pid is not None and pid_alive(pid):
-                    log.warning("%s: wireguard-go %d did not exit; sending SIGTERM",
-                                self.ifname, pid)
-                    os.kill(pid, signal.SIGTERM)
-                    pid = None
-                    deadline = time.monotonic() + STOP_DEADLINE_S
-                    continue
-                self._remove_stale_socket()
+                log.warning("%s: wireguard-go %d did not exit; sending SIGKILL", self.ifname, pid)
+                os.kill(pid, signal.SIGKILL)
                 break
             time.sleep(POLL_INTERVAL_S)
+        remove_stale_socket(self.socket_path)  # only when nobody answers there any more
 
     # --- helpers ----------------------------------------------------------------------------
 

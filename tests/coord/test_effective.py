@@ -9,8 +9,9 @@ import ipaddress
 import pytest
 from delegation_helpers import DAY, NOW, authkey, device, enroll, member, netmap, revoked
 
-from meshctl.agent.applied import Applied
+from meshctl.agent.inputs import Inputs
 from meshctl.agent.status import EXPIRY_WARNING_S, membership_warnings
+from meshctl.agent.sync_pass import DesiredMemo
 from meshctl.coord.delegation import decide
 from meshctl.coord.effective import apply_view, effective_netmap, next_change
 from meshctl.coord.endpoint_publish import build_record
@@ -130,9 +131,19 @@ def test_next_change_is_the_first_expiry_the_map_relies_on() -> None:
 
 
 def test_a_no_op_pass_ends_when_the_clock_changes_the_map() -> None:
-    applied = Applied("i", "d", "userspace", NOW, False, valid_until=NOW + 30)
-    assert applied.still_valid("i", NOW + 29)
-    assert not applied.still_valid("i", NOW + 30)
+    """Every pass builds the map in force at its own `now`: the agent's memo of desired() (equal
+    inputs, same result) gives way once a membership expires, and the member's peer goes."""
+    nm = netmap([member("desk", DESK, "100.64.0.1"), member("laptop", LAPTOP, "100.64.0.2", expires=NOW + 30)],
+                self_name="desk")
+    memo = DesiredMemo()
+
+    def peers_at(t: int) -> set[str]:
+        inputs = Inputs(apply_view(nm, None, t).netmap, DESK.wireguard, 51820, {})
+        return {p.public_key.b64() for p in memo(inputs).wg.peers}
+
+    assert peers_at(NOW + 29) == {LAPTOP.wireguard.public().b64()}
+    assert peers_at(NOW + 29) == {LAPTOP.wireguard.public().b64()}  # the memo's answer
+    assert peers_at(NOW + 30) == set()
 
 
 def test_the_netmap_cache_keeps_what_nodes_judge_by() -> None:

@@ -136,6 +136,21 @@ def test_publish_is_one_parentless_commit_however_often(host: Host, tmp_path: Pa
     assert published.references[gitrepo.PUBLISH_REF].target
 
 
+def test_a_fetch_after_a_publish_still_works(host: Host, tmp_path: Path) -> None:
+    """A fetch leaves the device's own branch in its clone (the last publish); the next publish
+    drops that publish's loose objects, so the clone's ref to its branch must move with the push,
+    or the following fetch finds a ref to a missing object (seen: every later sync failed)."""
+    laptop = node(host, tmp_path, "laptop")
+    laptop.publish(host.mesh)
+    laptop.fetch_and_read(host.mesh)  # the clone's ref to endpoints/laptop: the first publish
+    laptop.publish(host.mesh, candidates=("198.51.100.4:51820",))
+    clone = pygit2.Repository(str(laptop.repo_dir))
+    mine = clone.references[gitrepo.ENDPOINTS_REFS + "laptop"].target
+    assert mine in clone, "the clone refers to a publish whose objects it dropped"
+    view = laptop.fetch_and_read(host.mesh)
+    assert not view.own_replaced
+
+
 def test_an_idle_device_does_not_push_and_a_change_does(host: Host, tmp_path: Path) -> None:
     laptop = node(host, tmp_path, "laptop")
     first = laptop.publish(host.mesh)

@@ -14,7 +14,6 @@ from meshctl.coord import admin
 from meshctl.coord.node_state import NodeConfig, NodeState
 from meshctl.coord.update import fetch_and_verify
 from meshctl.errors import VerificationError
-from meshctl.keys import NodePrivate
 
 
 @pytest.fixture
@@ -87,32 +86,3 @@ def test_force_re_verifies_the_accepted_tip(mesh: Mesh, node: Path) -> None:
     admin.write_state(co, co.state, mesh.admin_keys, NOW)  # same serial, other bytes: not committed
     forced = sync(node, force=True)
     assert forced.netmap is not None and not forced.changed
-
-
-def test_a_dry_run_report_is_reused_only_while_its_inputs_hold(mesh: Mesh, node: Path) -> None:
-    from meshctl.agent.sync_pass import dry_run_report
-    from meshctl.identity import DISCO_FILE, IDENTITY_FILE, WIREGUARD_FILE
-    from meshctl.keys import write_private_key
-    from meshctl.settings import Settings
-
-    keys = mesh.devices["laptop"]
-    settings = Settings(state_dir=node, interface="noopabsent0")  # no such link: nothing to read
-    for name, key in ((IDENTITY_FILE, keys.identity), (WIREGUARD_FILE, keys.wireguard), (DISCO_FILE, keys.disco)):
-        write_private_key(settings.keys_dir / name, key)
-    rendered: list[int] = []
-
-    def render(netmap, plan) -> str:  # type: ignore[no-untyped-def]
-        rendered.append(netmap.serial)
-        return f"serial {netmap.serial}: {len(plan.describe('noopabsent0'))} changes"
-
-    first = dry_run_report(settings, NOW, render).text
-    assert dry_run_report(settings, NOW + 1, render).text == first
-    assert len(rendered) == 1  # the second report was reused, nothing rebuilt
-    mesh.add("phone")
-    mesh.commit("approve phone")
-    changed = dry_run_report(settings, NOW + 2, render).text
-    assert changed != first and len(rendered) == 2
-    (settings.keys_dir / WIREGUARD_FILE).unlink()
-    write_private_key(settings.keys_dir / WIREGUARD_FILE, NodePrivate.generate())
-    dry_run_report(settings, NOW + 3, render)
-    assert len(rendered) == 3  # another key: another plan

@@ -1,16 +1,15 @@
-"""End-to-end: the no-op `meshctl sync` from cron (no agent) stays level-triggered.
+"""End-to-end: `meshctl sync` from cron (no agent) is one level-triggered pass.
 
-A pass whose inputs and WireGuard device match the last full pass skips building the map
-(agent/noop_pass.py). These tests check the device read it keeps is enough: a manual `wg set`
-is healed by the very next sync, a dead wireguard-go is restarted, and an expired state is
-still reported on a pass that changes nothing.
+Every pass reads WireGuard, addresses and routes, meshctl's nft table and the resolver back and
+plans against them: a pass that changes nothing is quiet and writes nothing; a manual `wg set`,
+a roam, a route or an nft rule deleted by hand are healed by the very next sync; a dead
+wireguard-go is restarted; an expired state is still reported on a pass that changes nothing.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-import sys
 from collections.abc import Iterator
 
 import pytest
@@ -44,14 +43,49 @@ def peer_key(mesh: MeshScenario, name: str) -> str:
     return str(mesh.status(name)["self"]["wg_public_key"])
 
 
-def test_a_no_op_sync_is_quiet_and_uses_the_fast_path(cron_mesh: MeshScenario) -> None:
-    node = cron_mesh.members["node1"].node
+def nft_table(mesh: MeshScenario, name: str) -> list[dict[str, object]]:
+    """meshctl's table (netdev layout) as nft lists it, without handles."""
+    out = mesh.lab.run(mesh.members[name].node, ["nft", "-j", "list", "table", "netdev", "meshctl"]).stdout
+    return [{k: {f: v for f, v in body.items() if f != "handle"} for k, body in item.items()}
+            for item in json.loads(out)["nftables"] if "metainfo" not in item]
+
+
+def mesh_routes(mesh: MeshScenario, name: str) -> list[str]:
+    lab, node = mesh.lab, mesh.members[name].node
+    ifname = interface(lab, node)
+    return sorted(r["dst"] for family in ("-4", "-6")
+                  for r in json.loads(lab.run(node, ["ip", "-j", family, "route", "show", "dev", ifname,
+                                                     "proto", "109"]).stdout))
+
+
+def test_a_no_op_sync_is_quiet_and_changes_nothing(cron_mesh: MeshScenario) -> None:
+    lab, node = cron_mesh.lab, cron_mesh.members["node1"].node
     cron_mesh.meshctl("node1", "sync")
-    applied = state_dir(cron_mesh.lab, node) / "applied.json"
-    before = json.loads(applied.read_text())
+    before = (wg_dump(lab, node).peers, mesh_routes(cron_mesh, "node1"), nft_table(cron_mesh, "node1"))
     proc = cron_mesh.meshctl("node1", "sync")
     assert proc.stdout == "" and proc.stderr == ""
-    assert json.loads(applied.read_text())["full_at"] == before["full_at"]  # no full pass ran
+    assert (wg_dump(lab, node).peers, mesh_routes(cron_mesh, "node1"), nft_table(cron_mesh, "node1")) == before
+
+
+def test_a_route_and_an_nft_rule_deleted_by_hand_are_healed_by_the_next_sync(cron_mesh: MeshScenario) -> None:
+    """Drift outside WireGuard: every pass reads routes and the nft table back, so the very next
+    sync puts back what was deleted (a pass that trusted a record of its last write did not)."""
+    lab, node = cron_mesh.lab, cron_mesh.members["node1"].node
+    ifname = interface(lab, node)
+    cron_mesh.meshctl("node1", "sync")
+    routes, table = mesh_routes(cron_mesh, "node1"), nft_table(cron_mesh, "node1")
+    assert routes and any("rule" in item for item in table)
+    lab.run(node, ["ip", "route", "del", routes[0], "dev", ifname, "proto", "109"])
+    listing = json.loads(lab.run(node, ["nft", "-j", "-a", "list", "table", "netdev", "meshctl"]).stdout)
+    rule = next(item["rule"] for item in listing["nftables"] if "rule" in item)
+    lab.run(node, ["nft", "delete", "rule", "netdev", "meshctl", rule["chain"], "handle", str(rule["handle"])])
+    assert mesh_routes(cron_mesh, "node1") != routes and nft_table(cron_mesh, "node1") != table
+    proc = cron_mesh.meshctl("node1", "sync")
+    assert f"route: add route {routes[0]} dev {ifname}" in proc.stdout, proc.stdout
+    assert "firewall: replace table netdev meshctl" in proc.stdout, proc.stdout
+    assert mesh_routes(cron_mesh, "node1") == routes
+    assert nft_table(cron_mesh, "node1") == table
+    assert cron_mesh.meshctl("node1", "sync").stdout == ""  # and then nothing more to do
 
 
 def test_a_manual_wg_set_is_healed_by_the_next_sync(cron_mesh: MeshScenario) -> None:
@@ -71,31 +105,14 @@ def test_a_manual_wg_set_is_healed_by_the_next_sync(cron_mesh: MeshScenario) -> 
     assert cron_mesh.ping("node1", node2.mesh_ipv4)
 
 
-# Runs in the node's namespace: what a full pass does last, with the device moved on meanwhile.
-RECORD_AFTER_A_ROAM = """
-import sys, time
-from pathlib import Path
-from meshctl.agent import noop_pass
-from meshctl.wg.userspace import UserspaceBackend
-
-ifname, state_dir, other = sys.argv[1:4]
-applied = UserspaceBackend(ifname).read()  # what the pass wrote
-import subprocess
-subprocess.run(["wg", "set", ifname, "peer", other, "endpoint", "192.0.2.7:9"], check=True)  # a roam
-noop_pass.remember_full_pass(Path(state_dir), ifname, "inputs", applied, "userspace", int(time.time()), False)
-print((Path(state_dir) / noop_pass.APPLIED_FILE).exists())
-"""
-
-
-def test_a_roam_between_the_write_and_the_record_is_not_recorded_as_applied(cron_mesh: MeshScenario) -> None:
-    """WireGuard may roam a peer's endpoint while a pass runs; recording the roamed device as
-    "applied" made every later pass a no-op that never put the endpoint back."""
+def test_a_roam_is_undone_by_the_next_sync(cron_mesh: MeshScenario) -> None:
+    """WireGuard may roam a peer's endpoint at any time (and did, during a pass: c1dadd4); the next
+    pass reads the device and puts the endpoint back, whatever happened in between."""
     lab, node = cron_mesh.lab, cron_mesh.members["node1"].node
     ifname, other = interface(lab, node), peer_key(cron_mesh, "node2")
     cron_mesh.meshctl("node1", "sync")
     wanted = wg_dump(lab, node).peers[other].endpoint
-    out = lab.run(node, [sys.executable, "-c", RECORD_AFTER_A_ROAM, ifname, str(state_dir(lab, node)), other])
-    assert out.stdout.strip() == "False", out.stdout + out.stderr  # no record: the next pass is a full one
+    lab.run(node, ["wg", "set", ifname, "peer", other, "endpoint", "192.0.2.7:9"])  # a roam
     proc = cron_mesh.meshctl("node1", "sync")
     assert other in proc.stdout, proc.stdout
     assert wg_dump(lab, node).peers[other].endpoint == wanted

@@ -156,6 +156,23 @@ def test_wg_show_agrees_with_status_json(lan_mesh: MeshScenario, keys: dict[str,
         assert doc["coordination"]["stale"] is False
 
 
+def test_the_agents_next_pass_heals_a_route_and_an_nft_rule_deleted_by_hand(lan_mesh: MeshScenario) -> None:
+    """Every pass reads every subsystem back; `meshctl sync` asks the agent for one."""
+    lab, node = lan_mesh.lab, node_of(lan_mesh, "node1")
+    ifname = interface(lab, node)
+    rules = nft_rules(lan_mesh, "node1")
+    route = str(ipaddress.ip_network(f"{lan_mesh.members['node2'].mesh_ipv4}/10", strict=False))
+    lab.run(node, ["ip", "route", "del", route, "dev", ifname, "proto", "109"])
+    listing = json.loads(lab.run(node, ["nft", "-j", "-a", "list", "table", "netdev", "meshctl"]).stdout)
+    rule = next(item["rule"] for item in listing["nftables"] if "rule" in item)
+    lab.run(node, ["nft", "delete", "rule", "netdev", "meshctl", rule["chain"], "handle", str(rule["handle"])])
+    assert nft_rules(lan_mesh, "node1") != rules
+    lan_mesh.meshctl("node1", "sync")
+    assert nft_rules(lan_mesh, "node1") == rules
+    assert_interface_whole(lan_mesh, "node1")
+    assert reaches(lan_mesh, "node1", lan_mesh.members["node2"].mesh_ipv4)
+
+
 def test_wireguard_go_sockets_get_large_buffers(lan_mesh: MeshScenario) -> None:
     """Debian's wireguard-go keeps 208 KiB UDP buffers, which cap a direct TCP flow; the agent
     gives its sockets 8 MiB once the link is up (the kernel reports twice what was set)."""
@@ -200,6 +217,14 @@ def test_agent_restart_makes_no_wireguard_call(lan_mesh: MeshScenario) -> None:
         f.seek(log_offset)
         new_lines = f.read()
     assert "applied wg:" not in new_lines, new_lines  # nothing changed, nothing written
+
+
+def test_agent_log_lines_carry_timestamps(lan_mesh: MeshScenario) -> None:
+    text = (state_dir(lan_mesh.lab, node_of(lan_mesh, "node1")) / "agent.log").read_text()
+    records = [ln for ln in text.splitlines() if re.match(r"^(\S+ \S+ )?(DEBUG|INFO|WARNING|ERROR) meshctl", ln)]
+    assert records, text
+    undated = [ln for ln in records if not re.match(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ", ln)]
+    assert not undated, undated
 
 
 def test_two_syncs_at_once_never_interleave(lan_mesh: MeshScenario, keys: dict[str, str]) -> None:
@@ -323,6 +348,15 @@ def test_revoked_member_is_dropped_and_cut_off(lan_mesh: MeshScenario, keys: dic
         assert unreachable(lan_mesh, name, members["node3"].mesh_ipv4)
     assert reaches(lan_mesh, "node1", members["node2"].mesh_ipv4)
     assert reaches(lan_mesh, "node2", members["node1"].mesh_ipv6)
+    # node3 is told what happened, once: not "not a member yet" at every retry.
+    log = state_dir(lan_mesh.lab, node_of(lan_mesh, "node3")) / "agent.log"
+    proc = lan_mesh.meshctl("node3", "sync", check=False)
+    assert proc.returncode == 1
+    assert "node3 was removed from mesh" in proc.stderr and "at serial" in proc.stderr, proc.stderr
+    lan_mesh.meshctl("node3", "sync", check=False)
+    told = log.read_text()  # its own timer may have told it first: still once
+    assert told.count("was removed from mesh") == 1, told
+    assert "not a member of mesh" not in told, told
 
 
 def test_down_removes_interface_routes_and_wireguard_go(lan_mesh: MeshScenario) -> None:

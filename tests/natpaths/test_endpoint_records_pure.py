@@ -1,4 +1,4 @@
-"""The agent's use of endpoint records (agent/magic.py helpers) and what `status` says about
+"""The agent's use of endpoint records (agent/paths/record.py helpers) and what `status` says about
 them, about the own record and about each listed relay (agent/status.py). Pure, milliseconds."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import ipaddress
 import time
 
-from meshctl.agent.magic import record_candidates, record_text, unproven_candidate
+from meshctl.agent.paths.record import record_candidates, record_text, unproven_candidate
 from meshctl.agent.status import build_status, record_status, relays_status, render_status
 from meshctl.coord.endpoint_publish import Published
 from meshctl.coord.endpoint_record import EndpointRecord
@@ -88,13 +88,15 @@ def test_each_listed_relay_with_its_state_and_last_error() -> None:
 
 def test_the_tunnel_of_a_peer_without_an_agent_is_its_path() -> None:
     """A peer with no agent (cron) answers no disco: the agent says none, WireGuard says direct.
-    For a peer that runs an agent, only the probes tell (a tunnel may work while pongs do not)."""
+    For a peer that runs an agent the live tunnel is its path too (issue 17: a live handshake never
+    shows none), but only the agent's own pongs prove it: latency_ms stays empty without them."""
     nm = netmap()
     agentless = EndpointView({"b": rec(("203.0.113.11:51820",), agent=False)})
     none = {"paths": {"b": {"path": "none", "endpoint": None}}}
     device = DeviceState(None, 51820, (PeerState(WG, "203.0.113.11:51820", (), 25, NOW - 5, 100, 200),))
     doc = build_status(nm, device, {}, NOW, {}, NOW, none, agentless)
     assert doc["peers"][0]["path"] == "direct" and doc["peers"][0]["endpoint"] == "203.0.113.11:51820"
-    assert build_status(nm, device, {}, NOW, {}, NOW, none, EndpointView({"b": rec(())}))["peers"][0]["path"] == "none"
+    with_agent = build_status(nm, device, {}, NOW, {}, NOW, none, EndpointView({"b": rec(())}))["peers"][0]
+    assert with_agent["path"] == "direct" and with_agent["latency_ms"] is None
     stale = DeviceState(None, 51820, (PeerState(WG, "203.0.113.11:51820", (), 25, NOW - 3600, 100, 200),))
     assert build_status(nm, stale, {}, NOW, {}, NOW, none, agentless)["peers"][0]["path"] == "none"

@@ -136,6 +136,22 @@ def test_asking_again_says_ready_only_after_recent_binds_from_both_sides() -> No
     assert b_later.state is ChannelState.OFFERED  # A silent since 33.0
 
 
+def test_a_bind_completes_a_channel_only_while_the_side_bound_before_is_heard() -> None:
+    """A side bound during a brief relayed spell, then left for a direct path, stops binding;
+    the other side's bind much later must not make the channel READY on its old binding (the
+    e2e 'direct flow moves to the relay' found it: a's port was blocked meanwhile)."""
+    t, ports = table()
+    to_a, to_b = offered(t)
+    assert t.receive_bind(40000, ADDR_A, ch.marshal_bind(to_a.token), 1.0) == []
+    assert t.receive_bind(40001, ADDR_B, ch.marshal_bind(to_b.token), 20.0) == []  # A silent since 1.0
+    assert 40001 in ports.bound
+    again = t.receive_bind(40000, ADDR_A, ch.marshal_bind(to_a.token), 21.0)  # A binds again: both fresh
+    assert [(n.conn, n.state) for n in again] == [(("conn", b"A"), ChannelState.READY),
+                                                 (("conn", b"B"), ChannelState.READY)]
+    [b_view] = t.request(member(B), A, member(A), now=21.5)
+    assert b_view.state is ChannelState.READY
+
+
 def test_a_rebound_nat_moves_the_port_with_the_token() -> None:
     t, ports = table()
     to_a, to_b = offered(t)

@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 from relay_support import RelayMesh, client_for, relay_config, running, wait_for
 
-from meshctl.keys import NodePrivate, NodePublic
-from meshctl.nat import disco
-from meshctl.relay.proxy import RelayProxy, split_received
+from meshctl.keys import NodePrivate
+from meshctl.relay.proxy import RelayProxy
 from meshctl.udp import sockets
 
 
@@ -86,21 +85,6 @@ def test_proxy_sockets_get_large_buffers() -> None:
         assert rcv >= sockets.BUFFER_BYTES and snd >= sockets.BUFFER_BYTES
 
     asyncio.run(scenario())
-
-
-def test_split_received_sends_disco_to_nat_traversal_and_the_rest_to_wireguard() -> None:
-    got_disco: list[bytes] = []
-    delivered: list[bytes] = []
-
-    class FakeProxy:
-        def deliver(self, src: NodePublic, payload: bytes) -> None:
-            delivered.append(payload)
-
-    cb = split_received(lambda s, d: got_disco.append(d), FakeProxy())  # type: ignore[arg-type]
-    k = NodePrivate.generate().public()
-    cb(k, disco.MAGIC + b"sealed")
-    cb(k, b"\x04\x00\x00\x00data")
-    assert got_disco == [disco.MAGIC + b"sealed"] and delivered == [b"\x04\x00\x00\x00data"]
 
 
 def test_unknown_source_without_auto_create_is_dropped() -> None:

@@ -1,4 +1,4 @@
-"""compute_desired with routes (issue 19): WireGuard allowed IPs follow the chosen router, a router
+"""desired() with routes (issue 19): WireGuard allowed IPs follow the chosen router, a router
 wants forwarding and its nft settings, an unapproved route reaches nothing."""
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "policy"))
 
 from policy_samples import make_netmap, make_peer  # noqa: E402
 
-from meshctl.agent.desired import compute_desired  # noqa: E402
+from meshctl.agent.desired import Desired, desired  # noqa: E402
+from meshctl.agent.inputs import Inputs  # noqa: E402
 from meshctl.agent.prefs import Prefs  # noqa: E402
 from meshctl.coord.netmap import NetMap  # noqa: E402
 from meshctl.keys import NodePrivate  # noqa: E402
@@ -27,6 +28,15 @@ def netmap(self_name: str) -> NetMap:
     return make_netmap([make_peer("client", 1), replace(make_peer("r1", 2), approved_routes=(LAN,)),
                         replace(make_peer("r2", 3), approved_routes=(LAN,)),
                         replace(make_peer("ex", 4), exit_node=True), make_peer("quiet", 5)], GRANT_ALL, self_name)
+
+
+def compute_desired(nm: NetMap, key: NodePrivate, port: int, endpoints: dict[str, str | None], *,
+                    route_prefs: RoutePrefs | None = None, primaries: dict[ipaddress.IPv4Network, str] | None = None,
+                    host: HostFacts | None = None, snat_subnet_routes: bool = True) -> Desired:
+    """The pass's pure step, given the inputs a pass would load."""
+    return desired(Inputs(nm, key, port, endpoints, route_prefs=route_prefs or RoutePrefs(),
+                          primaries=dict(primaries or {}), host=host or HostFacts(),
+                          snat_subnet_routes=snat_subnet_routes))
 
 
 def allowed(nm: NetMap, prefs: RoutePrefs, primaries: dict[ipaddress.IPv4Network, str] | None = None

@@ -28,7 +28,8 @@ PURE_MODULES = [
     "wg/config.py", "wg/uapi.py", "wg/chunks.py", "router/config.py",
     "coord/routes.py", "coord/route_approval.py", "router/policy_routing.py", "router/forwarding.py",
     "firewall/routed.py",
-    "agent/desired.py", "agent/status.py", "agent/applied.py", "errors.py", "keys.py",
+    "agent/desired.py", "agent/status.py", "agent/plan.py", "agent/paths/choose.py", "agent/paths/record.py",
+    "firewall/plan.py", "dns/os_plan.py", "errors.py", "keys.py",
 ]
 
 BANNED = {
@@ -141,3 +142,53 @@ def _meshctl_imports_of(node: ast.AST) -> set[str]:
         elif isinstance(sub, ast.Import):
             out.update(a.name for a in sub.names if a.name.startswith("meshctl"))
     return out
+
+
+# --- direction: cli -> agent -> subsystems -> keys/errors -------------------------------------
+
+LAYERS = {
+    "cli": 3,  # the command line
+    "agent": 2,  # the pass and the path engine
+    # subsystems: each a package with one job
+    "coord": 1, "policy": 1, "firewall": 1, "router": 1, "wg": 1, "dns": 1, "nat": 1, "relay": 1, "udp": 1,
+    "netlink": 1, "netaddrs": 1,
+    # the base every layer may use
+    "settings": 0, "identity": 0, "fsutil": 0, "keys": 0, "errors": 0, "ratelimit": 0, "duration": 0, "__init__": 0,
+    "__main__": 4,
+}
+# Subsystem -> subsystems it may not import (each entry a reason a review found).
+FORBIDDEN = {
+    "wg": {"relay": "WireGuard backends do not depend on the relay (UDP helpers live in udp/)"},
+    "nat": {"relay": "NAT traversal codecs know no relay", "wg": "NAT traversal knows no WireGuard backend"},
+    "udp": {"relay": "socket helpers serve the relay, not the reverse"},
+    "keys": {},
+}
+
+
+def _layer_of(module: str) -> tuple[str, int]:
+    parts = module.split(".")
+    top = parts[1] if len(parts) > 1 and parts[1] != "__version__" else "__init__"
+    assert top in LAYERS, f"meshctl.{top} has no layer in this test: add it to LAYERS"
+    return top, LAYERS[top]
+
+
+@pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_imports_go_down_the_layers(path: Path) -> None:
+    """cli -> agent -> subsystems -> keys/errors: never up, never sideways where a rule forbids."""
+    me = ".".join(("meshctl", *path.relative_to(PACKAGE).with_suffix("").parts))
+    own, level = _layer_of(me)
+    for target in _meshctl_imports(path):
+        if target == "meshctl" or target.count(".") == 0:
+            continue
+        other, other_level = _layer_of(target)
+        if other == own:
+            continue
+        assert other_level < level or level == other_level <= 1, f"{me} imports {target}: up the layers"
+        reason = FORBIDDEN.get(own, {}).get(other)
+        assert reason is None, f"{me} imports {target}: {reason}"
+
+
+def test_the_base_imports_only_the_base() -> None:
+    """keys and errors are the bottom: errors imports nothing of ours, keys only errors."""
+    assert _meshctl_imports(PACKAGE / "errors.py") == set()
+    assert {m for m in _meshctl_imports(PACKAGE / "keys.py") if not m.startswith("meshctl.errors")} == set()

@@ -193,3 +193,22 @@ def test_moving_an_allowed_ip_between_peers() -> None:
     dev.apply(plan_update(dev.read(), one))
     dev.apply(plan_update(dev.read(), two))
     assert plan_update(dev.read(), two).is_empty()
+
+
+def test_an_update_only_peer_changes_a_peer_the_device_has_and_never_creates_one() -> None:
+    """The path engine's WireGuard-only updates between passes: encoded with update_only in UAPI
+    and WGPEER_F_UPDATE_ONLY for netlink; a device without the peer stays as it is."""
+    from meshctl.keys import NodePrivate
+    from meshctl.wg.chunks import WGPEER_F_UPDATE_ONLY, update_entries
+    from meshctl.wg.config import DeviceUpdate, PeerUpdate, apply_update
+    from meshctl.wg.uapi import marshal_set
+
+    have, gone = NodePrivate.generate().public(), NodePrivate.generate().public()
+    state = DeviceState(NodePrivate.generate(), 51820, (PeerState(have, "192.0.2.1:51820"),))
+    update = DeviceUpdate(peers=(PeerUpdate(have, update_only=True, endpoint="192.0.2.9:1"),
+                                 PeerUpdate(gone, update_only=True, endpoint="192.0.2.8:1", persistent_keepalive=25)))
+    after = apply_update(state, update)
+    assert [(p.public_key, p.endpoint) for p in after.peers] == [(have, "192.0.2.9:1")]
+    text = marshal_set(update).decode()
+    assert text.count("update_only=true") == 3  # each peer's section, and the keepalive's
+    assert all(e.flags & WGPEER_F_UPDATE_ONLY for e in update_entries(update))

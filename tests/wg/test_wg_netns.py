@@ -240,3 +240,28 @@ def test_unknown_backend_choice_is_a_usage_error() -> None:
 
     with pytest.raises(UsageError):
         open_backend("mcnone0", "bogus")
+
+
+def test_removing_a_device_never_stops_another_namespaces_wireguard_go(lab: Lab) -> None:
+    """`meshctl down` in one namespace: the socket directory is shared by all of them, and the
+    same interface name may run in another. Only this namespace's wireguard-go may stop (the old
+    code removed the other's socket, which made it exit)."""
+    with in_netns(lab.a):
+        UserspaceBackend(lab.wg_a).ensure_device()
+    theirs = find_wireguard_go(lab.wg_a)
+    assert theirs is not None
+    try:
+        with in_netns(lab.b):  # no such link here, the same name there
+            UserspaceBackend(lab.wg_a).remove_device(owned_pid=theirs)  # even given its pid (device.json)
+        time.sleep(0.2)
+        assert find_wireguard_go(lab.wg_a) == theirs
+        assert Path(f"/var/run/wireguard/{lab.wg_a}.sock").exists()
+        with in_netns(lab.a):
+            assert UserspaceBackend(lab.wg_a).exists()
+            assert UserspaceBackend(lab.wg_a).pid() == theirs
+        with in_netns(lab.b):
+            assert UserspaceBackend(lab.wg_a).pid() is None  # a status or tuning in b never finds a's
+    finally:
+        with in_netns(lab.a):
+            UserspaceBackend(lab.wg_a).remove_device()
+    assert find_wireguard_go(lab.wg_a) is None

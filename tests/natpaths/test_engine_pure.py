@@ -1,4 +1,4 @@
-"""The pure parts of the agent's NAT-traversal engine (no root, milliseconds)."""
+"""The pure parts of the agent's path engine around choose_endpoint (no root, milliseconds)."""
 
 from __future__ import annotations
 
@@ -9,23 +9,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from meshctl.agent.magic import (
-    NON_INITIATOR_DELAY_S,
-    describe_ping,
-    literal_endpoints,
-    nat_status,
-    on_link,
-    own_candidates,
-    path_status,
-    wanted_override,
-)
+from meshctl.agent.paths.choose import Choice, Via
+from meshctl.agent.paths.engine import describe_ping, path_status
+from meshctl.agent.paths.own import nat_status, own_candidates
+from meshctl.agent.paths.record import PeerRecord, literal_endpoints, on_link
 from meshctl.cli.app import build_app
 from meshctl.coord.netmap import Peer
 from meshctl.keys import DiscoPrivate, NodePrivate, SigningKey
 from meshctl.nat.addr import AddrPort
 from meshctl.nat.netcheck import NetcheckReport
-from meshctl.nat.paths import Path as NatPath
-from meshctl.nat.paths import PathKind
 
 V4 = ipaddress.IPv4Address
 EP = AddrPort(V4("203.0.113.11"), 51820)
@@ -69,11 +61,21 @@ def test_on_link_is_a_connected_subnet_other_than_our_own_address() -> None:
     assert not on_link(AddrPort(ipaddress.IPv4Address("192.168.7.20"), 51820), [])
 
 
-def test_path_status_shapes() -> None:
-    assert path_status(NatPath(PathKind.DIRECT, EP, 0.0012)) == {
-        "path": "direct", "endpoint": "203.0.113.11:51820", "relay": None, "latency_ms": 1.2}
-    assert path_status(NatPath(PathKind.NONE)) == {
-        "path": "none", "endpoint": None, "relay": None, "latency_ms": None}
+def test_path_status_says_where_wireguard_sends() -> None:
+    rec = PeerRecord.of(peer(()), 0.0)
+    rec.choice = Choice(Via.DIRECT, "203.0.113.11:51820")
+    assert path_status(rec, "r1") == {"path": "direct", "endpoint": "203.0.113.11:51820", "relay": None,
+                                      "relay_channel": None, "latency_ms": None}
+    rec.choice = Choice(Via.STATIC, "203.0.113.11:51820")
+    assert path_status(rec, "r1")["path"] == "direct"
+    rec.choice = Choice(Via.RELAY)
+    assert path_status(rec, "r1") == {"path": "relay", "endpoint": None, "relay": "r1", "relay_channel": None,
+                                      "latency_ms": None}
+    rec.choice = Choice(Via.CHANNEL, "198.51.100.1:40002")
+    assert path_status(rec, "r1")["relay_channel"] == "198.51.100.1:40002"
+    rec.choice = Choice(Via.NONE)
+    assert path_status(rec, None) == {"path": "none", "endpoint": None, "relay": None, "relay_channel": None,
+                                      "latency_ms": None}
 
 
 def test_nat_status_summarises_the_report() -> None:
@@ -82,20 +84,16 @@ def test_nat_status_summarises_the_report() -> None:
         "udp": True, "mapping_varies_by_dest": True, "preferred_endpoint": "203.0.113.11:51820"}
 
 
-def test_only_the_initiator_writes_the_endpoint_at_once() -> None:
-    direct = NatPath(PathKind.DIRECT, EP, 0.001)
-    assert wanted_override(direct, True, 10.0, 10.0) == "203.0.113.11:51820"
-    assert wanted_override(direct, False, 10.0, 10.0) is None
-    assert wanted_override(direct, False, 10.0, 10.0 + NON_INITIATOR_DELAY_S) == "203.0.113.11:51820"
-    assert wanted_override(NatPath(PathKind.NONE), True, None, 10.0) is None
-
-
 def test_describe_ping_like_tailscale() -> None:
-    assert describe_ping({"ok": True, "peer": "b", "ip": "100.64.0.2", "endpoint": "203.0.113.11:51820",
+    assert describe_ping({"ok": True, "peer": "b", "ip": "100.64.0.2", "path": "direct",
+                          "endpoint": "203.0.113.11:51820",
                           "relay": None, "latency_ms": 1.234}) == \
         "pong from b (100.64.0.2) via direct 203.0.113.11:51820 in 1.2ms"
-    assert describe_ping({"ok": True, "peer": "b", "ip": None, "relay": "r1", "latency_ms": 20}) == \
+    assert describe_ping({"ok": True, "peer": "b", "ip": None, "path": "relay", "relay": "r1", "latency_ms": 20}) == \
         "pong from b via relay r1 in 20.0ms"
+    assert describe_ping({"ok": True, "peer": "b", "ip": None, "path": "relay", "relay": "r1",
+                          "relay_channel": "198.51.100.1:40002", "latency_ms": 2}) == \
+        "pong from b via relay r1 in 2.0ms"
 
 
 def test_ping_without_an_agent_says_so(tmp_path: Path) -> None:

@@ -1,0 +1,1 @@
+"""The path engine: one record per peer, one endpoint decision per peer, driven by events."""
