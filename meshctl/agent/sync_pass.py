@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from meshctl.agent.desired import Desired, desired
+from meshctl.agent.gcpause import collector_paused
 from meshctl.agent.inputs import Addresses, Inputs, NotAMember, load_inputs
 from meshctl.agent.plan import Plan
 from meshctl.agent.prefs import Prefs, load_prefs
@@ -165,6 +166,7 @@ class DesiredMemo:
         return wanted
 
 
+@collector_paused()
 def run_pass(settings: Settings, now: int, *, dry_run: bool = False, fetch: bool = True,
              reconciler: Reconciler | None = None, endpoints: Mapping[str, str | None] | None = None,
              extra_addresses: Addresses = (), serve_dns: bool = False,

@@ -16,7 +16,6 @@ a value or raises `UapiParseError`.
 from __future__ import annotations
 
 import functools
-import ipaddress
 from dataclasses import dataclass
 from typing import Final
 
@@ -28,6 +27,7 @@ from meshctl.wg.config import (
     PeerState,
     Prefix,
     canonical_endpoint,
+    parse_prefix,
 )
 
 # A peer's get section is about 300 bytes plus ~50 per allowed IP; 64 MiB covers >100k peers.
@@ -154,7 +154,7 @@ def _endpoint(value: str) -> str:
 @functools.lru_cache(maxsize=PARSE_CACHE_ENTRIES)
 def _allowed_ip(value: str) -> Prefix:
     try:
-        return ipaddress.ip_network(value, strict=False)
+        return parse_prefix(value)
     except ValueError:
         raise UapiParseError(f"UAPI: bad allowed_ip `{value[:60]}`") from None
 

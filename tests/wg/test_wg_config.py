@@ -212,3 +212,50 @@ def test_an_update_only_peer_changes_a_peer_the_device_has_and_never_creates_one
     text = marshal_set(update).decode()
     assert text.count("update_only=true") == 3  # each peer's section, and the keepalive's
     assert all(e.flags & WGPEER_F_UPDATE_ONLY for e in update_entries(update))
+
+
+# --- the fast text parsers agree with ipaddress ----------------------------------------------
+
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from meshctl.wg.config import ip_address, parse_prefix  # noqa: E402
+
+V4 = st.integers(0, 2**32 - 1).map(ipaddress.IPv4Address)
+V6 = st.integers(0, 2**128 - 1).map(ipaddress.IPv6Address)
+# Text near the forms WireGuard prints, and the odd ones ipaddress takes or refuses.
+PREFIX_CHARS = st.sampled_from(list("0123456789abcdefABCDEF:./%x ") + ["\x00", "٣"])
+
+
+def same_result(fast, slow, text: str) -> None:  # type: ignore[no-untyped-def]
+    try:
+        want = slow(text)
+    except ValueError:
+        with pytest.raises(ValueError):
+            fast(text)
+        return
+    got = fast(text)
+    assert (got, type(got)) == (want, type(want)), text
+
+
+@given(st.one_of(V4, V6), st.integers(0, 130), st.booleans())
+def test_parse_prefix_agrees_with_ipaddress_on_real_prefixes(addr, length: int, upper: bool) -> None:  # type: ignore[no-untyped-def]
+    text = f"{addr}/{length}"
+    same_result(parse_prefix, lambda t: ipaddress.ip_network(t, strict=False), text.upper() if upper else text)
+
+
+@given(st.text(PREFIX_CHARS, max_size=45))
+def test_parse_prefix_agrees_with_ipaddress_on_any_text(text: str) -> None:
+    same_result(parse_prefix, lambda t: ipaddress.ip_network(t, strict=False), text)
+
+
+@pytest.mark.parametrize("text", ["1.2.3.4/0032", "1.2.3.4/255.255.0.0", "10.0.0.1", "fe80::1%eth0/128",
+                                  "::ffff:1.2.3.4/128", "FD00::1/64", "01.2.3.4/32", "1.2.3.4/33",
+                                  "fd00::/129", "1.2.3.4/ 3", "1.2.3.4\x00/32", "/32", "1.2.3.4/"])
+def test_parse_prefix_agrees_with_ipaddress_on_odd_forms(text: str) -> None:
+    same_result(parse_prefix, lambda t: ipaddress.ip_network(t, strict=False), text)
+
+
+@given(st.one_of(V4.map(str), V6.map(str), V6.map(lambda a: a.exploded.upper()), st.text(PREFIX_CHARS, max_size=45)))
+def test_ip_address_agrees_with_ipaddress(text: str) -> None:
+    same_result(ip_address, ipaddress.ip_address, text)
