@@ -167,6 +167,14 @@ def bridge_mac(run_id: str, n: int) -> str:
     return "02:" + ":".join(tail[i:i + 2] for i in range(0, 10, 2))
 
 
+# The Debian package that brings each program the lab's callers need (named when one is missing).
+DEBIAN_PACKAGE: Final = {
+    "wireguard-go": "wireguard-go", "wg": "wireguard-tools", "git": "git", "ping": "iputils-ping",
+    "nft": "nftables", "ip": "iproute2", "ss": "iproute2", "dig": "dnsutils", "getent": "libc-bin",
+    "turnserver": "coturn", "conntrack": "conntrack", "iperf3": "iperf3", "sshd": "openssh-server",
+}
+
+
 def lab_unavailable(tools: Sequence[str] = ()) -> str | None:
     """Why the lab cannot run here (for pytest.skip), or None when it can; `tools`: programs the
     caller needs besides (named in the reason)."""
@@ -176,7 +184,10 @@ def lab_unavailable(tools: Sequence[str] = ()) -> str | None:
         if shutil.which(tool) is None:
             return f"the network lab needs `{tool}` (Debian: iproute2, nftables)"
     missing = [t for t in tools if shutil.which(t) is None]
-    return f"needs {', '.join(f'`{t}`' for t in missing)} on PATH" if missing else None
+    if not missing:
+        return None
+    packages = sorted({DEBIAN_PACKAGE.get(t, t) for t in missing})
+    return f"needs {', '.join(f'`{t}`' for t in missing)} on PATH (Debian: {', '.join(packages)})"
 
 
 def poll(check: Callable[[], bool], what: str, timeout: float = READY_TIMEOUT_S) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 
 import pytest
@@ -16,13 +15,9 @@ E2E_TOOLS = ("wireguard-go", "wg", "git", "ping", "ss")
 
 def need_e2e() -> None:
     """Skip, saying exactly what is missing, unless a mesh can be built here."""
-    reason = lab_unavailable()
+    reason = lab_unavailable(E2E_TOOLS)
     if reason:
         pytest.skip(reason)
-    for tool in E2E_TOOLS:
-        if shutil.which(tool) is None:
-            pytest.skip(f"the end-to-end tests need `{tool}` (Debian: wireguard-go, wireguard-tools, git, "
-                        "iputils-ping, iproute2)")
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 
 import pytest
@@ -27,13 +26,9 @@ APPROVE_ARGS = {
 
 def need_e2e() -> None:
     """Skip, saying exactly what is missing, unless a mesh can be built here."""
-    reason = lab_unavailable()
+    reason = lab_unavailable(E2E_TOOLS)
     if reason:
         pytest.skip(reason)
-    for tool in E2E_TOOLS:
-        if shutil.which(tool) is None:
-            pytest.skip(f"the ACL end-to-end tests need `{tool}` (Debian: wireguard-go, wireguard-tools, git, "
-                        "iputils-ping, nftables)")
 
 
 @pytest.fixture(scope="module")

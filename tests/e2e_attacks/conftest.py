@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 
 import pytest
@@ -16,13 +15,9 @@ TOOLS = ("wireguard-go", "wg", "git", "ping", "nft")
 
 @pytest.fixture(scope="module")
 def attack_mesh() -> Iterator[AttackMesh]:
-    reason = lab_unavailable()
+    reason = lab_unavailable(TOOLS)
     if reason:
         pytest.skip(reason)
-    for tool in TOOLS:
-        if shutil.which(tool) is None:
-            pytest.skip(f"the attack tests need `{tool}` (Debian: wireguard-go, wireguard-tools, git, "
-                        "iputils-ping, nftables)")
     with open_lab() as lab:
         mesh = build_lan_mesh(lab, 2, name="attacks")
         for name in ("node1", "node2"):

@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -38,13 +37,9 @@ ORIGINAL_RESOLV_CONF: Final = (b"# node1: the resolver set-up before meshctl\n"
 
 def need_e2e() -> None:
     """Skip, saying exactly what is missing, unless a mesh can be built here."""
-    reason = lab_unavailable()
+    reason = lab_unavailable(E2E_TOOLS)
     if reason:
         pytest.skip(reason)
-    for tool in E2E_TOOLS:
-        if shutil.which(tool) is None:
-            pytest.skip(f"the MagicDNS end-to-end tests need `{tool}` (Debian: wireguard-go, wireguard-tools, git, "
-                        "dnsutils, libc-bin, iputils-ping)")
 
 
 def original_nameserver(text: str) -> str:

@@ -5,7 +5,6 @@ mesh for good).
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -21,13 +20,9 @@ UPSTREAM_DNS = Path(__file__).resolve().parent.parent / "e2e_dns" / "upstream_dn
 
 
 def need_e2e() -> None:
-    reason = lab_unavailable()
+    reason = lab_unavailable(E2E_TOOLS)
     if reason:
         pytest.skip(reason)
-    for tool in E2E_TOOLS:
-        if shutil.which(tool) is None:
-            pytest.skip(f"the routes end-to-end tests need `{tool}` (Debian: wireguard-go, wireguard-tools, git, "
-                        "iputils-ping, nftables, dnsutils)")
 
 
 @pytest.fixture(scope="module")
