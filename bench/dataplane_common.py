@@ -26,10 +26,11 @@ if TYPE_CHECKING:
     from lab import Lab, Node
 
 
-def require_root() -> None:
+def require_root(*tools: str) -> None:
+    """Exit with the reason unless the lab runs here with `tools` on PATH (named with their package)."""
     from lab import lab_unavailable
 
-    reason = lab_unavailable()
+    reason = lab_unavailable(tools)
     if reason:
         sys.exit(f"cannot run: {reason}")
 

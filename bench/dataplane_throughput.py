@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -36,10 +35,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=int, default=5, help="length of one iperf3 run")
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds per tunnel")
     args = ap.parse_args()
-    require_root()
-    for tool in ("iperf3", "wireguard-go", "wg"):
-        if shutil.which(tool) is None:
-            sys.exit(f"cannot run: `{tool}` is not installed")
+    require_root("iperf3", "wireguard-go", "wg")
 
     from e2e_support import agent_pid, interface, meshctl_up
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import signal
 import sys
 import time
@@ -41,10 +40,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=4)
     args = ap.parse_args()
-    require_root()
-    for tool in ("wireguard-go", "wg", "nft"):
-        if shutil.which(tool) is None:
-            sys.exit(f"cannot run: `{tool}` is not installed")
+    require_root("wireguard-go", "wg", "nft")
 
     from routes_support import WhoService, ask_who
 

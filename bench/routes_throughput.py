@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -42,10 +41,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=int, default=5, help="length of one iperf3 run")
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds per target")
     args = ap.parse_args()
-    require_root()
-    for tool in ("iperf3", "wireguard-go", "wg", "nft"):
-        if shutil.which(tool) is None:
-            sys.exit(f"cannot run: `{tool}` is not installed")
+    require_root("iperf3", "wireguard-go", "wg", "nft")
 
     from lab import open_lab
     from lab.scenario import build_routed_mesh
