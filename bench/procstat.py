@@ -51,6 +51,11 @@ def schedstat_s(text: str) -> float:
     return int(text.split()[0]) / 1e9
 
 
+def schedstat_slices(text: str) -> int:
+    """How many times a thread was put on a CPU (schedstat's third field): each wakeup is one."""
+    return int(text.split()[2])
+
+
 def cpu_used(before: CpuReading, after: CpuReading, tick_s: float = TICK_S) -> float:
     """CPU seconds one process used between two readings (see the module docstring)."""
     coarse = after.ticks_s - before.ticks_s
@@ -115,6 +120,16 @@ def read_cpu(pid: int) -> CpuReading | None:
         if text:
             sched += schedstat_s(text)
     return CpuReading(stat_cpu_s(stat), sched)
+
+
+def read_slices(pid: int) -> int:
+    """Times the live threads of `pid` were put on a CPU so far (wakeups; see schedstat_slices)."""
+    try:
+        tids = os.listdir(PROC / str(pid) / "task")
+    except OSError:
+        return 0
+    texts = (_read(PROC / str(pid) / "task" / tid / "schedstat") for tid in tids)
+    return sum(schedstat_slices(t) for t in texts if t)
 
 
 def read_cpu_of(pids: Iterable[int]) -> dict[int, CpuReading]:

@@ -11,7 +11,8 @@ the route in meshctl's table stays on the mesh interface, so the switch costs no
 the prefix never leaves the tunnel.
 
 Only nodes that accept routes watch; `meshctl sync` from cron has no monitor and uses the first
-router by name.
+router by name. A node with no group to watch (most nodes, and every node of a mesh without HA
+routes) has no timer here at all: the monitor sleeps until a map brings a group.
 """
 
 from __future__ import annotations
@@ -47,10 +48,12 @@ class RouteFailover:
         self._groups: dict[Prefix, tuple[str, ...]] = {}
         self._primaries: dict[Prefix, str] = {}
         self._task: asyncio.Task[None] | None = None
+        self._active: asyncio.Event | None = None  # set while there is a group to watch
         self._pinging: set[str] = set()
         self._since_ping = 0.0
 
     async def start(self) -> None:
+        self._active = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
@@ -66,6 +69,11 @@ class RouteFailover:
             self._groups = groups
             self._primaries = {p: n for p, n in self._primaries.items() if p in groups and n in groups[p]}
             self.evaluate()
+        if self._active is not None:
+            if groups and self._watching():
+                self._active.set()
+            else:
+                self._active.clear()
 
     def endpoint_overrides(self) -> dict[str, str | None]:
         return {}
@@ -99,7 +107,9 @@ class RouteFailover:
         return changed
 
     async def _run(self) -> None:
+        assert self._active is not None
         while True:
+            await self._active.wait()  # no group to watch: no wakeups
             await asyncio.sleep(POLL_INTERVAL_S)
             self.evaluate()
             self._since_ping += POLL_INTERVAL_S

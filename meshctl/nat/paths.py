@@ -39,7 +39,18 @@ Behaviour (numbers are the constants below):
   DEATH_GRACE_S, since a glitch usually heals by itself.
 - While direct: a heartbeat ping to the path every HEARTBEAT_INTERVAL_S (it also keeps
   the NAT mapping alive, below the 30 s the lab NATs keep an idle mapping), and all
-  candidates re-probed every REPROBE_INTERVAL_S; a better one (`better_path`) takes over.
+  candidates re-probed at least every REPROBE_INTERVAL_S; a better one (`better_path`) takes
+  over. Both fall on one beat grid on the wall clock (`heartbeat_slot`), the same for every
+  peer and every machine: an agent's heartbeats to all its peers leave in one timer wakeup,
+  and its peers' pings and pongs arrive together (in a few reads, not one wakeup per peer per
+  interval). The two sides of a pair take the beats in turn (`our_beat`: the lower key the
+  even ones) while each hears the other's heartbeats from the path: every beat still carries
+  a round trip on the path, at half the packets. Each side expects the peer's next heartbeat
+  2 x HEARTBEAT_INTERVAL_S after its last one (PEER_BEAT_SLACK_S later at most: that is
+  relative, so clock skew does not matter); a late one makes us ping at once and on every beat
+  until the peer's heartbeats come again, so a dead path is noticed as soon as before. A side
+  that never hears the peer's heartbeats on the path (an asymmetric path, an older peer) pings
+  on every beat.
   A missed heartbeat makes the next ones come every SUSPECT_INTERVAL_S and re-probes
   every other candidate at once (any of them that answers takes over); after
   MISSED_PONGS_FOR_DEATH misses in a row the path is dead (PathChanged to relay or none)
@@ -85,12 +96,15 @@ SLOW_PROBE_INTERVAL_S: Final = 10.0  # after a path died: keep trying, gently
 PING_TIMEOUT_S: Final = 2.0  # a ping unanswered this long is missed
 # Ping the current path this often (also a NAT keepalive, < 25 s). Tailscale uses 3 s too;
 # it bounds how long a dead path goes unnoticed: 3 + 2 (timeout) + 3 x 1 (suspect) = 8 s.
+# The beats fall on multiples of it on the wall clock (`heartbeat_slot`): all peers at once.
 HEARTBEAT_INTERVAL_S: Final = 3.0
 SUSPECT_INTERVAL_S: Final = 1.0  # heartbeat spacing after a miss
+# The peer's heartbeat (every other beat) is late after this much more than two beats: ping now.
+PEER_BEAT_SLACK_S: Final = 1.0
 # 4 misses: at most about 8 s to declare death; a false death at 10 % loss per direction is rare
 # (0.19 ** 4 per heartbeat) and costs one fast re-probe.
 MISSED_PONGS_FOR_DEATH: Final = 4
-REPROBE_INTERVAL_S: Final = 25.0  # re-probe every candidate while direct (and refresh maps)
+REPROBE_INTERVAL_S: Final = 25.0  # re-probe every candidate at least this often while direct (on a beat)
 PUNCHES_PER_CANDIDATE: Final = 2
 MAX_CANDIDATES: Final = 2 * MAX_ENDPOINTS  # static + call-me-maybe + reflexive, bounded
 MAX_OUTSTANDING_PINGS: Final = 256
@@ -221,6 +235,18 @@ def recovery_round(wall_now: float) -> int:
     return math.floor(wall_now / RECOVERY_ROUND_S + _ROUND_EPSILON)
 
 
+def heartbeat_slot(wall_now: float) -> float:
+    """The first beat of the heartbeat grid strictly after wall-clock time `wall_now` (a time
+    exactly on a beat, give or take float rounding, counts as that beat: the next one follows)."""
+    return (math.floor(wall_now / HEARTBEAT_INTERVAL_S + _ROUND_EPSILON) + 1) * HEARTBEAT_INTERVAL_S
+
+
+def our_beat(wall_beat: float, ours: NodePublic, theirs: NodePublic) -> bool:
+    """Whose heartbeat the beat at wall time `wall_beat` is: the lower key's the even ones.
+    By keys alone (not the NAT classes), so the two sides never disagree."""
+    return (round(wall_beat / HEARTBEAT_INTERVAL_S) % 2 == 0) == (ours.raw < theirs.raw)
+
+
 def holds_round(round_no: int, initiator: bool) -> bool:
     """Whose turn it is: the designated initiator takes the even rounds, the other the odd."""
     return (round_no % 2 == 0) == initiator
@@ -281,6 +307,7 @@ class PeerPaths:
         self._next_heartbeat = now
         self._next_reprobe = now
         self._missed = 0
+        self._peer_beat_at: float | None = None  # the peer's last heartbeat heard on the direct path
         self._wall_offset = wall_clock_offset_s
         self._rounds_from = now + NO_DIRECT_AFTER_S  # when probing turns into recovery rounds
         self._round: int | None = None  # the round last acted on
@@ -370,12 +397,16 @@ class PeerPaths:
             return
         best = self._path.endpoint
         assert best is not None
+        late = self._peer_late_at()
+        if late is not None and now >= late:
+            self._peer_beat_at = None  # the peer's heartbeat is late: ours now, and on every beat
+            self._next_heartbeat = min(self._next_heartbeat, now)
         if now >= self._next_heartbeat:
             self._ping(best, now)
-            self._next_heartbeat = now + (SUSPECT_INTERVAL_S if self._missed else HEARTBEAT_INTERVAL_S)
+            self._next_heartbeat = now + SUSPECT_INTERVAL_S if self._missed else self._beat_after(now)
         if now >= self._next_reprobe:
             self._ping_all(now, except_=best)
-            self._next_reprobe = now + REPROBE_INTERVAL_S
+            self._next_reprobe = self._reprobe_after(now)
 
     # --- outputs -------------------------------------------------------------------------
 
@@ -400,7 +431,34 @@ class PeerPaths:
                     deadlines.append(self._next_probe if self._burst_left else self._next_hold)
         else:
             deadlines += [self._next_heartbeat, self._next_reprobe]
+            if (late := self._peer_late_at()) is not None:
+                deadlines.append(late)
         return min(deadlines)
+
+    # --- the beat grid --------------------------------------------------------------------
+
+    def _beat_after(self, now: float) -> float:
+        """Our next heartbeat: the first beat of the wall-clock grid after `now`, or the one after
+        it when that is the peer's turn and its heartbeats reach us (module docstring)."""
+        wall = heartbeat_slot(now + self._wall_offset)
+        if not our_beat(wall, self.our_node_key, self.peer_node_key) and self._peer_beating(wall - self._wall_offset):
+            wall += HEARTBEAT_INTERVAL_S
+        return wall - self._wall_offset
+
+    def _peer_late_at(self) -> float | None:
+        """When the peer's next heartbeat on the path is late (None: none heard since the last change)."""
+        if self._peer_beat_at is None:
+            return None
+        return self._peer_beat_at + 2 * HEARTBEAT_INTERVAL_S + PEER_BEAT_SLACK_S
+
+    def _peer_beating(self, at: float) -> bool:
+        """Whether the peer's heartbeat on the path is expected by `at` (it takes the other beats)."""
+        late = self._peer_late_at()
+        return late is not None and at < late
+
+    def _reprobe_after(self, now: float) -> float:
+        """The next re-probe: the last beat no later than REPROBE_INTERVAL_S from `now`."""
+        return heartbeat_slot(now + REPROBE_INTERVAL_S - HEARTBEAT_INTERVAL_S + self._wall_offset) - self._wall_offset
 
     # --- recovery rounds -----------------------------------------------------------------
 
@@ -540,6 +598,7 @@ class PeerPaths:
     def _path_died(self, now: float) -> None:
         self._mode = _Mode.PROBING
         self._missed = 0
+        self._peer_beat_at = None
         self._pings.clear()
         self._probing_since = now
         self._reported_no_direct = False
@@ -555,6 +614,8 @@ class PeerPaths:
         if not verified and not self._may_send_unverified(now):
             return  # module docstring, "No reflection"
         self._out.append(SendDisco(Pong(txid, src), src))
+        if self._mode is _Mode.DIRECT and src == self._path.endpoint:
+            self._peer_beat_at = now  # the peer's heartbeat: the path carries its packets to us
         if cand is None:
             self._add_reflexive(src, now)
         elif self._mode is _Mode.PROBING and all(d != src for d, _ in self._pings.values()):
@@ -595,7 +656,7 @@ class PeerPaths:
         challenger = Path(PathKind.DIRECT, dst, latency)
         if self._mode is _Mode.DIRECT and dst == self._path.endpoint:
             self._missed = 0
-            self._next_heartbeat = now + HEARTBEAT_INTERVAL_S
+            self._next_heartbeat = self._beat_after(now)
             self._set_path(challenger)  # refresh latency, no event
             return
         # a path that is missing heartbeats loses to any path that just answered
@@ -603,8 +664,9 @@ class PeerPaths:
             self._mode = _Mode.DIRECT
             self._leave_rounds(now, NO_DIRECT_AFTER_S)
             self._missed = 0
-            self._next_heartbeat = now + HEARTBEAT_INTERVAL_S
-            self._next_reprobe = now + REPROBE_INTERVAL_S
+            self._peer_beat_at = None  # a new path: its heartbeats are still to be heard
+            self._next_heartbeat = self._beat_after(now)
+            self._next_reprobe = self._reprobe_after(now)
             self._set_path(challenger)
 
     def _on_call_me_maybe(self, endpoints: tuple[AddrPort, ...], now: float) -> None:
