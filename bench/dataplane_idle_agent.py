@@ -5,9 +5,10 @@ Two LAN meshes in one run, each in its own lab: a baseline of 2 devices (each ag
 and one of --peers + 1 devices (each agent has --peers peers, 10 by default). All agents are
 started with `meshctl up`; once every path is direct and --settle s have passed, every agent is
 watched at the same time for --seconds (default 60: one sync interval included): CPU time from
-/proc (nanoseconds from schedstat, procstat.py), wakeups as the times its threads were put on a
-CPU, RSS sampled every second. For scale, node1's wireguard-go of each mesh and a bare
-`python -c 'sleep'` of the same interpreter (its RSS is the floor any Python agent pays).
+/proc (nanoseconds from schedstat, procstat.py), wakeups as the times its threads went to sleep
+(voluntary context switches), RSS sampled every second. For scale, node1's wireguard-go of each mesh and a bare
+`python -c 'sleep'` of the same interpreter (its RSS is the floor any Python agent pays; its CPU
+is its start-up).
 Goals: issue 22, <= 0.25 % of one core per agent with ten peers (Nebula: 0.29); issue 3,
 <= 60 MB RSS.
 
@@ -29,7 +30,7 @@ from typing import TYPE_CHECKING
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from dataplane_common import load_note, require_root, table  # noqa: E402
-from procstat import read_cpu, read_rss_kib, read_slices, tree_cpu_used  # noqa: E402
+from procstat import read_cpu, read_rss_kib, read_wakeups, tree_cpu_used  # noqa: E402
 
 if TYPE_CHECKING:
     from lab.scenario import MeshScenario
@@ -104,7 +105,7 @@ def main() -> None:
         watched.append(Watched("-", "bare python (floor)", bare.pid, agent=False))
         try:
             cpu0 = {w.pid: read_cpu(w.pid) for w in watched}
-            slices0 = {w.pid: read_slices(w.pid) for w in watched}
+            wakeups0 = {w.pid: read_wakeups(w.pid) for w in watched}
             rss: dict[int, list[float]] = {w.pid: [] for w in watched}
             start = time.monotonic()
             while time.monotonic() - start < args.seconds:
@@ -113,7 +114,7 @@ def main() -> None:
                 time.sleep(1.0)
             elapsed = time.monotonic() - start
             cpu1 = {w.pid: read_cpu(w.pid) for w in watched}
-            slices1 = {w.pid: read_slices(w.pid) for w in watched}
+            wakeups1 = {w.pid: read_wakeups(w.pid) for w in watched}
         finally:
             bare.kill()
             bare.wait()
@@ -126,7 +127,7 @@ def main() -> None:
             return float("nan")
         return tree_cpu_used({w.pid: before}, {w.pid: after}) / elapsed * 100
 
-    rows = [[w.mesh, w.name, f"{pct(w):.3f}", f"{(slices1[w.pid] - slices0[w.pid]) / elapsed:.1f}",
+    rows = [[w.mesh, w.name, f"{pct(w):.3f}", f"{(wakeups1[w.pid] - wakeups0[w.pid]) / elapsed:.1f}",
              f"{max(rss[w.pid]):.1f}"] for w in watched]
     to_direct = ", ".join(f"{labels[p]}: {s:.0f} s" for p, s in waited.items())
     print(f"{elapsed:.0f} s idle after every path was direct ({to_direct} to direct, then {args.settle:g} s); "
@@ -136,7 +137,7 @@ def main() -> None:
     for label in labels.values():
         agents = [w for w in watched if w.agent and w.mesh == label]
         summary.append((label, statistics.mean(pct(w) for w in agents), max(pct(w) for w in agents),
-                        statistics.mean((slices1[w.pid] - slices0[w.pid]) / elapsed for w in agents)))
+                        statistics.mean((wakeups1[w.pid] - wakeups0[w.pid]) / elapsed for w in agents)))
     for label, mean, worst, wakeups in summary:
         print(f"agents with {label}: CPU mean {mean:.3f} % (worst {worst:.3f} %), {wakeups:.1f} wakeups/s")
     big = summary[-1]

@@ -51,9 +51,13 @@ def schedstat_s(text: str) -> float:
     return int(text.split()[0]) / 1e9
 
 
-def schedstat_slices(text: str) -> int:
-    """How many times a thread was put on a CPU (schedstat's third field): each wakeup is one."""
-    return int(text.split()[2])
+def voluntary_switches(status_text: str) -> int:
+    """voluntary_ctxt_switches from /proc/PID/task/TID/status: the times a thread went to sleep
+    (waiting for a timer, a packet, a lock), so the times it was woken, give or take one."""
+    for line in status_text.splitlines():
+        if line.startswith("voluntary_ctxt_switches:"):
+            return int(line.split()[1])
+    return 0
 
 
 def cpu_used(before: CpuReading, after: CpuReading, tick_s: float = TICK_S) -> float:
@@ -122,14 +126,14 @@ def read_cpu(pid: int) -> CpuReading | None:
     return CpuReading(stat_cpu_s(stat), sched)
 
 
-def read_slices(pid: int) -> int:
-    """Times the live threads of `pid` were put on a CPU so far (wakeups; see schedstat_slices)."""
+def read_wakeups(pid: int) -> int:
+    """Wakeups of the live threads of `pid` so far (see voluntary_switches)."""
     try:
         tids = os.listdir(PROC / str(pid) / "task")
     except OSError:
         return 0
-    texts = (_read(PROC / str(pid) / "task" / tid / "schedstat") for tid in tids)
-    return sum(schedstat_slices(t) for t in texts if t)
+    texts = (_read(PROC / str(pid) / "task" / tid / "status") for tid in tids)
+    return sum(voluntary_switches(t) for t in texts if t)
 
 
 def read_cpu_of(pids: Iterable[int]) -> dict[int, CpuReading]:
