@@ -140,10 +140,13 @@ def looks_like_disco(data: bytes) -> bool:
 # --- inner messages ------------------------------------------------------------------------
 
 
+_V4_MAPPED_PREFIX: Final = bytes(10) + b"\xff\xff"  # ::ffff:0:0/96
+
+
 def _pack_endpoint(addr: AddrPort) -> bytes:
     ip = addr.ip
-    v6 = ipaddress.IPv6Address(f"::ffff:{ip}") if ip.version == 4 else ip
-    return v6.packed + addr.port.to_bytes(2, "big")
+    packed = _V4_MAPPED_PREFIX + ip.packed if ip.version == 4 else ip.packed
+    return packed + addr.port.to_bytes(2, "big")
 
 
 def _unpack_endpoint(raw: bytes) -> AddrPort:

@@ -85,7 +85,7 @@ def route_source(dst: AddrPort) -> ipaddress.IPv4Address:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         mark_underlay(probe)  # the route the marked packet itself will take
         probe.connect(dst.sockaddr())  # a route lookup; UDP connect sends nothing
-        return ipaddress.IPv4Address(probe.getsockname()[0])
+        return ipaddress.IPv4Address(socket.inet_aton(probe.getsockname()[0]))  # bytes: no text parsing
 
 
 class SharedPortSocket:
