@@ -222,7 +222,8 @@ def test_stat_and_status_parsers() -> None:
     assert fields[0] == "S" and fields[1] == "1"
     assert procstat.stat_cpu_s(stat, tick_s=0.01) == pytest.approx(5.12)
     assert procstat.schedstat_s("2500000000 100 7\n") == pytest.approx(2.5)
-    assert procstat.voluntary_switches("Name:\tpython\nvoluntary_ctxt_switches:\t4242\nnonvoluntary_ctxt_switches:\t7\n") == 4242
+    status = "Name:\tpython\nvoluntary_ctxt_switches:\t4242\nnonvoluntary_ctxt_switches:\t7\n"
+    assert procstat.voluntary_switches(status) == 4242
     assert procstat.rss_kib("Name:\tnebula\nVmRSS:\t   13312 kB\n") == 13312
     assert procstat.rss_kib("Name:\tzombie\n") == 0
 

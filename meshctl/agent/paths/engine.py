@@ -314,17 +314,21 @@ class PathEngine:
         now = self._loop.time()
         admitted, refused = self._sock.recv_admitted(
             lambda raw: self._admission.admit(admission.source_key(raw), now), MAX_RECV_PER_WAKEUP)
+        touched: set[str] = set()
         moved: set[str] = set()
         for raw in admitted:
             got = self._sock.parse(raw)
             rec = self.receive(got.payload, got.src, now) if got is not None else None
             if rec is not None:
-                moved.add(rec.name)
+                touched.add(rec.name)
+                if rec.inputs_moved:
+                    rec.inputs_moved = False
+                    moved.add(rec.name)
         if refused:
             self._pause_reading()
             self._loop.call_later(FLOOD_PAUSE_S, self._resume_reading)
         if admitted:
-            self._service(moved)
+            self._service(moved, touched)
 
     def _pause_reading(self) -> None:
         if self._reading and self._sock is not None and self._loop is not None:
@@ -369,9 +373,13 @@ class PathEngine:
             if fut is not None and not fut.done():
                 fut.set_result(now)
                 return None
+        before = (rec.heard, rec.paths.initiator if rec.paths is not None else None)
         rec.heard = True
         if rec.paths is not None:
             rec.paths.receive_disco(msg, src, now)
+        # What the choice reads and a packet can change without a path event (those decide anyway):
+        # the first disco heard, who initiates. A heartbeat's ping or pong changes neither.
+        rec.inputs_moved = before != (rec.heard, rec.paths.initiator if rec.paths is not None else None)
         return rec
 
     def _on_relayed_disco(self, src: NodePublic, data: bytes) -> None:
@@ -441,7 +449,9 @@ class PathEngine:
 
     # --- serving records: outputs, events, choices, the timer -----------------------------
 
-    def _service(self, dirty: set[str]) -> None:
+    def _service(self, dirty: set[str], touched: set[str] | frozenset[str] = frozenset()) -> None:
+        """Serve the records that are due, `dirty` ones (their choice may move: decide again) and
+        `touched` ones (a packet came: their outputs, and a decision only if their core's path moved)."""
         if self._loop is None or self._own is None or self._relays is None or self._sock is None:
             return
         now = self._loop.time()
@@ -462,7 +472,7 @@ class PathEngine:
         for rec in self._records.values():
             # Only records something happened to, or whose time has come: a packet for one peer
             # costs one record's work, not every peer's.
-            if rec.name in dirty or rec.next_due <= now:
+            if rec.name in dirty or rec.name in touched or rec.next_due <= now:
                 rec.next_due = min(self._serve(rec, now, rec.name in dirty, relay_up), default=float("inf"))
             deadlines.append(rec.next_due)
         self._flush()
