@@ -66,7 +66,7 @@ def compile_policy(netmap: NetMap) -> tuple[PacketFilter | None, str | None]:
 def allowed_ips(peer: Peer) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
     # From the integer, not ip_network(a): that formats and re-parses text (10x slower at 10k
     # peers); wg.config.network's objects are the ones the device's read-back shares.
-    return tuple(network(a.version, int(a), a.max_prefixlen) for a in peer.addresses)
+    return tuple([network(a.version, int(a), a.max_prefixlen) for a in peer.addresses])
 
 
 def dns_wanted(netmap: NetMap) -> DnsWanted | None:
