@@ -30,6 +30,7 @@ import shlex
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -43,24 +44,43 @@ if TYPE_CHECKING:
 GOAL_RATIO = 2.0
 GOAL_NOOP_S = {1000: 0.3, 10_000: 0.2}
 
-# Runs in the node's namespace: the wall time of one command, from its exec to its exit.
-TIMER = ("import subprocess, sys, time\n"
+# Runs in the node's namespace: the wall time of one command, from its exec to its exit, and the
+# CPU time it used (user + system: what a loaded machine changes least).
+TIMER = ("import resource, subprocess, sys, time\n"
          "t = time.perf_counter()\n"
          "p = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
          "dt = time.perf_counter() - t\n"
+         "ru = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
          "sys.stderr.write(p.stderr)\n"
-         "print(f'{dt:.6f} {p.returncode}')\n"
+         "print(f'{dt:.6f} {ru.ru_utime + ru.ru_stime:.6f} {p.returncode}')\n"
          "sys.stdout.write(p.stdout)\n")
 
 
-def timed_in(lab: Lab, node: Node, argv: list[str], env: dict[str, str]) -> tuple[float, str]:
-    """(seconds, stdout) of `argv` run in `node`'s namespace; a failure stops the benchmark."""
+@dataclass
+class Times:
+    wall: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+
+    def cells(self, floor: Times | None = None) -> list[str]:
+        """median wall, median CPU, wall range; with `floor`, wall and CPU minus its medians."""
+        wall, cpu = median(self.wall), median(self.cpu)
+        cells = [f"{wall:.3f}", f"{cpu:.3f}"]
+        if floor is not None:
+            cells += [f"{wall - median(floor.wall):.3f}", f"{cpu - median(floor.cpu):.3f}"]
+        return [*cells, f"{min(self.wall):.3f}..{max(self.wall):.3f}"]
+
+
+def timed_in(lab: Lab, node: Node, argv: list[str], env: dict[str, str], into: Times | None = None) -> str:
+    """stdout of `argv` run in `node`'s namespace, its times added to `into`; a failure stops the benchmark."""
     proc = lab.run(node, [sys.executable, "-c", TIMER, *argv], env=env, timeout=900)
     head, _, out = proc.stdout.partition("\n")
-    seconds, code = head.split()
+    wall, cpu, code = head.split()
     if code != "0":
         raise SystemExit(f"`{' '.join(argv)}` exited {code}: {proc.stderr.strip()[-500:]}")
-    return float(seconds), out
+    if into is not None:
+        into.wall.append(float(wall))
+        into.cpu.append(float(cpu))
+    return out
 
 
 def main() -> None:
@@ -87,9 +107,10 @@ def main() -> None:
     one_sizes = set(sizes)
     if args.huge:
         sizes.append(args.huge)
-    results: dict[int, dict[str, list[float]]] = {}
+    one_changed: dict[int, Times] = {}
+    noop: dict[int, Times] = {}
+    version, before_noop, before_version = Times(), Times(), Times()
     before = shlex.split(args.before)
-    before_noop: list[float] = []
     with open_lab() as lab:
         mesh = build_lan_mesh(lab, 1)
         node = mesh.members["node1"].node
@@ -129,62 +150,58 @@ def main() -> None:
                 raise SystemExit(f"at {size} peers the next sync is not a no-op: {proc.stderr.strip()}\n"
                                  + plan[plan.find("plan:"):][:2000])
 
-        def sync_s() -> float:
-            seconds, out = timed_in(lab, node, [*meshctl_argv(), "sync"], env)
-            return seconds
-
-        def noop_s(meshctl: list[str]) -> float:
-            seconds, out = timed_in(lab, node, [*meshctl, "sync"], env)
+        def noop_sync(meshctl: list[str], into: Times) -> None:
+            out = timed_in(lab, node, [*meshctl, "sync"], env, into)
             if out.strip():
                 raise SystemExit(f"the no-op sync changed something: {out.strip()[:500]}")
-            return seconds
 
         for size in sizes:
             grow_to(size)
-            one: list[float] = []
-            for run in range(args.runs if size in one_sizes else 0):
-                if run % 2 == 0:
-                    add_members(mesh.checkout, admin_key, ["extra"], int(time.time()),
-                                endpoints=lambda _i: ("10.201.0.1:51820",))
-                else:
-                    remove_members(mesh.checkout, admin_key, ["extra"], int(time.time()))
-                publish("one member changed")
-                one.append(sync_s())
-            lab.meshctl(node, ["sync"], timeout=900)  # settles what the last change left
+            if size in one_sizes:
+                one_changed[size] = Times()
+                for run in range(args.runs):
+                    if run % 2 == 0:
+                        add_members(mesh.checkout, admin_key, ["extra"], int(time.time()),
+                                    endpoints=lambda _i: ("10.201.0.1:51820",))
+                    else:
+                        remove_members(mesh.checkout, admin_key, ["extra"], int(time.time()))
+                    publish("one member changed")
+                    timed_in(lab, node, [*meshctl_argv(), "sync"], env, one_changed[size])
+                lab.meshctl(node, ["sync"], timeout=900)  # settles what the last change left
             settle(size)
-            noop: list[float] = []
-            for _ in range(args.runs):
-                noop.append(noop_s(meshctl_argv()))
+            noop[size] = Times()
+            for _ in range(args.runs):  # interleaved with the old code's, so both see the same load
+                noop_sync(meshctl_argv(), noop[size])
                 if before and size == args.huge:
-                    before_noop.append(noop_s(before))
-            results[size] = {"one": one, "noop": noop}
-        version = [timed_in(lab, node, [*meshctl_argv(), "version"], env)[0] for _ in range(args.runs)]
-        before_version = [timed_in(lab, node, [*before, "version"], env)[0] for _ in range(args.runs if before else 0)]
+                    noop_sync(before, before_noop)
+        for _ in range(args.runs):
+            timed_in(lab, node, [*meshctl_argv(), "version"], env, version)
+            if before:
+                timed_in(lab, node, [*before, "version"], env, before_version)
 
-    floor = median(version)
-    rows = []
-    for size, r in results.items():
-        one_cell = f"{median(r['one']):.3f}" if r["one"] else "-"
-        one_range = f"{min(r['one']):.3f}..{max(r['one']):.3f}" if r["one"] else "-"
-        rows.append([f"{size}", one_cell, f"{median(r['noop']):.3f}", f"{median(r['noop']) - floor:.3f}",
-                     f"{min(r['noop']):.3f}..{max(r['noop']):.3f}", one_range])
-    rows.append(["meshctl version (start-up)", f"{floor:.3f}", "-", "-", "-", "-"])
-    if before_noop:
-        old_floor = median(before_version)
-        rows.append([f"{args.huge}, --before", "-", f"{median(before_noop):.3f}",
-                     f"{median(before_noop) - old_floor:.3f}", f"{min(before_noop):.3f}..{max(before_noop):.3f}", "-"])
-        rows.append(["meshctl version, --before", f"{old_floor:.3f}", "-", "-", "-", "-"])
-    print(f"median of {args.runs} runs, userspace WireGuard, {' '.join(meshctl_argv()[-2:])}; {load_note()}")
-    print(table(["peers", "one changed (s)", "no-op (s)", "no-op minus start-up (s)", "no-op range (s)",
-                 "one changed range (s)"], rows))
-    if args.small in results and args.big in results and results[args.big]["one"]:
-        ratio = median(results[args.big]["one"]) / median(results[args.small]["one"])
+    print(f"median of {args.runs} runs, userspace WireGuard, `{' '.join(meshctl_argv())}`; {load_note()}")
+    if one_changed:
+        print(table(["peers", "one changed: wall s", "CPU s", "wall range s"],
+                    [[f"{size}", *times.cells()] for size, times in one_changed.items()]))
+        print()
+    def start_up(times: Times) -> list[str]:
+        wall, cpu, spread = times.cells()
+        return [wall, cpu, "-", "-", spread]
+
+    rows = [[f"sync, {size} peers, nothing new", *times.cells(version)] for size, times in noop.items()]
+    rows.append(["version (start-up)", *start_up(version)])
+    if before:
+        rows.append([f"--before: sync, {args.huge} peers, nothing new", *before_noop.cells(before_version)])
+        rows.append(["--before: version", *start_up(before_version)])
+    print(table(["meshctl", "wall s", "CPU s", "wall - start-up", "CPU - start-up", "wall range s"], rows))
+    if args.small in one_changed and args.big in one_changed:
+        ratio = median(one_changed[args.big].wall) / median(one_changed[args.small].wall)
         print(f"one changed, {args.big} vs {args.small}: {ratio:.2f}x (goal <= {GOAL_RATIO:g}x) "
               f"{'OK' if ratio <= GOAL_RATIO else 'MISSED'}")
     for size, goal in GOAL_NOOP_S.items():
-        if size in results:
-            noop = median(results[size]["noop"])
-            print(f"no-op at {size}: {noop:.3f} s (goal <= {goal} s) {'OK' if noop <= goal else 'MISSED'}")
+        if size in noop:
+            wall = median(noop[size].wall)
+            print(f"no-op at {size}: {wall:.3f} s (goal <= {goal} s) {'OK' if wall <= goal else 'MISSED'}")
 
 
 if __name__ == "__main__":
