@@ -25,16 +25,20 @@ Behaviour (numbers are the constants below):
   packet left leaves an unreplied entry there, and the peer's packets to us then get a
   random port. TTL-2 punches avoid it only when a router sits between the two NATs;
   when the NATs are neighbours (same segment) even a punch lands, and unanswered pings
-  every few seconds would keep the poison alive forever. So after NO_DIRECT_AFTER_S,
-  time is cut into rounds of RECOVERY_ROUND_S on the wall clock (both machines agree
+  every few seconds would keep the poison alive forever. So after NO_DIRECT_AFTER_S both
+  sides fall silent for QUIET_BEFORE_ROUNDS_S (every entry the probing left expires), and
+  then time is cut into rounds of RECOVERY_ROUND_S on the wall clock (both machines agree
   within seconds), taken in turn by the two sides (`holds_round`). In its round a side
-  opens (punches, then OPEN_BURST_PINGS pings to every candidate) and then only *holds*
-  its NAT entries with TTL-1 packets, which refresh its own NAT's conntrack entry and
-  die there. In the other side's round it sends nothing at all. Each round is longer
-  than the NAT's idle timeout plus a burst, so by the time a side opens, any poison the
-  other side's burst left in its NAT has expired, its own stale (possibly randomised)
-  mapping has expired, and the other side holds fresh entries from its own burst: the
-  ping goes through. A ping received while probing is answered with a pong and a ping.
+  opens: TTL-1 packets to every candidate first (our NAT looks each flow up and reaps it
+  if expired: Linux lends an expired, unreaped flow's port to new flows from the same
+  inside port, so a random port would outlive its flow), then punches, then
+  OPEN_BURST_PINGS pings to every candidate; through the rest of its round it only
+  *holds* its NAT entries with TTL-1 packets, which refresh its own NAT's entries and die
+  there. In the other side's round it sends nothing at all. Each round is longer than the
+  NAT's idle timeout plus a burst, so when a side opens, the poison the other side's burst
+  left in its NAT has expired, so have its own flows, and the other side holds fresh
+  entries from its own burst: the ping goes through, in the second round that opens.
+  A ping received while probing is answered with a pong and a ping.
   After the death of a path, slow probing (every SLOW_PROBE_INTERVAL_S) comes first for
   DEATH_GRACE_S, since a glitch usually heals by itself.
 - While direct: a heartbeat ping to the path every HEARTBEAT_INTERVAL_S (it also keeps
@@ -102,6 +106,10 @@ OPEN_BURST_PINGS: Final = 3  # pings per candidate when a side opens its round, 
 # A round outlasts the NAT timeout after the last packet of a burst, with a few seconds
 # to spare for the skew between the two machines' clocks.
 RECOVERY_ROUND_S: Final = NAT_UDP_TIMEOUT_S + (OPEN_BURST_PINGS - 1) * PROBE_INTERVAL_S + 4.0
+# Probing ends, then silence from both sides for the NAT timeout (and the clock skew) before
+# any round opens: whatever the probing left in either NAT has expired by then.
+QUIET_BEFORE_ROUNDS_S: Final = NAT_UDP_TIMEOUT_S + 4.0
+REAP_LEAD_S: Final = 0.2  # the reaping TTL-1 packets go this long before a round's punches
 HOLD_INTERVAL_S: Final = SLOW_PROBE_INTERVAL_S  # refresh our own NAT entries (< NAT_UDP_TIMEOUT_S)
 PUNCH_TTL: Final = 2  # passes our NAT, dies before the peer's when a router sits between
 HOLD_TTL: Final = 1  # refreshes our NAT's existing entry and dies there: never reaches the peer
@@ -285,6 +293,7 @@ class PeerPaths:
         self._rounds_from = now + NO_DIRECT_AFTER_S  # when probing turns into recovery rounds
         self._round: int | None = None  # the round last acted on
         self._burst_left = 0
+        self._punch_on_open = False
         self._next_hold = now
         self._cmm_pending = False
         self._unverified_sends = TokenBucket.full(UNVERIFIED_SENDS_PER_S, UNVERIFIED_SENDS_BURST, now)
@@ -396,7 +405,7 @@ class PeerPaths:
                 deadlines += [self._next_probe, self._rounds_from]
             else:
                 deadlines.append(self._round_start(self._round + 1))
-                if holds_round(self._round, self.initiator):
+                if self._opens(self._round):
                     deadlines.append(self._next_probe if self._burst_left else self._next_hold)
         else:
             deadlines += [self._next_heartbeat, self._next_reprobe]
@@ -408,27 +417,29 @@ class PeerPaths:
         return round_no * RECOVERY_ROUND_S - self._wall_offset
 
     def _recovery_step(self, now: float) -> None:
-        """Open in our round, hold our NAT entries through it, keep silent in the peer's."""
+        """Quiet first; then open in our rounds (reap, punch, burst) and hold through them."""
         k = recovery_round(now + self._wall_offset)
         if k != self._round:
-            first = self._round is None
             self._round = k
             self._burst_left = 0
-            if not holds_round(k, self.initiator):
-                return  # the peer's round: nothing leaves towards it
-            if first:
-                # We probed until now: hold what that opened (the peer opens next round).
-                self._next_hold = now
-            else:
-                self._burst_left = OPEN_BURST_PINGS
-                self._next_probe = now
-                self._out += [SendPunch(a) for a in self._probe_targets() if a.ip.version == 4]
-                if self._cmm_pending:
-                    self._send_call_me_maybe()
-        if not holds_round(k, self.initiator):
+            if not self._opens(k):
+                return  # the peer's round, or still quiet: nothing leaves towards it
+            # Reap first: a TTL-1 packet per candidate makes our NAT look its flow up, which
+            # removes the flow if it expired (an expired flow still lends its port to new ones
+            # until reaped: a random port from a poisoned start would come back). Then open.
+            self._out += [SendPunch(a, HOLD_TTL) for a in self._probe_targets() if a.ip.version == 4]
+            self._burst_left = OPEN_BURST_PINGS
+            self._next_probe = now + REAP_LEAD_S
+            self._punch_on_open = True
+        if not self._opens(k):
             return
         if self._burst_left:
             if now >= self._next_probe:
+                if self._punch_on_open:
+                    self._punch_on_open = False
+                    self._out += [SendPunch(a) for a in self._probe_targets() if a.ip.version == 4]
+                    if self._cmm_pending:
+                        self._send_call_me_maybe()
                 self._ping_all(now, except_=None)
                 self._burst_left -= 1
                 self._next_probe = now + PROBE_INTERVAL_S
@@ -436,6 +447,12 @@ class PeerPaths:
         elif now >= self._next_hold:
             self._out += [SendPunch(a, HOLD_TTL) for a in self._probe_targets() if a.ip.version == 4]
             self._next_hold = now + HOLD_INTERVAL_S
+
+    def _opens(self, round_no: int) -> bool:
+        """Round `round_no` is ours, and starts after both sides' probing has been quiet long
+        enough for every entry it left in either NAT (poison, random ports) to expire."""
+        quiet_from = self._rounds_from + QUIET_BEFORE_ROUNDS_S
+        return holds_round(round_no, self.initiator) and self._round_start(round_no) >= quiet_from
 
     def _silent(self) -> bool:
         """In the recovery rounds, outside our own burst: nothing may reach the peer's NAT."""

@@ -436,7 +436,9 @@ def test_no_direct_path_event_time_is_exact() -> None:
     assert a.next_deadline() == pytest.approx(6.0)
     a.handle_timer(6.0)
     a.handle_timer(7.0)
-    assert a.next_deadline() == pytest.approx(5.0 + paths.SLOW_PROBE_INTERVAL_S)  # slow now
+    # then the recovery rounds, quiet at first: nothing until the next round begins
+    assert a.next_deadline() == pytest.approx(paths.RECOVERY_ROUND_S)
+    assert a.datagrams_to_send(20.0) == []
 
 
 def _pings_to(out: list[paths.Outgoing], dst: AddrPort) -> list[Ping]:

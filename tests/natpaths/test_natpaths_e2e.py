@@ -30,12 +30,12 @@ pytestmark = pytest.mark.netns
 DIRECT_WITHIN_S = 15.0  # agents are up; the path usually exists before `up` returns
 # Two bare masquerades on one segment: the first packet across always poisons the other
 # NAT (even a TTL-2 punch reaches it), so the path comes from the recovery rounds
-# (paths.py): both quiet for a NAT timeout, then one round each. Measured 62-90 s in the
-# first round of work; 85-156 s now (ten runs; the same with an endpoint record's candidates
-# left out, so not the records: the cause is still open, see issue 18's note). The bound is
-# what the rounds need at best plus two rounds: this case guards against a path stuck for good.
-POISONED_DIRECT_WITHIN_S = (paths.NO_DIRECT_AFTER_S + paths.NAT_UDP_TIMEOUT_S
-                            + 5 * paths.RECOVERY_ROUND_S)
+# (paths.py): both quiet for a NAT timeout, then one round each. They need at most
+# NO_DIRECT_AFTER_S + QUIET_BEFORE_ROUNDS_S + 2 rounds (about 113 s); the bound adds two
+# rounds: this case guards against a path stuck for good (as it was while an expired flow's
+# random port was lent to the next flow, and while a static endpoint was used after 150 s).
+POISONED_DIRECT_WITHIN_S = (paths.NO_DIRECT_AFTER_S + paths.QUIET_BEFORE_ROUNDS_S
+                            + 4 * paths.RECOVERY_ROUND_S)
 NO_DIRECT_REPORTED_S = 10.0
 REBIND_RECOVERY_S = 10.0
 

@@ -84,6 +84,10 @@ CASES = [
      Choice(Via.RELAY, None, T0 + STATIC_FALLBACK_AFTER_S)),
     ("a peer that spoke disco runs an agent: never its published endpoint", facts(static=STATIC, heard=True),
      T0 + 10 * STATIC_FALLBACK_AFTER_S, Choice(Via.NONE)),
+    # two agents behind bare masquerades, silent in the recovery rounds past the fallback's wait: a
+    # full-TTL handshake to the unproven endpoint would poison the other NAT (and say "direct")
+    ("a fresh record says its agent runs: never its published endpoint, before any disco",
+     facts(static=STATIC, agent_record=True), T0 + 10 * STATIC_FALLBACK_AFTER_S, Choice(Via.NONE)),
     # 5. endpoint records through the git host: a record saying no agent runs there (cron sync)
     ("its record says no agent: its endpoint at once, no 150 s wait", facts(initiator=False, no_agent=STATIC,
      static=STATIC), T0, Choice(Via.STATIC, STATIC)),

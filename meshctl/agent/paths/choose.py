@@ -12,7 +12,9 @@ In order of preference (each rule is a case an end-to-end test found):
    no agent (`meshctl sync` from cron published it), at once: its static endpoint, else one of
    the record's candidates (ours first); or that of a peer which never spoke disco for
    STATIC_FALLBACK_AFTER_S and has no such record (no push rights): it may run no agent, so
-   no probe can ever prove a path to it, and WireGuard's own handshake is the only way in. Not
+   no probe can ever prove a path to it, and WireGuard's own handshake is the only way in.
+   Never for a peer whose fresh record says its agent runs: that agent's probes will prove a
+   path, and WireGuard's full-TTL handshakes to an unproven endpoint only poison. Not
    sooner: two agents behind bare masquerade NATs can stay silent for a while (the recovery
    rounds of paths.py), and a full-TTL handshake would poison the other NAT's conntrack again.
    A peer without an agent never sends first, so nothing of it can be poisoned.
@@ -35,7 +37,7 @@ from typing import Final
 
 NON_INITIATOR_DELAY_S: Final = 1.0
 RELAY_NON_INITIATOR_DELAY_S: Final = 1.0
-STATIC_FALLBACK_AFTER_S: Final = 150.0  # past the recovery rounds' worst case (143 s)
+STATIC_FALLBACK_AFTER_S: Final = 150.0  # past the recovery rounds' worst case (about 113 s)
 
 
 class Via(enum.Enum):
@@ -66,6 +68,7 @@ class PeerFacts:
     no_agent: str | None = None  # its endpoint record says it runs no agent: its endpoint to use at once
     static: str | None = None  # its first static endpoint, resolved
     heard: bool = False  # it spoke disco (directly or relayed): it runs an agent
+    agent_record: bool = False  # its fresh endpoint record says an agent runs there
     relays_listed: bool = False
     relay_up: bool = False  # a relay client is connected
     proxied: bool = False  # it had its relay proxy before
@@ -85,7 +88,7 @@ def _static(peer: PeerFacts, now: float) -> tuple[str | None, float | None]:
         return peer.on_link_static, None
     if peer.no_agent is not None:
         return peer.no_agent, None
-    if peer.heard or peer.static is None:
+    if peer.heard or peer.agent_record or peer.static is None:
         return None, None
     due = peer.first_seen + STATIC_FALLBACK_AFTER_S
     return (peer.static, None) if now >= due else (None, due)

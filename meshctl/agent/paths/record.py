@@ -121,6 +121,11 @@ class PeerRecord:
         return self.static or self.unproven
 
     @property
+    def agent_record(self) -> bool:
+        """Its endpoint record is fresh (it has usable candidates) and says an agent runs there."""
+        return self.endpoint_record is not None and self.endpoint_record.agent and bool(self.record_candidates)
+
+    @property
     def pathless(self) -> bool:
         """No path at all (neither direct nor relayed) as its core sees it."""
         return self.paths is None or self.paths.path.kind is PathKind.NONE
@@ -141,5 +146,5 @@ class PeerRecord:
             initiator=self.initiator(ours, our_nat_hard), first_seen=self.first_seen, direct=direct,
             direct_since=self.direct_since if direct else None, last_direct=self.last_direct,
             on_link_static=self.on_link_static, no_agent=self.no_agent_endpoint(), static=self.static,
-            heard=self.heard,
+            heard=self.heard, agent_record=self.agent_record,
             relays_listed=relays_listed, relay_up=relay_up, proxied=self.proxied, channel=self.channel)
