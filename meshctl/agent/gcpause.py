@@ -33,4 +33,5 @@ def no_collection_at_exit() -> None:
     map, the desired state and the read-back: about a quarter of a no-op sync's CPU).
     gc.freeze() at exit moves them out of the collector's sight; the process ends anyway.
     Exit handlers registered earlier (logging's flush) still run after it."""
+    atexit.unregister(gc.freeze)  # once, however often a test runs the command in one process
     atexit.register(gc.freeze)
