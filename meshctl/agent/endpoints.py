@@ -7,12 +7,17 @@ import logging
 import socket
 
 from meshctl.coord.netmap import NetMap
-from meshctl.wg.config import format_endpoint
+from meshctl.errors import UsageError
+from meshctl.wg.config import canonical_endpoint, format_endpoint
 
 log = logging.getLogger(__name__)
 
 
 def resolve_endpoint(text: str) -> str | None:
+    try:
+        return canonical_endpoint(text)  # an IP literal with a port: nothing to resolve (cached, fast)
+    except UsageError:
+        pass
     host, _, port_text = text.rpartition(":")
     host = host.strip("[]")
     try:

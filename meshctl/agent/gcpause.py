@@ -9,6 +9,7 @@ with the collector paused; whatever it left behind is collected once the collect
 
 from __future__ import annotations
 
+import atexit
 import gc
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,3 +25,13 @@ def collector_paused() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
+
+
+def no_collection_at_exit() -> None:
+    """For a command that exits after its pass (`meshctl sync`): skip the interpreter's final
+    full collection, which walks every object still alive when it exits (at 10,000 peers the
+    map, the desired state and the read-back: about a quarter of a no-op sync's CPU).
+    gc.freeze() at exit moves them out of the collector's sight; the process ends anyway.
+    Exit handlers registered earlier (logging's flush) still run after it."""
+    atexit.unregister(gc.freeze)  # once, however often a test runs the command in one process
+    atexit.register(gc.freeze)

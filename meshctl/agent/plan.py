@@ -79,12 +79,13 @@ def keep_working_endpoints(wanted: DeviceConfig, state: DeviceState, now: int) -
     WireGuard may have roamed there, and after an agent restart the path engine knows no
     paths yet: overwriting a working tunnel would cost a write now and another one later.
     """
-    working = {p.public_key: p.endpoint for p in state.peers
+    working = {p.public_key.raw: p.endpoint for p in state.peers
                if p.endpoint and p.last_handshake and now - p.last_handshake < HANDSHAKE_FRESH_S}
-    if not working:
+    kept = {want.public_key.raw for want in wanted.peers if want.endpoint is None} & working.keys()
+    if not kept:  # nothing to keep (a cron pass gives every peer its static endpoint): no new config
         return wanted
-    peers = tuple(replace(want, endpoint=working[want.public_key], persistent_keepalive=KEEPALIVE_S)
-                  if want.endpoint is None and want.public_key in working else want for want in wanted.peers)
+    peers = tuple(replace(want, endpoint=working[want.public_key.raw], persistent_keepalive=KEEPALIVE_S)
+                  if want.public_key.raw in kept else want for want in wanted.peers)
     return replace(wanted, peers=peers)
 
 

@@ -32,6 +32,7 @@ def sync(
     """Fetch the coordination repository, verify it and apply it to this node. Quiet when nothing changed."""
     from dataclasses import replace
 
+    from meshctl.agent.gcpause import no_collection_at_exit
     from meshctl.agent.lock import state_lock
     from meshctl.agent.prefs import load_prefs
     from meshctl.agent.sync_pass import cron_publish_plan, run_pass
@@ -39,6 +40,7 @@ def sync(
     from meshctl.cli.set import save_route_prefs
     from meshctl.errors import VerificationError
 
+    no_collection_at_exit()
     settings = settings_of(ctx)
     changes = pref_changes(accept_routes, exit_node, exit_node_allow_lan_access, snat_subnet_routes)
     given = {k: v for k, v in changes.items() if v is not None}

@@ -33,7 +33,7 @@ def peer_from_json(v: list[Any]) -> Peer:
         identity_key=VerifyKey(b64decode(v[1])),
         wg_public_key=NodePublic(b64decode(v[2])),
         disco_key=DiscoPublic(b64decode(v[3])),
-        addresses=tuple(_address(ver, val) for ver, val in v[4]),
+        addresses=tuple([_address(ver, val) for ver, val in v[4]]),  # a list: no generator per peer
         tags=tuple(v[5]),
         owner=v[6],
         endpoints=tuple(v[7]),

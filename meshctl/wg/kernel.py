@@ -14,11 +14,10 @@ import logging
 import os
 import socket
 from collections.abc import Iterable
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from meshctl.errors import MeshctlError
 from meshctl.keys import NodePrivate, NodePublic
-from meshctl.wg.chunks import DeviceMessage, split_update
 from meshctl.wg.config import (
     DeviceState,
     DeviceUpdate,
@@ -27,6 +26,9 @@ from meshctl.wg.config import (
     format_endpoint,
     parse_endpoint,
 )
+
+if TYPE_CHECKING:  # wg.chunks only when the kernel device is written: link_kind is on every pass's path
+    from meshctl.wg.chunks import DeviceMessage
 
 log = logging.getLogger(__name__)
 
@@ -235,6 +237,7 @@ class KernelBackend:
         if update.is_empty():
             return
         from meshctl.netlink import NLM_F_ACK, NLM_F_REQUEST, NetlinkError, WireGuard
+        from meshctl.wg.chunks import split_update
 
         messages = split_update(update, self.ifname)
         try:

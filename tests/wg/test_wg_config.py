@@ -259,3 +259,23 @@ def test_parse_prefix_agrees_with_ipaddress_on_odd_forms(text: str) -> None:
 @given(st.one_of(V4.map(str), V6.map(str), V6.map(lambda a: a.exploded.upper()), st.text(PREFIX_CHARS, max_size=45)))
 def test_ip_address_agrees_with_ipaddress(text: str) -> None:
     same_result(ip_address, ipaddress.ip_address, text)
+
+
+ENDPOINT_CHARS = st.sampled_from(list("0123456789.:[]abcdef ") + ["\x00", "٣"])
+
+
+@given(st.one_of(
+    st.tuples(V4, st.integers(0, 70000)).map(lambda t: f"{t[0]}:{t[1]}"),
+    st.tuples(V6, st.integers(0, 70000)).map(lambda t: f"[{t[0]}]:{t[1]}"),
+    st.text(ENDPOINT_CHARS, max_size=30)))
+def test_canonical_endpoint_agrees_with_parse_and_format(text: str) -> None:
+    """The fast path for plain IPv4 endpoints returns what parsing and formatting would."""
+    from meshctl.wg.config import canonical_endpoint, format_endpoint, parse_endpoint
+
+    try:
+        want = format_endpoint(*parse_endpoint(text))
+    except UsageError:
+        with pytest.raises(UsageError):
+            canonical_endpoint(text)
+        return
+    assert canonical_endpoint(text) == want
