@@ -70,7 +70,10 @@ def up(
     ensure_private_dir(settings.state_dir)
     log = open(settings.state_dir / "agent.log", "ab")  # noqa: SIM115 - handed to the child
     env = {**os.environ, "MESHCTL_STATE_DIR": str(settings.state_dir), "MESHCTL_INTERFACE": settings.interface,
-           "MESHCTL_WG_BACKEND": settings.wg_backend, "MESHCTL_LISTEN_PORT": str(settings.listen_port)}
+           "MESHCTL_WG_BACKEND": settings.wg_backend, "MESHCTL_LISTEN_PORT": str(settings.listen_port),
+           # The one-file binary: without this the agent would reuse this process's unpacked
+           # files, which are deleted when `up` exits, and fail on any module it loads later.
+           "PYINSTALLER_RESET_ENVIRONMENT": "1"}
     dns_flag = "--accept-dns" if accept_dns else "--no-accept-dns"
     argv = [*_self_argv(), "-v", "up", "--foreground", "--sync-interval", str(sync_interval), dns_flag]
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, start_new_session=True)

@@ -186,6 +186,17 @@ def test_wireguard_go_sockets_get_large_buffers(lan_mesh: MeshScenario) -> None:
             assert int(mem["rb"]) >= 8 << 20 and int(mem["tb"]) >= 8 << 20, (name, line)
 
 
+def test_the_agent_runs_on_files_that_outlive_up(lan_mesh: MeshScenario) -> None:
+    """`meshctl up` (the one-file binary) exits once the agent runs and deletes what it unpacked;
+    an agent sharing those files would fail on the first module it loads later."""
+    for name in NAMES:
+        pid = agent_pid(lan_mesh.lab, node_of(lan_mesh, name))
+        assert pid is not None, name
+        maps = Path(f"/proc/{pid}/maps").read_text()
+        deleted = [ln for ln in maps.splitlines() if "(deleted)" in ln and "/_MEI" in ln]
+        assert not deleted, (name, deleted[:3])
+
+
 def test_agent_restart_keeps_handshakes(lan_mesh: MeshScenario) -> None:
     lab, node = lan_mesh.lab, node_of(lan_mesh, "node1")
     for other in ("node2", "node3"):
