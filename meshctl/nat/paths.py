@@ -320,7 +320,6 @@ class PeerPaths:
         self._rounds_from = now + NO_DIRECT_AFTER_S  # when probing turns into recovery rounds
         self._round: int | None = None  # the round last acted on
         self._burst_left = 0
-        self._punch_on_open = False
         self._next_hold = now
         self._cmm_pending = False
         self._unverified_sends = TokenBucket.full(UNVERIFIED_SENDS_PER_S, UNVERIFIED_SENDS_BURST, now)
@@ -485,17 +484,15 @@ class PeerPaths:
             # Reap first: a TTL-1 packet per candidate makes our NAT look its flow up, which
             # removes the flow if it expired (an expired flow still lends its port to new ones
             # until reaped: a random port from a poisoned start would come back). Then open.
-            self._out += [SendPunch(a, HOLD_TTL) for a in self._probe_targets() if a.ip.version == 4]
+            self._punch_all(HOLD_TTL)
             self._burst_left = OPEN_BURST_PINGS
             self._next_probe = now + REAP_LEAD_S
-            self._punch_on_open = True
         if not self._opens(k):
             return
         if self._burst_left:
             if now >= self._next_probe:
-                if self._punch_on_open:
-                    self._punch_on_open = False
-                    self._out += [SendPunch(a) for a in self._probe_targets() if a.ip.version == 4]
+                if self._burst_left == OPEN_BURST_PINGS:  # the burst's first ping: punch before it
+                    self._punch_all(PUNCH_TTL)
                     if self._cmm_pending:
                         self._send_call_me_maybe()
                 self._ping_all(now, except_=None)
@@ -503,8 +500,12 @@ class PeerPaths:
                 self._next_probe = now + PROBE_INTERVAL_S
                 self._next_hold = now + HOLD_INTERVAL_S
         elif now >= self._next_hold:
-            self._out += [SendPunch(a, HOLD_TTL) for a in self._probe_targets() if a.ip.version == 4]
+            self._punch_all(HOLD_TTL)
             self._next_hold = now + HOLD_INTERVAL_S
+
+    def _punch_all(self, ttl: int) -> None:
+        """One raw packet of `ttl` to every IPv4 candidate (the raw socket speaks IPv4)."""
+        self._out += [SendPunch(a, ttl) for a in self._probe_targets() if a.ip.version == 4]
 
     def _opens(self, round_no: int) -> bool:
         """Round `round_no` is ours, and starts after both sides' probing has been quiet long

@@ -96,18 +96,9 @@ def reply_complete(buf: bytes) -> bool:
     return buf.endswith(REPLY_END)  # no UAPI line is empty, so a blank line ends the reply
 
 
-def _uint(key: str, value: str, maximum: int) -> int:
-    if not (value.isascii() and value.isdigit()) or len(value) > 20:
-        raise UapiParseError(f"UAPI: `{key}` is not a number: `{value[:40]}`")
-    n = int(value)
-    if n > maximum:
-        raise UapiParseError(f"UAPI: `{key}` out of range: {n}")
-    return n
-
-
-def _errno(value: str) -> int:
+def _errno(value: bytes) -> int:
     """wireguard-go reports failures as negative errnos (`errno=-98` for a port in use)."""
-    return _uint("errno", value.removeprefix("-"), 2**31 - 1)
+    return _number(b"errno", value.removeprefix(b"-"), 2**31 - 1)
 
 
 def _key(key: str, value: str) -> bytes:
@@ -206,10 +197,10 @@ def parse_get_reply(data: bytes) -> GetReply:
             elif key == b"persistent_keepalive_interval":
                 keepalive = _number(key, value, MAX_KEEPALIVE)
             elif key == b"errno":
-                errno = _errno(value.decode())
+                errno = _errno(value)
             # preshared_key, protocol_version, last_handshake_time_nsec and unknown keys: ignored.
         elif key == b"errno":
-            errno = _errno(value.decode())
+            errno = _errno(value)
         elif key == b"private_key":
             private_key = NodePrivate(_key("private_key", value.decode()))
         elif key == b"listen_port":
@@ -227,11 +218,10 @@ def parse_set_reply(data: bytes) -> int:
     """The errno of a `set=1` reply (0 = applied)."""
     if len(data) > MAX_LINE_BYTES or not data.endswith(REPLY_END):
         raise UapiParseError("UAPI: malformed set reply")
-    try:
-        text = data[: -len(REPLY_END)].decode("ascii")
-    except UnicodeDecodeError:
-        raise UapiParseError("UAPI: reply is not ASCII") from None
-    key, sep, value = text.partition("=")
-    if key != "errno" or not sep:
-        raise UapiParseError(f"UAPI: expected errno, got `{text[:40]}`")
+    if not data.isascii():
+        raise UapiParseError("UAPI: reply is not ASCII")
+    line = data[: -len(REPLY_END)]
+    key, sep, value = line.partition(b"=")
+    if key != b"errno" or not sep:
+        raise UapiParseError(f"UAPI: expected errno, got `{line[:40].decode()}`")
     return _errno(value)

@@ -18,10 +18,21 @@ from meshctl.wg.uapi import (
     REPLY_END,
     GetReply,
     UapiParseError,
-    _errno,
     _key,
-    _uint,
 )
+
+
+def _uint(key: str, value: str, maximum: int) -> int:
+    if not (value.isascii() and value.isdigit()) or len(value) > 20:
+        raise UapiParseError(f"UAPI: `{key}` is not a number: `{value[:40]}`")
+    n = int(value)
+    if n > maximum:
+        raise UapiParseError(f"UAPI: `{key}` out of range: {n}")
+    return n
+
+
+def _errno(value: str) -> int:
+    return _uint("errno", value.removeprefix("-"), 2**31 - 1)
 
 
 class _PeerBuilder:

@@ -318,11 +318,11 @@ class PathEngine:
         moved: set[str] = set()
         for raw in admitted:
             got = self._sock.parse(raw)
-            rec = self.receive(got.payload, got.src, now) if got is not None else None
-            if rec is not None:
+            heard = self.receive(got.payload, got.src, now) if got is not None else None
+            if heard is not None:
+                rec, inputs_moved = heard
                 touched.add(rec.name)
-                if rec.inputs_moved:
-                    rec.inputs_moved = False
+                if inputs_moved:
                     moved.add(rec.name)
         if refused:
             self._pause_reading()
@@ -340,8 +340,9 @@ class PathEngine:
             self._loop.add_reader(self._sock.fileno(), self._on_readable)
             self._reading = True
 
-    def receive(self, payload: bytes, src: AddrPort, now: float) -> PeerRecord | None:
-        """A STUN or disco datagram that arrived on WireGuard's port; the record it moved."""
+    def receive(self, payload: bytes, src: AddrPort, now: float) -> tuple[PeerRecord, bool] | None:
+        """A STUN or disco datagram that arrived on WireGuard's port; the record it reached, and
+        whether it changed what the record's choice reads (see _on_disco)."""
         if stun.is_stun(payload):
             if self._own is not None:
                 self._own.receive_stun(payload, src, now)
@@ -362,7 +363,7 @@ class PathEngine:
         rec = self._by_disco.get(sender)
         return (rec, msg) if rec is not None else None
 
-    def _on_disco(self, data: bytes, src: AddrPort, now: float) -> PeerRecord | None:
+    def _on_disco(self, data: bytes, src: AddrPort, now: float) -> tuple[PeerRecord, bool] | None:
         opened = self._open(data, src)
         if opened is None:
             return None
@@ -379,8 +380,7 @@ class PathEngine:
             rec.paths.receive_disco(msg, src, now)
         # What the choice reads and a packet can change without a path event (those decide anyway):
         # the first disco heard, who initiates. A heartbeat's ping or pong changes neither.
-        rec.inputs_moved = before != (rec.heard, rec.paths.initiator if rec.paths is not None else None)
-        return rec
+        return rec, before != (rec.heard, rec.paths.initiator if rec.paths is not None else None)
 
     def _on_relayed_disco(self, src: NodePublic, data: bytes) -> None:
         """A sealed disco packet a relay brought from WireGuard key `src` (relay-attested)."""

@@ -87,7 +87,6 @@ class PeerRecord:
     on_link_static: str | None = None
     heard: bool = False  # any disco from it, direct or relayed: it runs an agent
     heard_at: float | None = None  # when the last one came (HA liveness, agent/failover.py)
-    inputs_moved: bool = False  # the last disco changed what its choice reads (engine._on_disco)
     endpoint_record: EndpointRecord | None = None  # its newest accepted endpoint record (git host)
     record_candidates: tuple[AddrPort, ...] = ()  # what that record gave its core (fresh only)
     unproven: str | None = None  # of those candidates, the one to use when no agent runs there
